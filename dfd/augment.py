@@ -1,0 +1,52 @@
+"""Augmentations chosen by name in params (`train.augment`), built with albumentations 2.x parameter names.
+
+Every pipeline ends with resize to the model's input size and its normalisation, which come from the model's
+registered config, so training and serving preprocess identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+from dfd.errors import ConfigError
+from models.registry import ModelConfig
+
+AUGMENTATIONS: dict[str, Callable[[], A.BasicTransform]] = {
+    "hflip": lambda: A.HorizontalFlip(p=0.5),
+    "shift_scale_rotate": lambda: A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10),
+                                           border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+    "color_jitter": lambda: A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
+    # Compression and resampling are what deployed fakes go through; training on them buys robustness.
+    "jpeg": lambda: A.ImageCompression(compression_type="jpeg", quality_range=(60, 100), p=0.5),
+    "webp": lambda: A.ImageCompression(compression_type="webp", quality_range=(60, 100), p=0.3),
+    "gauss_noise": lambda: A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
+    "gauss_blur": lambda: A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+    "downscale": lambda: A.Downscale(scale_range=(0.5, 0.9), p=0.2),
+}
+
+
+def list_augmentations() -> list[str]:
+    """Names usable in `train.augment`."""
+    return sorted(AUGMENTATIONS)
+
+
+def build_transform(names: list[str], cfg: ModelConfig, train: bool) -> A.Compose:
+    """The transform for one model: named augmentations (training only), resize, normalise, to tensor.
+
+    Args:
+        names: Augmentation names from params.
+        cfg: The model's registered preprocessing config.
+        train: Whether to include the augmentations.
+    """
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise ConfigError(f"unknown augmentation(s) {unknown} in train.augment",
+                          f"choose from {', '.join(list_augmentations())}")
+    steps = [AUGMENTATIONS[n]() for n in names] if train else []
+    steps += [A.Resize(cfg.input_size, cfg.input_size, interpolation=cv2.INTER_AREA),
+              A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps, strict=True)

@@ -1,0 +1,141 @@
+"""Face detectors chosen by name, and the 68-point landmark predictor, all offline.
+
+dlib ships its HOG detector in the package; the CNN (MMOD) detector and the 68-point predictor ship in the
+`face-recognition-models` package, whose `__init__` imports `pkg_resources`: its folder is located with
+`importlib.util.find_spec` instead of importing it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dfd.errors import ConfigError, DfdError
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in pixel coordinates of the image it was found in."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float = 1.0
+
+    @property
+    def area(self) -> float:
+        return max(self.x1 - self.x0, 0.0) * max(self.y1 - self.y0, 0.0)
+
+    def scaled(self, factor: float) -> Box:
+        """The same box in an image `factor` times larger."""
+        return Box(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor, self.score)
+
+
+def model_file(name: str) -> Path:
+    """Path of a model file shipped by `face-recognition-models` (without importing the package)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise DfdError("the package 'face-recognition-models' is not installed", "pip install face-recognition-models")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
+    if not path.is_file():
+        raise DfdError(f"model file missing from face-recognition-models: {path}", "reinstall the package")
+    return path
+
+
+class Detector:
+    """Base of the detectors: `__call__(rgb)` returns boxes in that image's pixel coordinates."""
+
+    def __init__(self, upsample: int = 1) -> None:
+        self.upsample = upsample
+
+    def __call__(self, rgb: np.ndarray) -> list[Box]:
+        raise NotImplementedError
+
+
+class DlibHog(Detector):
+    """dlib's HOG + linear SVM frontal detector: fast on CPU, frontal faces of about 40 px and up (upsample 1)."""
+
+    def __init__(self, upsample: int = 1) -> None:
+        import dlib
+
+        super().__init__(upsample)
+        self._det = dlib.get_frontal_face_detector()
+
+    def __call__(self, rgb: np.ndarray) -> list[Box]:
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        rects, scores, _ = self._det.run(grey, self.upsample, 0.0)
+        return [Box(r.left(), r.top(), r.right(), r.bottom(), float(s)) for r, s in zip(rects, scores, strict=True)]
+
+
+class DlibCnn(Detector):
+    """dlib's MMOD CNN detector: more robust to pose and blur, slow without a GPU."""
+
+    def __init__(self, upsample: int = 1) -> None:
+        import dlib
+
+        super().__init__(upsample)
+        self._det = dlib.cnn_face_detection_model_v1(str(model_file("mmod_human_face_detector.dat")))
+
+    def __call__(self, rgb: np.ndarray) -> list[Box]:
+        found = self._det(np.ascontiguousarray(rgb), self.upsample)
+        return [Box(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), float(d.confidence))
+                for d in found]
+
+
+DETECTORS: dict[str, Callable[[int], Detector]] = {"dlib_hog": DlibHog, "dlib_cnn": DlibCnn}
+
+
+def create_detector(name: str, upsample: int = 1) -> Detector:
+    """Build a detector by its params name."""
+    if name not in DETECTORS:
+        raise ConfigError(f"unknown face detector '{name}'", f"choose one of {', '.join(sorted(DETECTORS))}")
+    return DETECTORS[name](upsample)
+
+
+class Landmarks:
+    """dlib's 68-point shape predictor (iBUG 300-W layout: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67)."""
+
+    def __init__(self) -> None:
+        import dlib
+
+        self._dlib = dlib
+        self._predictor = dlib.shape_predictor(str(model_file("shape_predictor_68_face_landmarks.dat")))
+
+    def __call__(self, rgb: np.ndarray, box: Box) -> np.ndarray:
+        """68 (x, y) points, float32 (68, 2), in the image's pixel coordinates."""
+        rect = self._dlib.rectangle(int(box.x0), int(box.y0), int(box.x1), int(box.y1))
+        shape = self._predictor(np.ascontiguousarray(rgb), rect)
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+
+def detect_downscaled(detector: Detector, rgb: np.ndarray, max_side: int) -> list[Box]:
+    """Detect on a copy whose longer side is at most `max_side`, and map the boxes back to `rgb`'s pixels."""
+    h, w = rgb.shape[:2]
+    factor = min(1.0, max_side / max(h, w))
+    if factor >= 1.0:
+        return detector(rgb)
+    small = cv2.resize(rgb, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_AREA)
+    return [b.scaled(1.0 / factor) for b in detector(small)]
+
+
+def square_crop(rgb: np.ndarray, box: Box, margin: float, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Crop a square of side `margin` x the box's longer side around its centre, padded with edge pixels.
+
+    Returns:
+        The crop resized to `size` x `size`, and (x0, y0, side) of the square in the source image.
+    """
+    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    side = max(int(round(max(box.x1 - box.x0, box.y1 - box.y0) * margin)), 2)
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    h, w = rgb.shape[:2]
+    pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
+    src = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else rgb
+    crop = src[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return cv2.resize(crop, (size, size), interpolation=interp), (x0, y0, side)

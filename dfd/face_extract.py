@@ -1,0 +1,94 @@
+"""Face extraction of one sample: sample frames, detect on a downscaled copy, crop with a margin, save PNGs.
+
+Kept free of Prefect and torch so that the process pool's workers start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from dfd.face_detect import Detector, Landmarks, create_detector, detect_downscaled, square_crop
+from dfd.media import read_rgb, sample_video_frames
+
+DONE_FILE = "faces.json"  # per-sample record; its fingerprint makes reruns skip finished samples
+
+_WORKER: dict[str, Any] = {}  # one detector and landmark model per process
+
+
+def fingerprint(cfg: dict[str, Any], path: Path) -> str:
+    """What decides a sample's crops: the face params and the file's size and modification time."""
+    st = path.stat()
+    blob = json.dumps({"cfg": cfg, "size": st.st_size, "mtime": int(st.st_mtime)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _models(cfg: dict[str, Any]) -> tuple[Detector, Landmarks | None]:
+    key = f"{cfg['detector']}:{cfg['upsample']}:{cfg['landmarks']}"
+    if _WORKER.get("key") != key:
+        _WORKER.update(key=key, det=create_detector(cfg["detector"], cfg["upsample"]),
+                       lm=Landmarks() if cfg["landmarks"] else None)
+    return _WORKER["det"], _WORKER["lm"]
+
+
+def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Extract the largest face of each sampled frame of one sample.
+
+    Args:
+        sample: A manifest row (sample_id, path, media, ...).
+        root: Dataset root.
+        out_dir: Where `<sample_id>/<frame>.png` go.
+        cfg: The `faces` params as a dict.
+
+    Returns:
+        `{"sample_id", "frames": [...], "report": {...}, "skipped": bool}`; a frame row holds its crop's path
+        relative to `out_dir`'s parent, its box, and its landmarks in crop pixels.
+    """
+    src = Path(root) / sample["path"]
+    sid = sample["sample_id"]
+    dest = Path(out_dir) / sid
+    done = dest / DONE_FILE
+    try:
+        fp = fingerprint(cfg, src)
+    except OSError as exc:
+        return {"sample_id": sid, "frames": [], "skipped": False,
+                "report": {"sample_id": sid, "path": sample["path"], "sampled": 0, "faces": 0,
+                           "note": f"cannot read file: {exc.strerror}"}}
+    if done.is_file():
+        record = json.loads(done.read_text())
+        if record.get("fingerprint") == fp and all((dest.parent / f["crop"]).is_file() for f in record["frames"]):
+            return {"sample_id": sid, "frames": record["frames"], "report": record["report"], "skipped": True}
+    detector, landmarks = _models(cfg)
+    if sample["media"] == "image":
+        rgb = read_rgb(src)
+        frames, note = ([(0, rgb)], None) if rgb is not None else ([], "unreadable image")
+    else:
+        frames, note = sample_video_frames(src, cfg["frames_per_video"])
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for idx, rgb in frames:
+        boxes = detect_downscaled(detector, rgb, cfg["detect_max_side"])
+        if not boxes:
+            continue
+        box = max(boxes, key=lambda b: b.area)  # the largest face: the subject, not a bystander
+        crop, (x0, y0, side) = square_crop(rgb, box, cfg["margin"], cfg["crop_size"])
+        name = f"{idx:05d}.png"
+        cv2.imwrite(str(dest / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))  # PNG: lossless, no new artefacts
+        row: dict[str, Any] = {"frame": idx, "crop": f"{dest.name}/{name}", "score": box.score,
+                               "box": [box.x0, box.y0, box.x1, box.y1]}
+        if landmarks is not None:
+            pts = (landmarks(rgb, box) - np.array([x0, y0], np.float32)) * (cfg["crop_size"] / side)
+            row["landmarks"] = pts.round(2).flatten().tolist()
+        rows.append(row)
+    if frames and not rows:
+        note = (note + "; " if note else "") + "no face found"
+    elif not frames and not note:
+        note = "no decodable frame"
+    report = {"sample_id": sid, "path": sample["path"], "sampled": len(frames), "faces": len(rows), "note": note}
+    done.write_text(json.dumps({"fingerprint": fp, "frames": rows, "report": report}))
+    return {"sample_id": sid, "frames": rows, "report": report, "skipped": False}

@@ -1,0 +1,174 @@
+"""F3Net (Qian et al., ECCV 2020): frequency-aware decomposition and local frequency statistics, fused by MixBlocks.
+
+Two Xception streams read two frequency views of the face:
+- FAD (frequency-aware decomposition): the image's 2-D DCT is split by fixed low/middle/high/all band masks, each
+  plus a learnable filter, and each band is brought back to pixels by the inverse DCT: 4 bands x 3 colours = 12 channels.
+- LFS (local frequency statistics): a sliding-window DCT (10x10, stride 2) of the grey image, whose log energies in
+  M=6 bands form a 6-channel map.
+MixBlocks (cross-attention between the streams) fuse them after Xception's blocks 7 and 12, as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.registry import HALF, ModelConfig, register_model
+
+
+def dct_matrix(n: int) -> torch.Tensor:
+    """Orthonormal DCT-II matrix D (n x n): `D @ x` is the DCT of a column vector, `D.T @ y` its inverse."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None, :]
+    d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d.float()
+
+
+def _band_mask(n: int, lo: float, hi: float) -> torch.Tensor:
+    """1 where the anti-diagonal index (i + j) / (2n) lies in [lo, hi), the paper's band split."""
+    idx = (torch.arange(n)[:, None] + torch.arange(n)[None, :]).float() / (2 * n)
+    return ((idx >= lo) & (idx < hi)).float() if hi < 1.0 else (idx >= lo).float()
+
+
+class FAD(nn.Module):
+    """Frequency-aware decomposition: (B, 3, S, S) -> (B, 12, S, S)."""
+
+    #: (low, high) bounds of the base filters: low, middle, high and all frequencies.
+    BANDS = ((0.0, 1 / 16), (1 / 16, 1 / 8), (1 / 8, 1.0), (0.0, 1.0))
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.register_buffer("dct", dct_matrix(size), persistent=False)
+        self.register_buffer("base", torch.stack([_band_mask(size, lo, hi) for lo, hi in self.BANDS]),
+                             persistent=False)
+        # Learnable filters start at zero so that training begins from the fixed band split.
+        self.learnable = nn.Parameter(torch.zeros(len(self.BANDS), size, size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.dct
+        freq = d @ x @ d.T  # (B, 3, S, S) DCT of every channel
+        filters = self.base + (2 * torch.sigmoid(self.learnable) - 1)  # (4, S, S)
+        bands = [d.T @ (freq * f) @ d for f in filters]  # 4 x (B, 3, S, S) back in pixel space
+        return torch.cat(bands, dim=1)
+
+
+class LFS(nn.Module):
+    """Local frequency statistics: (B, 3, S, S) -> (B, M, (S - w) // s + 1, same).
+
+    Args:
+        window: Sliding-window side (10 in the paper).
+        stride: Window stride (2 in the paper).
+        bands: Number of frequency bands M (6 in the paper).
+    """
+
+    def __init__(self, window: int = 10, stride: int = 2, bands: int = 6) -> None:
+        super().__init__()
+        self.window, self.stride, self.bands = window, stride, bands
+        self.register_buffer("dct", dct_matrix(window), persistent=False)
+        idx = (torch.arange(window)[:, None] + torch.arange(window)[None, :]).float() / (2 * window - 1)
+        masks = [((idx >= m / bands) & (idx <= (m + 1) / bands)).float() for m in range(bands)]
+        self.register_buffer("masks", torch.stack(masks), persistent=False)  # (M, w, w)
+        self.learnable = nn.Parameter(torch.zeros(bands, window, window))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)  # (B, 1, S, S)
+        grey = (grey + 1) * 122.5  # back to a 0..255-like range, where the paper's log energies live
+        patches = F.unfold(grey, self.window, stride=self.stride)  # (B, w*w, L)
+        n = patches.shape[-1]
+        patches = patches.transpose(1, 2).reshape(b, n, self.window, self.window)
+        freq = self.dct @ patches @ self.dct.T  # (B, L, w, w)
+        filters = self.masks + (2 * torch.sigmoid(self.learnable) - 1)  # (M, w, w)
+        energy = (freq.abs().unsqueeze(2) * filters).sum(dim=(-1, -2))  # (B, L, M)
+        energy = torch.log10(energy.clamp_min(1e-6) + 1e-15)
+        side = (h - self.window) // self.stride + 1
+        return energy.transpose(1, 2).reshape(b, self.bands, side, side)
+
+
+class MixBlock(nn.Module):
+    """Cross-attention between the two streams' feature maps, each refined by the other (a residual)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.q_fad, self.q_lfs = nn.Conv2d(channels, channels, 1), nn.Conv2d(channels, channels, 1)
+        self.k_fad, self.k_lfs = nn.Conv2d(channels, channels, 1), nn.Conv2d(channels, channels, 1)
+        self.gamma_fad = nn.Parameter(torch.zeros(1))
+        self.gamma_lfs = nn.Parameter(torch.zeros(1))
+        self.bn_fad, self.bn_lfs = nn.BatchNorm2d(channels), nn.BatchNorm2d(channels)
+
+    def forward(self, fad: torch.Tensor, lfs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # fad, lfs: (B, C, H, W); LFS is resized to FAD's grid when the strides leave them a pixel apart.
+        if lfs.shape[-2:] != fad.shape[-2:]:
+            lfs = F.interpolate(lfs, size=fad.shape[-2:], mode="bilinear", align_corners=False)
+        b, c, h, w = fad.shape
+        query = torch.cat([self.q_fad(fad), self.q_lfs(lfs)], dim=-1).reshape(b * c, h, 2 * w)
+        key = torch.cat([self.k_fad(fad), self.k_lfs(lfs)], dim=-1).reshape(b * c, h, 2 * w)
+        attention = torch.softmax(query @ key.transpose(1, 2), dim=-1).reshape(b, c, h, h)  # (B, C, H, H)
+        att_lfs = (attention @ lfs) * (2 * torch.sigmoid(self.gamma_lfs) - 1)
+        att_fad = (attention @ fad) * (2 * torch.sigmoid(self.gamma_fad) - 1)
+        return fad + self.bn_lfs(att_lfs), lfs + self.bn_fad(att_fad)
+
+
+def _xception_stages(in_chans: int, first_stride: int) -> nn.Module:
+    net = timm.create_model("legacy_xception", pretrained=False, num_classes=0, in_chans=in_chans)
+    if first_stride != 2:
+        old = net.conv1
+        net.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, first_stride, 0, bias=False)
+    return net
+
+
+def _run(net: nn.Module, names: list[str], x: torch.Tensor) -> torch.Tensor:
+    for name in names:
+        x = getattr(net, name)(x)
+    return x
+
+
+_ENTRY = ["conv1", "bn1", "act1", "conv2", "bn2", "act2"] + [f"block{i}" for i in range(1, 8)]
+_MIDDLE = [f"block{i}" for i in range(8, 13)]
+_EXIT = ["conv3", "bn3", "act3", "conv4", "bn4", "act4"]
+
+
+class F3Net(nn.Module):
+    """FAD and LFS Xception streams fused by MixBlocks after blocks 7 and 12, one logit.
+
+    Args:
+        input_size: Input side (299 in the paper); FAD's DCT matrices are built for it.
+        dropout: Dropout before the classifier.
+        window: LFS window side.
+        bands: LFS bands M.
+    """
+
+    def __init__(self, input_size: int = 299, dropout: float = 0.2, window: int = 10, bands: int = 6) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.fad = FAD(input_size)
+        self.lfs = LFS(window, 2, bands)
+        self.fad_net = _xception_stages(12, 2)
+        # The LFS map is already at half resolution (stride-2 windows): a stride-1 first conv keeps the grids aligned.
+        self.lfs_net = _xception_stages(bands, 1)
+        self.mix7, self.mix12 = MixBlock(728), MixBlock(1024)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2048 * 2, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, 3, S, S) normalised to [-1, 1]
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            raise ValueError(f"F3Net was built for {self.input_size}px inputs, got {tuple(x.shape[-2:])}")
+        a = _run(self.fad_net, _ENTRY, self.fad(x))  # (B, 728, ~S/16, ~S/16)
+        b = _run(self.lfs_net, _ENTRY, self.lfs(x))  # (B, 728, ~S/16, ~S/16)
+        a, b = self.mix7(a, b)
+        a, b = _run(self.fad_net, _MIDDLE, a), _run(self.lfs_net, _MIDDLE, b)  # (B, 1024, ~S/32, ~S/32)
+        a, b = self.mix12(a, b)
+        a, b = _run(self.fad_net, _EXIT, a), _run(self.lfs_net, _EXIT, b)  # (B, 2048, ~S/32, ~S/32)
+        pooled = torch.cat([a.mean(dim=(-1, -2)), b.mean(dim=(-1, -2))], dim=1)  # (B, 4096)
+        return self.head(pooled)
+
+
+@register_model("f3net", ModelConfig(299, HALF, HALF, "Qian et al., Thinking in Frequency, ECCV 2020"))
+def f3net(input_size: int = 299, dropout: float = 0.2, window: int = 10, bands: int = 6) -> nn.Module:
+    """F3Net with both branches and MixBlock fusion."""
+    return F3Net(input_size, dropout, window, bands)

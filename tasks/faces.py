@@ -1,0 +1,94 @@
+"""faces: sample frames of every manifest row, detect the face, save square PNG crops and the faces index."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from dfd.config import FacesParams, Params
+from dfd.errors import DataError
+from dfd.face_extract import extract_sample
+from dfd.layout import Layout
+from dfd.manifest import read_manifest
+from dfd.reporting import write_json
+
+INDEX_COLUMNS = ["sample_id", "frame", "crop", "label", "split", "identity", "method", "dataset", "media", "score"]
+
+
+@dataclass(frozen=True)
+class FacesResult:
+    """Paths written by the faces stage, and what it did."""
+
+    index: Path
+    report: Path
+    crops: int
+    samples_without_face: int
+    extracted: int
+    skipped: int
+
+
+def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out_dir: Path, index_path: Path,
+                  report_path: Path) -> FacesResult:
+    """Extract faces of every sample in the manifest, skipping samples already done with the same params.
+
+    Samples with no face, undecodable frames or truncated files are recorded in the report with a reason;
+    they never stop the stage unless no face at all is found.
+
+    Args:
+        cfg: Face params (detector, sampling, margin, crop size, workers).
+        manifest_path: The ingest stage's manifest.
+        dataset_root: Root the manifest's paths are relative to.
+        out_dir: Where `<sample_id>/<frame>.png` crops go.
+        index_path: The faces index (parquet), one row per crop.
+        report_path: The JSON report.
+    """
+    manifest = read_manifest(manifest_path)
+    samples = manifest.to_dict("records")
+    opts = cfg.model_dump()
+    args = (str(dataset_root), str(out_dir), opts)
+    results: list[dict[str, Any]] = []
+    bar = tqdm(total=len(samples), desc="faces", unit="sample", leave=False)
+    if cfg.workers > 1 and len(samples) > 1:
+        # spawn, not fork: the caller may hold threads (Prefect, torch) that a forked child would inherit locked.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(cfg.workers, mp_context=ctx) as pool:
+            for res in pool.map(extract_sample, samples, *[[a] * len(samples) for a in args], chunksize=4):
+                results.append(res)
+                bar.update(1)
+    else:
+        for sample in samples:
+            results.append(extract_sample(sample, *args))
+            bar.update(1)
+    bar.close()
+    by_id = {s["sample_id"]: s for s in samples}
+    rows = [{**{k: by_id[r["sample_id"]][k] for k in ("sample_id", "label", "split", "identity", "method",
+                                                      "dataset", "media")},
+             "frame": f["frame"], "crop": f"{out_dir.name}/{f['crop']}", "score": f["score"],
+             "landmarks": f.get("landmarks")}
+            for r in results for f in r["frames"]]
+    reports = [r["report"] for r in results]
+    no_face = [r for r in reports if r["faces"] == 0]
+    sampled = sum(r["sampled"] for r in reports)
+    report = {"samples": len(samples), "frames_sampled": sampled, "crops": len(rows),
+              "face_share": len(rows) / sampled if sampled else 0.0,
+              "extracted": sum(not r["skipped"] for r in results), "skipped": sum(r["skipped"] for r in results),
+              "problems": [r for r in reports if r["note"]], "params": opts}
+    write_json(report_path, report)
+    if not rows:
+        raise DataError(f"no face found in any of {len(samples)} samples", f"see {report_path}; try faces.upsample: 2")
+    index = pd.DataFrame(rows)[[*INDEX_COLUMNS, "landmarks"]]
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    index.sort_values(["sample_id", "frame"]).reset_index(drop=True).to_parquet(index_path, index=False)
+    return FacesResult(index_path, report_path, len(rows), len(no_face), report["extracted"], report["skipped"])
+
+
+def run(params: Params, layout: Layout) -> FacesResult:
+    """The stage as `dfd stage faces` and the flow call it."""
+    return extract_faces(params.faces, layout.manifest, layout.resolve(params.data.root), layout.faces_dir,
+                         layout.faces_index, layout.faces_report)
