@@ -40,8 +40,8 @@ class DataParams(_Section):
 class DemoDataParams(_Section):
     """The offline demo dataset generator (`dfd demo-data`)."""
 
-    identities: int = 24  # enough that the identity-disjoint val and test splits hold several people each
-    images_per_identity: int = 4
+    identities: int = 40  # enough that the identity-disjoint val and test splits hold several people each
+    images_per_identity: int = 5
     videos: int = 6  # short .mp4 clips, half real, half fake, to exercise the video path
     frames_per_video: int = 12
     image_size: int = 256  # dlib's HOG detector needs faces of about 80 px or more
@@ -127,6 +127,10 @@ class EvaluateParams(_Section):
     gate: GateParams = GateParams()
     threshold: Literal["val_eer", "fixed"] = "val_eer"  # decision threshold: EER point on validation
     fixed_threshold: float = 0.5
+    # Perturbations of the test crops the ensemble is re-scored on (see dfd/robustness.py).
+    robustness: list[str] = Field(default_factory=lambda: ["jpeg_50", "gauss_blur", "downscale_50", "gauss_noise"])
+    robustness_max_crops: int = Field(2000, ge=1)  # a sample of the test crops keeps the stage minutes long
+    drift_report: bool = True  # Evidently data-drift report, validation (reference) vs test (current)
 
 
 class RegistryParams(_Section):
@@ -160,7 +164,9 @@ class Params(_Section):
     ingest: IngestParams = IngestParams()
     faces: FacesParams = FacesParams()
     models: dict[str, ModelParams] = Field(
-        default_factory=lambda: {n: ModelParams() for n in ("mesonet", "xception", "efficientnet", "f3net")}
+        # The papers' input sizes; EfficientNet-B4 at 224 as the seed project did (380 is the DFDC winner's).
+        default_factory=lambda: {"mesonet": ModelParams(input_size=256), "xception": ModelParams(input_size=299),
+                                 "efficientnet": ModelParams(input_size=224), "f3net": ModelParams(input_size=299)}
     )
     train: TrainParams = TrainParams()
     ensemble: EnsembleParams = EnsembleParams()

@@ -125,11 +125,11 @@ def blend_fake(target: Identity, source: Identity, pose: Pose, size: int, rng: n
     dst = draw_face(target, pose, size, noise_seed)
     src = draw_face(source, pose, size, noise_seed + 1)
     # Resampling: the swapped face went through a lower resolution, as a generator's output does.
-    factor = rng.uniform(0.35, 0.6)
+    factor = rng.uniform(0.2, 0.35)
     small = cv2.resize(src, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
     src = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     # Colour mismatch between the pasted face and its new surroundings.
-    src *= rng.uniform(0.88, 1.12, 3)
+    src *= rng.uniform(0.85, 1.15, 3)
     # Align the source's face box onto the target's (scale and translate).
     scx, scy, sfw, sfh = _geometry(source, pose, size)
     tcx, tcy, tfw, tfh = _geometry(target, pose, size)

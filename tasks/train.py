@@ -27,6 +27,7 @@ from dfd.layout import Layout
 from dfd.metrics import binary_metrics, frame_and_video_metrics
 from dfd.reporting import write_json
 from models import create_model, model_config
+from models.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +68,6 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: a kill mid-save never leaves a torn checkpoint
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint without unpickling arbitrary objects."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def build_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from the name and arguments stored in its checkpoint, with its weights."""
-    model = create_model(ckpt["arch"], **ckpt["model_kwargs"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
-
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
     """Probabilities of 'fake' for every item of `loader`, in order."""
@@ -96,7 +85,7 @@ def _fingerprint(name: str, spec: ModelParams, cfg: TrainParams, index_path: Pat
 
 
 def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path, out_dir: Path,
-                on_epoch: EpochCallback | None = None) -> TrainResult:
+                on_epoch: EpochCallback | None = None, progress: bool = True) -> TrainResult:
     """Train one detector; resume from `out_dir/last.pt` when it was made by the same params and data.
 
     Args:
@@ -106,6 +95,7 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
         index_path: The faces index; crops are relative to its folder.
         out_dir: Where best.pt, last.pt, metrics.json and predictions.parquet go.
         on_epoch: Called after every epoch with (epoch, metrics), e.g. to log to MLflow.
+        progress: Show a per-step progress bar (off when several models train at once: one log line per epoch).
 
     Raises:
         TrainingError: On a NaN or infinite loss, naming the epoch and step.
@@ -175,7 +165,8 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
         loader = DataLoader(train_ds, shuffle=True, generator=gen, drop_last=len(train_ds) > batch, **loader_kw)
         model.train()
         t0, seen, total_loss = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, leave=False)
+        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, leave=False,
+                   disable=not progress)
         for step, (x, y) in enumerate(bar):
             if step >= steps_per_epoch:
                 break
@@ -204,6 +195,8 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
         _save(last_path, state(epoch))
         if improved:
             _save(best_path, state(epoch))
+        log.info("%s epoch %d/%d: loss %.4f, val AUC %.4f, %.1f img/s", name, epoch + 1, cfg.epochs,
+                 metrics["train_loss"], val["auc"], metrics["images_per_s"])
         if on_epoch:
             on_epoch(epoch, metrics)
 
@@ -228,8 +221,10 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     return TrainResult(name, out_dir, best_path, last_path, metrics_path, pred_path, summary)
 
 
-def run(params: Params, layout: Layout, name: str, on_epoch: EpochCallback | None = None) -> TrainResult:
+def run(params: Params, layout: Layout, name: str, on_epoch: EpochCallback | None = None,
+        progress: bool = True) -> TrainResult:
     """The stage as `dfd stage train --model NAME` and the flow call it."""
     if name not in params.models:
         raise StageError(f"model '{name}' is not under `models:` in params", f"choose one of {sorted(params.models)}")
-    return train_model(name, params.models[name], params.train, layout.faces_index, layout.model_dir(name), on_epoch)
+    return train_model(name, params.models[name], params.train, layout.faces_index, layout.model_dir(name), on_epoch,
+                       progress)

@@ -1,0 +1,175 @@
+"""The `dfd` command line: one entry point for users, dvc.yaml, Docker and Prefect deployments.
+
+Exit codes: 0 success, 2 a user-facing error (bad params, bad data, missing upstream output), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from dfd.config import Params, json_schema, load_params
+from dfd.errors import DfdError
+
+STAGES = ("ingest", "faces", "train", "ensemble", "evaluate", "register")
+DEMO_OVERRIDE = "configs/demo.yaml"
+
+
+def _params(args: argparse.Namespace) -> Params:
+    return load_params(args.params, args.override)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.schema:
+        print(json.dumps(json_schema(), indent=2))
+    else:
+        print(json.dumps(_params(args).model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from dfd.demo_data import generate
+
+    params = load_params(args.params, args.override) if Path(args.params).is_file() else Params()
+    d = params.demo_data
+    out = Path(args.out or params.data.root)
+    counts = generate(out, seed=args.seed, identities=d.identities, images_per_identity=d.images_per_identity,
+                      videos=d.videos, frames_per_video=d.frames_per_video, image_size=d.image_size)
+    print(f"demo dataset written to {out}: {counts['real']} real, {counts['fake']} fake (seed {args.seed})")
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from dfd.layout import Layout
+
+    params = _params(args)
+    layout = Layout.from_params(params, Path.cwd())
+    name = args.name
+    if name == "ingest":
+        from tasks import ingest
+
+        res: Any = ingest.run(params, layout)
+        print(f"ingest: {res.samples} samples, {res.bad} bad -> {res.manifest}")
+    elif name == "faces":
+        from tasks import faces
+
+        res = faces.run(params, layout)
+        print(f"faces: {res.crops} crops ({res.extracted} samples extracted, {res.skipped} up to date) -> {res.index}")
+    elif name == "train":
+        from tasks import train
+
+        if not args.model:
+            raise DfdError("`dfd stage train` needs --model", f"one of {', '.join(params.models)}")
+        res = train.run(params, layout, args.model)
+        print(f"train@{args.model}: best val AUC {res.summary['best_val_auc']:.4f} -> {res.best}")
+    elif name == "ensemble":
+        from tasks import ensemble
+
+        res = ensemble.run(params, layout)
+        print(f"ensemble: weights {json.dumps({k: round(v, 3) for k, v in res.weights.items()})} -> {res.spec}")
+    elif name == "evaluate":
+        from tasks import evaluate
+
+        res = evaluate.run(params, layout)
+        m = res.metrics["ensemble"]
+        print(f"evaluate: test AUC {m['auc']:.4f}, video AUC {m['video_auc']:.4f}, EER {m['eer']:.4f}; "
+              f"gate {'PASSED' if res.passed else 'FAILED: ' + ', '.join(res.gate['failed'])}")
+    elif name == "register":
+        from dfd.provenance import git_commit
+        from dfd.reporting import read_json
+        from dfd.tracking import Tracker
+        from tasks import register
+
+        tracker = Tracker.from_params(params, Path.cwd())
+        tags = {"git_commit": git_commit(Path.cwd()), "params_hash": params.digest(), "dataset": params.data.name,
+                "dvc_data_hash": read_json(layout.ingest_report).get("data_hash", "unknown")}
+        with tracker.run("register (dvc)", tags=tags) as rid:
+            tracker.log_metrics(rid, {"test": read_json(layout.reports_dir / "metrics.json")["ensemble"]})
+            res = register.run(params, layout, tracker, rid, tags)
+        print(f"register: {res.model_name} v{res.version} {'promoted to @' + res.alias if res.promoted else 'not promoted'}")
+    return 0
+
+
+def _print_summary(summary: Any, root: Path) -> None:
+    m = summary.metrics
+    print()
+    print(f"Pipeline run {summary.run_id} finished.")
+    print(f"  test AUC {m['auc']:.4f} | video AUC {m['video_auc']:.4f} | EER {m['eer']:.4f} | accuracy {m['accuracy']:.4f}")
+    gate = "PASSED" if summary.gate["passed"] else "FAILED (" + ", ".join(summary.gate["failed"]) + ")"
+    print(f"  gate: {gate}")
+    status = f"promoted to alias '{summary.alias}'" if summary.promoted else f"NOT promoted ('{summary.alias}' unchanged)"
+    print(f"  registered model: {summary.model_name} version {summary.version}, {status}")
+    print()
+    print("See the results:")
+    print(f"  MLflow UI:  mlflow ui --backend-store-uri {summary.tracking_uri}   (then http://127.0.0.1:5000)")
+    print("  Prefect UI: prefect server start   (then http://127.0.0.1:4200)")
+    print(f"  Reports:    {root / 'artifacts' / 'reports'}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import pipeline
+
+    _params(args)  # validate before starting Prefect, so a typo fails in a second, not after server start-up
+    summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
+    _print_summary(summary, Path.cwd())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if DEMO_OVERRIDE not in args.override:
+        args.override = [DEMO_OVERRIDE, *args.override]
+    params = _params(args)
+    if not (Path(params.data.root) / "metadata.json").is_file():
+        args.out = None
+        cmd_demo_data(args)
+    return cmd_run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfd", description="Train, evaluate and ship deepfake detectors.")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--override", action="append", default=[], metavar="FILE",
+                        help="a params file merged on top (repeatable), e.g. configs/demo.yaml")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the whole pipeline as a Prefect flow")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("demo", help="generate the demo dataset if needed and run the pipeline on CPU-sized params")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("stage", help="run one stage (what dvc.yaml calls)")
+    p.add_argument("name", choices=STAGES)
+    p.add_argument("--model", help="the model to train (train stage)")
+    p.set_defaults(func=cmd_stage)
+    p = sub.add_parser("demo-data", help="write the offline demo dataset")
+    p.add_argument("--out", help="dataset root (default: data.root from params)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
+    p = sub.add_parser("config", help="print the resolved params, or their JSON schema")
+    p.add_argument("--schema", action="store_true", help="print the JSON schema of params.yaml")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "alembic", "numba"):  # every Prefect API call would print a line
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except DfdError as exc:
+        print(f"dfd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dfd: interrupted; finished outputs are kept and the next run resumes from them", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

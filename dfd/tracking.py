@@ -1,0 +1,145 @@
+"""The MLflow service: one small object the flow and the stages' wiring talk to; nothing is configured at import.
+
+It uses `MlflowClient` with explicit run ids, so parallel training tasks (threads) log to their own nested runs
+without MLflow's thread-local "active run" getting in the way, and a lock serialises writes to the sqlite store.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dfd.config import Params
+from dfd.errors import DfdError
+
+PARENT_TAG = "mlflow.parentRunId"
+NAME_TAG = "mlflow.runName"
+
+
+def resolve_tracking_uri(params: Params, root: Path) -> str:
+    """MLFLOW_TRACKING_URI from the environment, else params; a relative sqlite path is made absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str((root / uri[len(prefix):]).resolve())
+    return uri
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`, for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    """Runs, params, metrics, artifacts and the registry, for one tracking URI and experiment.
+
+    Args:
+        tracking_uri: An MLflow tracking URI (sqlite, http(s), ...).
+        experiment: Experiment name, created on first use.
+        artifact_root: Artifact location for a new experiment on a local store; None lets the server decide.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._lock = threading.Lock()
+        self.experiment_id = self._experiment(experiment, artifact_root)
+
+    @classmethod
+    def from_params(cls, params: Params, root: Path) -> Tracker:
+        uri = resolve_tracking_uri(params, root)
+        local = uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+        return cls(uri, params.mlflow.experiment, root / "mlruns" if local else None)
+
+    def _experiment(self, name: str, artifact_root: Path | None) -> str:
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                return exp.experiment_id
+            location = artifact_root.resolve().as_uri() if artifact_root else None
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception as exc:  # MLflow raises several types for an unreachable store
+            raise DfdError(f"MLflow tracking store unreachable at {self.tracking_uri}: {type(exc).__name__}",
+                           "start the server (mlflow/start_server.sh) or set MLFLOW_TRACKING_URI") from None
+
+    def start_run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+        """Create a run (nested under `parent_id` when given) and return its id."""
+        all_tags = {NAME_TAG: name, **(tags or {})}
+        if parent_id:
+            all_tags[PARENT_TAG] = parent_id
+        with self._lock:
+            return self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        with self._lock:
+            self.client.set_terminated(run_id, status)
+
+    @contextmanager
+    def run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str]:
+        """A run that ends FINISHED, or FAILED when the body raises."""
+        run_id = self.start_run(name, parent_id, tags)
+        try:
+            yield run_id
+        except BaseException:
+            self.end_run(run_id, "FAILED")
+            raise
+        self.end_run(run_id)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        with self._lock:
+            for i in range(0, len(items), 100):  # MLflow's batch limit
+                self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items()
+                 if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))]
+        with self._lock:
+            for i in range(0, len(items), 500):
+                self.client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        with self._lock:
+            for k, v in tags.items():
+                self.client.set_tag(run_id, k, str(v))
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        with self._lock:
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path)
+            elif path.is_file():
+                self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_dataset(self, run_id: str, manifest: Path, name: str, digest: str, source: str,
+                    context: str = "training") -> None:
+        """Log the manifest as the run's dataset input, with the DVC hash of the data as its digest."""
+        import mlflow.data
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+
+        df = pd.read_parquet(manifest)
+        ds = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
+        entity = ds._to_mlflow_entity()
+        with self._lock:
+            self.client.log_inputs(run_id, datasets=[DatasetInput(entity, [InputTag("mlflow.data.context", context)])])

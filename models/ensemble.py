@@ -1,0 +1,32 @@
+"""The served ensemble: an MLflow pyfunc model over the member checkpoints and the fitted weights.
+
+Input: RGB uint8 face crops, shape (N, H, W, 3), as the faces stage writes them (any square size: each member
+resizes and normalises with its own registered config). Output: P(fake), float32 (N,).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+
+class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
+    """Weighted average of the member detectors' probabilities."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from dfd.inference import EnsemblePredictor
+
+        spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
+        checkpoints = {m: Path(context.artifacts[f"member_{m}"]) for m in spec["members"]}
+        self.threshold = float(spec.get("val_eer_threshold", 0.5))
+        self.predictor = EnsemblePredictor(checkpoints, spec["weights"])
+
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        crops = np.asarray(model_input)
+        if crops.ndim != 4 or crops.shape[-1] != 3:
+            raise ValueError(f"expected RGB crops of shape (N, H, W, 3), got {crops.shape}")
+        return self.predictor(crops.astype(np.uint8)).astype(np.float32)

@@ -1,0 +1,121 @@
+"""ensemble: fuse the models' validation predictions with weights found by an Optuna study."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from dfd.config import EnsembleParams, Params
+from dfd.errors import StageError
+from dfd.layout import Layout
+from dfd.metrics import binary_metrics, eer
+from dfd.reporting import write_json
+
+log = logging.getLogger(__name__)
+
+TrialCallback = Callable[[int, dict[str, float], dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """What the ensemble stage wrote."""
+
+    spec: Path
+    predictions: Path
+    weights: dict[str, float]
+    val_metrics: dict[str, float]
+
+
+def load_predictions(paths: dict[str, Path]) -> pd.DataFrame:
+    """One wide frame: sample_id, frame, split, label, and one probability column per model."""
+    wide: pd.DataFrame | None = None
+    for name, path in paths.items():
+        if not path.is_file():
+            raise StageError(f"predictions of model '{name}' not found: {path}", f"run `dfd stage train --model {name}`")
+        df = pd.read_parquet(path)[["sample_id", "frame", "split", "label", "prob"]].rename(columns={"prob": name})
+        wide = df if wide is None else wide.merge(df, on=["sample_id", "frame", "split", "label"], how="inner")
+    if wide is None or wide.empty:
+        raise StageError("no predictions to ensemble", "train at least one model")
+    return wide
+
+
+def fuse(wide: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
+    """Weighted average of the models' probabilities (weights need not sum to one)."""
+    total = sum(weights.values())
+    return sum(wide[m].to_numpy() * (w / total) for m, w in weights.items())  # type: ignore[return-value]
+
+
+def _score(objective: str, labels: np.ndarray, probs: np.ndarray) -> float:
+    m = binary_metrics(labels, probs)
+    return -m["log_loss"] if objective == "log_loss" else m["auc"]
+
+
+def search_weights(wide: pd.DataFrame, models: list[str], cfg: EnsembleParams,
+                   on_trial: TrialCallback | None = None) -> tuple[dict[str, float], optuna.Study]:
+    """Find ensemble weights maximising the objective on validation frames with a seeded TPE study.
+
+    The first trial is the plain average, so the search can only improve on it.
+    """
+    val = wide[wide["split"] == "val"]
+    labels = val["label"].to_numpy()
+    if len(np.unique(labels)) < 2:
+        raise StageError("the validation split holds one class only; weights cannot be fitted",
+                         "add identities or raise ingest.val_share")
+
+    def objective(trial: optuna.Trial) -> float:
+        w = {m: trial.suggest_float(m, 0.0, 1.0) for m in models}
+        if sum(w.values()) <= 1e-9:
+            return float("-inf")
+        value = _score(cfg.objective, labels, fuse(val, w))
+        if on_trial:
+            on_trial(trial.number, w, {cfg.objective: abs(value)})
+        return value
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+    study.enqueue_trial({m: 1.0 for m in models})
+    study.optimize(objective, n_trials=cfg.trials, show_progress_bar=False)
+    best = study.best_params
+    total = sum(best.values())
+    return {m: best[m] / total for m in models}, study
+
+
+def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_dir: Path,
+                   on_trial: TrialCallback | None = None) -> EnsembleResult:
+    """Fit ensemble weights on validation predictions and write `ensemble.json` and `predictions.parquet`.
+
+    Args:
+        cfg: Ensemble params.
+        prediction_paths: Each model's `predictions.parquet`.
+        out_dir: The ensemble's output folder.
+        on_trial: Called with (trial number, weights, objective value) for each Optuna trial.
+    """
+    models = sorted(prediction_paths)
+    wide = load_predictions(prediction_paths)
+    weights, study = search_weights(wide, models, cfg, on_trial)
+    wide["prob"] = fuse(wide, weights)
+    val = wide[wide["split"] == "val"]
+    val_metrics = binary_metrics(val["label"].to_numpy(), val["prob"].to_numpy())
+    _, val_eer_threshold = eer(val["label"].to_numpy(), val["prob"].to_numpy())
+    per_model: dict[str, Any] = {m: binary_metrics(val["label"].to_numpy(), val[m].to_numpy()) for m in models}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pred_path = out_dir / "predictions.parquet"
+    wide.to_parquet(pred_path, index=False)
+    spec = {"method": cfg.method, "members": models, "weights": weights, "objective": cfg.objective,
+            "trials": len(study.trials), "best_value": study.best_value, "val_eer_threshold": val_eer_threshold,
+            "val_metrics": val_metrics, "val_metrics_per_model": per_model}
+    spec_path = write_json(out_dir / "ensemble.json", spec)
+    return EnsembleResult(spec_path, pred_path, weights, val_metrics)
+
+
+def run(params: Params, layout: Layout, on_trial: TrialCallback | None = None) -> EnsembleResult:
+    """The stage as `dfd stage ensemble` and the flow call it."""
+    paths = {m: layout.model_dir(m) / "predictions.parquet" for m in params.models}
+    return build_ensemble(params.ensemble, paths, layout.ensemble_dir, on_trial)

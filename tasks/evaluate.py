@@ -1,0 +1,170 @@
+"""evaluate: test metrics of the ensemble and its members, robustness, drift, and the promotion gate."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from dfd.config import EvaluateParams, GateParams, Params
+from dfd.errors import StageError
+from dfd.layout import Layout
+from dfd.metrics import binary_metrics, frame_and_video_metrics
+from dfd.plots import roc_plot, score_histogram
+from dfd.reporting import read_json, write_json
+from dfd.robustness import get_perturbation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """What the evaluate stage wrote, and the gate's decision."""
+
+    reports_dir: Path
+    metrics: dict[str, Any]
+    gate: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.gate["passed"])
+
+
+def gate_decision(metrics: dict[str, float], gate: GateParams) -> dict[str, Any]:
+    """Check test metrics against the gate's thresholds; a NaN metric fails its check."""
+    rules = [("auc", "min_auc", ">="), ("video_auc", "min_video_auc", ">="), ("eer", "max_eer", "<="),
+             ("accuracy", "min_accuracy", ">=")]
+    checks = []
+    for metric, key, op in rules:
+        value, bound = metrics.get(metric, float("nan")), getattr(gate, key)
+        ok = not math.isnan(value) and (value >= bound if op == ">=" else value <= bound)
+        checks.append({"metric": metric, "value": value, "op": op, "threshold": bound, "passed": ok})
+    failed = [c["metric"] for c in checks if not c["passed"]]
+    return {"passed": not failed, "checks": checks, "failed": failed}
+
+
+def _image_stats(paths: list[Path]) -> pd.DataFrame:
+    """Brightness, contrast, sharpness and saturation of crops: the inputs' side of the drift report."""
+    rows = []
+    for p in paths:
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if bgr is None:
+            rows.append({"brightness": np.nan, "contrast": np.nan, "sharpness": np.nan, "saturation": np.nan})
+            continue
+        grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        rows.append({"brightness": float(grey.mean()), "contrast": float(grey.std()),
+                     "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var()),
+                     "saturation": float(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)[..., 1].mean())})
+    return pd.DataFrame(rows)
+
+
+def drift_report(reference: pd.DataFrame, current: pd.DataFrame, html: Path) -> dict[str, Any]:
+    """An Evidently data-drift report (validation as reference, test as current); returns its summary."""
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    snapshot = Report([DataDriftPreset()]).run(current_data=current, reference_data=reference)
+    snapshot.save_html(str(html))
+    summary: dict[str, Any] = {"html": html.name, "columns": {}}
+    for metric in snapshot.dict()["metrics"]:
+        name, value = metric["metric_name"], metric["value"]
+        if name.startswith("DriftedColumnsCount"):
+            summary["drifted_columns"] = float(value["count"])
+            summary["drifted_share"] = float(value["share"])
+        elif name.startswith("ValueDrift"):
+            summary["columns"][metric["config"]["column"]] = float(value)
+    return summary
+
+
+def robustness(frames: pd.DataFrame, crops_root: Path, checkpoints: dict[str, Path], weights: dict[str, float],
+               names: list[str], max_crops: int, threshold: float, seed: int = 0) -> dict[str, Any]:
+    """Re-score a sample of test crops under each perturbation and report the metrics and the AUC drop."""
+    from dfd.inference import EnsemblePredictor
+
+    if not names:
+        return {}
+    sample = frames.sample(min(max_crops, len(frames)), random_state=seed) if len(frames) > max_crops else frames
+    crops = []
+    for c in sample["crop"]:
+        bgr = cv2.imread(str(crops_root / c), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise StageError(f"face crop unreadable: {crops_root / c}", "rerun the faces stage")
+        crops.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    images = np.stack(crops)
+    labels = sample["label"].to_numpy()
+    predictor = EnsemblePredictor(checkpoints, weights)
+    clean = binary_metrics(labels, predictor(images), threshold)
+    out: dict[str, Any] = {"crops": len(images), "clean": clean, "perturbed": {}}
+    for name in names:
+        fn = get_perturbation(name)
+        m = binary_metrics(labels, predictor(np.stack([fn(c) for c in images])), threshold)
+        m["auc_drop"] = clean["auc"] - m["auc"]
+        out["perturbed"][name] = m
+    return out
+
+
+def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path], faces_index: Path,
+             out_dir: Path) -> EvaluateResult:
+    """Score the ensemble and each member on the test split, write reports and plots, and decide the gate.
+
+    Args:
+        cfg: Evaluation params, gate thresholds among them.
+        ensemble_dir: Holds ensemble.json and predictions.parquet.
+        model_dirs: Each member's folder (best.pt).
+        faces_index: The faces index (for crops, robustness and drift).
+        out_dir: artifacts/reports.
+    """
+    spec_path, pred_path = ensemble_dir / "ensemble.json", ensemble_dir / "predictions.parquet"
+    for p in (spec_path, pred_path):
+        if not p.is_file():
+            raise StageError(f"ensemble output not found: {p}", "run `dfd stage ensemble` first")
+    spec = read_json(spec_path)
+    preds = pd.read_parquet(pred_path)
+    test = preds[preds["split"] == "test"]
+    if test.empty or test["label"].nunique() < 2:
+        raise StageError("the test split is empty or holds one class only", "add identities or raise ingest.test_share")
+    threshold = spec["val_eer_threshold"] if cfg.threshold == "val_eer" else cfg.fixed_threshold
+    ensemble_metrics = frame_and_video_metrics(test, threshold)
+    members = {m: frame_and_video_metrics(test.assign(prob=test[m]), threshold) for m in spec["members"]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = out_dir / "plots"
+    roc_plot(test, [*spec["members"], "prob"], plots / "roc_test.png", "ROC on the test split (frames)")
+    score_histogram(test, plots / "scores_test.png", threshold, "Ensemble scores on the test split")
+
+    index = pd.read_parquet(faces_index)
+    crops_root = faces_index.parent
+    test_frames = test.merge(index[["sample_id", "frame", "crop"]], on=["sample_id", "frame"], how="left")
+    checkpoints = {m: d / "best.pt" for m, d in model_dirs.items()}
+    robust = robustness(test_frames, crops_root, checkpoints, spec["weights"], cfg.robustness,
+                        cfg.robustness_max_crops, threshold)
+    write_json(out_dir / "robustness.json", robust)
+
+    drift: dict[str, Any] = {}
+    if cfg.drift_report:
+        val_frames = preds[preds["split"] == "val"].merge(index[["sample_id", "frame", "crop"]],
+                                                          on=["sample_id", "frame"], how="left")
+        cols = [*spec["members"], "prob"]
+        ref = pd.concat([val_frames[cols].reset_index(drop=True),
+                         _image_stats([crops_root / c for c in val_frames["crop"]])], axis=1)
+        cur = pd.concat([test_frames[cols].reset_index(drop=True),
+                         _image_stats([crops_root / c for c in test_frames["crop"]])], axis=1)
+        drift = drift_report(ref, cur, out_dir / "drift_report.html")
+
+    metrics = {"ensemble": ensemble_metrics, "members": members, "threshold": threshold,
+               "robustness": {k: v["auc"] for k, v in robust.get("perturbed", {}).items()}, "drift": drift}
+    gate = {**gate_decision(ensemble_metrics, cfg.gate), "threshold": threshold, "split": "test"}
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "gate.json", gate)
+    return EvaluateResult(out_dir, metrics, gate)
+
+
+def run(params: Params, layout: Layout) -> EvaluateResult:
+    """The stage as `dfd stage evaluate` and the flow call it."""
+    return evaluate(params.evaluate, layout.ensemble_dir, {m: layout.model_dir(m) for m in params.models},
+                    layout.faces_index, layout.reports_dir)
