@@ -90,7 +90,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
         with tracker.run("register (dvc)", tags=tags) as rid:
             tracker.log_metrics(rid, {"test": read_json(layout.reports_dir / "metrics.json")["ensemble"]})
             res = register.run(params, layout, tracker, rid, tags)
-        print(f"register: {res.model_name} v{res.version} {'promoted to @' + res.alias if res.promoted else 'not promoted'}")
+        outcome = f"promoted to @{res.alias}" if res.promoted else "not promoted"
+        print(f"register: {res.model_name} v{res.version} {outcome}")
     return 0
 
 
@@ -98,10 +99,12 @@ def _print_summary(summary: Any, root: Path) -> None:
     m = summary.metrics
     print()
     print(f"Pipeline run {summary.run_id} finished.")
-    print(f"  test AUC {m['auc']:.4f} | video AUC {m['video_auc']:.4f} | EER {m['eer']:.4f} | accuracy {m['accuracy']:.4f}")
+    print(f"  test AUC {m['auc']:.4f} | video AUC {m['video_auc']:.4f} | EER {m['eer']:.4f} | "
+          f"accuracy {m['accuracy']:.4f}")
     gate = "PASSED" if summary.gate["passed"] else "FAILED (" + ", ".join(summary.gate["failed"]) + ")"
     print(f"  gate: {gate}")
-    status = f"promoted to alias '{summary.alias}'" if summary.promoted else f"NOT promoted ('{summary.alias}' unchanged)"
+    status = (f"promoted to alias '{summary.alias}'" if summary.promoted
+              else f"NOT promoted ('{summary.alias}' unchanged)")
     print(f"  registered model: {summary.model_name} version {summary.version}, {status}")
     print()
     print("See the results:")

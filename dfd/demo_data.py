@@ -80,7 +80,7 @@ def draw_face(idt: Identity, pose: Pose, size: int, noise_seed: int) -> np.ndarr
     img = np.empty((s, s, 3), np.float32)
     img[:] = idt.background * (0.75 + 0.4 * xx[..., None])
     cx, cy, fw, fh = _geometry(idt, pose, s)
-    ic = lambda v: int(round(v))  # noqa: E731  (OpenCV wants ints)
+    ic = lambda v: round(v)  # noqa: E731  (OpenCV wants ints)
     # Shoulders and hair behind the head.
     cv2.rectangle(img, (ic(cx - fw * 0.45), ic(cy + fh * 0.6)), (ic(cx + fw * 0.45), s), idt.skin * 0.8, -1)
     cv2.ellipse(img, (ic(cx), s), (ic(fw * 1.8), ic(fh * 0.5)), 0, 0, 360, idt.hair * 0.5 + 60, -1)

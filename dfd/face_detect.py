@@ -99,7 +99,10 @@ def create_detector(name: str, upsample: int = 1) -> Detector:
 
 
 class Landmarks:
-    """dlib's 68-point shape predictor (iBUG 300-W layout: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67)."""
+    """dlib's 68-point shape predictor.
+
+    iBUG 300-W layout: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67.
+    """
 
     def __init__(self) -> None:
         import dlib
@@ -131,8 +134,8 @@ def square_crop(rgb: np.ndarray, box: Box, margin: float, size: int) -> tuple[np
         The crop resized to `size` x `size`, and (x0, y0, side) of the square in the source image.
     """
     cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-    side = max(int(round(max(box.x1 - box.x0, box.y1 - box.y0) * margin)), 2)
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    side = max(round(max(box.x1 - box.x0, box.y1 - box.y0) * margin), 2)
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
     h, w = rgb.shape[:2]
     pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
     src = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else rgb

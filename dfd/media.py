@@ -52,7 +52,7 @@ def sample_indices(total: int, n: int) -> list[int]:
         return []
     if total <= n:
         return list(range(total))
-    return sorted({int(round(i)) for i in np.linspace(0, total - 1, n)})
+    return sorted({round(i) for i in np.linspace(0, total - 1, n)})
 
 
 def sample_video_frames(path: Path, n: int) -> tuple[list[tuple[int, np.ndarray]], str | None]:

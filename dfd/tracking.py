@@ -29,6 +29,21 @@ def resolve_tracking_uri(params: Params, root: Path) -> str:
     return uri
 
 
+def _check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds with a clear message, instead of MLflow's minutes of retries, when the server is down."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            if resp.status == 200:
+                return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DfdError(f"MLflow tracking server unreachable at {uri} ({reason})",
+                       "start it with mlflow/start_server.sh, or set MLFLOW_TRACKING_URI") from None
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"a": {"b": 1}}` -> `{"a.b": 1}`, for MLflow params."""
     out: dict[str, Any] = {}
@@ -54,6 +69,8 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
+        if tracking_uri.startswith(("http://", "https://")):
+            _check_server(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._lock = threading.Lock()
         self.experiment_id = self._experiment(experiment, artifact_root)

@@ -2,7 +2,8 @@
 
 Two Xception streams read two frequency views of the face:
 - FAD (frequency-aware decomposition): the image's 2-D DCT is split by fixed low/middle/high/all band masks, each
-  plus a learnable filter, and each band is brought back to pixels by the inverse DCT: 4 bands x 3 colours = 12 channels.
+  plus a learnable filter, and each band is brought back to pixels by the inverse DCT: 4 bands x 3 colours = 12
+  channels.
 - LFS (local frequency statistics): a sliding-window DCT (10x10, stride 2) of the grey image, whose log energies in
   M=6 bands form a 6-channel map.
 MixBlocks (cross-attention between the streams) fuse them after Xception's blocks 7 and 12, as in the paper.
@@ -76,7 +77,7 @@ class LFS(nn.Module):
         self.learnable = nn.Parameter(torch.zeros(bands, window, window))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
+        b, _, h, _w = x.shape
         grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)  # (B, 1, S, S)
         grey = (grey + 1) * 122.5  # back to a 0..255-like range, where the paper's log energies live
         patches = F.unfold(grey, self.window, stride=self.stride)  # (B, w*w, L)

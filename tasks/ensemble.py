@@ -38,7 +38,8 @@ def load_predictions(paths: dict[str, Path]) -> pd.DataFrame:
     wide: pd.DataFrame | None = None
     for name, path in paths.items():
         if not path.is_file():
-            raise StageError(f"predictions of model '{name}' not found: {path}", f"run `dfd stage train --model {name}`")
+            raise StageError(f"predictions of model '{name}' not found: {path}",
+                             f"run `dfd stage train --model {name}`")
         df = pd.read_parquet(path)[["sample_id", "frame", "split", "label", "prob"]].rename(columns={"prob": name})
         wide = df if wide is None else wide.merge(df, on=["sample_id", "frame", "split", "label"], how="inner")
     if wide is None or wide.empty:

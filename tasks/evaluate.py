@@ -69,9 +69,20 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, html: Path) -> 
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
-    snapshot = Report([DataDriftPreset()]).run(current_data=current, reference_data=reference)
-    snapshot.save_html(str(html))
-    summary: dict[str, Any] = {"html": html.name, "columns": {}}
+    # A (nearly) constant column has no distribution to compare, and Evidently's histograms fail on it.
+    spread = lambda col: min(np.nanmax(df[col]) - np.nanmin(df[col]) for df in (reference, current))  # noqa: E731
+    columns = [c for c in reference.columns if reference[c].notna().any() and current[c].notna().any() and
+               spread(c) > 1e-6]
+    summary: dict[str, Any] = {"html": html.name, "columns": {},
+                               "skipped_constant": sorted(set(reference.columns) - set(columns))}
+    try:
+        snapshot = Report([DataDriftPreset()]).run(current_data=current[columns], reference_data=reference[columns])
+        snapshot.save_html(str(html))
+    except Exception as exc:
+        log.warning("Evidently drift report failed: %s", exc)
+        html.write_text(f"<html><body><h1>Drift report unavailable</h1><p>{type(exc).__name__}: {exc}</p>"
+                        "</body></html>")
+        return {**summary, "error": f"{type(exc).__name__}: {exc}"}
     for metric in snapshot.dict()["metrics"]:
         name, value = metric["metric_name"], metric["value"]
         if name.startswith("DriftedColumnsCount"):

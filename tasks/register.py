@@ -53,7 +53,8 @@ def _input_example(faces_index: Path, n: int = 2) -> np.ndarray:
 
 
 def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_dirs: dict[str, Path],
-             faces_index: Path, tracker: Tracker, run_id: str, tags: dict[str, str], record_path: Path) -> RegisterResult:
+             faces_index: Path, tracker: Tracker, run_id: str, tags: dict[str, str],
+             record_path: Path) -> RegisterResult:
     """Register the ensemble in the MLflow model registry.
 
     Args:
@@ -67,10 +68,10 @@ def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_d
         tags: Provenance (git commit, DVC data hash, params hash) set on the model version.
         record_path: Where `registry.json` goes.
     """
-    import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    import mlflow
     from models.ensemble import DeepfakeEnsembleModel
 
     gate_path, spec_path = reports_dir / "gate.json", ensemble_dir / "ensemble.json"

@@ -119,8 +119,9 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     batch = spec.batch_size or cfg.batch_size
     loader_kw: dict[str, Any] = {"batch_size": batch, "num_workers": cfg.num_workers,
                                  "pin_memory": device.type == "cuda", "persistent_workers": cfg.num_workers > 0}
-    eval_loaders = {s: DataLoader(FaceCrops(df, root, eval_tf), shuffle=False, **loader_kw)
-                    for s, df in splits.items() if not df.empty}
+    # Validation and test only: the ensemble is fitted on validation and judged on test.
+    eval_loaders = {s: DataLoader(FaceCrops(splits[s], root, eval_tf), shuffle=False, **loader_kw)
+                    for s in ("val", "test") if not splits[s].empty}
 
     torch.manual_seed(cfg.seed)
     model_kwargs = {"input_size": mcfg.input_size, **spec.kwargs}
@@ -162,6 +163,7 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
         # Seeding per epoch makes shuffling and dropout the same whether or not the run was resumed.
         gen = torch.Generator().manual_seed(cfg.seed + epoch)
         torch.manual_seed(cfg.seed + epoch)
+        train_ds.transform.set_random_seed(cfg.seed + epoch)  # albumentations keeps its own generator
         loader = DataLoader(train_ds, shuffle=True, generator=gen, drop_last=len(train_ds) > batch, **loader_kw)
         model.train()
         t0, seen, total_loss = time.perf_counter(), 0, 0.0

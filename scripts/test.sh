@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite (unit, data, models, flows end to end) plus the linter, in .venv.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny params, a tiny generated dataset, the real-data path, and one Prefect test server."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dfd.config import load_params
+from dfd.demo_data import generate
+from tests.helpers import PROJECT, SHARED_DATA, TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo dataset at test size, generated once per session (read-only for tests: copy before changing)."""
+    root = tmp_path_factory.mktemp("tiny") / "raw"
+    p = load_params(PROJECT / "params.yaml", [TINY]).demo_data
+    generate(root, seed=0, identities=p.identities, images_per_identity=p.images_per_identity, videos=p.videos,
+             frames_per_video=p.frames_per_video, image_size=p.image_size)
+    return root
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, tiny_dataset: Path) -> Path:
+    """A fresh project folder holding a copy of the tiny dataset at `raw/`."""
+    shutil.copytree(tiny_dataset, tmp_path / "raw")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def ffpp_sample() -> Path:
+    """The FaceForensics++ sample in ../shared/data, or a skip saying why."""
+    path = SHARED_DATA / "ffpp_c23_sample"
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (../shared/data is provided beside the repo in CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One real temporary Prefect server for the whole session (each costs seconds to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

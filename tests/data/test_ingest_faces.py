@@ -1,0 +1,97 @@
+"""ingest and faces on tiny generated data, including bad inputs that must be reported, not crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dfd.errors import DataError, StageError
+from dfd.layout import Layout
+from tasks import faces, ingest
+from tests.helpers import tiny_params
+
+
+def test_ingest_builds_identity_disjoint_manifest(tiny_project: Path) -> None:
+    params = tiny_params(tiny_project)
+    res = ingest.run(params, Layout.from_params(params, tiny_project))
+    df = pd.read_parquet(res.manifest)
+    assert list(df.columns) == ["sample_id", "dataset", "path", "media", "label", "method", "identity", "split"]
+    assert res.bad == 0 and len(df) == res.samples
+    assert set(df["split"]) == {"train", "val", "test"}
+    assert (df.groupby("identity")["split"].nunique() == 1).all()  # no identity straddles splits
+    assert set(df["media"]) == {"image", "video"}
+    assert df["sample_id"].is_unique
+
+
+def test_bad_inputs_are_reported_with_reasons(tiny_project: Path) -> None:
+    raw = tiny_project / "raw"
+    (raw / "real" / "empty.png").write_bytes(b"")
+    (raw / "fake" / "broken_x_0.png").write_bytes(b"\x89PNG not really")
+    (raw / "real" / "clip_bad.mp4").write_bytes(b"\x00" * 2048)
+    meta = json.loads((raw / "metadata.json").read_text())
+    meta["fake/missing_y_0.png"] = {"label": 1, "identity": "id999"}
+    (raw / "metadata.json").write_text(json.dumps(meta))
+    params = tiny_params(tiny_project)
+    res = ingest.run(params, Layout.from_params(params, tiny_project))
+    reasons = {b["path"]: b["reason"] for b in json.loads(res.report.read_text())["bad"]}
+    assert reasons["real/empty.png"] == "zero-byte file"
+    assert "corrupt" in reasons["fake/broken_x_0.png"]
+    assert "video" in reasons["real/clip_bad.mp4"]
+    assert "missing" in reasons["fake/missing_y_0.png"]
+    manifest = pd.read_parquet(res.manifest)
+    assert not set(reasons) & set(manifest["path"])  # bad rows never reach the manifest
+
+
+def test_too_many_bad_inputs_stop_with_the_report_written(tiny_project: Path) -> None:
+    for p in list((tiny_project / "raw" / "real").glob("*.png"))[:8]:
+        p.write_bytes(b"")
+    params = tiny_params(tiny_project, ingest={"max_bad_share": 0.05})
+    layout = Layout.from_params(params, tiny_project)
+    with pytest.raises(DataError, match="max_bad_share"):
+        ingest.run(params, layout)
+    assert len(json.loads(layout.ingest_report.read_text())["bad"]) == 8
+
+
+def test_missing_root_and_empty_class(tiny_project: Path) -> None:
+    params = tiny_params(tiny_project, data={"root": str(tiny_project / "nowhere")})
+    with pytest.raises(DataError, match="dataset root not found"):
+        ingest.run(params, Layout.from_params(params, tiny_project))
+    for p in (tiny_project / "raw" / "fake").iterdir():
+        p.unlink()
+    params = tiny_params(tiny_project)
+    with pytest.raises(DataError, match="'fake/'.*empty"):
+        ingest.run(params, Layout.from_params(params, tiny_project))
+
+
+def test_faces_extracts_then_skips_on_rerun(tiny_project: Path) -> None:
+    params = tiny_params(tiny_project)
+    layout = Layout.from_params(params, tiny_project)
+    with pytest.raises(StageError, match="ingest"):
+        faces.run(params, layout)  # no manifest yet: a clear error naming the missing stage
+    ingest.run(params, layout)
+    first = faces.run(params, layout)
+    index = pd.read_parquet(first.index)
+    assert first.crops == len(index) > 0 and first.skipped == 0
+    report = json.loads(first.report.read_text())
+    assert report["face_share"] >= 0.9
+    crop = layout.faces_index.parent / index["crop"].iloc[0]
+    import cv2
+
+    assert cv2.imread(str(crop)).shape == (params.faces.crop_size, params.faces.crop_size, 3)
+    assert len(index["landmarks"].iloc[0]) == 136
+    videos = index[index["media"] == "video"]
+    assert videos.groupby("sample_id")["frame"].nunique().max() == params.faces.frames_per_video
+    second = faces.run(params, layout)
+    assert second.extracted == 0 and second.skipped == first.extracted + first.skipped
+    assert second.crops == first.crops
+
+
+def test_faces_parallel_workers_match_serial(tiny_project: Path) -> None:
+    params = tiny_params(tiny_project, faces={"workers": 2})
+    layout = Layout.from_params(params, tiny_project)
+    ingest.run(params, layout)
+    res = faces.run(params, layout)
+    assert res.extracted > 0 and res.samples_without_face == 0

@@ -1,0 +1,61 @@
+"""`dvc repro` runs every stage in a fresh copy of the project; a second `dvc repro` does nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dfd.config import load_params
+from tests.helpers import PROJECT, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+def test_dvc_repro_twice(tmp_path: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    clone = tmp_path / "clone"
+    for rel in files:
+        src = PROJECT / rel
+        if src.is_file():
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            (clone / rel).write_bytes(src.read_bytes())
+    # The clone's params.yaml holds the tiny values, so DVC tracks them like any user edit.
+    tiny = load_params(clone / "params.yaml", [TINY]).model_dump(mode="json")
+    (clone / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DFD_PARAMS_OVERRIDE", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        _run(cmd, clone, env)
+    _run(["dfd", "demo-data"], clone, env)
+
+    first = _run(["dvc", "repro"], clone, env)
+    for stage in ("ingest", "faces", "train@mesonet", "train@xception", "train@efficientnet", "train@f3net",
+                  "ensemble", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in first.stdout, stage
+    assert (clone / "artifacts" / "registry.json").is_file()
+    second = _run(["dvc", "repro"], clone, env)
+    assert "Running stage" not in second.stdout
+    assert "Data and pipelines are up to date" in second.stdout + second.stderr
+    status = _run(["dvc", "status"], clone, env)
+    assert "up to date" in status.stdout
+
+    # Changing one model's params reruns that model and what depends on it, nothing upstream.
+    tiny["models"]["mesonet"]["lr"] = 0.001
+    (clone / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
+    third = _run(["dvc", "repro"], clone, env)
+    assert "Running stage 'train@mesonet'" in third.stdout and "Running stage 'ensemble'" in third.stdout
+    assert "Running stage 'faces'" not in third.stdout and "Running stage 'train@f3net'" not in third.stdout

@@ -1,0 +1,85 @@
+"""The Prefect flow end to end on a real temporary Prefect server and a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.helpers import PROJECT, TINY
+
+pytestmark = pytest.mark.slow
+
+STAGES = {"ingest", "faces", "train@mesonet", "train@xception", "train@efficientnet", "train@f3net", "ensemble",
+          "evaluate", "register"}
+
+
+def _git_init(root: Path) -> str:
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_pipeline_runs_logs_registers_and_gates(prefect_server: None, tiny_project: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.pipeline import pipeline
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tiny_project
+    shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
+    shutil.copy(TINY, root / "tiny.yaml")
+    (root / "local.yaml").write_text(yaml.safe_dump({"data": {"root": "raw"}}))
+    (root / "strict.yaml").write_text(yaml.safe_dump({"evaluate": {"gate": {"min_auc": 1.01}}}))
+    commit = _git_init(root)
+
+    summary = pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml"], root=str(root))
+    assert summary.promoted and summary.version == "1"
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    assert summary.tracking_uri == uri
+
+    client = MlflowClient(uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("deepfake-detection")
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    parent = next(r for r in runs if r.info.run_id == summary.run_id)
+    assert parent.data.tags["git_commit"] == commit and parent.data.tags["dvc_data_hash"].endswith(".dir")
+    assert "train.epochs" in parent.data.params and "test.auc" in parent.data.metrics
+    children = {r.data.tags["mlflow.runName"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == summary.run_id}
+    assert set(children) == STAGES
+    assert all(r.info.status == "FINISHED" for r in children.values())
+    history = client.get_metric_history(children["train@mesonet"].info.run_id, "val_auc")
+    assert len(history) == 1  # one point per epoch (tiny params train one epoch)
+    artifacts = {a.path for a in client.list_artifacts(children["train@f3net"].info.run_id)}
+    assert {"best.pt", "metrics.json", "predictions.parquet"} <= artifacts
+    ingest_run = client.get_run(children["ingest"].info.run_id)
+    assert ingest_run.inputs.dataset_inputs[0].dataset.digest == parent.data.tags["dvc_data_hash"][:36]
+
+    version = client.get_model_version("deepfake-ensemble", "1")
+    for tag in ("git_commit", "dvc_data_hash", "params_hash"):
+        assert version.tags[tag] == parent.data.tags[tag]
+    assert str(client.get_model_version_by_alias("deepfake-ensemble", "production").version) == "1"
+
+    # The registered model serves: crops in, P(fake) out.
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model("models:/deepfake-ensemble@production")
+    index = pd.read_parquet(root / "data" / "faces" / "index.parquet").head(3)
+    crops = np.stack([cv2.cvtColor(cv2.imread(str(root / "data" / "faces" / c)), cv2.COLOR_BGR2RGB)
+                      for c in index["crop"]])
+    scores = model.predict(crops)
+    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
+
+    # A failing gate registers a version but leaves the alias where it was.
+    failed = pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml", "strict.yaml"], root=str(root))
+    assert failed.version == "2" and not failed.promoted and failed.gate["failed"] == ["auc"]
+    assert str(client.get_model_version_by_alias("deepfake-ensemble", "production").version) == "1"
+    assert client.get_model_version("deepfake-ensemble", "2").tags["gate_passed"] == "false"

@@ -1,0 +1,124 @@
+"""The stage functions chained by hand on tiny data: outputs match the stage contracts, and the gate decides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dfd.errors import StageError
+from dfd.layout import Layout
+from models.checkpoint import load_checkpoint
+from tasks import ensemble, evaluate, faces, ingest, train
+from tests.helpers import tiny_params
+
+MODELS = ["mesonet", "xception", "efficientnet", "f3net"]
+
+
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path) -> tuple[Path, Layout]:
+    import shutil
+
+    root = tmp_path_factory.mktemp("chain")
+    shutil.copytree(tiny_dataset, root / "raw")
+    params = tiny_params(root)
+    layout = Layout.from_params(params, root)
+    ingest.run(params, layout)
+    faces.run(params, layout)
+    for m in MODELS:
+        train.run(params, layout, m, progress=False)
+    ensemble.run(params, layout)
+    evaluate.run(params, layout)
+    return root, layout
+
+
+def test_training_outputs_follow_the_contract(chained: tuple[Path, Layout]) -> None:
+    _, layout = chained
+    for m in MODELS:
+        d = layout.model_dir(m)
+        assert {"best.pt", "last.pt", "metrics.json", "predictions.parquet"} <= {p.name for p in d.iterdir()}
+        ckpt = load_checkpoint(d / "best.pt")
+        assert ckpt["arch"] == m and "input_size" in ckpt["model_kwargs"]
+        preds = pd.read_parquet(d / "predictions.parquet")
+        assert set(preds["split"]) == {"val", "test"} and preds["prob"].between(0, 1).all()
+        assert json.loads((d / "metrics.json").read_text())["history"]
+
+
+def test_ensemble_weights_and_predictions(chained: tuple[Path, Layout]) -> None:
+    _, layout = chained
+    spec = json.loads((layout.ensemble_dir / "ensemble.json").read_text())
+    assert sorted(spec["members"]) == sorted(MODELS)
+    assert abs(sum(spec["weights"].values()) - 1) < 1e-9 and min(spec["weights"].values()) >= 0
+    preds = pd.read_parquet(layout.ensemble_dir / "predictions.parquet")
+    fused = sum(preds[m] * w for m, w in spec["weights"].items())
+    assert np.allclose(preds["prob"], fused)
+
+
+def test_ensemble_search_prefers_the_informative_model(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    labels = rng.integers(0, 2, n)
+    base = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "frame": 0, "label": labels,
+                         "split": np.where(np.arange(n) < 100, "val", "test")})
+    good, noise = tmp_path / "good.parquet", tmp_path / "noise.parquet"
+    base.assign(prob=np.clip(labels * 0.6 + rng.normal(0.2, 0.1, n), 0, 1)).to_parquet(good)
+    base.assign(prob=rng.uniform(0, 1, n)).to_parquet(noise)
+    params = tiny_params(tmp_path, ensemble={"trials": 40})
+    res = ensemble.build_ensemble(params.ensemble, {"good": good, "noise": noise}, tmp_path / "ens")
+    assert res.weights["good"] > 0.7
+
+
+def test_reports_and_gate(chained: tuple[Path, Layout]) -> None:
+    root, layout = chained
+    reports = layout.reports_dir
+    for name in ("metrics.json", "gate.json", "robustness.json", "drift_report.html", "plots/roc_test.png",
+                 "plots/scores_test.png"):
+        assert (reports / name).is_file(), name
+    metrics = json.loads((reports / "metrics.json").read_text())
+    for key in ("auc", "ap", "eer", "accuracy", "log_loss", "video_auc", "video_eer"):
+        assert key in metrics["ensemble"]
+    assert json.loads((reports / "gate.json").read_text())["passed"] is True  # tiny params gate at 0
+    robust = json.loads((reports / "robustness.json").read_text())
+    assert "jpeg_50" in robust["perturbed"]
+    strict = tiny_params(root, evaluate={"gate": {"min_auc": 1.01}})
+    res = evaluate.run(strict, layout)
+    assert res.passed is False and res.gate["failed"] == ["auc"]
+    assert json.loads((reports / "gate.json").read_text())["passed"] is False
+
+
+def test_missing_upstream_output_is_a_clear_error(tmp_path: Path) -> None:
+    params = tiny_params(tmp_path)
+    layout = Layout.from_params(params, tmp_path)
+    with pytest.raises(StageError, match="faces index not found"):
+        train.run(params, layout, "mesonet")
+    with pytest.raises(StageError, match="predictions of model"):
+        ensemble.run(params, layout)
+    with pytest.raises(StageError, match="ensemble output not found"):
+        evaluate.run(params, layout)
+
+
+def test_resume_after_a_crash_gives_identical_weights(chained: tuple[Path, Layout], tmp_path: Path) -> None:
+    root, layout = chained
+    params = tiny_params(root, train={"epochs": 2})
+    spec, cfg = params.models["mesonet"], params.train
+    straight = train.train_model("mesonet", spec, cfg, layout.faces_index, tmp_path / "straight", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def crash(epoch: int, _: dict) -> None:
+        if epoch == 0:
+            raise Killed  # stands in for a killed process: last.pt of epoch 0 is on disk
+
+    with pytest.raises(Killed):
+        train.train_model("mesonet", spec, cfg, layout.faces_index, tmp_path / "resumed", crash, progress=False)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 0
+    resumed = train.train_model("mesonet", spec, cfg, layout.faces_index, tmp_path / "resumed", progress=False)
+    a = load_checkpoint(straight.last)["state_dict"]
+    b = load_checkpoint(resumed.last)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(resumed.summary["history"]) == 2

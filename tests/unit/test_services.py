@@ -1,0 +1,138 @@
+"""Real services on loopback: an `mlflow server` process, an SMTP server and an HTTP webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from dfd.alerts import alert, gate_failure_message
+from dfd.config import AlertParams
+from dfd.errors import DfdError
+from dfd.tracking import Tracker
+from tests.helpers import PROJECT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow/start_server.sh` on a free loopback port, with a sqlite backend and local artifacts."""
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1",
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+           "MLFLOW_ARTIFACTS_DESTINATION": str(tmp / "art"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(["bash", str(PROJECT / "mlflow" / "start_server.sh")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {proc.stdout.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            time.sleep(0.5)
+    else:
+        pytest.fail("mlflow server did not answer /health within 120 s")
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def test_tracker_against_a_real_server(mlflow_server: str, tmp_path: Path) -> None:
+    tracker = Tracker(mlflow_server, "server-test")
+    with tracker.run("parent") as parent, tracker.run("child", parent) as child:
+        tracker.log_params(child, {"train": {"lr": 0.1}})
+        tracker.log_metrics(child, {"val": {"auc": 0.9}}, step=0)
+        report = tmp_path / "report.json"
+        report.write_text("{}")
+        tracker.log_artifact(child, report)
+    run = tracker.client.get_run(child)
+    assert run.data.params["train.lr"] == "0.1" and run.data.metrics["val.auc"] == 0.9
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
+    assert [a.path for a in tracker.client.list_artifacts(child)] == ["report.json"]
+
+
+def test_failed_body_marks_the_run_failed(mlflow_server: str) -> None:
+    tracker = Tracker(mlflow_server, "server-test")
+    with pytest.raises(RuntimeError), tracker.run("doomed") as rid:
+        raise RuntimeError("boom")
+    assert tracker.client.get_run(rid).info.status == "FAILED"
+
+
+def test_unreachable_server_is_a_clear_error_in_seconds() -> None:
+    start = time.time()
+    with pytest.raises(DfdError, match="unreachable"):
+        Tracker(f"http://127.0.0.1:{_free_port()}", "x")
+    assert time.time() - start < 30
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Receiver.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_gate_failure_alert_reaches_smtp_and_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    mails: list = []
+
+    class Collect(Message):
+        def handle_message(self, message: object) -> None:
+            mails.append(message)
+
+    smtp_port = _free_port()
+    smtp = Controller(Collect(), hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
+    http = HTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("DFD_SLACK_WEBHOOK", f"http://127.0.0.1:{http.server_port}/hook")
+        cfg = AlertParams(email_to=["ml-team@example.org"], smtp_host="127.0.0.1", smtp_port=smtp_port)
+        gate = {"checks": [{"metric": "auc", "value": 0.61, "op": ">=", "threshold": 0.9, "passed": False}]}
+        subject, body = gate_failure_message(gate, "deepfake-ensemble", "7", "run123")
+        assert alert(cfg, subject, body) == {"email": True, "slack": True}
+    finally:
+        smtp.stop()
+        http.shutdown()
+    assert mails[0]["Subject"] == subject and "ml-team@example.org" in mails[0]["To"]
+    assert "auc: 0.6100 (needs >= 0.9)" in mails[0].get_payload()
+    assert "deepfake-ensemble v7" in _Receiver.received[-1]["text"]
+
+
+def test_alerts_off_or_unreachable_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DFD_SLACK_WEBHOOK", raising=False)
+    assert alert(AlertParams(), "s", "b") == {"email": False, "slack": False}
+    monkeypatch.setenv("DFD_SLACK_WEBHOOK", f"http://127.0.0.1:{_free_port()}/hook")
+    cfg = AlertParams(email_to=["a@b.c"], smtp_host="127.0.0.1", smtp_port=_free_port())
+    assert alert(cfg, "s", "b") == {"email": False, "slack": False}
