@@ -1,7 +1,8 @@
 """Dataset adapters: each turns a dataset root, in its publisher's layout, into candidate manifest rows.
 
-An adapter only lists what the dataset says it holds; the ingest stage checks each file and splits by identity.
-Adapters are chosen by name (`data.adapter` in params).
+An adapter only lists what the dataset says it holds (with the official split where the dataset has one); the
+ingest stage and `dfd validate-dataset` check each file and split the rest by identity. Chosen by name
+(`data.adapter` in params): folder, ffpp, celebdf, dfdc.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfd.config import DataParams
 from dfd.errors import DataError
-from dfd.media import media_kind
+from dfd.media import VIDEO_EXTS, media_kind
 
 
 @dataclass(frozen=True)
@@ -24,9 +26,14 @@ class Candidate:
     method: str
     identity: str
     problem: str | None = None  # set when the adapter already knows the sample is unusable
+    split: str | None = None  # the dataset's official split, when it has one
 
 
-def _inside(root: Path, path: Path) -> bool:
+Adapter = Callable[[Path, DataParams], Iterator[Candidate]]
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether `path`, with symlinks resolved, lies under `root`."""
     try:
         path.resolve().relative_to(root.resolve())
     except ValueError:
@@ -34,53 +41,186 @@ def _inside(root: Path, path: Path) -> bool:
     return True
 
 
-def folder_adapter(root: Path) -> Iterator[Candidate]:
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _files(folder: Path, exts: frozenset[str] | None = None) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and (exts is None or p.suffix.lower() in exts))
+
+
+def _candidate(root: Path, path: Path, label: int, method: str, identity: str, split: str | None = None) -> Candidate:
+    rel = path.relative_to(root).as_posix()
+    problem = None
+    if not inside(root, path):
+        problem = "path escapes the dataset root (symlink?)"
+    elif media_kind(path) is None:
+        problem = f"unsupported file type '{path.suffix}'"
+    return Candidate(rel, label, method, identity, problem, split)
+
+
+def _listed_but_missing(root: Path, rel: str, label: int, method: str, identity: str,
+                        source: str = "metadata.json") -> Candidate | None:
+    """A bad row for a file the dataset's own metadata names, when it is missing or outside the root."""
+    path = root / rel
+    if not inside(root, path):
+        return Candidate(rel, label, method, identity, "path escapes the dataset root")
+    if not path.exists():
+        return Candidate(rel, label, method, identity, f"named in {source} but missing")
+    return None
+
+
+def folder_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
     """`real/` and `fake/` folders of images or videos, with an optional `metadata.json`.
 
     `metadata.json` maps a path relative to the root to `{"label": 0|1, "identity": ..., "method": ...,
-    "source": ...}`; files it names but that are missing become bad rows. Without an identity, the file name up to
-    its first underscore is used (so `id007_3.png` and `id007_id011_3.png` share identity `id007`).
+    "source": ...}`; files it names but that are missing become bad rows. Without an identity, the file name up
+    to its first underscore is used (so `id007_3.png` and `id007_id011_3.png` share identity `id007`).
     """
     meta_path = root / "metadata.json"
-    meta: dict[str, dict[str, object]] = {}
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{meta_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    meta = _read_json(meta_path) if meta_path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: expected an object mapping file paths to their labels")
+    seen = set()
     for cls, label in (("real", 0), ("fake", 1)):
         folder = root / cls
         if not folder.is_dir():
             raise DataError(f"class folder '{cls}/' not found in {root}", "the folder layout needs real/ and fake/")
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = _files(folder)
         if not files:
             raise DataError(f"class folder '{cls}/' in {root} is empty", f"put {cls} images or videos in it")
         for path in files:
             rel = path.relative_to(root).as_posix()
+            seen.add(rel)
             info = meta.get(rel, {})
             ident = str(info.get("identity") or path.stem.split("_")[0])
             method = str(info.get("method") or ("real" if label == 0 else "unknown"))
-            lab = int(info.get("label", label))  # type: ignore[arg-type]
-            problem = None
-            if not _inside(root, path):
-                problem = "path escapes the dataset root (symlink?)"
-            elif media_kind(path) is None:
-                problem = f"unsupported file type '{path.suffix}'"
-            yield Candidate(rel, lab, method, ident, problem)
-    seen = {p.relative_to(root).as_posix() for cls in ("real", "fake") for p in (root / cls).rglob("*")}
+            yield _candidate(root, path, int(info.get("label", label)), method, ident)
     for rel in sorted(set(meta) - seen):
         info = meta[rel]
-        problem = ("path escapes the dataset root" if not _inside(root, root / rel)
-                   else None if (root / rel).exists() else "named in metadata.json but missing")
-        if problem:
-            yield Candidate(rel, int(info.get("label", -1)), str(info.get("method", "unknown")),  # type: ignore[arg-type]
-                            str(info.get("identity", Path(rel).stem.split("_")[0])), problem)
+        bad = _listed_but_missing(root, rel, int(info.get("label", -1)), str(info.get("method", "unknown")),
+                                  str(info.get("identity", Path(rel).stem.split("_")[0])))
+        if bad:
+            yield bad
 
 
-ADAPTERS: dict[str, Callable[[Path], Iterator[Candidate]]] = {"folder": folder_adapter}
+def _ffpp_splits(root: Path, data: DataParams) -> dict[str, str]:
+    """Official FF++ splits: each id of a `[target, source]` pair maps to the pair's split."""
+    folder = Path(data.splits_dir) if data.splits_dir else root / "splits"
+    out: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        path = folder / f"{split}.json"
+        if path.is_file():
+            for pair in _read_json(path):  # type: ignore[union-attr]
+                for vid in pair:
+                    out[str(vid)] = split
+    return out
 
 
-def get_adapter(name: str) -> Callable[[Path], Iterator[Candidate]]:
+def ffpp_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
+    """FaceForensics++: `original_sequences/{youtube,actors}/<c>/videos/*.mp4` (real) and
+    `manipulated_sequences/<method>/<c>/videos/<target>_<source>.mp4` (fake), at compression `data.compression`,
+    for the methods in `data.methods` (all when None). The official identity splits are used when found.
+
+    A fake's identity is its (target, source) pair, written `min_max` so that `004_982` and `982_004` group with
+    the originals `004` and `982`; a missing original (e.g. `750.mp4`) simply leaves its fake on its own.
+    """
+    orig, manip = root / "original_sequences", root / "manipulated_sequences"
+    if not orig.is_dir() and not manip.is_dir():
+        raise DataError(f"{root} does not look like FaceForensics++ (no original_sequences/ nor "
+                        "manipulated_sequences/)", "check data.root, or choose another data.adapter")
+    splits = _ffpp_splits(root, data)
+    pair_of: dict[str, str] = {}
+    fakes = []
+    for method_dir in sorted(p for p in manip.iterdir() if p.is_dir()) if manip.is_dir() else []:
+        if data.methods and method_dir.name not in data.methods:
+            continue
+        for path in _files(method_dir / data.compression / "videos", VIDEO_EXTS):
+            ids = path.stem.split("_")
+            if len(ids) != 2:
+                yield Candidate(path.relative_to(root).as_posix(), 1, method_dir.name, path.stem,
+                                "file name is not <target>_<source>")
+                continue
+            pair = "_".join(sorted(ids))
+            pair_of.setdefault(ids[0], pair)
+            pair_of.setdefault(ids[1], pair)
+            fakes.append((path, method_dir.name, pair, splits.get(ids[0])))
+    for source in sorted(p for p in orig.iterdir() if p.is_dir()) if orig.is_dir() else []:
+        for path in _files(source / data.compression / "videos", VIDEO_EXTS):
+            vid = path.stem
+            yield _candidate(root, path, 0, "original", pair_of.get(vid, vid), splits.get(vid))
+    for path, method, pair, split in fakes:
+        yield _candidate(root, path, 1, method, pair, split)
+
+
+def celebdf_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
+    """Celeb-DF v2: `Celeb-real/`, `YouTube-real/`, `Celeb-synthesis/`, and `List_of_testing_videos.txt`.
+
+    The test list (`<label> <path>` per line, where Celeb-DF writes 1 for real and 0 for fake) is the official
+    test split; the rest is split by identity (`id<N>` of the celebrity; a YouTube video is its own identity).
+    """
+    folders = {"Celeb-real": 0, "YouTube-real": 0, "Celeb-synthesis": 1}
+    if not any((root / f).is_dir() for f in folders):
+        raise DataError(f"{root} does not look like Celeb-DF (no Celeb-real/, YouTube-real/, Celeb-synthesis/)",
+                        "check data.root, or choose another data.adapter")
+    test: dict[str, int] = {}
+    listing = root / "List_of_testing_videos.txt"
+    if listing.is_file():
+        for n, line in enumerate(listing.read_text().splitlines(), 1):
+            parts = line.split()
+            if len(parts) == 2 and parts[0] in ("0", "1"):
+                test[parts[1]] = 1 - int(parts[0])  # Celeb-DF's 1 means real
+            elif line.strip():
+                raise DataError(f"{listing}:{n}: expected '<0|1> <path>', got {line.strip()!r}")
+    seen = set()
+    for folder, label in folders.items():
+        for path in _files(root / folder, VIDEO_EXTS) if (root / folder).is_dir() else []:
+            rel = path.relative_to(root).as_posix()
+            seen.add(rel)
+            ident = path.stem.split("_")[0] if folder != "YouTube-real" else f"yt{path.stem}"
+            method = "real" if label == 0 else "celeb-synthesis"
+            yield _candidate(root, path, label, method, ident, "test" if rel in test else None)
+    for rel in sorted(set(test) - seen):
+        bad = _listed_but_missing(root, rel, test[rel], "unknown", Path(rel).stem.split("_")[0],
+                                  "List_of_testing_videos.txt")
+        if bad:
+            yield bad
+
+
+def dfdc_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
+    """DFDC: `dfdc_train_part_*/metadata.json` mapping `x.mp4` to `{"label": "FAKE"|"REAL", "original": ...}`.
+
+    A fake's identity is its original, so a fake and its original always land in the same split.
+    """
+    parts = sorted(p for p in root.glob("dfdc_train_part_*") if p.is_dir())
+    if not parts:
+        raise DataError(f"{root} does not look like DFDC (no dfdc_train_part_*/ folders)",
+                        "check data.root, or choose another data.adapter")
+    for part in parts:
+        meta_path = part / "metadata.json"
+        if not meta_path.is_file():
+            raise DataError(f"{meta_path} not found", "each DFDC part ships a metadata.json")
+        meta = _read_json(meta_path)
+        if not isinstance(meta, dict):
+            raise DataError(f"{meta_path}: expected an object mapping video names to their labels")
+        for name, info in sorted(meta.items()):
+            label = 1 if str(info.get("label", "")).upper() == "FAKE" else 0
+            original = info.get("original") or name
+            ident = f"{part.name}/{Path(str(original)).stem}"
+            rel = f"{part.name}/{name}"
+            bad = _listed_but_missing(root, rel, label, "dfdc" if label else "real", ident)
+            yield bad or _candidate(root, root / rel, label, "dfdc" if label else "real", ident)
+
+
+ADAPTERS: dict[str, Adapter] = {"folder": folder_adapter, "ffpp": ffpp_adapter, "celebdf": celebdf_adapter,
+                                "dfdc": dfdc_adapter}
+
+
+def get_adapter(name: str) -> Adapter:
     """An adapter by its params name."""
     if name not in ADAPTERS:
         raise DataError(f"unknown dataset adapter '{name}'", f"choose one of {', '.join(sorted(ADAPTERS))}")

@@ -35,6 +35,10 @@ class DataParams(_Section):
     adapter: str = "folder"  # dataset layout adapter, chosen by name (see tasks/ingest.py)
     root: str = "data/raw/demo"  # dataset root; `dfd demo-data` writes here by default
     workdir: str = "data"  # manifests/ and faces/ are written under it
+    # Adapter options (ignored by adapters they do not apply to):
+    compression: str = "c23"  # FaceForensics++: c0 (raw), c23 (the usual benchmark) or c40
+    methods: list[str] | None = None  # FaceForensics++: manipulation methods to include; None = all present
+    splits_dir: str | None = None  # FaceForensics++: folder of official train/val/test.json; None = <root>/splits
 
 
 class DemoDataParams(_Section):

@@ -30,18 +30,30 @@ def _file_md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def dir_hash(root: Path) -> str:
-    """The hash DVC gives a directory (`md5` of its sorted file listing, with the `.dir` suffix).
+def file_md5s(root: Path) -> dict[str, str]:
+    """md5 of every file under `root`, by path relative to it (one read of the dataset, shared by checks)."""
+    return {p.relative_to(root).as_posix(): _file_md5(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
-    When the directory is tracked by a `<root>.dvc` file, its recorded hash is returned as is.
-    """
+
+def tracked_hash(root: Path) -> str | None:
+    """The hash recorded in `<root>.dvc` when DVC tracks the directory, else None."""
     dvc_file = root.with_name(root.name + ".dvc")
     if dvc_file.is_file():
         outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [])
         if outs and outs[0].get("md5"):
             return str(outs[0]["md5"])
-    entries = [{"md5": _file_md5(p), "relpath": p.relative_to(root).as_posix()}
-               for p in sorted(root.rglob("*")) if p.is_file()]
-    entries.sort(key=lambda e: e["relpath"])
+    return None
+
+
+def dir_hash(root: Path, md5s: dict[str, str] | None = None) -> str:
+    """The hash DVC gives a directory (`md5` of its sorted file listing, with the `.dir` suffix).
+
+    When the directory is tracked by a `<root>.dvc` file, its recorded hash is returned as is.
+    """
+    tracked = tracked_hash(root)
+    if tracked:
+        return tracked
+    md5s = md5s if md5s is not None else file_md5s(root)
+    entries = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(md5s.items())]
     blob = json.dumps(entries, sort_keys=True).encode()
     return hashlib.md5(blob).hexdigest() + ".dir"

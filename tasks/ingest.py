@@ -7,16 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
-from dfd.adapters import get_adapter
 from dfd.config import DataParams, IngestParams, Params
 from dfd.errors import DataError
 from dfd.layout import Layout
-from dfd.manifest import assign_splits, sample_id, write_manifest
-from dfd.media import check_media, media_kind
-from dfd.provenance import dir_hash
+from dfd.manifest import SPLITS, assign_splits, sample_id, write_manifest
+from dfd.media import media_kind
 from dfd.reporting import write_json
+from dfd.validation import validate
 
 
 @dataclass(frozen=True)
@@ -34,12 +32,13 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
            seed: int) -> IngestResult:
     """Build the manifest of the dataset at `root`.
 
-    Every unusable input (missing, zero-byte, unreadable, corrupt, outside the root) becomes a row of the report
-    with its reason; the stage fails only when more than `cfg.max_bad_share` of the samples are bad, and writes the
-    report first so the user can see which.
+    Every unusable input (missing, zero-byte, unreadable, corrupt, outside the root, a duplicate) becomes a row of
+    the report with its reason; the stage fails only when more than `cfg.max_bad_share` of the samples are bad,
+    and writes the report first so the user can see which. Official splits are kept; the other samples are split
+    by identity (into train and val only when the dataset has an official test set).
 
     Args:
-        data: Dataset name and adapter.
+        data: Dataset name, adapter and adapter options.
         cfg: Split shares and bad-input tolerance.
         root: Dataset root.
         manifest_path: Where to write the parquet manifest.
@@ -49,40 +48,38 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
     if not root.is_dir():
         raise DataError(f"dataset root not found: {root}",
                         "run `dfd demo-data`, or point data.root in params.yaml at your dataset")
-    adapter = get_adapter(data.adapter)
-    rows, bad = [], []
-    candidates = list(adapter(root))
-    for cand in tqdm(candidates, desc="ingest", unit="file", leave=False):
-        problem = cand.problem or check_media(root / cand.rel_path)
-        if problem:
-            bad.append({"path": cand.rel_path, "reason": problem})
-            continue
-        rows.append({"sample_id": sample_id(data.name, cand.rel_path), "dataset": data.name, "path": cand.rel_path,
-                     "media": media_kind(Path(cand.rel_path)), "label": cand.label, "method": cand.method,
-                     "identity": cand.identity})
-    total = len(rows) + len(bad)
-    report = {"dataset": data.name, "root": str(root), "adapter": data.adapter, "candidates": total,
-              "samples": len(rows), "bad": bad, "bad_share": len(bad) / total if total else 0.0}
-    if not rows:
+    checked = validate(root, data)
+    report = {"dataset": data.name, **checked.to_dict()}
+    if not checked.good:
         write_json(report_path, report)
-        raise DataError(f"no usable samples in {root}: all {total} files are bad", f"see {report_path}")
-    df = pd.DataFrame(rows)
-    splits = assign_splits(df["identity"].tolist(), cfg.val_share, cfg.test_share, seed)
-    df["split"] = df["identity"].map(splits)
+        raise DataError(f"no usable samples in {root}: all {len(checked.bad)} files are bad", f"see {report_path}")
+    df = pd.DataFrame([{"sample_id": sample_id(data.name, c.rel_path), "dataset": data.name, "path": c.rel_path,
+                        "media": media_kind(Path(c.rel_path)), "label": c.label, "method": c.method,
+                        "identity": c.identity, "official_split": c.split} for c in checked.good])
+    official = df["official_split"].notna()
+    has_official_test = (df.loc[official, "official_split"] == "test").any()
+    unsplit = df.loc[~official, "identity"].tolist()
+    splits = assign_splits(unsplit, cfg.val_share, 0.0 if has_official_test else cfg.test_share, seed)
+    df["split"] = df["official_split"].where(official, df["identity"].map(splits))
+    df = df.drop(columns="official_split")
     report["per_split"] = {s: dict(Counter(df.loc[df["split"] == s, "label"].map({0: "real", 1: "fake"})))
-                           for s in ("train", "val", "test")}
-    report["identities"] = {s: int(df.loc[df["split"] == s, "identity"].nunique()) for s in ("train", "val", "test")}
-    report["data_hash"] = dir_hash(root)
+                           for s in SPLITS}
+    report["identities"] = {s: int(df.loc[df["split"] == s, "identity"].nunique()) for s in SPLITS}
+    report["official_splits"] = int(official.sum())
     write_json(report_path, report)
-    if report["bad_share"] > cfg.max_bad_share:
-        raise DataError(f"{len(bad)} of {total} samples in {root} are unusable ({report['bad_share']:.0%} > "
-                        f"ingest.max_bad_share={cfg.max_bad_share:.0%})", f"see the reasons in {report_path}")
+    if checked.bad_share > cfg.max_bad_share:
+        raise DataError(f"{len(checked.bad)} of {len(checked.bad) + len(checked.good)} samples in {root} are "
+                        f"unusable ({checked.bad_share:.0%} > ingest.max_bad_share={cfg.max_bad_share:.0%})",
+                        f"see the reasons in {report_path}")
     for label, name in ((0, "real"), (1, "fake")):
         if (df["label"] == label).sum() < cfg.min_per_class:
             raise DataError(f"only {(df['label'] == label).sum()} usable {name} samples in {root}",
                             f"ingest.min_per_class is {cfg.min_per_class}")
+    conflicts = [e for e in checked.errors if "labelled both" in e]
+    if conflicts:
+        raise DataError(conflicts[0], f"fix the labels; see {report_path}")
     write_manifest(df, manifest_path)
-    return IngestResult(manifest_path, report_path, len(df), len(bad), report["data_hash"])
+    return IngestResult(manifest_path, report_path, len(df), len(checked.bad), checked.data_hash)
 
 
 def run(params: Params, layout: Layout) -> IngestResult:

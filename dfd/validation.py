@@ -1,0 +1,109 @@
+"""Dataset checks shared by the ingest stage and `dfd validate-dataset`.
+
+Every candidate the adapter lists is checked (missing, outside the root, zero-byte, unreadable, corrupt), duplicate
+contents are found from one md5 pass over the dataset (the same pass that gives its DVC hash), and the classes are
+counted. Nothing here raises on a bad file: each becomes a row with its reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from dfd.adapters import Candidate, get_adapter
+from dfd.config import DataParams
+from dfd.media import check_media
+from dfd.provenance import dir_hash, file_md5s
+
+#: Below this share of the minority class a dataset is reported as badly unbalanced.
+MIN_CLASS_SHARE = 0.1
+
+
+@dataclass
+class ValidationResult:
+    """What the checks found: usable candidates, bad ones with reasons, duplicates, and a summary."""
+
+    root: Path
+    adapter: str
+    good: list[Candidate]
+    bad: list[dict[str, str]]
+    duplicates: list[list[str]]
+    data_hash: str
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> dict[str, int]:
+        counts = Counter("fake" if c.label == 1 else "real" for c in self.good)
+        return {"real": counts.get("real", 0), "fake": counts.get("fake", 0)}
+
+    @property
+    def bad_share(self) -> float:
+        total = len(self.good) + len(self.bad)
+        return len(self.bad) / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        methods = Counter(c.method for c in self.good)
+        return {"root": str(self.root), "adapter": self.adapter, "samples": len(self.good),
+                "candidates": len(self.good) + len(self.bad), "bad": self.bad, "bad_share": self.bad_share,
+                "classes": self.classes, "methods": dict(sorted(methods.items())), "duplicates": self.duplicates,
+                "data_hash": self.data_hash, "warnings": self.warnings, "errors": self.errors}
+
+
+def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = True) -> ValidationResult:
+    """Check a dataset through its adapter.
+
+    Args:
+        root: Dataset root.
+        data: Adapter name and options.
+        workers: Threads that open media files (OpenCV decodes outside the GIL).
+        progress: Show progress bars.
+
+    Returns:
+        The checks' result; `errors` is non-empty when the dataset must not be trained on as it is.
+    """
+    candidates = list(get_adapter(data.adapter)(root, data))
+    md5s = file_md5s(root)
+    to_check = [c for c in candidates if c.problem is None]
+    with ThreadPoolExecutor(workers) as pool:
+        problems = list(tqdm(pool.map(lambda c: check_media(root / c.rel_path), to_check), total=len(to_check),
+                             desc="checking media", unit="file", leave=False, disable=not progress))
+    good: list[Candidate] = []
+    bad = [{"path": c.rel_path, "reason": c.problem} for c in candidates if c.problem is not None]
+    for cand, problem in zip(to_check, problems, strict=True):
+        if problem:
+            bad.append({"path": cand.rel_path, "reason": problem})
+        else:
+            good.append(cand)
+    # Duplicate contents: keep the first copy, report the rest (a copy in two splits leaks the answer).
+    by_md5: dict[str, list[Candidate]] = defaultdict(list)
+    for cand in good:
+        by_md5[md5s.get(cand.rel_path, cand.rel_path)].append(cand)
+    duplicates = [[c.rel_path for c in group] for group in by_md5.values() if len(group) > 1]
+    result = ValidationResult(root, data.adapter, [], bad, duplicates, dir_hash(root, md5s))
+    if bad:
+        result.errors.append(f"{len(bad)} unusable file(s): see 'bad' for the reasons")
+    dropped = set()
+    for group in by_md5.values():
+        if len(group) > 1:
+            if len({c.label for c in group}) > 1:
+                result.errors.append(f"same content labelled both real and fake: {[c.rel_path for c in group]}")
+            for dup in group[1:]:
+                dropped.add(dup.rel_path)
+                bad.append({"path": dup.rel_path, "reason": f"duplicate content of {group[0].rel_path}"})
+    result.good = [c for c in good if c.rel_path not in dropped]
+    classes = result.classes
+    for name, n in classes.items():
+        if n == 0:
+            result.errors.append(f"no usable {name} samples")
+    total = sum(classes.values())
+    if total and min(classes.values()) / total < MIN_CLASS_SHARE:
+        result.warnings.append(f"badly unbalanced classes: {classes['real']} real vs {classes['fake']} fake")
+    if duplicates:
+        result.warnings.append(f"{len(duplicates)} group(s) of files with identical content")
+    return result

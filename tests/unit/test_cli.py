@@ -1,0 +1,63 @@
+"""The CLI's contract: one clear line and exit code 2 for bad input, never a library traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PROJECT
+
+
+def _dfd(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("DFD_PARAMS_OVERRIDE", None)
+    return subprocess.run(["dfd", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+    return tmp_path
+
+
+def _one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("dfd: error:")]
+    assert len(lines) == 1, res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_missing_dataset(project: Path) -> None:
+    _one_line_error(_dfd(["stage", "ingest"], project), "dataset root not found", "dfd demo-data")
+    _one_line_error(_dfd(["run"], project), "dataset root not found")
+
+
+def test_empty_class_folder(project: Path) -> None:
+    (project / "data" / "raw" / "demo" / "real").mkdir(parents=True)
+    (project / "data" / "raw" / "demo" / "fake").mkdir()
+    (project / "data" / "raw" / "demo" / "real" / "a.png").write_bytes(b"x")
+    _one_line_error(_dfd(["run"], project), "'fake/'", "empty")
+
+
+def test_unknown_param_key(project: Path) -> None:
+    (project / "params.yaml").write_text((project / "params.yaml").read_text() + "\nepochs: 3\n")
+    _one_line_error(_dfd(["run"], project), "unknown key 'epochs'", "params.yaml")
+
+
+def test_stage_out_of_order(project: Path) -> None:
+    _one_line_error(_dfd(["stage", "ensemble"], project), "predictions of model", "dfd stage train")
+
+
+def test_demo_data_writes_where_params_point(project: Path, tmp_path: Path) -> None:
+    override = tmp_path / "small.yaml"
+    override.write_text("demo_data: {identities: 2, images_per_identity: 1, videos: 0, image_size: 96}\n")
+    res = _dfd(["--override", str(override), "demo-data", "--seed", "3"], project)
+    assert res.returncode == 0, res.stderr
+    assert (project / "data" / "raw" / "demo" / "metadata.json").is_file()
+    assert "2 real, 2 fake" in res.stdout
