@@ -43,6 +43,48 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate_dataset(args: argparse.Namespace) -> int:
+    from dfd.config import DataParams
+    from dfd.errors import DataError
+    from dfd.reporting import write_json
+    from dfd.validation import validate
+
+    base = load_params(args.params, args.override).data if Path(args.params).is_file() else DataParams()
+    data = base.model_copy(update={"adapter": args.adapter or base.adapter})
+    root = Path(args.path)
+    if not root.is_dir():
+        raise DataError(f"dataset root not found: {root}")
+    result = validate(root, data)
+    report = Path(args.report or f"{root.name}.validation.json")
+    write_json(report, result.to_dict())
+    summary = result.to_dict()
+    print(f"{'dataset':<14}{root}  (adapter {data.adapter})")
+    print(f"{'usable':<14}{summary['samples']} of {summary['candidates']}: "
+          f"{summary['classes']['real']} real, {summary['classes']['fake']} fake")
+    for method, n in summary["methods"].items():
+        print(f"{'  ' + method:<14}{n}")
+    print(f"{'bad':<14}{len(result.bad)}")
+    for row in result.bad[:20]:
+        print(f"  {row['path']}: {row['reason']}")
+    if len(result.bad) > 20:
+        print(f"  ... {len(result.bad) - 20} more in {report}")
+    for w in result.warnings:
+        print(f"warning: {w}")
+    for e in result.errors:
+        print(f"error: {e}")
+    print(f"report: {report}")
+    return 1 if result.errors else 0
+
+
+def cmd_dataset_add(args: argparse.Namespace) -> int:
+    from dfd.datasets_registry import add_dataset
+
+    record = add_dataset(Path(args.path), args.name, args.adapter, Path(args.params), push=args.push)
+    print(f"dataset '{args.name}' tracked by DVC ({record['dvc_file']}, {record['data_hash']}) and set as "
+          f"data.name/data.root in {args.params}")
+    return 0
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     from dfd.layout import Layout
 
@@ -168,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="dataset root (default: data.root from params)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo_data)
+    p = sub.add_parser("validate-dataset", help="check a dataset before training on it (exit 1 on errors)")
+    p.add_argument("path", help="dataset root")
+    p.add_argument("--adapter", help="dataset layout (default: data.adapter from params)")
+    p.add_argument("--report", help="JSON report path (default: <dataset name>.validation.json)")
+    p.set_defaults(func=cmd_validate_dataset)
+    p = sub.add_parser("dataset", help="manage datasets under DVC")
+    dsub = p.add_subparsers(dest="action", required=True)
+    p = dsub.add_parser("add", help="`dvc add` a dataset folder and make it the pipeline's dataset in params.yaml")
+    p.add_argument("path")
+    p.add_argument("--name", required=True)
+    p.add_argument("--adapter", default="folder")
+    p.add_argument("--push", action="store_true", help="also `dvc push` it to the configured remote")
+    p.set_defaults(func=cmd_dataset_add)
     p = sub.add_parser("config", help="print the resolved params, or their JSON schema")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of params.yaml")
     p.set_defaults(func=cmd_config)

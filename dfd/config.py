@@ -77,6 +77,7 @@ class FacesParams(_Section):
     margin: float = Field(1.3, ge=1.0)  # crop side = margin x box side, the usual DeepfakeBench setting
     crop_size: int = Field(320, ge=32)  # no model input exceeds it (Xception and F3Net read 299)
     landmarks: bool = True  # the 68 points feed alignment and landmark-based augmentations
+    all_faces: bool = False  # False: the largest face per frame (the subject); True: every face, tracked by IoU
     workers: int = Field(2, ge=1)  # processes; one per core is right, dlib is single-threaded
 
 

@@ -144,7 +144,7 @@ def blend_fake(target: Identity, source: Identity, pose: Pose, size: int, rng: n
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
     h, w = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     if not writer.isOpened():
@@ -212,7 +212,7 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
                 frames.append(blend_fake(person, source, pose, image_size, vid_rng, noise) if fake
                               else draw_face(person, pose, image_size, noise))
             rel = f"fake/clip{v:02d}_{person.name}_{source.name}.mp4" if fake else f"real/clip{v:02d}_{person.name}.mp4"
-            _write_video(out / rel, frames)
+            write_video(out / rel, frames)
             meta[rel] = {"label": int(fake), "identity": person.name, "method": "blend" if fake else "real"}
             if fake:
                 meta[rel]["source"] = source.name

@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dfd.face_detect import Detector, Landmarks, create_detector, detect_downscaled, square_crop
+from dfd.face_detect import Box, Detector, IouTracker, Landmarks, create_detector, detect_downscaled, square_crop
 from dfd.media import read_rgb, sample_video_frames
 
 DONE_FILE = "faces.json"  # per-sample record; its fingerprint makes reruns skip finished samples
@@ -71,24 +71,31 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
         frames, note = sample_video_frames(src, cfg["frames_per_video"])
     dest.mkdir(parents=True, exist_ok=True)
     rows = []
+    tracker = IouTracker()
     for idx, rgb in frames:
         boxes = detect_downscaled(detector, rgb, cfg["detect_max_side"])
         if not boxes:
             continue
-        box = max(boxes, key=lambda b: b.area)  # the largest face: the subject, not a bystander
-        crop, (x0, y0, side) = square_crop(rgb, box, cfg["margin"], cfg["crop_size"])
-        name = f"{idx:05d}.png"
-        cv2.imwrite(str(dest / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))  # PNG: lossless, no new artefacts
-        row: dict[str, Any] = {"frame": idx, "crop": f"{dest.name}/{name}", "score": box.score,
-                               "box": [box.x0, box.y0, box.x1, box.y1]}
-        if landmarks is not None:
-            pts = (landmarks(rgb, box) - np.array([x0, y0], np.float32)) * (cfg["crop_size"] / side)
-            row["landmarks"] = pts.round(2).flatten().tolist()
-        rows.append(row)
+        if cfg["all_faces"]:
+            kept: list[tuple[int, Box]] = list(zip(tracker.update(boxes), boxes, strict=True))
+        else:
+            kept = [(0, max(boxes, key=lambda b: b.area))]  # the largest face: the subject, not a bystander
+        for track, box in kept:
+            crop, (x0, y0, side) = square_crop(rgb, box, cfg["margin"], cfg["crop_size"])
+            name = f"{idx:05d}_{track}.png" if cfg["all_faces"] else f"{idx:05d}.png"
+            cv2.imwrite(str(dest / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))  # PNG: lossless, no new artefacts
+            row: dict[str, Any] = {"frame": idx, "track": track, "crop": f"{dest.name}/{name}", "score": box.score,
+                                   "box": [box.x0, box.y0, box.x1, box.y1]}
+            if landmarks is not None:
+                pts = (landmarks(rgb, box) - np.array([x0, y0], np.float32)) * (cfg["crop_size"] / side)
+                row["landmarks"] = pts.round(2).flatten().tolist()
+            rows.append(row)
     if frames and not rows:
         note = (note + "; " if note else "") + "no face found"
     elif not frames and not note:
         note = "no decodable frame"
-    report = {"sample_id": sid, "path": sample["path"], "sampled": len(frames), "faces": len(rows), "note": note}
+    found = len({r["frame"] for r in rows})
+    report = {"sample_id": sid, "path": sample["path"], "sampled": len(frames), "faces": found, "crops": len(rows),
+              "note": note}
     done.write_text(json.dumps({"fingerprint": fp, "frames": rows, "report": report}))
     return {"sample_id": sid, "frames": rows, "report": report, "skipped": False}

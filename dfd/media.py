@@ -66,6 +66,8 @@ def sample_video_frames(path: Path, n: int) -> tuple[list[tuple[int, np.ndarray]
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         return [], "cannot open video"
+    # Portrait phone videos carry a rotation tag: let OpenCV apply it, so faces are upright for the detector.
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
     try:
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         wanted = sample_indices(total, n)

@@ -18,7 +18,7 @@ from dfd.layout import Layout
 from dfd.manifest import read_manifest
 from dfd.reporting import write_json
 
-INDEX_COLUMNS = ["sample_id", "frame", "crop", "label", "split", "identity", "method", "dataset", "media", "score"]
+INDEX_COLUMNS = ["sample_id", "frame", "track", "crop", "label", "split", "identity", "method", "dataset", "media", "score"]
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,16 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
     by_id = {s["sample_id"]: s for s in samples}
     rows = [{**{k: by_id[r["sample_id"]][k] for k in ("sample_id", "label", "split", "identity", "method",
                                                       "dataset", "media")},
-             "frame": f["frame"], "crop": f"{out_dir.name}/{f['crop']}", "score": f["score"],
+             "frame": f["frame"], "track": f.get("track", 0), "crop": f"{out_dir.name}/{f['crop']}",
+             "score": f["score"],
              "landmarks": f.get("landmarks")}
             for r in results for f in r["frames"]]
     reports = [r["report"] for r in results]
     no_face = [r for r in reports if r["faces"] == 0]
     sampled = sum(r["sampled"] for r in reports)
-    report = {"samples": len(samples), "frames_sampled": sampled, "crops": len(rows),
-              "face_share": len(rows) / sampled if sampled else 0.0,
+    with_face = sum(r["faces"] for r in reports)
+    report = {"samples": len(samples), "frames_sampled": sampled, "frames_with_face": with_face, "crops": len(rows),
+              "face_share": with_face / sampled if sampled else 0.0,
               "extracted": sum(not r["skipped"] for r in results), "skipped": sum(r["skipped"] for r in results),
               "problems": [r for r in reports if r["note"]], "params": opts}
     write_json(report_path, report)

@@ -19,3 +19,18 @@ def tiny_params(root: Path, **sections: dict) -> Params:
     data = {"data": {"root": str(root / "raw")}, **sections}
     extra.write_text(yaml.safe_dump(data))
     return load_params(PROJECT / "params.yaml", [TINY, extra])
+
+
+def write_clip(path: Path, seed: int, fake: bool = False, frames: int = 6, size: int = 128) -> Path:
+    """A short drawn-face .mp4 (a blended fake when `fake`), for dataset-layout fixtures."""
+    import numpy as np
+
+    from dfd.demo_data import Pose, blend_fake, draw_face, make_identity, write_video
+
+    rng = np.random.default_rng(seed)
+    target, source = make_identity(rng, "t"), make_identity(rng, "s")
+    images = [blend_fake(target, source, Pose(dx=0.005 * i), size, rng, i) if fake
+              else draw_face(target, Pose(dx=0.005 * i), size, i) for i in range(frames)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, images)
+    return path
