@@ -1,0 +1,101 @@
+"""Face extraction speed: the faces stage against a plain baseline, side by side in one process.
+
+Baseline: for every sampled frame, seek to it (`CAP_PROP_POS_FRAMES`), decode, and run the same detector at full
+resolution. Ours: the faces stage (one forward pass with grab/skip, detection on a copy downscaled to
+`faces.detect_max_side`, boxes mapped back), with 1 and 2 worker processes. Both sample the same frames and use
+the same detector (dlib HOG, upsample 1) and crop; both write PNG crops.
+
+    python benchmarks/face_extraction.py [--data ../shared/data/ffpp_c23_sample] [--frames 32]
+
+Prints frames per second, the share of sampled frames with a face, and the speed ratios. Timings are the
+machine's of the moment: run it on a quiet machine, and compare ratios rather than absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+from dfd.config import Params
+from dfd.face_detect import create_detector, square_crop
+from dfd.layout import Layout
+from dfd.media import sample_indices
+from dfd.reporting import read_json
+from tasks import faces, ingest
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def baseline(manifest: list[dict], root: Path, frames: int, out: Path, margin: float, size: int) -> tuple[int, int]:
+    """Seek to each sampled frame and detect at full resolution; returns (frames sampled, frames with a face)."""
+    detector = create_detector("dlib_hog", upsample=1)
+    sampled = found = 0
+    for row in manifest:
+        cap = cv2.VideoCapture(str(root / row["path"]))
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        for idx in sample_indices(total, frames):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
+            ok, bgr = cap.read()
+            if not ok:
+                continue
+            sampled += 1
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            boxes = detector(rgb)
+            if boxes:
+                found += 1
+                crop, _ = square_crop(rgb, max(boxes, key=lambda b: b.area), margin, size)
+                cv2.imwrite(str(out / f"{row['sample_id']}_{idx:05d}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+        cap.release()
+    return sampled, found
+
+
+def ours(data: Path, frames: int, workers: int, work: Path) -> tuple[float, int, int]:
+    params = Params.model_validate({"data": {"name": "bench", "adapter": "ffpp", "root": str(data)},
+                                    "faces": {"frames_per_video": frames, "workers": workers}})
+    layout = Layout.from_params(params, work)
+    ingest.run(params, layout)
+    start = time.perf_counter()
+    res = faces.run(params, layout)
+    elapsed = time.perf_counter() - start
+    report = read_json(res.report)
+    return elapsed, report["frames_sampled"], report["frames_with_face"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=PROJECT.parent / "shared" / "data" / "ffpp_c23_sample")
+    parser.add_argument("--frames", type=int, default=32)
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        raise SystemExit(f"benchmark data not found: {args.data}")
+    work = Path(tempfile.mkdtemp(prefix="dfd-bench-"))
+    try:
+        rows = []
+        for workers in (1, 2):
+            elapsed, sampled, found = ours(args.data, args.frames, workers, work / f"ours{workers}")
+            rows.append((f"faces stage, {workers} worker(s)", elapsed, sampled, found))
+        manifest = __import__("pandas").read_parquet(work / "ours1" / "data" / "manifests" / "bench.parquet")
+        p = Params().faces
+        (work / "base").mkdir()
+        start = time.perf_counter()
+        sampled, found = baseline(manifest.to_dict("records"), args.data, args.frames, work / "base", p.margin,
+                                  p.crop_size)
+        rows.append(("baseline: seek + full-res detect", time.perf_counter() - start, sampled, found))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{'method':<36}{'seconds':>9}{'frames':>8}{'fps':>8}{'face share':>12}")
+    for name, elapsed, sampled, found in rows:
+        print(f"{name:<36}{elapsed:>9.2f}{sampled:>8}{sampled / elapsed:>8.2f}{found / max(sampled, 1):>12.1%}")
+    base_fps = rows[2][2] / rows[2][1]
+    one, two = rows[0][2] / rows[0][1], rows[1][2] / rows[1][1]
+    print(f"\nspeed-up over baseline: {one / base_fps:.2f}x (1 worker), {two / base_fps:.2f}x (2 workers)")
+    print(f"scaling 1 -> 2 workers: {two / one:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
