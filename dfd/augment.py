@@ -10,10 +10,44 @@ from collections.abc import Callable
 
 import albumentations as A
 import cv2
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from dfd.errors import ConfigError
 from models.registry import ModelConfig
+
+
+class DctNoise(A.ImageOnlyTransform):
+    """Gaussian noise in the upper half of the 2-D DCT spectrum: mimics resampling and compression spectra.
+
+    Args:
+        std_range: Noise std range, in pixel units of the orthonormal DCT.
+        p: Probability.
+    """
+
+    def __init__(self, std_range: tuple[float, float] = (1.0, 4.0), p: float = 0.3) -> None:
+        super().__init__(p=p)
+        self.std_range = std_range
+
+    def get_params(self) -> dict[str, float]:
+        return {"std": float(self.random_generator.uniform(*self.std_range)),
+                "seed": int(self.random_generator.integers(2**31))}
+
+    def apply(self, img: np.ndarray, std: float = 1.0, seed: int = 0, **params: object) -> np.ndarray:
+        h, w = img.shape[:2]
+        he, we = h - h % 2, w - w % 2  # cv2.dct wants even sides
+        rng = np.random.default_rng(seed)
+        high = (np.add.outer(np.arange(he) / he, np.arange(we) / we) > 0.5).astype(np.float32)
+        out = img.astype(np.float32)
+        for c in range(out.shape[2]):
+            coeffs = cv2.dct(out[:he, :we, c])
+            coeffs += rng.normal(0, std, coeffs.shape).astype(np.float32) * high
+            out[:he, :we, c] = cv2.idct(coeffs)
+        return np.clip(out, 0, 255).astype(img.dtype)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("std_range",)
+
 
 AUGMENTATIONS: dict[str, Callable[[], A.BasicTransform]] = {
     "hflip": lambda: A.HorizontalFlip(p=0.5),
@@ -26,6 +60,8 @@ AUGMENTATIONS: dict[str, Callable[[], A.BasicTransform]] = {
     "gauss_noise": lambda: A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
     "gauss_blur": lambda: A.GaussianBlur(blur_limit=(3, 5), p=0.2),
     "downscale": lambda: A.Downscale(scale_range=(0.5, 0.9), p=0.2),
+    "dct_noise": lambda: DctNoise(p=0.3),
+    "gridmask": lambda: A.GridDropout(ratio=0.3, random_offset=True, p=0.2),
 }
 
 

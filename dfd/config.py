@@ -100,7 +100,25 @@ class TrainParams(_Section):
     lr: float = Field(2e-4, gt=0)  # AdamW at 2e-4 is the DeepfakeBench default for these backbones
     weight_decay: float = Field(1e-4, ge=0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "step", "plateau", "none"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up: fresh heads on big batches diverge at full rate
+    step_epochs: int = Field(5, ge=1)  # step schedule: multiply by gamma every this many epochs
+    gamma: float = Field(0.1, gt=0, le=1)  # step and plateau decay
+    plateau_patience: int = Field(2, ge=0)  # epochs without a better val AUC before the plateau cut
+    # Per-image augmentations by name (dfd/augment.py); `sbi` and `landmark_cutout` use the face landmarks.
     augment: list[str] = Field(default_factory=lambda: ["hflip", "color_jitter", "jpeg"])
+    sbi_prob: float = Field(0.5, ge=0, le=1)  # share of real crops turned into self-blended fakes when `sbi` is on
+    cutout_prob: float = Field(0.3, ge=0, le=1)  # share of crops with a face part blanked when `landmark_cutout` is on
+    batch_augment: list[str] = Field(default_factory=list)  # mixup, cutmix
+    batch_augment_prob: float = Field(0.5, ge=0, le=1)
+    mix_alpha: float = Field(0.4, gt=0)  # Beta(alpha, alpha) mixing ratio
+    balanced_sampling: bool = True  # draw real and fake equally often: datasets are often 1:4 or worse
+    grad_accum_steps: int = Field(1, ge=1)  # effective batch = batch_size x this (x GPUs)
+    grad_clip: float | None = 5.0  # max gradient norm; None: off
+    early_stop_patience: int | None = 5  # epochs without a better val AUC before stopping; None: off
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 where the GPU supports it, else fp16; off on CPU
+    channels_last: bool = False  # GPU opt-in: faster convolutions on tensor cores
+    compile: bool = False  # GPU opt-in: torch.compile the model
     max_steps_per_epoch: int | None = None  # caps an epoch (smoke runs); None: the whole training set
     num_workers: int = Field(2, ge=0)
     device: str = "auto"  # "auto" picks CUDA when present

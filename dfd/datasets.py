@@ -1,4 +1,4 @@
-"""The torch Dataset over the faces index: one item per face crop."""
+"""The torch Dataset over the faces index, and the per-epoch sample order (balanced, seeded, shardable)."""
 
 from __future__ import annotations
 
@@ -12,28 +12,48 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from dfd.face_augment import landmark_cutout, self_blend
+
 log = logging.getLogger(__name__)
+
+#: Augmentations that need the 68 landmarks and run on the crop before the albumentations pipeline.
+FACE_OPS = ("sbi", "landmark_cutout")
 
 
 class FaceCrops(Dataset):
     """Face crops of one split, with their labels.
 
     An unreadable crop is replaced by the next readable one and logged once, so a corrupt file on disk costs one
-    sample, not an epoch.
+    sample, not an epoch. Landmark-based augmentations (`face_ops`) are drawn from a generator seeded by
+    (seed, epoch, index), so they are the same whether or not a run was resumed, and in any worker.
 
     Args:
-        index: Rows of the faces index (crop, label, ...).
+        index: Rows of the faces index (crop, label, landmarks, ...).
         crops_root: Directory the `crop` column is relative to.
         transform: An albumentations pipeline ending in ToTensorV2.
+        face_ops: Landmark-based augmentations to apply ("sbi", "landmark_cutout").
+        sbi_prob: Chance that a real crop becomes a self-blended fake (label 1).
+        cutout_prob: Chance that a crop loses one face part.
+        seed: Base seed of the landmark augmentations.
     """
 
-    def __init__(self, index: pd.DataFrame, crops_root: Path, transform: A.Compose) -> None:
+    def __init__(self, index: pd.DataFrame, crops_root: Path, transform: A.Compose, face_ops: list[str] | None = None,
+                 sbi_prob: float = 0.5, cutout_prob: float = 0.3, seed: int = 0) -> None:
         self.index = index.reset_index(drop=True)
         self.root = crops_root
         self.transform = transform
         self.paths = [str(crops_root / c) for c in self.index["crop"]]
         self.labels = self.index["label"].to_numpy(dtype=np.float32)
+        self.landmarks = (list(self.index["landmarks"]) if "landmarks" in self.index
+                          else [None] * len(self.index))
+        self.face_ops = list(face_ops or [])
+        self.sbi_prob, self.cutout_prob, self.seed, self.epoch = sbi_prob, cutout_prob, seed, 0
         self.bad: set[int] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the per-sample augmentations (and albumentations) for `epoch`."""
+        self.epoch = epoch
+        self.transform.set_random_seed(self.seed + epoch)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -47,10 +67,44 @@ class FaceCrops(Dataset):
             return None
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
+    def _face_ops(self, rgb: np.ndarray, label: float, j: int) -> tuple[np.ndarray, float]:
+        points = self.landmarks[j]
+        if not self.face_ops or points is None:
+            return rgb, label
+        rng = np.random.default_rng([self.seed, self.epoch, j])
+        pts = np.asarray(points, dtype=np.float32).reshape(68, 2)
+        if "sbi" in self.face_ops and label == 0 and rng.random() < self.sbi_prob:
+            rgb, _ = self_blend(rgb, pts, rng)
+            label = 1.0
+        if "landmark_cutout" in self.face_ops and rng.random() < self.cutout_prob:
+            rgb = landmark_cutout(rgb, pts, rng)
+        return rgb, label
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         for step in range(len(self)):
             j = (i + step) % len(self)
             rgb = self._read(j)
             if rgb is not None:
-                return self.transform(image=rgb)["image"], torch.tensor(self.labels[j])
+                rgb, label = self._face_ops(rgb, float(self.labels[j]), j)
+                return self.transform(image=rgb)["image"], torch.tensor(label, dtype=torch.float32)
         raise RuntimeError(f"no readable face crop under {self.root}")
+
+
+def epoch_order(labels: np.ndarray, seed: int, epoch: int, balanced: bool, rank: int = 0,
+                world: int = 1) -> list[int]:
+    """The sample indices of one epoch, for one rank of `world`.
+
+    Every rank draws the same permutation from (seed, epoch) and takes every `world`-th index, so ranks see
+    disjoint shards and a resumed run sees the same order. `balanced` draws with replacement, with each class
+    weighted by the inverse of its frequency, so real and fake are seen equally often.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    n = len(labels)
+    if balanced and len(np.unique(labels)) > 1:
+        counts = {c: (labels == c).sum() for c in np.unique(labels)}
+        weights = np.array([1.0 / counts[c] for c in labels])
+        order = rng.choice(n, size=n, replace=True, p=weights / weights.sum())
+    else:
+        order = rng.permutation(n)
+    usable = len(order) - len(order) % world  # equal shards: DDP ranks must take the same number of steps
+    return order[:usable][rank::world].tolist()
