@@ -107,7 +107,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
         if not args.model:
             raise DfdError("`dfd stage train` needs --model", f"one of {', '.join(params.models)}")
         res = train.run(params, layout, args.model)
-        print(f"train@{args.model}: best val AUC {res.summary['best_val_auc']:.4f} -> {res.best}")
+        if res.summary:  # under torchrun only rank 0 evaluates and reports
+            print(f"train@{args.model}: best val AUC {res.summary['best_val_auc']:.4f} -> {res.best}")
     elif name == "ensemble":
         from tasks import ensemble
 

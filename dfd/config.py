@@ -131,7 +131,9 @@ class EnsembleParams(_Section):
 
     method: Literal["weighted_average"] = "weighted_average"
     trials: int = Field(50, ge=1)
-    objective: Literal["log_loss", "auc"] = "log_loss"  # log loss rewards calibration, AUC only ranking
+    # AUC is what the gate judges (the threshold comes from validation, so calibration is not needed); log loss
+    # also rewards calibration, but lets one over-confident member lose its weight however well it ranks.
+    objective: Literal["log_loss", "auc"] = "auc"
     seed: int = 1337
 
 

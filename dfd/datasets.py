@@ -90,13 +90,15 @@ class FaceCrops(Dataset):
         raise RuntimeError(f"no readable face crop under {self.root}")
 
 
-def epoch_order(labels: np.ndarray, seed: int, epoch: int, balanced: bool, rank: int = 0,
-                world: int = 1) -> list[int]:
-    """The sample indices of one epoch, for one rank of `world`.
+def epoch_order(labels: np.ndarray, seed: int, epoch: int, balanced: bool, rank: int = 0, world: int = 1,
+                batch: int = 1) -> list[int]:
+    """The sample indices of one epoch, for one rank of `world`, in whole batches.
 
-    Every rank draws the same permutation from (seed, epoch) and takes every `world`-th index, so ranks see
-    disjoint shards and a resumed run sees the same order. `balanced` draws with replacement, with each class
-    weighted by the inverse of its frequency, so real and fake are seen equally often.
+    Every rank draws the same permutation from (seed, epoch); global batch k is its k-th run of `world * batch`
+    indices, and rank r takes the r-th block of `batch` in it. So ranks see disjoint shards, a resumed run sees the
+    same order, and N ranks compute exactly what one process computes with N-step gradient accumulation. A last
+    partial batch is dropped. `balanced` draws with replacement, each class weighted by the inverse of its
+    frequency, so real and fake are seen equally often.
     """
     rng = np.random.default_rng([seed, epoch])
     n = len(labels)
@@ -106,5 +108,6 @@ def epoch_order(labels: np.ndarray, seed: int, epoch: int, balanced: bool, rank:
         order = rng.choice(n, size=n, replace=True, p=weights / weights.sum())
     else:
         order = rng.permutation(n)
-    usable = len(order) - len(order) % world  # equal shards: DDP ranks must take the same number of steps
-    return order[:usable][rank::world].tolist()
+    span = world * batch
+    usable = len(order) - len(order) % span if len(order) >= span else 0  # DDP ranks must take equal steps
+    return order[:usable].reshape(-1, world, batch)[:, rank, :].flatten().tolist()

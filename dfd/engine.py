@@ -97,6 +97,8 @@ def train_epoch(stepper: Stepper, batches: Iterable[tuple[torch.Tensor, torch.Te
     cfg = stepper.cfg
     stepper.model.train()
     micro_total = steps * cfg.grad_accum_steps
+    if hasattr(batches, "__len__"):  # whole accumulation groups only: a partial one would leak into the next step
+        micro_total = min(micro_total, len(batches) - len(batches) % cfg.grad_accum_steps)
     losses, seen = [], 0
     start = time.perf_counter()
     bar = tqdm(total=micro_total, desc=desc, leave=False, disable=not progress)

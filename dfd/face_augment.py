@@ -64,6 +64,7 @@ def self_blend(rgb: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator)
     """
     mask = _deform(hull_mask(rgb.shape[:2], landmarks), rng)
     mask *= rng.choice([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])  # blend ratio: sometimes a partial blend
+    mask[mask < 1e-3] = 0.0  # cut the Gaussian's far tails: outside the blurred hull the face stays untouched
     source = _source_transform(rgb, rng)
     out = source * mask[..., None] + rgb.astype(np.float32) * (1 - mask[..., None])
     out = np.where(mask[..., None] > 0, np.clip(np.rint(out), 0, 255), rgb)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from dfd.augment import build_transform
+from dfd.calibration import calibrate
 from models.checkpoint import build_from_checkpoint, load_checkpoint
 from models.registry import ModelConfig
 
@@ -39,16 +40,19 @@ class EnsemblePredictor:
     Args:
         checkpoints: Member name to its best.pt.
         weights: Member name to its ensemble weight.
+        calibration: Member name to its Platt scaling (a, b), applied before averaging; None: raw probabilities.
         device: Torch device for all members.
     """
 
-    def __init__(self, checkpoints: dict[str, Path], weights: dict[str, float], device: str = "cpu") -> None:
+    def __init__(self, checkpoints: dict[str, Path], weights: dict[str, float],
+                 calibration: dict[str, list[float]] | None = None, device: str = "cpu") -> None:
         missing = set(weights) - set(checkpoints)
         if missing:
             raise ValueError(f"no checkpoint for ensemble members {sorted(missing)}")
         self.members = {m: MemberModel(checkpoints[m], device) for m in weights}
         total = sum(weights.values())
         self.weights = {m: w / total for m, w in weights.items()}
+        self.calibration = calibration or {m: [1.0, 0.0] for m in weights}
 
     def member_scores(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """Each member's P(fake) for RGB uint8 crops (N, H, W, 3)."""
@@ -57,4 +61,5 @@ class EnsemblePredictor:
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         """The ensemble's P(fake) for RGB uint8 crops (N, H, W, 3)."""
         scores = self.member_scores(crops)
-        return sum(scores[m] * w for m, w in self.weights.items())  # type: ignore[return-value]
+        return sum(calibrate(scores[m], self.calibration[m]) * w  # type: ignore[return-value]
+                   for m, w in self.weights.items())

@@ -23,7 +23,7 @@ class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
         spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
         checkpoints = {m: Path(context.artifacts[f"member_{m}"]) for m in spec["members"]}
         self.threshold = float(spec.get("val_eer_threshold", 0.5))
-        self.predictor = EnsemblePredictor(checkpoints, spec["weights"])
+        self.predictor = EnsemblePredictor(checkpoints, spec["weights"], spec.get("calibration"))
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         crops = np.asarray(model_input)

@@ -18,10 +18,10 @@ def _conv_block(cin: int, cout: int, k: int, pool: int) -> nn.Sequential:
 class _MesoHead(nn.Module):
     """Dropout, a 16-unit hidden layer with leaky ReLU, dropout, one logit (the paper's classifier)."""
 
-    def __init__(self, in_features: int) -> None:
+    def __init__(self, in_features: int, dropout: float = 0.5) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(in_features, 16), nn.LeakyReLU(0.1),
-                                 nn.Dropout(0.5), nn.Linear(16, 1))
+        self.net = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_features, 16), nn.LeakyReLU(0.1),
+                                 nn.Dropout(dropout), nn.Linear(16, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -32,14 +32,15 @@ class Meso4(nn.Module):
 
     Args:
         input_size: Input side; the paper uses 256. The total stride is 32.
+        dropout: Dropout of the head (0.5 in the paper).
     """
 
-    def __init__(self, input_size: int = 256) -> None:
+    def __init__(self, input_size: int = 256, dropout: float = 0.5) -> None:
         super().__init__()
         self.features = nn.Sequential(_conv_block(3, 8, 3, 2), _conv_block(8, 8, 5, 2), _conv_block(8, 16, 5, 2),
                                       _conv_block(16, 16, 5, 4))
         side = input_size // 32
-        self.head = _MesoHead(16 * side * side)
+        self.head = _MesoHead(16 * side * side, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, 3, S, S) -> features (B, 16, S/32, S/32) -> logits (B, 1)
@@ -81,9 +82,9 @@ class MesoInception4(nn.Module):
 
 
 @register_model("mesonet", ModelConfig(256, HALF, HALF, _PAPER))
-def mesonet(input_size: int = 256) -> nn.Module:
+def mesonet(input_size: int = 256, dropout: float = 0.5) -> nn.Module:
     """Meso4, the paper's main model (27,977 parameters at 256x256)."""
-    return Meso4(input_size)
+    return Meso4(input_size, dropout)
 
 
 @register_model("mesoinception4", ModelConfig(256, HALF, HALF, _PAPER))

@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from dfd.calibration import calibrate, fit_calibration
 from dfd.config import EnsembleParams, Params
 from dfd.errors import StageError
 from dfd.layout import Layout
@@ -47,18 +48,22 @@ def load_predictions(paths: dict[str, Path]) -> pd.DataFrame:
     return wide
 
 
-def fuse(wide: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
-    """Weighted average of the models' probabilities (weights need not sum to one)."""
+def fuse(wide: pd.DataFrame, weights: dict[str, float], calibration: dict[str, list[float]]) -> np.ndarray:
+    """Weighted average of the members' calibrated probabilities (weights need not sum to one)."""
     total = sum(weights.values())
-    return sum(wide[m].to_numpy() * (w / total) for m, w in weights.items())  # type: ignore[return-value]
+    return sum(calibrate(wide[m].to_numpy(), calibration[m]) * (w / total)  # type: ignore[return-value]
+               for m, w in weights.items())
 
 
 def _score(objective: str, labels: np.ndarray, probs: np.ndarray) -> float:
     m = binary_metrics(labels, probs)
-    return -m["log_loss"] if objective == "log_loss" else m["auc"]
+    if objective == "log_loss":
+        return -m["log_loss"]
+    # AUC saturates (many weightings rank a small validation set perfectly): log loss breaks the ties.
+    return m["auc"] - 1e-3 * m["log_loss"]
 
 
-def search_weights(wide: pd.DataFrame, models: list[str], cfg: EnsembleParams,
+def search_weights(wide: pd.DataFrame, models: list[str], cfg: EnsembleParams, calibration: dict[str, list[float]],
                    on_trial: TrialCallback | None = None) -> tuple[dict[str, float], optuna.Study]:
     """Find ensemble weights maximising the objective on validation frames with a seeded TPE study.
 
@@ -66,15 +71,12 @@ def search_weights(wide: pd.DataFrame, models: list[str], cfg: EnsembleParams,
     """
     val = wide[wide["split"] == "val"]
     labels = val["label"].to_numpy()
-    if len(np.unique(labels)) < 2:
-        raise StageError("the validation split holds one class only; weights cannot be fitted",
-                         "add identities or raise ingest.val_share")
 
     def objective(trial: optuna.Trial) -> float:
         w = {m: trial.suggest_float(m, 0.0, 1.0) for m in models}
         if sum(w.values()) <= 1e-9:
             return float("-inf")
-        value = _score(cfg.objective, labels, fuse(val, w))
+        value = _score(cfg.objective, labels, fuse(val, w, calibration))
         if on_trial:
             on_trial(trial.number, w, {cfg.objective: abs(value)})
         return value
@@ -100,8 +102,13 @@ def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_d
     """
     models = sorted(prediction_paths)
     wide = load_predictions(prediction_paths)
-    weights, study = search_weights(wide, models, cfg, on_trial)
-    wide["prob"] = fuse(wide, weights)
+    val_rows = wide[wide["split"] == "val"]
+    if val_rows["label"].nunique() < 2:
+        raise StageError("the validation split holds one class only; the ensemble cannot be fitted",
+                         "add identities or raise ingest.val_share")
+    calibration = fit_calibration(val_rows, models)
+    weights, study = search_weights(wide, models, cfg, calibration, on_trial)
+    wide["prob"] = fuse(wide, weights, calibration)
     val = wide[wide["split"] == "val"]
     val_metrics = binary_metrics(val["label"].to_numpy(), val["prob"].to_numpy())
     _, val_eer_threshold = eer(val["label"].to_numpy(), val["prob"].to_numpy())
@@ -109,7 +116,8 @@ def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_d
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = out_dir / "predictions.parquet"
     wide.to_parquet(pred_path, index=False)
-    spec = {"method": cfg.method, "members": models, "weights": weights, "objective": cfg.objective,
+    spec = {"method": cfg.method, "members": models, "weights": weights, "calibration": calibration,
+            "objective": cfg.objective,
             "trials": len(study.trials), "best_value": study.best_value, "val_eer_threshold": val_eer_threshold,
             "val_metrics": val_metrics, "val_metrics_per_model": per_model}
     spec_path = write_json(out_dir / "ensemble.json", spec)

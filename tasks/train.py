@@ -184,8 +184,9 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
         torch.manual_seed(cfg.seed + epoch)
         gen = torch.Generator().manual_seed(cfg.seed + epoch)
         train_ds.set_epoch(epoch)
-        order = epoch_order(train_ds.labels, cfg.seed, epoch, cfg.balanced_sampling, rank, world)
-        loader = DataLoader(train_ds, sampler=order, drop_last=len(order) > batch, **loader_kw)
+        order = epoch_order(train_ds.labels, cfg.seed, epoch, cfg.balanced_sampling, rank, world,
+                            min(batch, len(train_ds) // world) or 1)
+        loader = DataLoader(train_ds, sampler=order, **loader_kw)
         metrics = train_epoch(stepper, loader, steps_per_epoch, gen, f"{name} epoch {epoch + 1}/{cfg.epochs}",
                               progress and rank == 0)
         val_auc = float("nan")

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dfd.calibration import calibrate
 from dfd.errors import StageError
 from dfd.layout import Layout
 from models.checkpoint import load_checkpoint
@@ -54,7 +55,7 @@ def test_ensemble_weights_and_predictions(chained: tuple[Path, Layout]) -> None:
     assert sorted(spec["members"]) == sorted(MODELS)
     assert abs(sum(spec["weights"].values()) - 1) < 1e-9 and min(spec["weights"].values()) >= 0
     preds = pd.read_parquet(layout.ensemble_dir / "predictions.parquet")
-    fused = sum(preds[m] * w for m, w in spec["weights"].items())
+    fused = sum(calibrate(preds[m], spec["calibration"][m]) * w for m, w in spec["weights"].items())
     assert np.allclose(preds["prob"], fused)
 
 
