@@ -115,6 +115,21 @@ class Tracker:
             raise
         self.end_run(run_id)
 
+    @contextmanager
+    def system_metrics(self, run_id: str, interval_s: float = 10.0) -> Iterator[None]:
+        """Sample CPU, memory, disk, network (and GPU with pynvml) into `run_id` while the body runs.
+
+        MLflow's monitor logs from its own thread and swallows its own errors, so a busy store never fails a run.
+        """
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=self.tracking_uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 

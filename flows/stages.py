@@ -56,8 +56,9 @@ def train_task(params: Params, layout: Layout, tracker: Tracker, parent: str, mo
     # A retry resumes from last.pt, so a lost worker costs at most one epoch.
     with tracker.run(f"train@{model}", parent, {"model": model}) as rid:
         tracker.log_params(rid, {"model": params.models[model].model_dump(), "train": params.train.model_dump()})
-        res = train.run(params, layout, model, on_epoch=lambda epoch, m: tracker.log_metrics(rid, m, step=epoch),
-                        progress=len(params.models) == 1)
+        with tracker.system_metrics(rid):
+            res = train.run(params, layout, model, on_epoch=lambda epoch, m: tracker.log_metrics(rid, m, step=epoch),
+                            progress=len(params.models) == 1)
         summary = res.summary
         tracker.log_metrics(rid, {"best_val_auc": summary["best_val_auc"], "parameters": summary["parameters"],
                                   "val": summary["val"], "test": summary.get("test", {})})

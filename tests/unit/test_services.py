@@ -73,6 +73,17 @@ def test_tracker_against_a_real_server(mlflow_server: str, tmp_path: Path) -> No
     assert [a.path for a in tracker.client.list_artifacts(child)] == ["report.json"]
 
 
+def test_system_metrics_are_sampled_into_the_run(mlflow_server: str) -> None:
+    tracker = Tracker(mlflow_server, "server-test")
+    with tracker.run("busy") as rid, tracker.system_metrics(rid, interval_s=0.5):
+        deadline = time.time() + 2.5
+        while time.time() < deadline:
+            sum(i * i for i in range(10_000))
+    metrics = tracker.client.get_run(rid).data.metrics
+    assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
+    assert any(k.startswith("system/system_memory_usage") for k in metrics)
+
+
 def test_failed_body_marks_the_run_failed(mlflow_server: str) -> None:
     tracker = Tracker(mlflow_server, "server-test")
     with pytest.raises(RuntimeError), tracker.run("doomed") as rid:
