@@ -86,7 +86,8 @@ class ModelParams(_Section):
 
     arch: str | None = None  # registry name; defaults to the key under `models:`
     input_size: int | None = None  # None: the size from the model's registered config
-    pretrained: str | None = None  # a local checkpoint path; None trains from scratch (offline default)
+    # A local weights file, or `hub` (timm's ImageNet weights: needs network); None trains from scratch.
+    pretrained: str | None = None
     lr: float | None = None  # overrides train.lr for this model
     batch_size: int | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)  # extra constructor arguments

@@ -46,7 +46,7 @@ def _on_failure(flow_: Any, flow_run: Any, state: Any) -> None:
     """Alert on a crashed run (a failed gate is a finished run and alerts from the flow body)."""
     try:
         params = _load(**flow_run.parameters)
-    except Exception:
+    except Exception:  # a hook must never raise; the params may be why the run failed
         return
     alert(params.alerts, f"[dfd] pipeline run {flow_run.name} failed", f"{state.message}\n")
 

@@ -23,7 +23,7 @@ def _transient(task_: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except DfdError:
         return False
-    except Exception:
+    except Exception:  # anything else may be transient: I/O, a busy store, a lost device
         return True
     return False
 

@@ -120,6 +120,7 @@ def _xception_stages(in_chans: int, first_stride: int) -> nn.Module:
     if first_stride != 2:
         old = net.conv1
         net.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, first_stride, 0, bias=False)
+    net.hub_name = "legacy_xception"  # `pretrained: hub` seeds both streams with ImageNet Xception
     return net
 
 

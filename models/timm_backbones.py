@@ -6,7 +6,7 @@ import timm
 import torch
 from torch import nn
 
-from models.registry import HALF, ModelConfig, register_model
+from models.registry import ModelConfig, register_model
 
 
 class BackboneClassifier(nn.Module):
@@ -20,8 +20,9 @@ class BackboneClassifier(nn.Module):
 
     def __init__(self, backbone: str, dropout: float = 0.5, in_chans: int = 3) -> None:
         super().__init__()
-        # pretrained=False always: weights are opt-in through a local checkpoint (see models/weights.py).
+        # pretrained=False always: weights are opt-in (see models/weights.py), never fetched implicitly.
         self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans)
+        self.backbone.hub_name = backbone  # what `pretrained: hub` downloads into it
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.num_features, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -30,7 +31,7 @@ class BackboneClassifier(nn.Module):
 
 
 @register_model("xception", ModelConfig(
-    299, HALF, HALF, "Chollet, Xception, CVPR 2017; Rössler et al., FaceForensics++, ICCV 2019"))
+    299, paper="Chollet, Xception, CVPR 2017; Rössler et al., FaceForensics++, ICCV 2019"))
 def xception(input_size: int = 299, dropout: float = 0.5) -> nn.Module:
     """The original Xception (timm's `legacy_xception`), as in the FaceForensics++ baseline."""
     del input_size  # fully convolutional with global pooling: any size of 32 px or more works

@@ -140,7 +140,9 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     if spec.pretrained:
         from models.weights import load_pretrained
 
-        load_pretrained(model, Path(spec.pretrained))
+        load_pretrained(model, spec.pretrained)
+    else:
+        log.info("%s: no pretrained weights (models.%s.pretrained): training from scratch", name, name)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     lr = spec.lr or cfg.lr

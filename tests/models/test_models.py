@@ -65,3 +65,28 @@ def test_checkpoint_rebuilds_the_same_model(tmp_path: Path) -> None:
     rebuilt = build_from_checkpoint(load_checkpoint(path))
     x = torch.randn(3, 3, 64, 64)
     assert torch.equal(model(x), rebuilt(x))
+
+
+def test_pretrained_local_file_and_clear_errors(tmp_path: Path) -> None:
+    from models.weights import load_pretrained
+
+    source = create_model("xception", input_size=64)
+    path = tmp_path / "backbone.pt"
+    torch.save(source.state_dict(), path)
+    target = create_model("xception", input_size=64)
+    load_pretrained(target, str(path))
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values(),
+                                                 strict=True))
+    with pytest.raises(ConfigError, match="pretrained weights not found"):
+        load_pretrained(target, str(tmp_path / "missing.pt"))
+    with pytest.raises(ConfigError, match="no hub backbone"):
+        load_pretrained(create_model("mesonet", input_size=64), "hub")
+
+
+def test_hub_weights_fail_clearly_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No model hub is reachable from the test machines (and HF_HUB_OFFLINE makes sure): a clear error, not a hang.
+    from models.weights import load_pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="could not fetch pretrained 'legacy_xception'"):
+        load_pretrained(create_model("xception", input_size=64), "hub")
