@@ -95,3 +95,34 @@ def test_faces_parallel_workers_match_serial(tiny_project: Path) -> None:
     ingest.run(params, layout)
     res = faces.run(params, layout)
     assert res.extracted > 0 and res.samples_without_face == 0
+
+
+def test_adding_samples_extracts_only_the_new_ones(tiny_project: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from dfd.demo_data import Pose, blend_fake, draw_face, make_identity
+
+    params = tiny_params(tiny_project)
+    layout = Layout.from_params(params, tiny_project)
+    ingest.run(params, layout)
+    first = faces.run(params, layout)
+    rng = np.random.default_rng(99)
+    a, b = make_identity(rng, "new1"), make_identity(rng, "new2")
+    cv2.imwrite(str(tiny_project / "raw" / "real" / "new1_0.png"), draw_face(a, Pose(), 160, 5))
+    cv2.imwrite(str(tiny_project / "raw" / "fake" / "new1_new2_0.png"), blend_fake(a, b, Pose(), 160, rng, 6))
+    ingest.run(params, layout)
+    second = faces.run(params, layout)
+    assert second.extracted == 2 and second.skipped == first.extracted
+    assert second.crops == first.crops + 2
+
+
+def test_the_cnn_detector_finds_a_drawn_face(tiny_dataset: Path) -> None:
+    import cv2
+
+    from dfd.face_detect import create_detector
+
+    image = sorted((tiny_dataset / "real").glob("*.png"))[0]
+    rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
+    boxes = create_detector("dlib_cnn", upsample=0)(rgb)
+    assert len(boxes) == 1 and boxes[0].area > 0.1 * rgb.shape[0] * rgb.shape[1]
