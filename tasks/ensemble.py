@@ -67,7 +67,8 @@ def search_weights(wide: pd.DataFrame, models: list[str], cfg: EnsembleParams, c
                    on_trial: TrialCallback | None = None) -> tuple[dict[str, float], optuna.Study]:
     """Find ensemble weights maximising the objective on validation frames with a seeded TPE study.
 
-    The first trial is the plain average, so the search can only improve on it.
+    The first trials are the plain average and each member alone, so the result is never worse on validation
+    than the best single model or the average.
     """
     val = wide[wide["split"] == "val"]
     labels = val["label"].to_numpy()
@@ -84,6 +85,8 @@ def search_weights(wide: pd.DataFrame, models: list[str], cfg: EnsembleParams, c
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
     study.enqueue_trial({m: 1.0 for m in models})
+    for solo in models:
+        study.enqueue_trial({m: 1.0 if m == solo else 0.0 for m in models})
     study.optimize(objective, n_trials=cfg.trials, show_progress_bar=False)
     best = study.best_params
     total = sum(best.values())
