@@ -12,11 +12,9 @@ import pytest
 import torch
 import yaml
 
-from dfd.layout import Layout
 from models import create_model
 from models.checkpoint import load_checkpoint
-from tasks import faces, ingest
-from tests.helpers import PROJECT, TINY, tiny_params
+from tests.helpers import PROJECT, TINY, extracted
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +27,7 @@ def _free_port() -> int:
 
 def test_ddp_two_processes_agree_with_one(tiny_project: Path) -> None:
     root = tiny_project
-    params = tiny_params(root)
-    layout = Layout.from_params(params, root)
-    ingest.run(params, layout)
-    faces.run(params, layout)
+    extracted(root)
     common = {"data": {"root": str(root / "raw")},
               "models": {"mesonet": {"input_size": 64, "kwargs": {"dropout": 0.0}}},
               "train": {"epochs": 2, "max_steps_per_epoch": None, "augment": [], "balanced_sampling": False,

@@ -13,10 +13,8 @@ import pytest
 import torch
 import yaml
 
-from dfd.layout import Layout
 from models.checkpoint import load_checkpoint
-from tasks import faces, ingest
-from tests.helpers import PROJECT, TINY, tiny_params
+from tests.helpers import PROJECT, TINY, extracted
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +28,7 @@ def _epoch_on_disk(path: Path) -> int:
 
 def test_sigkill_mid_training_then_resume(tiny_project: Path) -> None:
     root = tiny_project
-    params = tiny_params(root)
-    layout = Layout.from_params(params, root)
-    ingest.run(params, layout)
-    faces.run(params, layout)
+    extracted(root)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     train_cfg = {"epochs": 4, "max_steps_per_epoch": 6, "batch_size": 4}
     runs = {}
