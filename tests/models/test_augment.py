@@ -62,7 +62,7 @@ def test_sbi_changes_only_inside_its_mask(face: tuple[np.ndarray, np.ndarray]) -
         out, mask = self_blend(crop, points, np.random.default_rng(seed))
         diff = np.abs(out.astype(int) - crop.astype(int)).sum(axis=2)
         assert out.shape == crop.shape and out.dtype == np.uint8
-        assert (diff[mask == 0] == 0).all() and (mask == 0).mean() > 0.2  # the background is untouched
+        assert (diff[mask == 0] == 0).all() and (mask == 0).mean() > 0.1  # the margin around the face is untouched
         assert diff[mask >= mask.max() / 2].mean() > 1.0  # the blended region really differs
         hull = hull_mask(crop.shape[:2], points)
         assert mask[hull > 0].mean() > mask[hull == 0].mean()  # the mask sits on the face
