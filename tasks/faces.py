@@ -22,6 +22,13 @@ INDEX_COLUMNS = ["sample_id", "frame", "track", "crop", "label", "split", "ident
                  "score"]
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _single_threaded_worker() -> None:
     """One OpenCV thread per worker process: the processes already fill the cores, and threads would contend."""
     import cv2
@@ -65,6 +72,8 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
     if cfg.workers > 1 and len(samples) > 1:
         # spawn, not fork: the caller may hold threads (Prefect, torch) that a forked child would inherit locked.
         ctx = multiprocessing.get_context("spawn")
+        # Largest files first: the long videos start early instead of leaving one worker alone at the end.
+        samples = sorted(samples, key=lambda s: _size(dataset_root / s["path"]), reverse=True)
         with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_single_threaded_worker) as pool:
             # Small chunks: videos differ tenfold in cost, and big chunks leave one worker idle at the end.
             chunk = max(1, len(samples) // (cfg.workers * 16))
