@@ -56,14 +56,14 @@ def cmd_validate_dataset(args: argparse.Namespace) -> int:
         raise DataError(f"dataset root not found: {root}")
     result = validate(root, data)
     report = Path(args.report or f"{root.name}.validation.json")
-    write_json(report, result.to_dict())
     summary = result.to_dict()
-    print(f"{'dataset':<14}{root}  (adapter {data.adapter})")
-    print(f"{'usable':<14}{summary['samples']} of {summary['candidates']}: "
+    write_json(report, summary)
+    print(f"{'dataset':<18}{root}  (adapter {data.adapter})")
+    print(f"{'usable':<18}{summary['samples']} of {summary['candidates']}: "
           f"{summary['classes']['real']} real, {summary['classes']['fake']} fake")
     for method, n in summary["methods"].items():
-        print(f"{'  ' + method:<14}{n}")
-    print(f"{'bad':<14}{len(result.bad)}")
+        print(f"{'  ' + method:<18}{n}")
+    print(f"{'bad':<18}{len(result.bad)}")
     for row in result.bad[:20]:
         print(f"  {row['path']}: {row['reason']}")
     if len(result.bad) > 20:
