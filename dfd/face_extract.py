@@ -36,8 +36,24 @@ def _models(cfg: dict[str, Any]) -> tuple[Detector, Landmarks | None]:
     return _WORKER["det"], _WORKER["lm"]
 
 
+def cached(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded result of a sample already extracted with the same params (and its crops still on disk)."""
+    dest = Path(out_dir) / sample["sample_id"]
+    done = dest / DONE_FILE
+    if not done.is_file():
+        return None
+    try:
+        fp = fingerprint(cfg, Path(root) / sample["path"])
+    except OSError:
+        return None
+    record = json.loads(done.read_text())
+    if record.get("fingerprint") != fp or not all((dest.parent / f["crop"]).is_file() for f in record["frames"]):
+        return None
+    return {"sample_id": sample["sample_id"], "frames": record["frames"], "report": record["report"], "skipped": True}
+
+
 def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Extract the largest face of each sampled frame of one sample.
+    """Extract the largest face (or every face) of each sampled frame of one sample, and record it for `cached`.
 
     Args:
         sample: A manifest row (sample_id, path, media, ...).
@@ -59,10 +75,6 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
         return {"sample_id": sid, "frames": [], "skipped": False,
                 "report": {"sample_id": sid, "path": sample["path"], "sampled": 0, "faces": 0,
                            "note": f"cannot read file: {exc.strerror}"}}
-    if done.is_file():
-        record = json.loads(done.read_text())
-        if record.get("fingerprint") == fp and all((dest.parent / f["crop"]).is_file() for f in record["frames"]):
-            return {"sample_id": sid, "frames": record["frames"], "report": record["report"], "skipped": True}
     detector, landmarks = _models(cfg)
     if sample["media"] == "image":
         rgb = read_rgb(src)

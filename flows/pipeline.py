@@ -5,7 +5,6 @@ It only wires: the work is in `tasks/`, the Prefect/MLflow binding in `flows/sta
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from dfd.layout import Layout
 from dfd.provenance import git_commit
 from dfd.tracking import Tracker
 from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task, train_task
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

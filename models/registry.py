@@ -7,7 +7,7 @@ the model tests pick it up through `list_models()`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
@@ -43,7 +43,6 @@ class ModelConfig:
 class _Entry:
     factory: Callable[..., nn.Module]
     config: ModelConfig
-    aliases: tuple[str, ...] = field(default_factory=tuple)
 
 
 _REGISTRY: dict[str, _Entry] = {}

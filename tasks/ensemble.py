@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,6 @@ from dfd.errors import StageError
 from dfd.layout import Layout
 from dfd.metrics import binary_metrics, eer
 from dfd.reporting import write_json
-
-log = logging.getLogger(__name__)
 
 TrialCallback = Callable[[int, dict[str, float], dict[str, float]], None]
 

@@ -6,14 +6,13 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
 from dfd.config import FacesParams, Params
 from dfd.errors import DataError
-from dfd.face_extract import extract_sample
+from dfd.face_extract import cached, extract_sample
 from dfd.layout import Layout
 from dfd.manifest import read_manifest
 from dfd.reporting import write_json
@@ -67,21 +66,24 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
     samples = manifest.to_dict("records")
     opts = cfg.model_dump()
     args = (str(dataset_root), str(out_dir), opts)
-    results: list[dict[str, Any]] = []
-    bar = tqdm(total=len(samples), desc="faces", unit="sample", leave=False)
-    if cfg.workers > 1 and len(samples) > 1:
+    # Finished samples are read back here, so a rerun with little new work starts few or no workers.
+    results = [r for r in (cached(s, *args) for s in samples) if r is not None]
+    done = {r["sample_id"] for r in results}
+    pending = [s for s in samples if s["sample_id"] not in done]
+    bar = tqdm(total=len(pending), desc="faces", unit="sample", leave=False)
+    if cfg.workers > 1 and len(pending) > 1:
         # spawn, not fork: the caller may hold threads (Prefect, torch) that a forked child would inherit locked.
         ctx = multiprocessing.get_context("spawn")
         # Largest files first: the long videos start early instead of leaving one worker alone at the end.
-        samples = sorted(samples, key=lambda s: _size(dataset_root / s["path"]), reverse=True)
+        pending.sort(key=lambda s: _size(dataset_root / s["path"]), reverse=True)
         with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_single_threaded_worker) as pool:
             # Small chunks: videos differ tenfold in cost, and big chunks leave one worker idle at the end.
-            chunk = max(1, len(samples) // (cfg.workers * 16))
-            for res in pool.map(extract_sample, samples, *[[a] * len(samples) for a in args], chunksize=chunk):
+            chunk = max(1, len(pending) // (cfg.workers * 16))
+            for res in pool.map(extract_sample, pending, *[[a] * len(pending) for a in args], chunksize=chunk):
                 results.append(res)
                 bar.update(1)
     else:
-        for sample in samples:
+        for sample in pending:
             results.append(extract_sample(sample, *args))
             bar.update(1)
     bar.close()
