@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.registry import HALF, ModelConfig, register_model
+from models.xception_net import EXIT_FLOW, TO_BLOCK7, TO_BLOCK12, Xception
 
 
 def dct_matrix(n: int) -> torch.Tensor:
@@ -115,26 +115,6 @@ class MixBlock(nn.Module):
         return fad + self.bn_lfs(att_lfs), lfs + self.bn_fad(att_fad)
 
 
-def _xception_stages(in_chans: int, first_stride: int) -> nn.Module:
-    net = timm.create_model("legacy_xception", pretrained=False, num_classes=0, in_chans=in_chans)
-    if first_stride != 2:
-        old = net.conv1
-        net.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, first_stride, 0, bias=False)
-    net.hub_name = "legacy_xception"  # `pretrained: hub` seeds both streams with ImageNet Xception
-    return net
-
-
-def _run(net: nn.Module, names: list[str], x: torch.Tensor) -> torch.Tensor:
-    for name in names:
-        x = getattr(net, name)(x)
-    return x
-
-
-_ENTRY = ["conv1", "bn1", "act1", "conv2", "bn2", "act2"] + [f"block{i}" for i in range(1, 8)]
-_MIDDLE = [f"block{i}" for i in range(8, 13)]
-_EXIT = ["conv3", "bn3", "act3", "conv4", "bn4", "act4"]
-
-
 class F3Net(nn.Module):
     """FAD and LFS Xception streams fused by MixBlocks after blocks 7 and 12, one logit.
 
@@ -143,34 +123,37 @@ class F3Net(nn.Module):
         dropout: Dropout before the classifier.
         window: LFS window side.
         bands: LFS bands M.
+        width: Channel multiplier of both Xception streams (1.0: the paper's; smaller for smoke runs).
     """
 
-    def __init__(self, input_size: int = 299, dropout: float = 0.2, window: int = 10, bands: int = 6) -> None:
+    def __init__(self, input_size: int = 299, dropout: float = 0.2, window: int = 10, bands: int = 6,
+                 width: float = 1.0) -> None:
         super().__init__()
         self.input_size = input_size
         self.fad = FAD(input_size)
         self.lfs = LFS(window, 2, bands)
-        self.fad_net = _xception_stages(12, 2)
+        self.fad_net = Xception(12, width)
         # The LFS map is already at half resolution (stride-2 windows): a stride-1 first conv keeps the grids aligned.
-        self.lfs_net = _xception_stages(bands, 1)
-        self.mix7, self.mix12 = MixBlock(728), MixBlock(1024)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2048 * 2, 1))
+        self.lfs_net = Xception(bands, width, first_stride=1)
+        self.mix7, self.mix12 = MixBlock(self.fad_net.mix7_channels), MixBlock(self.fad_net.mix12_channels)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.fad_net.num_features * 2, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, 3, S, S) normalised to [-1, 1]
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             raise ValueError(f"F3Net was built for {self.input_size}px inputs, got {tuple(x.shape[-2:])}")
-        a = _run(self.fad_net, _ENTRY, self.fad(x))  # (B, 728, ~S/16, ~S/16)
-        b = _run(self.lfs_net, _ENTRY, self.lfs(x))  # (B, 728, ~S/16, ~S/16)
+        a = self.fad_net.run(TO_BLOCK7, self.fad(x))  # (B, 728, ~S/16, ~S/16) at width 1
+        b = self.lfs_net.run(TO_BLOCK7, self.lfs(x))  # (B, 728, ~S/16, ~S/16)
         a, b = self.mix7(a, b)
-        a, b = _run(self.fad_net, _MIDDLE, a), _run(self.lfs_net, _MIDDLE, b)  # (B, 1024, ~S/32, ~S/32)
+        a, b = self.fad_net.run(TO_BLOCK12, a), self.lfs_net.run(TO_BLOCK12, b)  # (B, 1024, ~S/32, ~S/32)
         a, b = self.mix12(a, b)
-        a, b = _run(self.fad_net, _EXIT, a), _run(self.lfs_net, _EXIT, b)  # (B, 2048, ~S/32, ~S/32)
+        a, b = self.fad_net.run(EXIT_FLOW, a), self.lfs_net.run(EXIT_FLOW, b)  # (B, 2048, ~S/32, ~S/32)
         pooled = torch.cat([a.mean(dim=(-1, -2)), b.mean(dim=(-1, -2))], dim=1)  # (B, 4096)
         return self.head(pooled)
 
 
 @register_model("f3net", ModelConfig(299, HALF, HALF, "Qian et al., Thinking in Frequency, ECCV 2020"))
-def f3net(input_size: int = 299, dropout: float = 0.2, window: int = 10, bands: int = 6) -> nn.Module:
+def f3net(input_size: int = 299, dropout: float = 0.2, window: int = 10, bands: int = 6,
+          width: float = 1.0) -> nn.Module:
     """F3Net with both branches and MixBlock fusion."""
-    return F3Net(input_size, dropout, window, bands)
+    return F3Net(input_size, dropout, window, bands, width)

@@ -16,6 +16,7 @@ from dfd.errors import ConfigError
 log = logging.getLogger(__name__)
 
 HUB = "hub"  # `pretrained: hub`: timm downloads each backbone's ImageNet weights (needs network)
+_HUB_FEATURES = {"legacy_xception": 2048}  # feature width of hub backbones we also build narrower
 
 
 def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -35,6 +36,10 @@ def load_hub(model: nn.Module) -> None:
     if not backbones:
         raise ConfigError(f"{type(model).__name__} has no hub backbone", "give a local weights file instead")
     for module in backbones:
+        expected = _HUB_FEATURES.get(module.hub_name)
+        if expected is not None and getattr(module, "num_features", expected) != expected:
+            raise ConfigError(f"hub weights for '{module.hub_name}' exist only at the paper's width",
+                              "set the model's `width` kwarg to 1.0, or train from scratch")
         in_chans = next(p for p in module.parameters() if p.dim() == 4).shape[1]
         try:
             # timm adapts the first convolution when in_chans differs (F3Net's 12- and 6-channel streams).

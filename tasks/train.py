@@ -207,7 +207,8 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
         if rank == 0:
             _save(last_path, state(epoch))
             if improved or not best_path.is_file():
-                _save(best_path, state(epoch))
+                # The best weights need no optimizer state (2x the weights under Adam): a third of the disk.
+                _save(best_path, {k: v for k, v in state(epoch).items() if k not in ("optimizer", "schedule")})
             log.info("%s epoch %d/%d: loss %.4f, val AUC %.4f, %.1f img/s", name, epoch + 1, cfg.epochs,
                      metrics["train_loss"], val_auc, metrics["images_per_s"])
             if on_epoch:

@@ -90,3 +90,31 @@ def test_hub_weights_fail_clearly_offline(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="could not fetch pretrained 'legacy_xception'"):
         load_pretrained(create_model("xception", input_size=64), "hub")
+
+
+def test_our_xception_is_timms_legacy_xception_at_width_one() -> None:
+    # Same module names and tensor shapes, so timm's ImageNet weights load and the paper's network is what trains.
+    import timm
+
+    from models.xception_net import Xception
+
+    ours = Xception(3).state_dict()
+    ref = timm.create_model("legacy_xception", pretrained=False, num_classes=0).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in ref.items()}
+
+
+@pytest.mark.parametrize("name", ["xception", "f3net"])
+def test_width_shrinks_the_network_and_keeps_it_trainable(name: str) -> None:
+    full = sum(p.numel() for p in create_model(name, input_size=64).parameters())
+    model = create_model(name, input_size=64, width=0.125)
+    small = sum(p.numel() for p in model.parameters())
+    assert small < full / 20
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 1) and torch.isfinite(out).all()
+
+
+def test_hub_weights_need_the_full_width() -> None:
+    from models.weights import load_pretrained
+
+    with pytest.raises(ConfigError, match="width"):
+        load_pretrained(create_model("xception", input_size=64, width=0.5), "hub")
