@@ -172,9 +172,33 @@ def preflight(params: Params, root: Path) -> None:
         pass
 
 
+class _NoTracebackForDfdErrors(logging.Filter):
+    """Drop the traceback from log records of our own errors: their message already says what and where.
+
+    Prefect logs a failed task and flow with the full stack; for a DfdError (bad data, bad params, a gate) that is
+    noise in front of the one line that matters. Other exceptions keep their traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], DfdError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_expected_failures() -> None:
+    """Attach the filter to every handler Prefect configured (they do not all propagate to the root logger)."""
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+                                       if name.startswith("prefect")]
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        if not any(isinstance(f, _NoTracebackForDfdErrors) for f in handler.filters):
+            handler.addFilter(_NoTracebackForDfdErrors())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
+    if not args.verbose:
+        _quiet_expected_failures()
     preflight(_params(args), Path.cwd())
     summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
     _print_summary(summary, Path.cwd())

@@ -61,3 +61,17 @@ def test_demo_data_writes_where_params_point(project: Path, tmp_path: Path) -> N
     assert res.returncode == 0, res.stderr
     assert (project / "data" / "raw" / "demo" / "metadata.json").is_file()
     assert "2 real, 2 fake" in res.stdout
+
+
+@pytest.mark.slow
+def test_stage_failing_inside_the_flow_is_one_line_too(project: Path, tiny_dataset: Path) -> None:
+    # Past the preflight: the dataset exists, but half its real samples are corrupt, so ingest stops the flow.
+    import shutil
+
+    data = project / "data" / "raw" / "demo"
+    shutil.copytree(tiny_dataset, data)
+    for path in sorted((data / "real").iterdir())[:12]:
+        path.write_bytes(b"not an image")
+    res = _dfd(["--override", str(PROJECT / "tests" / "params.tiny.yaml"), "run"], project)
+    _one_line_error(res, "samples in", "are unusable", "ingest.max_bad_share", "ingest_report.json")
+    assert (project / "data" / "manifests" / "ingest_report.json").is_file()  # the reasons are kept
