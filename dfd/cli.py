@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,18 @@ def cmd_dataset_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _epoch_logger(path: str | None) -> Callable[[int, dict[str, float]], None] | None:
+    """Append one JSON line per finished epoch to `path` (the flow tails it to log to MLflow live)."""
+    if not path:
+        return None
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        with open(path, "a") as fh:  # one write per line: a reader never sees half a record as complete
+            fh.write(json.dumps({"epoch": epoch, "metrics": metrics}) + "\n")
+
+    return on_epoch
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     from dfd.layout import Layout
 
@@ -106,7 +119,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
         if not args.model:
             raise DfdError("`dfd stage train` needs --model", f"one of {', '.join(params.models)}")
-        res = train.run(params, layout, args.model)
+        res = train.run(params, layout, args.model, _epoch_logger(args.epoch_log), progress=not args.no_progress)
         if res.summary:  # under torchrun only rank 0 evaluates and reports
             print(f"train@{args.model}: best val AUC {res.summary['best_val_auc']:.4f} -> {res.best}")
     elif name == "ensemble":
@@ -230,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stage", help="run one stage (what dvc.yaml calls)")
     p.add_argument("name", choices=STAGES)
     p.add_argument("--model", help="the model to train (train stage)")
+    p.add_argument("--epoch-log", metavar="FILE", help="train: append each epoch's metrics to FILE as JSON lines")
+    p.add_argument("--no-progress", action="store_true", help="train: no per-step progress bar")
     p.set_defaults(func=cmd_stage)
     p = sub.add_parser("demo-data", help="write the offline demo dataset")
     p.add_argument("--out", help="dataset root (default: data.root from params)")

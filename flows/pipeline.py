@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -60,8 +61,11 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
         provenance["dataset"] = params.data.name
         tracker.set_tags(parent, provenance)
         faces_task(params, layout, tracker, parent)
-        # The four detectors train in parallel; each is its own task with its own nested run and retries.
-        futures = [train_task.submit(params, layout, tracker, parent, m) for m in params.models]
+        # The four detectors train in parallel; each is its own task with its own nested run and retries, and
+        # on a multi-GPU machine its own GPU (round robin).
+        gpus = torch.cuda.device_count()
+        futures = [train_task.submit(params, layout, tracker, parent, m, i % gpus if gpus > 1 else None)
+                   for i, m in enumerate(params.models)]
         for fut in futures:
             fut.result()
         ensemble_task(params, layout, tracker, parent)

@@ -14,6 +14,7 @@ from dfd.config import Params
 from dfd.errors import DfdError
 from dfd.layout import Layout
 from dfd.tracking import Tracker
+from flows.train_process import train_in_process
 from tasks import ensemble, evaluate, faces, ingest, register, train
 
 
@@ -52,13 +53,15 @@ def faces_task(params: Params, layout: Layout, tracker: Tracker, parent: str) ->
 
 @task(name="train", task_run_name="train@{model}", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
       retry_condition_fn=_transient)
-def train_task(params: Params, layout: Layout, tracker: Tracker, parent: str, model: str) -> train.TrainResult:
-    # A retry resumes from last.pt, so a lost worker costs at most one epoch.
+def train_task(params: Params, layout: Layout, tracker: Tracker, parent: str, model: str,
+               gpu: int | None = None) -> train.TrainResult:
+    # Each model trains in its own process (flows/train_process.py says why); a retry resumes from last.pt, so a
+    # crashed or killed child costs at most one epoch.
     with tracker.run(f"train@{model}", parent, {"model": model}) as rid:
         tracker.log_params(rid, {"model": params.models[model].model_dump(), "train": params.train.model_dump()})
         with tracker.system_metrics(rid):
-            res = train.run(params, layout, model, on_epoch=lambda epoch, m: tracker.log_metrics(rid, m, step=epoch),
-                            progress=len(params.models) == 1)
+            res = train_in_process(params, layout, model, lambda epoch, m: tracker.log_metrics(rid, m, step=epoch),
+                                   gpu, progress=len(params.models) == 1)
         summary = res.summary
         tracker.log_metrics(rid, {"best_val_auc": summary["best_val_auc"], "parameters": summary["parameters"],
                                   "val": summary["val"], "test": summary.get("test", {})})
