@@ -18,6 +18,9 @@ from typing import Any
 from dfd.config import Params
 from dfd.errors import DfdError
 
+# Registering a model downloads its artifacts back once per file, each with a progress bar: noise in a pipeline log.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 PARENT_TAG = "mlflow.parentRunId"
 NAME_TAG = "mlflow.runName"
 

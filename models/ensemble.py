@@ -2,6 +2,9 @@
 
 Input: RGB uint8 face crops, shape (N, H, W, 3), as the faces stage writes them (any square size: each member
 resizes and normalises with its own registered config). Output: P(fake), float32 (N,).
+
+Logged as "models from code": MLflow stores this file and runs it at load time (the `set_model` call below), so the
+served model is source anyone can read, not a cloudpickled object tied to one Python and library version.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 
@@ -30,3 +34,7 @@ class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
         if crops.ndim != 4 or crops.shape[-1] != 3:
             raise ValueError(f"expected RGB crops of shape (N, H, W, 3), got {crops.shape}")
         return self.predictor(crops.astype(np.uint8)).astype(np.float32)
+
+
+# Models from code: MLflow executes this file when loading the model and serves what is set here.
+mlflow.models.set_model(DeepfakeEnsembleModel())

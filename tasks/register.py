@@ -18,6 +18,7 @@ from dfd.reporting import read_json, write_json
 from dfd.tracking import Tracker
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODEL_CODE = PROJECT_ROOT / "models" / "ensemble.py"  # the served model, logged as code (see that file)
 # What the served model imports, pinned to this environment's versions.
 SERVING_PACKAGES = ("torch", "timm", "albumentations", "opencv-python-headless", "numpy", "pandas", "pydantic",
                     "pyyaml", "scikit-learn", "mlflow")
@@ -72,7 +73,6 @@ def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_d
     from mlflow.types import Schema, TensorSpec
 
     import mlflow
-    from models.ensemble import DeepfakeEnsembleModel
 
     gate_path, spec_path = reports_dir / "gate.json", ensemble_dir / "ensemble.json"
     for p in (gate_path, spec_path):
@@ -91,7 +91,7 @@ def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_d
     mlflow.set_registry_uri(tracker.tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="ensemble", python_model=DeepfakeEnsembleModel(), artifacts=artifacts, signature=signature,
+            name="ensemble", python_model=str(MODEL_CODE), artifacts=artifacts, signature=signature,
             input_example=_input_example(faces_index), pip_requirements=_requirements(),
             code_paths=[str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")],
             registered_model_name=cfg.model_name)
