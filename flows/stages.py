@@ -61,7 +61,7 @@ def train_task(params: Params, layout: Layout, tracker: Tracker, parent: str, mo
         tracker.log_params(rid, {"model": params.models[model].model_dump(), "train": params.train.model_dump()})
         with tracker.system_metrics(rid):
             res = train_in_process(params, layout, model, lambda epoch, m: tracker.log_metrics(rid, m, step=epoch),
-                                   gpu, progress=len(params.models) == 1)
+                                   gpu)
         summary = res.summary
         tracker.log_metrics(rid, {"best_val_auc": summary["best_val_auc"], "parameters": summary["parameters"],
                                   "val": summary["val"], "test": summary.get("test", {})})

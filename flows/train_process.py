@@ -71,7 +71,8 @@ def train_in_process(params: Params, layout: Layout, name: str, on_epoch: EpochC
         name: The model's key under `models:`.
         on_epoch: Called in this process with (epoch, metrics) as each epoch ends in the child.
         gpu: Pin the child to this CUDA device (CUDA_VISIBLE_DEVICES); None leaves the environment alone.
-        progress: Let the child draw its per-step progress bar.
+        progress: Let the child draw its per-step progress bar (off by default: its output is relayed line by line,
+            and the per-epoch lines say enough).
 
     Raises:
         StageError: The child stopped with one of our own errors (bad data, divergence): its message, not retried.
