@@ -28,7 +28,7 @@ from dfd.config import Params
 from dfd.errors import DfdError, StageError
 from dfd.layout import Layout
 from dfd.reporting import read_json
-from tasks.train import EpochCallback, TrainResult
+from tasks.train import EpochCallback, TrainResult, model_spec
 
 POLL_S = 1.0  # how often the parent looks for new epochs: epochs take minutes, a second of lag is nothing
 
@@ -78,8 +78,7 @@ def train_in_process(params: Params, layout: Layout, name: str, on_epoch: EpochC
         StageError: The child stopped with one of our own errors (bad data, divergence): its message, not retried.
         RuntimeError: The child crashed or was killed: transient, so a retry resumes from its last checkpoint.
     """
-    if name not in params.models:
-        raise StageError(f"model '{name}' is not under `models:` in params", f"choose one of {sorted(params.models)}")
+    model_spec(params, name)  # an unknown model fails here, before a process starts
     with tempfile.TemporaryDirectory(prefix=f"dfd-train-{name}-") as tmp:
         resolved, epochs = Path(tmp) / "params.yaml", Path(tmp) / "epochs.jsonl"
         resolved.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))

@@ -241,10 +241,15 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     return TrainResult(name, out_dir, best_path, last_path, metrics_path, pred_path, summary)
 
 
-def run(params: Params, layout: Layout, name: str, on_epoch: EpochCallback | None = None,
-        progress: bool = True) -> TrainResult:
-    """The stage as `dfd stage train --model NAME` and the flow call it."""
+def model_spec(params: Params, name: str) -> ModelParams:
+    """The params of model `name`, or a clear error naming the models there are."""
     if name not in params.models:
         raise StageError(f"model '{name}' is not under `models:` in params", f"choose one of {sorted(params.models)}")
-    return train_model(name, params.models[name], params.train, layout.faces_index, layout.model_dir(name),
+    return params.models[name]
+
+
+def run(params: Params, layout: Layout, name: str, on_epoch: EpochCallback | None = None,
+        progress: bool = True) -> TrainResult:
+    """The stage as `dfd stage train --model NAME` calls it."""
+    return train_model(name, model_spec(params, name), params.train, layout.faces_index, layout.model_dir(name),
                        on_epoch, progress)
