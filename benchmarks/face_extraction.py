@@ -21,11 +21,11 @@ from pathlib import Path
 
 import cv2
 
-from dfd.config import Params
-from dfd.face_detect import create_detector, square_crop
-from dfd.layout import Layout
-from dfd.media import sample_indices
-from dfd.reporting import read_json
+from dfd.data.face_detect import create_detector, square_crop
+from dfd.data.media import sample_indices
+from dfd.platform.config import Params
+from dfd.platform.files import read_json
+from dfd.platform.layout import Layout
 from tasks import faces, ingest
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -30,12 +30,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dfd.augment import build_transform
-from dfd.config import Params, TrainParams
-from dfd.datasets import FaceCrops
-from dfd.demo_data import Pose, draw_face, make_identity
-from dfd.engine import Stepper
-from dfd.optim import LrSchedule, build_optimizer
+from dfd.data.demo_data import Pose, draw_face, make_identity
+from dfd.platform.config import Params, TrainParams
+from dfd.training.augment import build_transform
+from dfd.training.datasets import FaceCrops
+from dfd.training.engine import Stepper
+from dfd.training.optim import LrSchedule, build_optimizer
 from models import create_model, model_config
 
 TIMM_NAME = {"xception": "legacy_xception", "efficientnet": "efficientnet_b4"}
@@ -93,7 +93,8 @@ def loader_rate(name: str, size: int, batch: int, workers: int, batches: int) ->
         cv2.imwrite(str(tmp / f"{i}.png"), face)
         rows.append({"crop": f"{i}.png", "label": i % 2})
     defaults = Params().train
-    ds = FaceCrops(pd.DataFrame(rows), tmp, build_transform(defaults.augment, model_config(name, size), train=True))
+    tf = build_transform(defaults.augment, train=True, **model_config(name, size).preprocessing())
+    ds = FaceCrops(pd.DataFrame(rows), tmp, tf)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0,
                         sampler=None, drop_last=True)
     seen, start, it = 0, None, 0

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dfd.config import Params, json_schema, load_params
-from dfd.errors import DfdError
+from dfd.platform.config import Params, json_schema, load_params
+from dfd.platform.errors import DfdError
 
 STAGES = ("ingest", "faces", "train", "ensemble", "evaluate", "register")
 DEMO_OVERRIDE = "configs/demo.yaml"
@@ -33,7 +33,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from dfd.demo_data import generate
+    from dfd.data.demo_data import generate
 
     params = load_params(args.params, args.override) if Path(args.params).is_file() else Params()
     d = params.demo_data
@@ -45,10 +45,10 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_validate_dataset(args: argparse.Namespace) -> int:
-    from dfd.config import DataParams
-    from dfd.errors import DataError
-    from dfd.reporting import write_json
-    from dfd.validation import validate
+    from dfd.data.validation import validate
+    from dfd.platform.config import DataParams
+    from dfd.platform.errors import DataError
+    from dfd.platform.files import write_json
 
     base = load_params(args.params, args.override).data if Path(args.params).is_file() else DataParams()
     data = base.model_copy(update={"adapter": args.adapter or base.adapter})
@@ -78,7 +78,7 @@ def cmd_validate_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_add(args: argparse.Namespace) -> int:
-    from dfd.datasets_registry import add_dataset
+    from dfd.data.datasets_registry import add_dataset
 
     record = add_dataset(Path(args.path), args.name, args.adapter, Path(args.params), push=args.push)
     print(f"dataset '{args.name}' tracked by DVC ({record['dvc_file']}, {record['data_hash']}) and set as "
@@ -99,7 +99,7 @@ def _epoch_logger(path: str | None) -> Callable[[int, dict[str, float]], None] |
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from dfd.layout import Layout
+    from dfd.platform.layout import Layout
 
     params = _params(args)
     layout = Layout.from_params(params, Path.cwd())
@@ -135,17 +135,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
         print(f"evaluate: test AUC {m['auc']:.4f}, video AUC {m['video_auc']:.4f}, EER {m['eer']:.4f}; "
               f"gate {'PASSED' if res.passed else 'FAILED: ' + ', '.join(res.gate['failed'])}")
     elif name == "register":
-        from dfd.provenance import git_commit
-        from dfd.reporting import read_json
-        from dfd.tracking import Tracker
+        from dfd.platform.tracking import Tracker
         from tasks import register
 
-        tracker = Tracker.from_params(params, Path.cwd())
-        tags = {"git_commit": git_commit(Path.cwd()), "params_hash": params.digest(), "dataset": params.data.name,
-                "dvc_data_hash": read_json(layout.ingest_report).get("data_hash", "unknown")}
-        with tracker.run("register (dvc)", tags=tags) as rid:
-            tracker.log_metrics(rid, {"test": read_json(layout.reports_dir / "metrics.json")["ensemble"]})
-            res = register.run(params, layout, tracker, rid, tags)
+        res = register.run(params, layout, Tracker.from_params(params, Path.cwd()))
         outcome = f"promoted to @{res.alias}" if res.promoted else "not promoted"
         print(f"register: {res.model_name} v{res.version} {outcome}")
     return 0
@@ -174,8 +167,8 @@ def preflight(params: Params, root: Path) -> None:
 
     A mistake here then costs a second and one clear line, not a server start-up and a task traceback.
     """
-    from dfd.adapters import get_adapter
-    from dfd.errors import DataError
+    from dfd.data.adapters import get_adapter
+    from dfd.platform.errors import DataError
 
     data_root = root / params.data.root
     if not data_root.is_dir():
@@ -185,33 +178,12 @@ def preflight(params: Params, root: Path) -> None:
         pass
 
 
-class _NoTracebackForDfdErrors(logging.Filter):
-    """Drop the traceback from log records of our own errors: their message already says what and where.
-
-    Prefect logs a failed task and flow with the full stack; for a DfdError (bad data, bad params, a gate) that is
-    noise in front of the one line that matters. Other exceptions keep their traceback.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], DfdError):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _quiet_expected_failures() -> None:
-    """Attach the filter to every handler Prefect configured (they do not all propagate to the root logger)."""
-    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-                                       if name.startswith("prefect")]
-    for handler in {h for lg in loggers for h in lg.handlers}:
-        if not any(isinstance(f, _NoTracebackForDfdErrors) for f in handler.filters):
-            handler.addFilter(_NoTracebackForDfdErrors())
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.logs import quiet_expected_failures
     from flows.pipeline import pipeline
 
     if not args.verbose:
-        _quiet_expected_failures()
+        quiet_expected_failures()
     preflight(_params(args), Path.cwd())
     summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
     _print_summary(summary, Path.cwd())

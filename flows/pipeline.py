@@ -13,11 +13,11 @@ import torch
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from dfd.alerts import alert, gate_failure_message
-from dfd.config import Params, load_params
-from dfd.layout import Layout
-from dfd.provenance import git_commit
-from dfd.tracking import Tracker
+from dfd.data.provenance import git_commit, run_lineage
+from dfd.platform.alerts import alert, gate_failure_message
+from dfd.platform.config import Params, load_params
+from dfd.platform.layout import Layout
+from dfd.platform.tracking import Tracker
 from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task, train_task
 
 
@@ -56,10 +56,8 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
     provenance = {"git_commit": git_commit(root), "params_hash": params.digest()}
     with tracker.run("pipeline", tags=provenance) as parent:
         tracker.log_params(parent, params.model_dump(mode="json"))
-        ing = ingest_task(params, layout, tracker, parent)
-        provenance["dvc_data_hash"] = ing.data_hash
-        provenance["dataset"] = params.data.name
-        tracker.set_tags(parent, provenance)
+        ingest_task(params, layout, tracker, parent)
+        tracker.set_tags(parent, run_lineage(params, layout.ingest_report, root))
         faces_task(params, layout, tracker, parent)
         # The four detectors train in parallel; each is its own task with its own nested run and retries, and
         # on a multi-GPU machine its own GPU (round robin).
@@ -70,7 +68,7 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
             fut.result()
         ensemble_task(params, layout, tracker, parent)
         ev = evaluate_task(params, layout, tracker, parent)
-        reg = register_task(params, layout, tracker, parent, provenance)
+        reg = register_task(params, layout, tracker, parent)
         tracker.log_metrics(parent, {"test": ev.metrics["ensemble"], "gate_passed": int(ev.passed)})
         tracker.set_tags(parent, {"gate_passed": ev.passed, "model_version": reg.version})
         if not ev.passed:

@@ -10,10 +10,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dfd.config import Params
-from dfd.errors import DfdError
-from dfd.layout import Layout
-from dfd.tracking import Tracker
+from dfd.platform.config import Params
+from dfd.platform.errors import DfdError
+from dfd.platform.layout import Layout
+from dfd.platform.tracking import Tracker
 from flows.train_process import train_in_process
 from tasks import ensemble, evaluate, faces, ingest, register, train
 
@@ -100,7 +100,5 @@ def evaluate_task(params: Params, layout: Layout, tracker: Tracker, parent: str)
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=1, retry_condition_fn=_transient)
-def register_task(params: Params, layout: Layout, tracker: Tracker, parent: str,
-                  tags: dict[str, str]) -> register.RegisterResult:
-    with tracker.run("register", parent, tags) as rid:
-        return register.run(params, layout, tracker, rid, tags)
+def register_task(params: Params, layout: Layout, tracker: Tracker, parent: str) -> register.RegisterResult:
+    return register.run(params, layout, tracker, parent)

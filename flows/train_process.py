@@ -24,10 +24,10 @@ from typing import IO
 
 import yaml
 
-from dfd.config import Params
-from dfd.errors import DfdError, StageError
-from dfd.layout import Layout
-from dfd.reporting import read_json
+from dfd.platform.config import Params
+from dfd.platform.errors import DfdError, StageError
+from dfd.platform.files import read_json
+from dfd.platform.layout import Layout
 from tasks.train import EpochCallback, TrainResult, model_spec
 
 POLL_S = 1.0  # how often the parent looks for new epochs: epochs take minutes, a second of lag is nothing

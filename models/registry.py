@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from dfd.errors import ConfigError
+from dfd.platform.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,6 +37,10 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What `build_transform` needs (input size, mean, std) as plain values: dfd's training knows no models."""
+        return {"input_size": self.input_size, "mean": self.mean, "std": self.std}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dfd.errors import ConfigError
+from dfd.platform.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

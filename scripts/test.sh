@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
+.venv/bin/lint-imports  # the import rules in pyproject.toml
 exec .venv/bin/python -m pytest -q "$@"

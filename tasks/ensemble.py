@@ -11,12 +11,12 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from dfd.calibration import calibrate, fit_calibration
-from dfd.config import EnsembleParams, Params
-from dfd.errors import StageError
-from dfd.layout import Layout
-from dfd.metrics import binary_metrics, eer
-from dfd.reporting import write_json
+from dfd.evaluation.calibration import calibrate, fit_calibration
+from dfd.evaluation.metrics import binary_metrics, eer
+from dfd.platform.config import EnsembleParams, Params
+from dfd.platform.errors import StageError
+from dfd.platform.files import write_json
+from dfd.platform.layout import Layout
 
 TrialCallback = Callable[[int, dict[str, float], dict[str, float]], None]
 

@@ -12,13 +12,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from dfd.config import EvaluateParams, GateParams, Params
-from dfd.errors import StageError
-from dfd.layout import Layout
-from dfd.metrics import binary_metrics, frame_and_video_metrics
-from dfd.plots import roc_plot, score_histogram
-from dfd.reporting import read_json, write_json
-from dfd.robustness import get_perturbation
+from dfd.evaluation.metrics import binary_metrics, frame_and_video_metrics
+from dfd.evaluation.plots import roc_plot, score_histogram
+from dfd.evaluation.robustness import get_perturbation
+from dfd.platform.config import EvaluateParams, GateParams, Params
+from dfd.platform.errors import StageError
+from dfd.platform.files import read_json, write_json
+from dfd.platform.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def robustness(frames: pd.DataFrame, crops_root: Path, checkpoints: dict[str, Pa
                calibration: dict[str, list[float]], names: list[str], max_crops: int, threshold: float,
                seed: int = 0) -> dict[str, Any]:
     """Re-score a sample of test crops under each perturbation and report the metrics and the AUC drop."""
-    from dfd.inference import EnsemblePredictor
+    from dfd.serving.ensemble import EnsemblePredictor
 
     if not names:
         return {}

@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from dfd.config import FacesParams, Params
-from dfd.errors import DataError
-from dfd.face_extract import cached, extract_sample
-from dfd.layout import Layout
-from dfd.manifest import read_manifest
-from dfd.reporting import write_json
+from dfd.data.face_extract import cached, extract_sample
+from dfd.data.manifest import read_manifest
+from dfd.platform.config import FacesParams, Params
+from dfd.platform.errors import DataError
+from dfd.platform.files import write_json
+from dfd.platform.layout import Layout
 
 INDEX_COLUMNS = ["sample_id", "frame", "track", "crop", "label", "split", "identity", "method", "dataset", "media",
                  "score"]

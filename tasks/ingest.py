@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from dfd.config import DataParams, IngestParams, Params
-from dfd.errors import DataError
-from dfd.layout import Layout
-from dfd.manifest import SPLITS, assign_splits, sample_id, write_manifest
-from dfd.media import media_kind
-from dfd.reporting import write_json
-from dfd.validation import validate
+from dfd.data.manifest import SPLITS, assign_splits, sample_id, write_manifest
+from dfd.data.media import media_kind
+from dfd.data.validation import validate
+from dfd.platform.config import DataParams, IngestParams, Params
+from dfd.platform.errors import DataError
+from dfd.platform.files import write_json
+from dfd.platform.layout import Layout
 
 
 @dataclass(frozen=True)

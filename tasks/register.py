@@ -11,14 +11,15 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from dfd.config import Params, RegistryParams
-from dfd.errors import StageError
-from dfd.layout import Layout
-from dfd.reporting import read_json, write_json
-from dfd.tracking import Tracker
+from dfd.data.provenance import run_lineage
+from dfd.platform.config import Params, RegistryParams
+from dfd.platform.errors import StageError
+from dfd.platform.files import read_json, write_json
+from dfd.platform.layout import Layout
+from dfd.platform.tracking import Tracker
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MODEL_CODE = PROJECT_ROOT / "models" / "ensemble.py"  # the served model, logged as code (see that file)
+MODEL_CODE = PROJECT_ROOT / "dfd" / "serving" / "pyfunc_model.py"  # the served model, logged as code (see that file)
 # What the served model imports, pinned to this environment's versions.
 SERVING_PACKAGES = ("torch", "timm", "albumentations", "opencv-python-headless", "numpy", "pandas", "pydantic",
                     "pyyaml", "scikit-learn", "mlflow")
@@ -69,11 +70,6 @@ def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_d
         tags: Provenance (git commit, DVC data hash, params hash) set on the model version.
         record_path: Where `registry.json` goes.
     """
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    import mlflow
-
     gate_path, spec_path = reports_dir / "gate.json", ensemble_dir / "ensemble.json"
     for p in (gate_path, spec_path):
         if not p.is_file():
@@ -85,29 +81,19 @@ def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_d
         if not ckpt.is_file():
             raise StageError(f"checkpoint of member '{m}' not found: {ckpt}", f"run `dfd stage train --model {m}`")
         artifacts[f"member_{m}"] = str(ckpt)
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
-    mlflow.set_tracking_uri(tracker.tracking_uri)
-    mlflow.set_registry_uri(tracker.tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="ensemble", python_model=str(MODEL_CODE), artifacts=artifacts, signature=signature,
-            input_example=_input_example(faces_index), pip_requirements=_requirements(),
-            code_paths=[str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")],
-            registered_model_name=cfg.model_name)
-    version = str(info.registered_model_version)
+    version = tracker.log_pyfunc_model(
+        run_id, MODEL_CODE, artifacts, _input_example(faces_index), _requirements(),
+        [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")], cfg.model_name,
+        ((np.dtype(np.uint8), (-1, -1, -1, 3)), (np.dtype(np.float32), (-1,))))
     metrics = read_json(reports_dir / "metrics.json")["ensemble"] if (reports_dir / "metrics.json").is_file() else {}
     version_tags: dict[str, Any] = {**tags, "gate_passed": str(gate["passed"]).lower(),
                                     "gate_failed_checks": ",".join(gate["failed"]) or "none",
                                     "members": ",".join(spec["members"]),
                                     **{f"test_{k}": f"{metrics[k]:.4f}" for k in ("auc", "video_auc", "eer")
                                        if k in metrics}}
-    client = tracker.client
-    for k, v in version_tags.items():
-        client.set_model_version_tag(cfg.model_name, version, k, str(v))
+    tracker.set_version_tags(cfg.model_name, version, version_tags)
     if gate["passed"]:
-        client.set_registered_model_alias(cfg.model_name, cfg.alias, version)
-        client.set_registered_model_tag(cfg.model_name, f"{cfg.alias}_version", version)
+        tracker.set_alias(cfg.model_name, cfg.alias, version)
     record = {"model_name": cfg.model_name, "version": version, "promoted": bool(gate["passed"]), "alias": cfg.alias,
               "model_uri": f"models:/{cfg.model_name}/{version}", "run_id": run_id, "tags": version_tags,
               "tracking_uri": tracker.tracking_uri}
@@ -115,8 +101,16 @@ def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_d
     return RegisterResult(cfg.model_name, version, bool(gate["passed"]), cfg.alias, record_path, run_id)
 
 
-def run(params: Params, layout: Layout, tracker: Tracker, run_id: str, tags: dict[str, str]) -> RegisterResult:
-    """The stage as `dfd stage register` and the flow call it."""
-    return register(params.registry, layout.reports_dir, layout.ensemble_dir,
-                    {m: layout.model_dir(m) for m in params.models}, layout.faces_index, tracker, run_id, tags,
-                    layout.registry_record)
+def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None = None) -> RegisterResult:
+    """The stage as `dfd stage register` (its own run) and the flow (a run nested under `parent_id`) call it.
+
+    Both paths tag the run and the version with the same lineage, computed by one function from the same files.
+    """
+    tags = run_lineage(params, layout.ingest_report, layout.root)
+    with tracker.run("register" if parent_id else "register (dvc)", parent_id, tags) as rid:
+        metrics_path = layout.reports_dir / "metrics.json"
+        if metrics_path.is_file():
+            tracker.log_metrics(rid, {"test": read_json(metrics_path)["ensemble"]})
+        return register(params.registry, layout.reports_dir, layout.ensemble_dir,
+                        {m: layout.model_dir(m) for m in params.models}, layout.faces_index, tracker, rid, tags,
+                        layout.registry_record)

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,17 @@ from torch import distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dfd.augment import build_transform
-from dfd.batch_augment import check_names
-from dfd.config import ModelParams, Params, TrainParams
-from dfd.datasets import FACE_OPS, FaceCrops, epoch_order
-from dfd.engine import Stepper, train_epoch
-from dfd.errors import StageError
-from dfd.layout import Layout
-from dfd.metrics import binary_metrics, frame_and_video_metrics
-from dfd.optim import LrSchedule, build_optimizer
-from dfd.reporting import write_json
-from models import create_model, model_config
+from dfd.evaluation.metrics import binary_metrics, frame_and_video_metrics
+from dfd.platform.config import ModelParams, Params, TrainParams
+from dfd.platform.errors import StageError
+from dfd.platform.files import write_json
+from dfd.platform.layout import Layout
+from dfd.training.augment import build_transform
+from dfd.training.batch_augment import check_names
+from dfd.training.datasets import FACE_OPS, FaceCrops, epoch_order
+from dfd.training.engine import Stepper, train_epoch
+from dfd.training.optim import LrSchedule, build_optimizer
+from models import ModelConfig, create_model, model_config
 from models.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,113 @@ def _fingerprint(name: str, spec: ModelParams, cfg: TrainParams, index_path: Pat
     return h.hexdigest()[:16]
 
 
+@dataclass
+class _Data:
+    """The training set, the evaluation loaders and the loader settings of one run."""
+
+    splits: dict[str, pd.DataFrame]
+    train_ds: FaceCrops
+    eval_loaders: dict[str, DataLoader]
+    loader_kw: dict[str, Any]
+    batch: int
+
+
+@dataclass
+class _Progress:
+    """What changes from epoch to epoch and is saved in `last.pt`, so that a resumed run continues exactly."""
+
+    fingerprint: str
+    start_epoch: int = 0
+    best_auc: float = -1.0
+    stale: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0
+
+
+def _load_data(cfg: TrainParams, spec: ModelParams, mcfg: ModelConfig, index_path: Path,
+               device: torch.device) -> _Data:
+    """Read the faces index, split it, and build the training dataset and the val/test loaders."""
+    index = pd.read_parquet(index_path)
+    splits = {s: index[index["split"] == s] for s in ("train", "val", "test")}
+    for s in ("train", "val"):
+        if splits[s].empty:
+            raise StageError(f"the faces index has no '{s}' crops", "add identities or change ingest split shares")
+    root = index_path.parent
+    face_ops = [a for a in cfg.augment if a in FACE_OPS]
+    train_ds = FaceCrops(splits["train"], root, build_transform([a for a in cfg.augment if a not in FACE_OPS],
+                                                                train=True, **mcfg.preprocessing()),
+                         face_ops, cfg.sbi_prob, cfg.cutout_prob, cfg.seed)
+    eval_tf = build_transform([], train=False, **mcfg.preprocessing())
+    batch = spec.batch_size or cfg.batch_size
+    loader_kw: dict[str, Any] = {"batch_size": batch, "num_workers": cfg.num_workers,
+                                 "pin_memory": device.type == "cuda"}
+    # Validation and test only: the ensemble is fitted on validation and judged on test.
+    eval_loaders = {s: DataLoader(FaceCrops(splits[s], root, eval_tf), shuffle=False, **loader_kw)
+                    for s in ("val", "test") if not splits[s].empty}
+    return _Data(splits, train_ds, eval_loaders, loader_kw, batch)
+
+
+def _build_model(name: str, arch: str, spec: ModelParams, cfg: TrainParams, mcfg: ModelConfig,
+                 device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The seeded model with its opt-in pretrained weights, and the arguments that rebuild it from a checkpoint."""
+    torch.manual_seed(cfg.seed)
+    model_kwargs = {"input_size": mcfg.input_size, **spec.kwargs}
+    model = create_model(arch, **model_kwargs).to(device)
+    if spec.pretrained:
+        from models.weights import load_pretrained
+
+        load_pretrained(model, spec.pretrained)
+    else:
+        log.info("%s: no pretrained weights (models.%s.pretrained): training from scratch", name, name)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, model_kwargs
+
+
+def _resume(name: str, last_path: Path, progress: _Progress, model: nn.Module, optimizer: torch.optim.Optimizer,
+            schedule: LrSchedule) -> None:
+    """Load `last.pt` into the model, optimiser, schedule and `progress` when it was made by the same run."""
+    if not last_path.is_file():
+        return
+    ckpt = load_checkpoint(last_path)
+    if ckpt.get("fingerprint") != progress.fingerprint:
+        log.info("%s: %s was made with other params or data; starting over", name, last_path)
+        return
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    schedule.load_state_dict(ckpt["schedule"])
+    progress.start_epoch, progress.best_auc, progress.history = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["history"]
+    progress.stale, progress.step = ckpt["stale_epochs"], ckpt["step"]
+    log.info("%s: resuming after epoch %d from %s", name, ckpt["epoch"] + 1, last_path)
+
+
+def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Data, progress: _Progress,
+            cfg: TrainParams, world: int, device: torch.device, out_dir: Path) -> TrainResult:
+    """Reload the best weights, write val/test predictions and the metrics summary."""
+    best_path = out_dir / "best.pt"
+    best = load_checkpoint(best_path)
+    model.load_state_dict(best["state_dict"])
+    frames = []
+    for s, dl in data.eval_loaders.items():
+        df = data.splits[s][["sample_id", "frame", "split", "label"]].copy()
+        df["prob"] = predict(model, dl, device)
+        frames.append(df)
+    preds = pd.concat(frames, ignore_index=True)
+    preds["model"] = name
+    pred_path = out_dir / "predictions.parquet"
+    preds.to_parquet(pred_path, index=False)
+    history = progress.history
+    summary = {"model": name, "arch": arch, "model_config": mcfg.to_dict(), "best_epoch": best["epoch"],
+               "best_val_auc": best["best_auc"], "epochs_run": len(history), "epochs": cfg.epochs,
+               "stopped_early": len(history) < cfg.epochs, "history": history, "world_size": world,
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "val": frame_and_video_metrics(preds[preds["split"] == "val"], 0.5)}
+    if (preds["split"] == "test").any():
+        summary["test"] = frame_and_video_metrics(preds[preds["split"] == "test"], 0.5)
+    metrics_path = write_json(out_dir / "metrics.json", summary)
+    return TrainResult(name, out_dir, best_path, out_dir / "last.pt", metrics_path, pred_path, summary)
+
+
 def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path, out_dir: Path,
                 on_epoch: EpochCallback | None = None, progress: bool = True) -> TrainResult:
     """Train one detector; resume from `out_dir/last.pt` when it was made by the same params and data.
@@ -116,38 +223,12 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     device = pick_device(cfg.device, local_rank)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    index = pd.read_parquet(index_path)
-    splits = {s: index[index["split"] == s] for s in ("train", "val", "test")}
-    for s in ("train", "val"):
-        if splits[s].empty:
-            raise StageError(f"the faces index has no '{s}' crops", "add identities or change ingest split shares")
-    root = index_path.parent
-    face_ops = [a for a in cfg.augment if a in FACE_OPS]
-    train_ds = FaceCrops(splits["train"], root, build_transform([a for a in cfg.augment if a not in FACE_OPS], mcfg,
-                                                                train=True),
-                         face_ops, cfg.sbi_prob, cfg.cutout_prob, cfg.seed)
-    eval_tf = build_transform([], mcfg, train=False)
-    batch = spec.batch_size or cfg.batch_size
-    loader_kw: dict[str, Any] = {"batch_size": batch, "num_workers": cfg.num_workers,
-                                 "pin_memory": device.type == "cuda"}
-    # Validation and test only: the ensemble is fitted on validation and judged on test.
-    eval_loaders = {s: DataLoader(FaceCrops(splits[s], root, eval_tf), shuffle=False, **loader_kw)
-                    for s in ("val", "test") if not splits[s].empty}
+    data = _load_data(cfg, spec, mcfg, index_path, device)
+    model, model_kwargs = _build_model(name, arch, spec, cfg, mcfg, device)
 
-    torch.manual_seed(cfg.seed)
-    model_kwargs = {"input_size": mcfg.input_size, **spec.kwargs}
-    model = create_model(arch, **model_kwargs).to(device)
-    if spec.pretrained:
-        from models.weights import load_pretrained
-
-        load_pretrained(model, spec.pretrained)
-    else:
-        log.info("%s: no pretrained weights (models.%s.pretrained): training from scratch", name, name)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     lr = spec.lr or cfg.lr
     optimizer = build_optimizer(cfg, model.parameters(), lr)
-    micro_per_epoch = -(-len(train_ds) // (batch * world))
+    micro_per_epoch = -(-len(data.train_ds) // (data.batch * world))
     steps_per_epoch = max(micro_per_epoch // cfg.grad_accum_steps, 1)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -155,45 +236,36 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    fingerprint = _fingerprint(name, spec, cfg, index_path, world)
-    start_epoch, best_auc, stale, history, step = 0, -1.0, 0, [], 0
-    if last_path.is_file():
-        ckpt = load_checkpoint(last_path)
-        if ckpt.get("fingerprint") == fingerprint:
-            model.load_state_dict(ckpt["state_dict"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            schedule.load_state_dict(ckpt["schedule"])
-            start_epoch, best_auc, history = ckpt["epoch"] + 1, ckpt["best_auc"], ckpt["history"]
-            stale, step = ckpt["stale_epochs"], ckpt["step"]
-            log.info("%s: resuming after epoch %d from %s", name, ckpt["epoch"] + 1, last_path)
-        else:
-            log.info("%s: %s was made with other params or data; starting over", name, last_path)
+    state = _Progress(_fingerprint(name, spec, cfg, index_path, world))
+    _resume(name, last_path, state, model, optimizer, schedule)
     net: nn.Module = torch.compile(model) if cfg.compile else model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if device.type == "cuda" else None)
-    stepper = Stepper(net, optimizer, schedule, cfg, device, [lr] * len(optimizer.param_groups), step)
+    stepper = Stepper(net, optimizer, schedule, cfg, device, [lr] * len(optimizer.param_groups), state.step)
 
-    def state(epoch: int) -> dict[str, Any]:
+    def checkpoint(epoch: int) -> dict[str, Any]:
         return {"arch": arch, "model_kwargs": model_kwargs, "model_config": mcfg.to_dict(),
                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "epoch": epoch, "best_auc": best_auc, "stale_epochs": stale,
-                "history": history, "step": stepper.step, "fingerprint": fingerprint}
+                "schedule": schedule.state_dict(), "epoch": epoch, "best_auc": state.best_auc,
+                "stale_epochs": state.stale, "history": state.history, "step": stepper.step,
+                "fingerprint": state.fingerprint}
 
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.early_stop_patience is not None and stale >= cfg.early_stop_patience:
+    for epoch in range(state.start_epoch, cfg.epochs):
+        if cfg.early_stop_patience is not None and state.stale >= cfg.early_stop_patience:
             break
         # Seeding per epoch makes order, augmentation, mixing and dropout the same with or without a resume.
         torch.manual_seed(cfg.seed + epoch)
         gen = torch.Generator().manual_seed(cfg.seed + epoch)
-        train_ds.set_epoch(epoch)
-        order = epoch_order(train_ds.labels, cfg.seed, epoch, cfg.balanced_sampling, rank, world,
-                            min(batch, len(train_ds) // world) or 1)
-        loader = DataLoader(train_ds, sampler=order, **loader_kw)
+        data.train_ds.set_epoch(epoch)
+        order = epoch_order(data.train_ds.labels, cfg.seed, epoch, cfg.balanced_sampling, rank, world,
+                            min(data.batch, len(data.train_ds) // world) or 1)
+        loader = DataLoader(data.train_ds, sampler=order, **data.loader_kw)
         metrics = train_epoch(stepper, loader, steps_per_epoch, gen, f"{name} epoch {epoch + 1}/{cfg.epochs}",
                               progress and rank == 0)
         val_auc = float("nan")
         if rank == 0:
-            val = binary_metrics(splits["val"]["label"].to_numpy(), predict(model, eval_loaders["val"], device))
+            val = binary_metrics(data.splits["val"]["label"].to_numpy(),
+                                 predict(model, data.eval_loaders["val"], device))
             val_auc = val["auc"]
             metrics.update(val_auc=val["auc"], val_log_loss=val["log_loss"])
         if world > 1:
@@ -201,14 +273,14 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
             dist.broadcast_object_list(shared, src=0)  # every rank takes the same plateau and stopping decisions
             val_auc = shared[0]
         schedule.epoch_end(val_auc)
-        improved = np.isfinite(val_auc) and val_auc > best_auc
-        best_auc, stale = (val_auc, 0) if improved else (best_auc, stale + 1)
-        history.append({"epoch": epoch, **metrics})
+        improved = np.isfinite(val_auc) and val_auc > state.best_auc
+        state.best_auc, state.stale = (val_auc, 0) if improved else (state.best_auc, state.stale + 1)
+        state.history.append({"epoch": epoch, **metrics})
         if rank == 0:
-            _save(last_path, state(epoch))
+            _save(last_path, checkpoint(epoch))
             if improved or not best_path.is_file():
                 # The best weights need no optimizer state (2x the weights under Adam): a third of the disk.
-                _save(best_path, {k: v for k, v in state(epoch).items() if k not in ("optimizer", "schedule")})
+                _save(best_path, {k: v for k, v in checkpoint(epoch).items() if k not in ("optimizer", "schedule")})
             log.info("%s epoch %d/%d: loss %.4f, val AUC %.4f, %.1f img/s", name, epoch + 1, cfg.epochs,
                      metrics["train_loss"], val_auc, metrics["images_per_s"])
             if on_epoch:
@@ -219,26 +291,7 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     if rank != 0:
         return TrainResult(name, out_dir, best_path, last_path, out_dir / "metrics.json",
                            out_dir / "predictions.parquet", {})
-    best = load_checkpoint(best_path)
-    model.load_state_dict(best["state_dict"])
-    frames = []
-    for s, dl in eval_loaders.items():
-        df = splits[s][["sample_id", "frame", "split", "label"]].copy()
-        df["prob"] = predict(model, dl, device)
-        frames.append(df)
-    preds = pd.concat(frames, ignore_index=True)
-    preds["model"] = name
-    pred_path = out_dir / "predictions.parquet"
-    preds.to_parquet(pred_path, index=False)
-    summary = {"model": name, "arch": arch, "model_config": mcfg.to_dict(), "best_epoch": best["epoch"],
-               "best_val_auc": best["best_auc"], "epochs_run": len(history), "epochs": cfg.epochs,
-               "stopped_early": len(history) < cfg.epochs, "history": history, "world_size": world,
-               "parameters": sum(p.numel() for p in model.parameters()),
-               "val": frame_and_video_metrics(preds[preds["split"] == "val"], 0.5)}
-    if (preds["split"] == "test").any():
-        summary["test"] = frame_and_video_metrics(preds[preds["split"] == "test"], 0.5)
-    metrics_path = write_json(out_dir / "metrics.json", summary)
-    return TrainResult(name, out_dir, best_path, last_path, metrics_path, pred_path, summary)
+    return _export(name, arch, mcfg, model, data, state, cfg, world, device, out_dir)
 
 
 def model_spec(params: Params, name: str) -> ModelParams:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from dfd.config import Params, load_params
-from dfd.layout import Layout
+from dfd.platform.config import Params, load_params
+from dfd.platform.layout import Layout
 
 PROJECT = Path(__file__).resolve().parent.parent
 TINY = PROJECT / "tests" / "params.tiny.yaml"
@@ -26,7 +26,7 @@ def write_clip(path: Path, seed: int, fake: bool = False, frames: int = 6, size:
     """A short drawn-face .mp4 (a blended fake when `fake`), for dataset-layout fixtures."""
     import numpy as np
 
-    from dfd.demo_data import Pose, blend_fake, draw_face, make_identity, write_video
+    from dfd.data.demo_data import Pose, blend_fake, draw_face, make_identity, write_video
 
     rng = np.random.default_rng(seed)
     target, source = make_identity(rng, "t"), make_identity(rng, "s")

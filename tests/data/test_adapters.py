@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dfd.adapters import get_adapter
-from dfd.config import DataParams, Params
-from dfd.errors import DataError
-from dfd.layout import Layout
-from dfd.provenance import dir_hash
-from dfd.validation import validate
+from dfd.data.adapters import get_adapter
+from dfd.platform.config import DataParams, Params
+from dfd.platform.errors import DataError
+from dfd.platform.layout import Layout
+from dfd.data.provenance import dir_hash
+from dfd.data.validation import validate
 from tasks import faces, ingest
 from tests.helpers import PROJECT, write_clip
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cv2
 
-from dfd.demo_data import generate
-from dfd.face_detect import create_detector
+from dfd.data.demo_data import generate
+from dfd.data.face_detect import create_detector
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -49,7 +49,7 @@ def test_fakes_differ_from_reals_inside_the_face(tmp_path: Path) -> None:
     # A fake is its target's real face with another face blended in: the centre changes, the corners do not.
     import numpy as np
 
-    from dfd.demo_data import Pose, blend_fake, draw_face, make_identity
+    from dfd.data.demo_data import Pose, blend_fake, draw_face, make_identity
 
     rng = np.random.default_rng(0)
     a, b = make_identity(rng, "a"), make_identity(rng, "b")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dfd.errors import DataError, StageError
-from dfd.layout import Layout
+from dfd.platform.errors import DataError, StageError
+from dfd.platform.layout import Layout
 from tasks import faces, ingest
 from tests.helpers import tiny_params
 
@@ -101,7 +101,7 @@ def test_adding_samples_extracts_only_the_new_ones(tiny_project: Path) -> None:
     import cv2
     import numpy as np
 
-    from dfd.demo_data import Pose, blend_fake, draw_face, make_identity
+    from dfd.data.demo_data import Pose, blend_fake, draw_face, make_identity
 
     params = tiny_params(tiny_project)
     layout = Layout.from_params(params, tiny_project)
@@ -120,7 +120,7 @@ def test_adding_samples_extracts_only_the_new_ones(tiny_project: Path) -> None:
 def test_the_cnn_detector_finds_a_drawn_face(tiny_dataset: Path) -> None:
     import cv2
 
-    from dfd.face_detect import create_detector
+    from dfd.data.face_detect import create_detector
 
     image = sorted((tiny_dataset / "real").glob("*.png"))[0]
     rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfd.demo_data import Pose, draw_face, make_identity, write_video
-from dfd.face_detect import create_detector, detect_downscaled
-from dfd.media import sample_video_frames
+from dfd.data.demo_data import Pose, draw_face, make_identity, write_video
+from dfd.data.face_detect import create_detector, detect_downscaled
+from dfd.data.media import sample_video_frames
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="needs the ffmpeg binary of imageio-ffmpeg (dev extra)")
 

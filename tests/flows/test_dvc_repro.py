@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dfd.config import load_params
+from dfd.platform.config import load_params
 from tests.helpers import PROJECT, TINY
 
 pytestmark = pytest.mark.slow
@@ -47,6 +47,16 @@ def test_dvc_repro_twice(tmp_path: Path) -> None:
                   "ensemble", "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout, stage
     assert (clone / "artifacts" / "registry.json").is_file()
+    # `dvc repro` tags the version with the same lineage as a flow run (both call run_lineage).
+    from dfd.data.provenance import run_lineage
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{clone / 'mlflow.db'}"
+    version = MlflowClient(uri, registry_uri=uri).get_model_version("deepfake-ensemble", "1")
+    lineage = run_lineage(load_params(clone / "params.yaml"), clone / "data" / "manifests" / "ingest_report.json",
+                          clone)
+    assert {"git_commit", "params_hash", "dvc_data_hash", "dataset"} <= set(lineage)
+    assert {k: version.tags.get(k) for k in lineage} == lineage
     second = _run(["dvc", "repro"], clone, env)
     assert "Running stage" not in second.stdout
     assert "Data and pipelines are up to date" in second.stdout + second.stderr

@@ -66,6 +66,13 @@ def test_pipeline_runs_logs_registers_and_gates(prefect_server: None, tiny_proje
     version = client.get_model_version("deepfake-ensemble", "1")
     for tag in ("git_commit", "dvc_data_hash", "params_hash"):
         assert version.tags[tag] == parent.data.tags[tag]
+    # The same lineage keys as `dvc repro` puts on a version (test_dvc_repro checks that side).
+    from dfd.data.provenance import run_lineage
+    from dfd.platform.config import load_params
+
+    params = load_params(root / "params.yaml", [root / "tiny.yaml", root / "local.yaml"])
+    lineage = run_lineage(params, root / "data" / "manifests" / "ingest_report.json", root)
+    assert {k: version.tags.get(k) for k in lineage} == lineage
     assert str(client.get_model_version_by_alias("deepfake-ensemble", "production").version) == "1"
 
     # The registered model serves: crops in, P(fake) out.

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from dfd.calibration import calibrate
-from dfd.errors import StageError
-from dfd.layout import Layout
+from dfd.evaluation.calibration import calibrate
+from dfd.platform.errors import StageError
+from dfd.platform.layout import Layout
 from models.checkpoint import load_checkpoint
 from tasks import ensemble, evaluate, faces, ingest, train
 from tests.helpers import tiny_params

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfd.errors import StageError
-from dfd.layout import Layout
+from dfd.platform.errors import StageError
+from dfd.platform.layout import Layout
 from flows.train_process import train_in_process
 from models.checkpoint import load_checkpoint
 from tasks import train

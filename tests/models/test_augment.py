@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dfd.augment import AUGMENTATIONS, build_transform, list_augmentations
-from dfd.batch_augment import mix_batch
-from dfd.datasets import FaceCrops, epoch_order
-from dfd.face_augment import PARTS, hull_mask, landmark_cutout, self_blend
-from dfd.face_detect import Landmarks, create_detector, square_crop
+from dfd.data.face_detect import Landmarks, create_detector, square_crop
+from dfd.training.augment import AUGMENTATIONS, build_transform, list_augmentations
+from dfd.training.batch_augment import mix_batch
+from dfd.training.datasets import FaceCrops, epoch_order
+from dfd.training.face_augment import PARTS, hull_mask, landmark_cutout, self_blend
 from models import model_config
 from tests.helpers import SHARED_DATA
 
@@ -30,7 +30,7 @@ def face() -> tuple[np.ndarray, np.ndarray]:
         assert ok
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     else:  # no real data here: a generated face stands in
-        from dfd.demo_data import Pose, draw_face, make_identity
+        from dfd.data.demo_data import Pose, draw_face, make_identity
 
         rgb = cv2.cvtColor(draw_face(make_identity(np.random.default_rng(0), "x"), Pose(), 256, 0), cv2.COLOR_BGR2RGB)
     box = max(create_detector("dlib_hog")(rgb), key=lambda b: b.area)
@@ -52,7 +52,7 @@ def test_each_augmentation_keeps_shape_and_dtype(name: str, face: tuple[np.ndarr
 
 def test_full_pipeline_gives_the_model_input(face: tuple[np.ndarray, np.ndarray]) -> None:
     cfg = model_config("xception", 64)
-    out = build_transform(list_augmentations(), cfg, train=True)(image=face[0])["image"]
+    out = build_transform(list_augmentations(), train=True, **cfg.preprocessing())(image=face[0])["image"]
     assert out.shape == (3, 64, 64) and out.dtype == torch.float32
 
 
@@ -96,8 +96,8 @@ def test_face_ops_in_the_dataset_and_a_corrupt_crop(face: tuple[np.ndarray, np.n
     (tmp_path / "bad.png").write_bytes(b"not a png")
     index = pd.DataFrame({"crop": ["good.png", "bad.png"], "label": [0, 0],
                           "landmarks": [points.flatten().tolist()] * 2})
-    ds = FaceCrops(index, tmp_path, build_transform([], model_config("mesonet", 64), train=False), ["sbi"],
-                   sbi_prob=1.0)
+    tf = build_transform([], train=False, **model_config("mesonet", 64).preprocessing())
+    ds = FaceCrops(index, tmp_path, tf, ["sbi"], sbi_prob=1.0)
     with caplog.at_level(logging.WARNING):
         x, y = ds[1]  # the corrupt crop is replaced by a readable one, with a logged reason
     assert "unreadable face crop" in caplog.text and str(tmp_path / "bad.png") in caplog.text

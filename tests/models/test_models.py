@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfd.errors import ConfigError
+from dfd.platform.errors import ConfigError
 from models import create_model, list_models, model_config
 from models.checkpoint import build_from_checkpoint, load_checkpoint
 

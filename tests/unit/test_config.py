@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from dfd.cli import main
-from dfd.config import Params, load_params
-from dfd.errors import ConfigError
+from dfd.platform.config import Params, load_params
+from dfd.platform.errors import ConfigError
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from dfd.config import TrainParams
-from dfd.engine import Stepper
-from dfd.errors import TrainingError
-from dfd.layout import Layout
-from dfd.optim import LrSchedule, build_optimizer
+from dfd.platform.config import TrainParams
+from dfd.platform.errors import TrainingError
+from dfd.platform.layout import Layout
+from dfd.training.engine import Stepper
+from dfd.training.optim import LrSchedule, build_optimizer
 from tasks import faces, ingest, train
 from tests.helpers import tiny_params
 

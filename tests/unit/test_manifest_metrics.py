@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfd.config import GateParams
-from dfd.manifest import assign_splits, sample_id
-from dfd.metrics import binary_metrics, eer, frame_and_video_metrics
+from dfd.data.manifest import assign_splits, sample_id
+from dfd.evaluation.metrics import binary_metrics, eer, frame_and_video_metrics
+from dfd.platform.config import GateParams
 from tasks.evaluate import gate_decision
 
 

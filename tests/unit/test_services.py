@@ -17,10 +17,10 @@ from typing import ClassVar
 
 import pytest
 
-from dfd.alerts import alert, gate_failure_message
-from dfd.config import AlertParams
-from dfd.errors import DfdError
-from dfd.tracking import Tracker
+from dfd.platform.alerts import alert, gate_failure_message
+from dfd.platform.config import AlertParams
+from dfd.platform.errors import DfdError
+from dfd.platform.tracking import Tracker
 from tests.helpers import PROJECT
 
 

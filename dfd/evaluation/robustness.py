@@ -7,7 +7,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from dfd.errors import ConfigError
+from dfd.platform.errors import ConfigError
 
 
 def _jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:

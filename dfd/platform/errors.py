@@ -33,3 +33,7 @@ class StageError(DfdError):
 
 class TrainingError(DfdError):
     """Training diverged (NaN or infinite loss) or cannot proceed."""
+
+
+class StorageError(DfdError):
+    """Object storage (S3) is unreachable, refuses access, or a transfer failed."""

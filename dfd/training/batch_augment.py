@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dfd.errors import ConfigError
+from dfd.platform.errors import ConfigError
 
 BATCH_AUGMENTATIONS = ("mixup", "cutmix")
 

@@ -1,7 +1,8 @@
 """Augmentations chosen by name in params (`train.augment`), built with albumentations 2.x parameter names.
 
 Every pipeline ends with resize to the model's input size and its normalisation, which come from the model's
-registered config, so training and serving preprocess identically.
+registered config (passed in as plain values: this package knows no `models`), so training and serving preprocess
+identically.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from dfd.errors import ConfigError
-from models.registry import ModelConfig
+from dfd.platform.errors import ConfigError
 
 
 class DctNoise(A.ImageOnlyTransform):
@@ -70,19 +70,22 @@ def list_augmentations() -> list[str]:
     return sorted(AUGMENTATIONS)
 
 
-def build_transform(names: list[str], cfg: ModelConfig, train: bool) -> A.Compose:
+def build_transform(names: list[str], train: bool, *, input_size: int, mean: tuple[float, float, float],
+                    std: tuple[float, float, float]) -> A.Compose:
     """The transform for one model: named augmentations (training only), resize, normalise, to tensor.
 
     Args:
         names: Augmentation names from params.
-        cfg: The model's registered preprocessing config.
         train: Whether to include the augmentations.
+        input_size: The model's square input side (its registered config: `ModelConfig.preprocessing()`).
+        mean: Per-channel mean (RGB, 0..1 scale).
+        std: Per-channel std.
     """
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
         raise ConfigError(f"unknown augmentation(s) {unknown} in train.augment",
                           f"choose from {', '.join(list_augmentations())}")
     steps = [AUGMENTATIONS[n]() for n in names] if train else []
-    steps += [A.Resize(cfg.input_size, cfg.input_size, interpolation=cv2.INTER_AREA),
-              A.Normalize(mean=cfg.mean, std=cfg.std, max_pixel_value=255.0), ToTensorV2()]
+    steps += [A.Resize(input_size, input_size, interpolation=cv2.INTER_AREA),
+              A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps, strict=True)

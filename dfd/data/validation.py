@@ -15,10 +15,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dfd.adapters import Candidate, get_adapter
-from dfd.config import DataParams
-from dfd.media import check_media
-from dfd.provenance import dir_hash, file_md5s
+from dfd.data.adapters import Candidate, get_adapter
+from dfd.platform.config import DataParams
+from dfd.data.media import check_media
+from dfd.data.provenance import dir_hash, file_md5s
 
 #: Below this share of the minority class a dataset is reported as badly unbalanced.
 MIN_CLASS_SHARE = 0.1

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfd.augment import build_transform
-from dfd.calibration import calibrate
+from dfd.evaluation.calibration import calibrate
+from dfd.training.augment import build_transform
 from models.checkpoint import build_from_checkpoint, load_checkpoint
-from models.registry import ModelConfig
 
 
 class MemberModel:
@@ -18,11 +17,11 @@ class MemberModel:
 
     def __init__(self, checkpoint: Path, device: str = "cpu") -> None:
         ckpt = load_checkpoint(checkpoint)
-        self.config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                     for k, v in ckpt["model_config"].items()})
+        self.config = ckpt["model_config"]  # the registered preprocessing, saved beside the weights
         self.device = torch.device(device)
         self.model = build_from_checkpoint(ckpt).to(self.device)
-        self.transform = build_transform([], self.config, train=False)
+        self.transform = build_transform([], train=False, input_size=self.config["input_size"],
+                                         mean=tuple(self.config["mean"]), std=tuple(self.config["std"]))
 
     @torch.no_grad()
     def __call__(self, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -53,6 +52,11 @@ class EnsemblePredictor:
         total = sum(weights.values())
         self.weights = {m: w / total for m, w in weights.items()}
         self.calibration = calibration or {m: [1.0, 0.0] for m in weights}
+
+    @classmethod
+    def from_spec(cls, spec: dict, checkpoints: dict[str, Path], device: str = "cpu") -> EnsemblePredictor:
+        """The ensemble as the ensemble stage fitted it (`ensemble.json`), over the members' checkpoints."""
+        return cls(checkpoints, spec["weights"], spec.get("calibration"), device)
 
     def member_scores(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """Each member's P(fake) for RGB uint8 crops (N, H, W, 3)."""

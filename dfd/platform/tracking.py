@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dfd.config import Params
-from dfd.errors import DfdError
+from dfd.platform.config import Params
+from dfd.platform.errors import DfdError
 
 # Registering a model downloads its artifacts back once per file, each with a progress bar: noise in a pipeline log.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -164,6 +164,53 @@ class Tracker:
                 self.client.log_artifacts(run_id, str(path), artifact_path)
             elif path.is_file():
                 self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_pyfunc_model(self, run_id: str, python_model: Path, artifacts: dict[str, str], input_example: Any,
+                         pip_requirements: list[str], code_paths: list[str], registered_model_name: str,
+                         tensor_signature: tuple[tuple[Any, tuple[int, ...]], tuple[Any, tuple[int, ...]]],
+                         ) -> str:
+        """Log a models-from-code pyfunc into `run_id`, register it, and return the new version.
+
+        Args:
+            run_id: The run the model belongs to.
+            python_model: The file MLflow executes at load time (it calls `mlflow.models.set_model`).
+            artifacts: Name to local file, copied beside the model.
+            input_example: Stored with the model and used to check that it loads and predicts.
+            pip_requirements: The served model's pinned requirements.
+            code_paths: Folders shipped with the model so that it imports the project's code.
+            registered_model_name: Registry name; a new version is created.
+            tensor_signature: ((input dtype, input shape), (output dtype, output shape)); -1 for any size.
+        """
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        import mlflow
+
+        (in_dtype, in_shape), (out_dtype, out_shape) = tensor_signature
+        signature = ModelSignature(inputs=Schema([TensorSpec(in_dtype, in_shape)]),
+                                   outputs=Schema([TensorSpec(out_dtype, out_shape)]))
+        # Logging a model has only a fluent API: point it at this store and this run, under the lock.
+        with self._lock:
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="ensemble", python_model=str(python_model), artifacts=artifacts, signature=signature,
+                    input_example=input_example, pip_requirements=pip_requirements, code_paths=code_paths,
+                    registered_model_name=registered_model_name)
+        return str(info.registered_model_version)
+
+    def set_version_tags(self, model_name: str, version: str, tags: dict[str, Any]) -> None:
+        """Tag one registered model version."""
+        with self._lock:
+            for k, v in tags.items():
+                self.client.set_model_version_tag(model_name, version, k, str(v))
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        """Point `alias` at `version`, and mirror it as a registered-model tag (what the registry list shows)."""
+        with self._lock:
+            self.client.set_registered_model_alias(model_name, alias, version)
+            self.client.set_registered_model_tag(model_name, f"{alias}_version", version)
 
     def log_dataset(self, run_id: str, manifest: Path, name: str, digest: str, source: str,
                     context: str = "training") -> None:

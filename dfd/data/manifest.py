@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dfd.errors import StageError
+from dfd.platform.errors import StageError
 
 COLUMNS = ["sample_id", "dataset", "path", "media", "label", "method", "identity", "split"]
 SPLITS = ("train", "val", "test")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from dfd.config import TrainParams
+from dfd.platform.config import TrainParams
 
 
 def build_optimizer(cfg: TrainParams, params: Any, lr: float) -> torch.optim.Optimizer:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from dfd.platform.config import Params
+
 
 def git_commit(cwd: Path | None = None) -> str:
     """The current commit (with `-dirty` when the tree has changes), or 'unknown' outside a git repo."""
@@ -57,3 +59,17 @@ def dir_hash(root: Path, md5s: dict[str, str] | None = None) -> str:
     entries = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(md5s.items())]
     blob = json.dumps(entries, sort_keys=True).encode()
     return hashlib.md5(blob).hexdigest() + ".dir"
+
+
+def run_lineage(params: Params, ingest_report: Path, root: Path) -> dict[str, str]:
+    """The provenance every pipeline run and model version carries, whichever path (flow or `dvc repro`) ran it.
+
+    Args:
+        params: The resolved params (hashed).
+        ingest_report: The ingest stage's report, which holds the DVC hash of the data it read.
+        root: The project root (its git commit).
+    """
+    lineage = {"git_commit": git_commit(root), "params_hash": params.digest(), "dataset": params.data.name}
+    if ingest_report.is_file():
+        lineage["dvc_data_hash"] = str(json.loads(ingest_report.read_text()).get("data_hash", "unknown"))
+    return lineage

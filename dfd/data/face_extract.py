@@ -13,8 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dfd.face_detect import Box, Detector, IouTracker, Landmarks, create_detector, detect_downscaled, square_crop
-from dfd.media import read_rgb, sample_video_frames
+from dfd.data.face_detect import Box, Detector, IouTracker, Landmarks, create_detector, detect_downscaled, square_crop
+from dfd.data.media import read_rgb, sample_video_frames
 
 DONE_FILE = "faces.json"  # per-sample record; its fingerprint makes reruns skip finished samples
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfd.config import Params
+from dfd.platform.config import Params
 
 
 @dataclass(frozen=True)

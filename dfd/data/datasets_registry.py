@@ -6,10 +6,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from dfd.adapters import get_adapter
-from dfd.config import DataParams
-from dfd.errors import DataError
-from dfd.provenance import tracked_hash
+from dfd.data.adapters import get_adapter
+from dfd.platform.config import DataParams
+from dfd.platform.errors import DataError
+from dfd.data.provenance import tracked_hash
 
 
 def _dvc(args: list[str], cwd: Path) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from dfd.face_augment import landmark_cutout, self_blend
+from dfd.training.face_augment import landmark_cutout, self_blend
 
 log = logging.getLogger(__name__)
 

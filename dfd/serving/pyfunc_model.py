@@ -22,12 +22,12 @@ class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
     """Weighted average of the member detectors' probabilities."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from dfd.inference import EnsemblePredictor
+        from dfd.serving.ensemble import EnsemblePredictor
 
         spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
         checkpoints = {m: Path(context.artifacts[f"member_{m}"]) for m in spec["members"]}
         self.threshold = float(spec.get("val_eer_threshold", 0.5))
-        self.predictor = EnsemblePredictor(checkpoints, spec["weights"], spec.get("calibration"))
+        self.predictor = EnsemblePredictor.from_spec(spec, checkpoints)
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         crops = np.asarray(model_input)

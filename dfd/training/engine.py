@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dfd.batch_augment import mix_batch
-from dfd.config import TrainParams
-from dfd.errors import TrainingError
-from dfd.optim import LrSchedule
+from dfd.platform.config import TrainParams
+from dfd.platform.errors import TrainingError
+from dfd.training.batch_augment import mix_batch
+from dfd.training.optim import LrSchedule
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dfd.errors import ConfigError
+from dfd.platform.errors import ConfigError
 
 #: Environment variable naming extra override files (os.pathsep-separated), applied after `params.yaml`.
 OVERRIDE_ENV = "DFD_PARAMS_OVERRIDE"
@@ -106,7 +106,7 @@ class TrainParams(_Section):
     step_epochs: int = Field(5, ge=1)  # step schedule: multiply by gamma every this many epochs
     gamma: float = Field(0.1, gt=0, le=1)  # step and plateau decay
     plateau_patience: int = Field(2, ge=0)  # epochs without a better val AUC before the plateau cut
-    # Per-image augmentations by name (dfd/augment.py); `sbi` and `landmark_cutout` use the face landmarks.
+    # Per-image augmentations by name (dfd/training/augment.py); `sbi` and `landmark_cutout` use the face landmarks.
     augment: list[str] = Field(default_factory=lambda: ["hflip", "color_jitter", "jpeg"])
     sbi_prob: float = Field(0.5, ge=0, le=1)  # share of real crops turned into self-blended fakes when `sbi` is on
     cutout_prob: float = Field(0.3, ge=0, le=1)  # share of crops with a face part blanked when `landmark_cutout` is on
@@ -127,6 +127,19 @@ class TrainParams(_Section):
     seed: int = 1337
 
 
+class AggregationParams(_Section):
+    """Frame scores to a video score (dfd/evaluation/aggregate.py); evaluation and serving use the same rule."""
+
+    method: Literal["mean", "median", "confident"] = "mean"
+    # The `confident` rule's constants are the DFDC winner's: more than n/2.5 and more than 11 frames above 0.8
+    # make a video fake on those frames alone; more than 90% below 0.2 make it real on those.
+    fake_threshold: float = Field(0.8, gt=0, lt=1)
+    fake_share_divisor: float = Field(2.5, gt=0)
+    min_fake_frames: int = Field(11, ge=0)
+    real_threshold: float = Field(0.2, gt=0, lt=1)
+    real_share: float = Field(0.9, gt=0, le=1)
+
+
 class EnsembleParams(_Section):
     """Weighted-average fusion with weights searched by Optuna on validation predictions."""
 
@@ -136,6 +149,7 @@ class EnsembleParams(_Section):
     # also rewards calibration, but lets one over-confident member lose its weight however well it ranks.
     objective: Literal["log_loss", "auc"] = "auc"
     seed: int = 1337
+    aggregation: AggregationParams = AggregationParams()  # recorded in ensemble.json: the served model uses it
 
 
 class GateParams(_Section):
@@ -153,7 +167,7 @@ class EvaluateParams(_Section):
     gate: GateParams = GateParams()
     threshold: Literal["val_eer", "fixed"] = "val_eer"  # decision threshold: EER point on validation
     fixed_threshold: float = 0.5
-    # Perturbations of the test crops the ensemble is re-scored on (see dfd/robustness.py).
+    # Perturbations of the test crops the ensemble is re-scored on (see dfd/evaluation/robustness.py).
     robustness: list[str] = Field(default_factory=lambda: ["jpeg_50", "gauss_blur", "downscale_50", "gauss_noise"])
     robustness_max_crops: int = Field(2000, ge=1)  # a sample of the test crops keeps the stage minutes long
     drift_report: bool = True  # Evidently data-drift report, validation (reference) vs test (current)
@@ -182,6 +196,18 @@ class AlertParams(_Section):
     slack_webhook_env: str = "DFD_SLACK_WEBHOOK"  # name of the env var holding the webhook URL
 
 
+class StorageParams(_Section):
+    """S3 (AWS or an S3-compatible server such as MinIO) through boto3; credentials only from the environment."""
+
+    # None: AWS itself, or the endpoint in $DFD_S3_ENDPOINT_URL / $AWS_ENDPOINT_URL (the environment wins).
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    # Bounded retries and short timeouts: an unreachable endpoint must fail in seconds, not hang a weekly run.
+    max_attempts: int = Field(3, ge=1)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+
+
 class Params(_Section):
     """The whole `params.yaml`."""
 
@@ -200,6 +226,7 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     mlflow: MlflowParams = MlflowParams()
     alerts: AlertParams = AlertParams()
+    storage: StorageParams = StorageParams()
     artifacts: str = "artifacts"  # models/, ensemble/, reports/ are written under it
 
     def digest(self) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfd.errors import ConfigError, DfdError
+from dfd.platform.errors import ConfigError, DfdError
 
 
 @dataclass(frozen=True)

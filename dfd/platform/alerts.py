@@ -14,7 +14,7 @@ import smtplib
 import urllib.request
 from email.message import EmailMessage
 
-from dfd.config import AlertParams
+from dfd.platform.config import AlertParams
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Judging a model: metrics, calibration, robustness perturbations and plots."""
