@@ -31,6 +31,30 @@ def tiny_project(tmp_path: Path, tiny_dataset: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path) -> Path:
+    """A project folder after ingest, faces, four tiny trained members, ensemble and evaluate (once per session).
+
+    Read-only for tests: copy it (`shutil.copytree`) before running a stage that writes into it.
+    Params: `tests.helpers.tiny_params(root)`; layout: `Layout.from_params(params, root)`.
+    """
+    from dfd.platform.layout import Layout
+    from tasks import ensemble, evaluate, faces, ingest, train
+    from tests.helpers import tiny_params
+
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copytree(tiny_dataset, root / "raw")
+    params = tiny_params(root)
+    layout = Layout.from_params(params, root)
+    ingest.run(params, layout)
+    faces.run(params, layout)
+    for m in params.models:
+        train.run(params, layout, m, progress=False)
+    ensemble.run(params, layout)
+    evaluate.run(params, layout)
+    return root
+
+
+@pytest.fixture(scope="session")
 def ffpp_sample() -> Path:
     """The FaceForensics++ sample in ../shared/data, or a skip saying why."""
     path = SHARED_DATA / "ffpp_c23_sample"

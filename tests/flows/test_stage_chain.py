@@ -14,27 +14,15 @@ from dfd.evaluation.calibration import calibrate
 from dfd.platform.errors import StageError
 from dfd.platform.layout import Layout
 from models.checkpoint import load_checkpoint
-from tasks import ensemble, evaluate, faces, ingest, train
+from tasks import ensemble, evaluate, train
 from tests.helpers import tiny_params
 
 MODELS = ["mesonet", "xception", "efficientnet", "f3net"]
 
 
 @pytest.fixture(scope="module")
-def chained(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path) -> tuple[Path, Layout]:
-    import shutil
-
-    root = tmp_path_factory.mktemp("chain")
-    shutil.copytree(tiny_dataset, root / "raw")
-    params = tiny_params(root)
-    layout = Layout.from_params(params, root)
-    ingest.run(params, layout)
-    faces.run(params, layout)
-    for m in MODELS:
-        train.run(params, layout, m, progress=False)
-    ensemble.run(params, layout)
-    evaluate.run(params, layout)
-    return root, layout
+def chained(trained_project: Path) -> tuple[Path, Layout]:
+    return trained_project, Layout.from_params(tiny_params(trained_project), trained_project)
 
 
 def test_training_outputs_follow_the_contract(chained: tuple[Path, Layout]) -> None:
@@ -73,7 +61,7 @@ def test_ensemble_search_prefers_the_informative_model(tmp_path: Path) -> None:
     assert res.weights["good"] > 0.7
 
 
-def test_reports_and_gate(chained: tuple[Path, Layout]) -> None:
+def test_reports_and_gate(chained: tuple[Path, Layout], tmp_path: Path) -> None:
     root, layout = chained
     reports = layout.reports_dir
     for name in ("metrics.json", "gate.json", "robustness.json", "drift_report.html", "plots/roc_test.png",
@@ -85,10 +73,15 @@ def test_reports_and_gate(chained: tuple[Path, Layout]) -> None:
     assert json.loads((reports / "gate.json").read_text())["passed"] is True  # tiny params gate at 0
     robust = json.loads((reports / "robustness.json").read_text())
     assert "jpeg_50" in robust["perturbed"]
-    strict = tiny_params(root, evaluate={"gate": {"min_auc": 1.01}})
-    res = evaluate.run(strict, layout)
+    import shutil
+
+    copy = tmp_path / "copy"  # the trained project is shared by the session: change a copy
+    shutil.copytree(root, copy)
+    strict = tiny_params(copy, evaluate={"gate": {"min_auc": 1.01}})
+    strict_layout = Layout.from_params(strict, copy)
+    res = evaluate.run(strict, strict_layout)
     assert res.passed is False and res.gate["failed"] == ["auc"]
-    assert json.loads((reports / "gate.json").read_text())["passed"] is False
+    assert json.loads((strict_layout.reports_dir / "gate.json").read_text())["passed"] is False
 
 
 def test_missing_upstream_output_is_a_clear_error(tmp_path: Path) -> None:
