@@ -5,17 +5,27 @@ It only wires: the work is in `tasks/`, the Prefect/MLflow binding in `flows/sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from prefect import flow
+from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from dfd.data.provenance import git_commit, run_lineage
-from dfd.platform.alerts import alert, gate_failure_message
-from dfd.platform.config import Params, load_params
+from dfd.platform.alerts import (
+    alert,
+    check_alert_settings,
+    gate_failure_message,
+    mlflow_run_link,
+    params_alerts_fallback,
+    run_failure_message,
+)
+from dfd.platform.config import OVERRIDE_ENV, AlertParams, Params, load_params
 from dfd.platform.layout import Layout
 from dfd.platform.tracking import Tracker
 from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task, train_task
@@ -33,20 +43,59 @@ class PipelineSummary:
     gate: dict[str, Any]
     metrics: dict[str, Any]
     tracking_uri: str
+    # Alert channel -> "delivered" | "failed" | "off"; empty when nothing was sent (the gate passed).
+    alerts: dict[str, str] = field(default_factory=dict)
+
+
+log = logging.getLogger(__name__)
+
+#: Prefect flow run id -> (tracking URI, experiment id, MLflow parent run id), for the failure hooks' links.
+_MLFLOW_RUNS: dict[str, tuple[str, str, str]] = {}
+
+
+def _files(path: str, overrides: list[str] | None, root: str) -> list[Path]:
+    base = Path(root)  # absolute paths survive the join
+    return [base / path, *(base / o for o in overrides or [])]
 
 
 def _load(path: str, overrides: list[str] | None, root: str) -> Params:
-    base = Path(root)
-    return load_params(base / path, [base / o for o in overrides or []])  # absolute paths survive the join
+    first, *rest = _files(path, overrides, root)
+    return load_params(first, rest)
+
+
+def _prefect_link(flow_run_id: str | None) -> str:
+    from prefect.utilities.urls import url_for
+
+    if not flow_run_id:
+        return "not run by Prefect"
+    try:
+        return url_for("flow-run", obj_id=flow_run_id) or f"flow run id {flow_run_id} (no Prefect UI URL configured)"
+    except Exception:  # a link is a courtesy; its absence must not stop the alert
+        return f"flow run id {flow_run_id}"
+
+
+def _hook_alert_params(parameters: dict[str, Any]) -> AlertParams:
+    """The run's alert settings; when the params are what failed, their raw `alerts:` sections, else the env."""
+    try:
+        return _load(**parameters).alerts
+    except Exception:  # the params may be exactly why the run failed
+        files = _files(parameters.get("path", "params.yaml"), parameters.get("overrides"), parameters.get("root", "."))
+        files += [Path(p) for p in os.environ.get(OVERRIDE_ENV, "").split(os.pathsep) if p]
+        return params_alerts_fallback(files)
 
 
 def _on_failure(flow_: Any, flow_run: Any, state: Any) -> None:
-    """Alert on a crashed run (a failed gate is a finished run and alerts from the flow body)."""
+    """Alert on a failed or crashed run (a failed gate is a finished run: the flow body alerts on it)."""
     try:
-        params = _load(**flow_run.parameters)
-    except Exception:  # a hook must never raise; the params may be why the run failed
-        return
-    alert(params.alerts, f"[dfd] pipeline run {flow_run.name} failed", f"{state.message}\n")
+        cfg = _hook_alert_params(dict(flow_run.parameters))
+        uri, exp, run = _MLFLOW_RUNS.pop(str(flow_run.id), ("", None, None))
+        subject, body = run_failure_message(
+            flow_run=flow_run.name, state=state.name, reason=state.message or state.type.value,
+            mlflow_link=mlflow_run_link(uri, exp, run, cfg.mlflow_ui_url), prefect_link=_prefect_link(str(flow_run.id)))
+        delivered = alert(cfg, subject, body)
+        log.warning("flow run %s %s; alerts: %s", flow_run.name, state.name, delivered)
+    except Exception as exc:  # a hook must never raise nor replace the run's own failure
+        log.error("failure alert for flow run %s not sent: %s", flow_run.name, type(exc).__name__)
 
 
 def run_pipeline(params: Params, root: Path) -> PipelineSummary:
@@ -54,7 +103,11 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
     layout = Layout.from_params(params, root)
     tracker = Tracker.from_params(params, root)
     provenance = {"git_commit": git_commit(root), "params_hash": params.digest()}
+    flow_run_id = current_flow_run.id
     with tracker.run("pipeline", tags=provenance) as parent:
+        if flow_run_id:
+            _MLFLOW_RUNS[flow_run_id] = (tracker.tracking_uri, tracker.experiment_id, parent)
+            tracker.set_tags(parent, {"prefect_flow_run_id": flow_run_id})
         tracker.log_params(parent, params.model_dump(mode="json"))
         ingest_task(params, layout, tracker, parent)
         tracker.set_tags(parent, run_lineage(params, layout.ingest_report, root))
@@ -69,17 +122,25 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
         ensemble_task(params, layout, tracker, parent)
         ev = evaluate_task(params, layout, tracker, parent)
         reg = register_task(params, layout, tracker, parent)
-        tracker.log_metrics(parent, {"test": ev.metrics["ensemble"], "gate_passed": int(ev.passed)})
-        tracker.set_tags(parent, {"gate_passed": ev.passed, "model_version": reg.version})
-        if not ev.passed:
-            subject, body = gate_failure_message(ev.gate, reg.model_name, reg.version, parent)
-            tracker.set_tags(parent, {"alerts": alert(params.alerts, subject, body)})
-    return PipelineSummary(parent, reg.model_name, reg.version, reg.promoted, reg.alias, ev.gate,
-                           ev.metrics["ensemble"], tracker.tracking_uri)
+        gate = ev.gate  # the gate dict (format D); GATE moves it to the register result (reg.gate)
+        tracker.log_metrics(parent, {"test": ev.metrics["ensemble"], "gate_passed": int(gate["passed"])})
+        tracker.set_tags(parent, {"gate_passed": gate["passed"], "model_version": reg.version})
+        alerts: dict[str, str] = {}
+        if not gate["passed"]:
+            subject, body = gate_failure_message(
+                gate, flow_run=current_flow_run.name or parent, model_name=reg.model_name, version=reg.version,
+                mlflow_link=mlflow_run_link(tracker.tracking_uri, tracker.experiment_id, parent,
+                                            params.alerts.mlflow_ui_url),
+                prefect_link=_prefect_link(flow_run_id))
+            alerts = dict(alert(params.alerts, subject, body))
+            tracker.set_tags(parent, {f"alert_{k}": v for k, v in alerts.items()})
+    _MLFLOW_RUNS.pop(flow_run_id or "", None)
+    return PipelineSummary(parent, reg.model_name, reg.version, reg.promoted, reg.alias, gate,
+                           ev.metrics["ensemble"], tracker.tracking_uri, alerts)
 
 
 @flow(name="deepfake-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4), on_failure=[_on_failure],
-      log_prints=True)
+      on_crashed=[_on_failure], log_prints=True)
 def pipeline(path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".") -> PipelineSummary:
     """Train, evaluate and register the deepfake ensemble.
 
@@ -89,4 +150,5 @@ def pipeline(path: str = "params.yaml", overrides: list[str] | None = None, root
         root: Project root that relative paths in params are resolved against.
     """
     params = _load(path, overrides, root)
+    check_alert_settings(params.alerts)  # a scheduled run has no CLI preflight: bad alert settings stop it here
     return run_pipeline(params, Path(root).resolve())

@@ -187,13 +187,62 @@ class MlflowParams(_Section):
     experiment: str = "deepfake-detection"
 
 
-class AlertParams(_Section):
-    """Where gate failures are reported; off unless configured. Credentials come from the environment."""
+class EmailAlertParams(_Section):
+    """One plain-text email per alert over SMTP; the password never sits in params."""
 
-    email_to: list[str] = Field(default_factory=list)
-    smtp_host: str | None = None
-    smtp_port: int = 25
-    slack_webhook_env: str = "DFD_SLACK_WEBHOOK"  # name of the env var holding the webhook URL
+    enabled: bool = False
+    to: list[str] = Field(default_factory=list)
+    sender: str = "dfd@localhost"
+    host: str | None = None
+    port: int = Field(587, ge=1, le=65535)  # the submission port, which speaks STARTTLS
+    security: Literal["starttls", "ssl", "plain"] = "starttls"  # plain only for a relay on a trusted network
+    username: str | None = None  # None: no login
+    password_env: str = "DFD_SMTP_PASSWORD"  # the NAME of the environment variable holding the password
+    password_block: str | None = None  # or the name of a Prefect Secret block holding it (wins over the env var)
+    ca_file: str | None = None  # PEM bundle of a private CA that signed the server's certificate; None: the system's
+
+
+class SlackAlertParams(_Section):
+    """One message per alert to a Slack incoming webhook; the URL is a secret, so only its source is named here."""
+
+    enabled: bool = False
+    webhook_env: str = "DFD_SLACK_WEBHOOK"  # the NAME of the environment variable holding the webhook URL
+    webhook_block: str | None = None  # or the name of a Prefect Secret block holding it (wins over the env var)
+
+
+class AlertParams(_Section):
+    """Who is told when a gate fails or a run fails or crashes; every channel is off unless enabled."""
+
+    email: EmailAlertParams = EmailAlertParams()
+    slack: SlackAlertParams = SlackAlertParams()
+    attempts: int = Field(3, ge=1, le=10)  # per channel: a busy relay gets another chance, a dead one costs seconds
+    timeout_s: float = Field(10.0, gt=0, le=120)  # per attempt: an alert must never hang the run it reports on
+    # Base URL of the MLflow UI for links when tracking is not over http (sqlite + `mlflow ui`); None: no link.
+    mlflow_ui_url: str | None = None
+
+
+class ScheduleParams(_Section):
+    """The weekly deployment (`dfd deploy`); also written into prefect.yaml by `dfd deploy --write-prefect-yaml`."""
+
+    cron: str = "0 3 * * 1"  # Monday 03:00: the GPUs are idle and the week's new data has landed
+    timezone: str = "UTC"  # IANA name; the cron is read in this zone (so 03:00 stays 03:00 across DST changes)
+    work_pool: str = "dfd-pool"  # a process work pool: `prefect work-pool create dfd-pool --type process`
+    # The flow parameters the deployments run with: params files relative to the worker's project folder.
+    params_path: str = "params.yaml"
+    overrides: list[str] = Field(default_factory=list)
+    project_dir: str | None = None  # the project folder the worker runs in; None: the folder `dfd deploy` runs in
+
+
+class RunnerParams(_Section):
+    """Where the flow's tasks run (the four training tasks in parallel)."""
+
+    kind: Literal["threads", "dask", "ray"] = "threads"  # threads: one machine; dask/ray: a cluster (extras)
+    max_workers: int = Field(4, ge=1)  # threads: one per model
+    # dask: None starts a local cluster of `dask_workers` processes; else the scheduler, e.g. tcp://host:8786.
+    address: str | None = None
+    dask_workers: int = Field(2, ge=1)
+    # GPUs each training task reserves (Dask resources / Ray num_gpus): 0 on a CPU cluster, 1 gives each model its own.
+    gpus_per_task: int = Field(0, ge=0)
 
 
 class StorageParams(_Section):
@@ -226,6 +275,8 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     mlflow: MlflowParams = MlflowParams()
     alerts: AlertParams = AlertParams()
+    schedule: ScheduleParams = ScheduleParams()
+    runner: RunnerParams = RunnerParams()
     storage: StorageParams = StorageParams()
     artifacts: str = "artifacts"  # models/, ensemble/, reports/ are written under it
 
