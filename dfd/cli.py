@@ -1,6 +1,9 @@
 """The `dfd` command line: one entry point for users, dvc.yaml, Docker and Prefect deployments.
 
-Exit codes: 0 success, 2 a user-facing error (bad params, bad data, missing upstream output), 1 anything else.
+Exit codes: 0 success, 2 a user-facing error (bad params, bad data, missing upstream output), 1 anything else;
+`dfd run`/`dfd demo`: 3 when the pipeline finished but an enabled alert channel could not deliver (a failed gate
+nobody was told about must not look fine; a failed gate whose alerts were delivered exits 0: not promoting is the
+gate doing its job).
 """
 
 from __future__ import annotations
@@ -152,6 +155,10 @@ def _print_summary(summary: Any, root: Path) -> None:
           f"accuracy {m['accuracy']:.4f}")
     gate = "PASSED" if summary.gate["passed"] else "FAILED (" + ", ".join(summary.gate["failed"]) + ")"
     print(f"  gate: {gate}")
+    if summary.alerts:
+        sent = [f"{ch} {state}" if state != "failed" else f"{ch} FAILED (see the log above)"
+                for ch, state in summary.alerts.items()]
+        print(f"  alerts: {', '.join(sent)}")
     status = (f"promoted to alias '{summary.alias}'" if summary.promoted
               else f"NOT promoted ('{summary.alias}' unchanged)")
     print(f"  registered model: {summary.model_name} version {summary.version}, {status}")
@@ -176,6 +183,9 @@ def preflight(params: Params, root: Path) -> None:
                         "run `dfd demo-data`, or point data.root in params.yaml at your dataset")
     for _ in get_adapter(params.data.adapter)(data_root, params.data):  # raises on a missing or empty class folder
         pass
+    from dfd.platform.alerts import check_alert_settings
+
+    check_alert_settings(params.alerts)  # a bad webhook URL is found now, not after training (never echoed)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -187,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight(_params(args), Path.cwd())
     summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
     _print_summary(summary, Path.cwd())
-    return 0
+    return 3 if "failed" in summary.alerts.values() else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -198,6 +208,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.out = None
         cmd_demo_data(args)
     return cmd_run(args)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import deploy, prefect_yaml
+
+    params = _params(args)
+    if args.write_prefect_yaml:
+        out = Path(args.write_prefect_yaml)
+        out.write_text(prefect_yaml(params))
+        print(f"wrote {out} from {args.params} (schedule: '{params.schedule.cron}' {params.schedule.timezone})")
+        return 0
+    ids = deploy(params, Path.cwd())
+    print(f"registered {', '.join(f'deepfake-pipeline/{n}' for n in ids)} on work pool "
+          f"'{params.schedule.work_pool}' (weekly: '{params.schedule.cron}' {params.schedule.timezone}); "
+          f"start a worker: prefect worker start --pool {params.schedule.work_pool}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default="folder")
     p.add_argument("--push", action="store_true", help="also `dvc push` it to the configured remote")
     p.set_defaults(func=cmd_dataset_add)
+    p = sub.add_parser("deploy", help="register the weekly and on-demand deployments with the Prefect server")
+    p.add_argument("--write-prefect-yaml", nargs="?", const="prefect.yaml", metavar="FILE",
+                   help="write prefect.yaml (default path) from params instead of registering")
+    p.set_defaults(func=cmd_deploy)
     p = sub.add_parser("config", help="print the resolved params, or their JSON schema")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of params.yaml")
     p.set_defaults(func=cmd_config)

@@ -1,24 +1,18 @@
-"""Real services on loopback: an `mlflow server` process, an SMTP server and an HTTP webhook receiver."""
+"""Real services on loopback: an `mlflow server` process (alerts: tests/operations/test_alerts.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
-from dfd.platform.alerts import alert, gate_failure_message
-from dfd.platform.config import AlertParams
 from dfd.platform.errors import DfdError
 from dfd.platform.tracking import Tracker
 from tests.helpers import PROJECT
@@ -96,54 +90,3 @@ def test_unreachable_server_is_a_clear_error_in_seconds() -> None:
     with pytest.raises(DfdError, match="unreachable"):
         Tracker(f"http://127.0.0.1:{_free_port()}", "x")
     assert time.time() - start < 30
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Receiver.received.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_gate_failure_alert_reaches_smtp_and_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.handlers import Message
-
-    mails: list = []
-
-    class Collect(Message):
-        def handle_message(self, message: object) -> None:
-            mails.append(message)
-
-    smtp_port = _free_port()
-    smtp = Controller(Collect(), hostname="127.0.0.1", port=smtp_port)
-    smtp.start()
-    http = HTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("DFD_SLACK_WEBHOOK", f"http://127.0.0.1:{http.server_port}/hook")
-        cfg = AlertParams(email_to=["ml-team@example.org"], smtp_host="127.0.0.1", smtp_port=smtp_port)
-        gate = {"checks": [{"metric": "auc", "value": 0.61, "op": ">=", "threshold": 0.9, "passed": False}]}
-        subject, body = gate_failure_message(gate, "deepfake-ensemble", "7", "run123")
-        assert alert(cfg, subject, body) == {"email": True, "slack": True}
-    finally:
-        smtp.stop()
-        http.shutdown()
-    assert mails[0]["Subject"] == subject and "ml-team@example.org" in mails[0]["To"]
-    assert "auc: 0.6100 (needs >= 0.9)" in mails[0].get_payload()
-    assert "deepfake-ensemble v7" in _Receiver.received[-1]["text"]
-
-
-def test_alerts_off_or_unreachable_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DFD_SLACK_WEBHOOK", raising=False)
-    assert alert(AlertParams(), "s", "b") == {"email": False, "slack": False}
-    monkeypatch.setenv("DFD_SLACK_WEBHOOK", f"http://127.0.0.1:{_free_port()}/hook")
-    cfg = AlertParams(email_to=["a@b.c"], smtp_host="127.0.0.1", smtp_port=_free_port())
-    assert alert(cfg, "s", "b") == {"email": False, "slack": False}

@@ -1,0 +1,248 @@
+"""Alerts through the flow: a real SMTP server (aiosmtpd, STARTTLS with a throwaway CA, login) and a real HTTP
+webhook receiver on loopback; the secrets never reach logs, MLflow, artifacts or Prefect's database."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import ssl
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dfd.platform.alerts import alert, check_alert_settings, send_email, send_slack
+from dfd.platform.config import AlertParams, EmailAlertParams, SlackAlertParams
+from dfd.platform.errors import ConfigError
+from tests.helpers import PROJECT, TINY
+
+PASSWORD = f"smtp-pw-{uuid.uuid4().hex}"
+TOKEN = f"T0SECRET/B0SECRET/{uuid.uuid4().hex}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Servers:
+    """What the loopback SMTP server and webhook receiver got."""
+
+    smtp_port: int
+    ca_file: Path
+    webhook: str
+    mails: list[Any] = field(default_factory=list)
+    logins: list[tuple[str, str]] = field(default_factory=list)
+    posts: list[dict[str, Any]] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.mails.clear()
+        self.logins.clear()
+        self.posts.clear()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """aiosmtpd with STARTTLS required before AUTH (a trustme CA) and a webhook receiver, both on loopback."""
+    import trustme
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
+    ca_file = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    http = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    got = Servers(_free_port(), ca_file, f"http://127.0.0.1:{http.server_port}/services/{TOKEN}")
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.posts.append({"path": self.path, **json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    http.RequestHandlerClass = Hook
+
+    class Collect:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            import email
+            import email.policy
+
+            got.mails.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+            return "250 OK"
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and data.password.decode() == PASSWORD
+        got.logins.append((mechanism, data.login.decode()))
+        return AuthResult(success=ok)
+
+    smtp = Controller(Collect(), hostname="127.0.0.1", port=got.smtp_port, tls_context=server_ctx,
+                      require_starttls=True, authenticator=authenticate, auth_require_tls=True)
+    smtp.start()
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DFD_TEST_SLACK", got.webhook)
+        mp.setenv("DFD_TEST_SMTP_PASSWORD", PASSWORD)
+        yield got
+    smtp.stop()
+    http.shutdown()
+
+
+def _alerts_section(s: Servers) -> dict[str, Any]:
+    return {"email": {"enabled": True, "to": ["ml-team@example.org"], "host": "127.0.0.1", "port": s.smtp_port,
+                      "security": "starttls", "username": "dfd-bot", "password_env": "DFD_TEST_SMTP_PASSWORD",
+                      "ca_file": str(s.ca_file)},
+            "slack": {"enabled": True, "webhook_env": "DFD_TEST_SLACK"}, "attempts": 2, "timeout_s": 5}
+
+
+def _project(root: Path, s: Servers) -> Path:
+    shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
+    shutil.copy(TINY, root / "tiny.yaml")
+    (root / "local.yaml").write_text(yaml.safe_dump({"data": {"root": "raw"}, "alerts": _alerts_section(s)}))
+    (root / "strict.yaml").write_text(yaml.safe_dump({"evaluate": {"gate": {"min_auc": 1.01}}}))
+    (root / "no_data.yaml").write_text(yaml.safe_dump({"data": {"root": "raw_missing"}}))
+    (root / "typo.yaml").write_text(yaml.safe_dump({"train": {"epochz": 1}}))
+    return root
+
+
+def _text(mail: Any) -> str:
+    return mail.get_content().replace("\r\n", "\n")
+
+
+def _secrets_absent(*blobs: bytes | str) -> None:
+    for blob in blobs:
+        data = blob.encode() if isinstance(blob, str) else blob
+        for secret in (TOKEN.split("/")[-1], PASSWORD, "T0SECRET"):
+            assert secret.encode() not in data
+
+
+@pytest.mark.slow
+def test_gate_failure_and_failed_runs_alert_once_on_each_channel_and_leak_no_secret(
+        prefect_server: None, servers: Servers, tiny_project: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    import prefect.settings
+
+    from dfd.cli import _print_summary
+    from flows.pipeline import pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = _project(tiny_project, servers)
+    caplog.set_level(logging.DEBUG)
+    servers.clear()
+
+    # 1. A whole run whose gate fails: one email (STARTTLS + login) and one webhook POST, naming what failed.
+    summary = pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml", "strict.yaml"], root=str(root))
+    assert not summary.promoted and summary.gate["failed"] == ["auc"]
+    assert summary.alerts == {"email": "delivered", "slack": "delivered"}
+    assert len(servers.mails) == 1 and len(servers.posts) == 1
+    assert [login for _, login in servers.logins] == ["dfd-bot"]  # logged in once, after STARTTLS (required)
+    mail, post = servers.mails[0], servers.posts[0]
+    body = _text(mail)
+    assert "gate failed" in mail["Subject"] and mail["To"] == "ml-team@example.org"
+    auc = summary.metrics["auc"]
+    assert f"auc: {auc:.4f} (threshold >= 1.0100)" in body or f"auc: {auc:.4f} (threshold 1.0100)" in body
+    assert summary.run_id in body and "Flow run " in body
+    assert body.strip() in post["text"] and post["path"] == f"/services/{TOKEN}"
+    _print_summary(summary, root)
+    assert "alerts: email delivered, slack delivered" in capfd.readouterr().out
+
+    # 2. A run that fails in a stage (ingest: the dataset root is gone): one more of each, saying why.
+    servers.clear()
+    with pytest.raises(Exception, match="raw_missing"):
+        pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml", "no_data.yaml"], root=str(root))
+    assert len(servers.mails) == 1 and len(servers.posts) == 1
+    assert "failed" in servers.mails[0]["Subject"].lower() and "raw_missing" in _text(servers.mails[0])
+    assert "raw_missing" in servers.posts[0]["text"]
+
+    # 3. A run whose params are what failed: the hook falls back to the files' own alerts sections.
+    servers.clear()
+    with pytest.raises(ConfigError, match="epochz"):
+        pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml", "typo.yaml"], root=str(root))
+    assert len(servers.mails) == 1 and len(servers.posts) == 1
+    assert "epochz" in _text(servers.mails[0])
+
+    # The secrets are nowhere: logs, console, the MLflow store and its artifacts, our artifacts, Prefect's database.
+    out = capfd.readouterr()
+    _secrets_absent(caplog.text, out.out, out.err)
+    stores = [root / "mlflow.db", *(p for d in ("mlruns", "artifacts") for p in (root / d).rglob("*") if p.is_file())]
+    assert len(stores) > 10
+    db = Path(prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    stores += [p for p in db.parent.glob(db.name + "*")]
+    for path in stores:
+        _secrets_absent(path.read_bytes())
+    assert summary.run_id.encode() in (root / "mlflow.db").read_bytes()  # the scan looked at the right store
+
+
+def test_a_webhook_without_scheme_stops_the_run_in_preflight_without_echoing_it(
+        tiny_project: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    from dfd.cli import main
+
+    secret = f"hooks.slack.com/services/{uuid.uuid4().hex}"
+    monkeypatch.setenv("DFD_SLACK_WEBHOOK", secret)
+    (tiny_project / "p.yaml").write_text(yaml.safe_dump({"data": {"root": str(tiny_project / "raw")},
+                                                         "alerts": {"slack": {"enabled": True}}}))
+    assert main(["--params", str(tiny_project / "p.yaml"), "run"]) == 2
+    out = capfd.readouterr()
+    assert "not an http(s) URL (value not shown)" in out.err and len(out.err.strip().splitlines()) == 1
+    _secrets_absent(out.out, out.err)
+    assert secret.split("/")[-1] not in out.out + out.err
+
+
+def test_preflight_names_what_is_missing() -> None:
+    with pytest.raises(ConfigError, match="host"):
+        check_alert_settings(AlertParams(email=EmailAlertParams(enabled=True, to=["a@b.c"])))
+    with pytest.raises(ConfigError, match=r"\$DFD_NOPE_PASSWORD is empty"):
+        check_alert_settings(AlertParams(email=EmailAlertParams(enabled=True, to=["a@b.c"], host="h", username="u",
+                                                                password_env="DFD_NOPE_PASSWORD")))
+    with pytest.raises(ConfigError, match=r"\$DFD_NOPE_HOOK is empty"):
+        check_alert_settings(AlertParams(slack=SlackAlertParams(enabled=True, webhook_env="DFD_NOPE_HOOK")))
+    check_alert_settings(AlertParams())  # everything off: nothing to check
+
+
+def test_a_failing_channel_is_logged_redacted_and_does_not_block_the_other(
+        servers: Servers, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Channel level (the flow test covers delivery): a dead webhook and a scheme-less one never raise, never leak."""
+    servers.clear()
+    dead = f"http://127.0.0.1:{_free_port()}/services/{TOKEN}"
+    email = EmailAlertParams(enabled=True, to=["a@example.org"], host="127.0.0.1", port=servers.smtp_port,
+                             username="dfd-bot", password_env="DFD_TEST_SMTP_PASSWORD", ca_file=str(servers.ca_file))
+    for url in (dead, dead.removeprefix("http://")):
+        monkeypatch.setenv("DFD_TEST_DEAD", url)
+        cfg = AlertParams(email=email, slack=SlackAlertParams(enabled=True, webhook_env="DFD_TEST_DEAD"), attempts=2,
+                          timeout_s=2)
+        assert alert(cfg, "s", f"quoting {url} and {PASSWORD}") == {"email": "delivered", "slack": "failed"}
+    assert len(servers.mails) == 2 and "[secret redacted]" in _text(servers.mails[0])
+    assert "alert slack failed" in caplog.text
+    _secrets_absent(caplog.text, *(m.as_string() for m in servers.mails))
+
+
+def test_implicit_tls_and_a_wrong_password_fail_cleanly(servers: Servers, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("DFD_TEST_WRONG", "not-" + PASSWORD)
+    base = dict(enabled=True, to=["a@example.org"], host="127.0.0.1", port=servers.smtp_port, username="dfd-bot",
+                ca_file=str(servers.ca_file))
+    # The server speaks STARTTLS, not implicit TLS: an SSL client fails its handshake, reported not raised.
+    ssl_cfg = AlertParams(email=EmailAlertParams(**base, security="ssl", password_env="DFD_TEST_SMTP_PASSWORD"),
+                          attempts=1, timeout_s=2)
+    assert send_email(ssl_cfg, "s", "b") == "failed"
+    wrong = AlertParams(email=EmailAlertParams(**base, password_env="DFD_TEST_WRONG"), attempts=1, timeout_s=2)
+    assert send_email(wrong, "s", "b") == "failed"
+    assert send_slack(AlertParams(), "t") == "off"
+    _secrets_absent(caplog.text)
+    assert "not-" + PASSWORD not in caplog.text
