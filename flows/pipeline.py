@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from prefect import flow
 from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -28,7 +27,8 @@ from dfd.platform.alerts import (
 from dfd.platform.config import OVERRIDE_ENV, AlertParams, Params, load_params
 from dfd.platform.layout import Layout
 from dfd.platform.tracking import Tracker
-from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task, train_task
+from flows.runners import train_all
+from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task
 
 
 @dataclass(frozen=True)
@@ -112,13 +112,9 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
         ingest_task(params, layout, tracker, parent)
         tracker.set_tags(parent, run_lineage(params, layout.ingest_report, root))
         faces_task(params, layout, tracker, parent)
-        # The four detectors train in parallel; each is its own task with its own nested run and retries, and
-        # on a multi-GPU machine its own GPU (round robin).
-        gpus = torch.cuda.device_count()
-        futures = [train_task.submit(params, layout, tracker, parent, m, i % gpus if gpus > 1 else None)
-                   for i, m in enumerate(params.models)]
-        for fut in futures:
-            fut.result()
+        # The four detectors train in parallel on the runner params choose (threads, Dask, Ray); each is its own
+        # task with its own nested run and retries, and its own GPU (flows/runners.py).
+        train_all(params, layout, tracker, parent)
         ensemble_task(params, layout, tracker, parent)
         ev = evaluate_task(params, layout, tracker, parent)
         reg = register_task(params, layout, tracker, parent)

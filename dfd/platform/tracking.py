@@ -79,6 +79,12 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._lock = threading.Lock()
         self.experiment_id = self._experiment(experiment, artifact_root)
+        self._init_args = (tracking_uri, experiment, artifact_root)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Distributed task runners (Dask, Ray) ship tasks' arguments to other processes: rebuild the client there
+        # (a lock and an HTTP session do not pickle).
+        return (type(self), self._init_args)
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> Tracker:
