@@ -246,3 +246,26 @@ def test_implicit_tls_and_a_wrong_password_fail_cleanly(servers: Servers, monkey
     assert send_slack(AlertParams(), "t") == "off"
     _secrets_absent(caplog.text)
     assert "not-" + PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize(("alerts", "code"), [({"email": "delivered", "slack": "failed"}, 3),
+                                              ({"email": "delivered", "slack": "off"}, 0)])
+def test_the_summary_says_which_channels_delivered_and_a_lost_alert_exits_3(
+        tiny_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        alerts: dict[str, str], code: int) -> None:
+    """The CLI's side of a failed gate (the flow test above covers delivery): a stand-in flow returns the summary."""
+    import flows.pipeline
+    from dfd.cli import main
+
+    gate = {"passed": False, "failed": ["auc"], "checks": [
+        {"name": "auc", "value": 0.61, "threshold": 0.9, "passed": False, "detail": ""}]}
+    summary = flows.pipeline.PipelineSummary("run1", "deepfake-ensemble", "2", False, "production", gate,
+                                             {"auc": 0.61, "video_auc": 0.6, "eer": 0.4, "accuracy": 0.6},
+                                             "sqlite:///mlflow.db", alerts)
+    monkeypatch.setattr(flows.pipeline, "pipeline", lambda **_: summary)
+    (tiny_project / "p.yaml").write_text(yaml.safe_dump({"data": {"root": str(tiny_project / "raw")}}))
+    assert main(["--params", str(tiny_project / "p.yaml"), "run"]) == code
+    out = capsys.readouterr().out
+    assert "gate: FAILED (auc)" in out
+    assert ("alerts: email delivered, slack FAILED (see the log above)" if code else
+            "alerts: email delivered, slack off") in out
