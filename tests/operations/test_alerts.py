@@ -269,3 +269,21 @@ def test_the_summary_says_which_channels_delivered_and_a_lost_alert_exits_3(
     assert "gate: FAILED (auc)" in out
     assert ("alerts: email delivered, slack FAILED (see the log above)" if code else
             "alerts: email delivered, slack off") in out
+
+
+def test_the_webhook_can_come_from_a_prefect_secret_block(prefect_server: None, servers: Servers,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from prefect.blocks.system import Secret
+
+    servers.clear()
+    Secret(value=servers.webhook).save("dfd-test-webhook", overwrite=True)
+    cfg = AlertParams(slack=SlackAlertParams(enabled=True, webhook_env="DFD_UNSET_HOOK",
+                                             webhook_block="dfd-test-webhook"))
+    check_alert_settings(cfg)
+    assert send_slack(cfg, "from a block") == "delivered"
+    assert servers.posts == [{"path": f"/services/{TOKEN}", "text": "from a block"}]
+    missing = AlertParams(slack=SlackAlertParams(enabled=True, webhook_block="dfd-no-such-block"))
+    with pytest.raises(ConfigError, match="cannot read Prefect Secret block 'dfd-no-such-block'"):
+        check_alert_settings(missing)
+    assert send_slack(missing, "t") == "failed"
+    _secrets_absent(caplog.text)

@@ -9,11 +9,26 @@ import pytest
 
 from tests.helpers import tiny_params
 
-pytestmark = pytest.mark.slow
-
 MODELS = ("mesonet", "xception")
 
 
+def test_a_runner_whose_extra_is_missing_is_one_line() -> None:
+    from dfd.platform.config import RunnerParams
+    from dfd.platform.errors import ConfigError
+    from flows.runners import task_runner
+
+    pytest.importorskip("prefect_dask")
+    try:
+        import prefect_ray  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"pip install 'dfd\[ray\]'"):
+            task_runner(RunnerParams(kind="ray"))
+    else:
+        pytest.skip("prefect-ray is installed here")
+    assert type(task_runner(RunnerParams(kind="dask", address="tcp://127.0.0.1:8786"))).__name__ == "DaskTaskRunner"
+
+
+@pytest.mark.slow
 def test_dask_local_cluster_trains_two_models_in_parallel(prefect_server: None, trained_project: Path,
                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect import flow
