@@ -287,3 +287,25 @@ def test_the_webhook_can_come_from_a_prefect_secret_block(prefect_server: None, 
         check_alert_settings(missing)
     assert send_slack(missing, "t") == "failed"
     _secrets_absent(caplog.text)
+
+
+def test_the_message_names_each_failed_check_and_links_both_runs() -> None:
+    from dfd.platform.alerts import failed_checks, gate_failure_message, mlflow_run_link
+
+    gate_d = {"passed": False, "failed": ["auc", "significance"], "checks": [
+        {"name": "auc", "value": 0.8123, "threshold": 0.9, "passed": False, "detail": "test split"},
+        {"name": "eer", "value": 0.1, "threshold": 0.15, "passed": True, "detail": ""},
+        {"name": "significance", "value": None, "threshold": "p<0.05", "passed": False, "detail": "no champion"}]}
+    assert failed_checks(gate_d) == ["auc: 0.8123 (threshold 0.9000) - test split",
+                                     "significance: n/a (threshold p<0.05) - no champion"]
+    assert failed_checks({"passed": False, "failed": ["video_auc"]}) == ["video_auc"]  # no `checks`: the names
+    link = mlflow_run_link("http://mlflow:5000/", "3", "abc", None)
+    assert link == "http://mlflow:5000/#/experiments/3/runs/abc"
+    assert mlflow_run_link("sqlite:///m.db", "3", "abc", "http://127.0.0.1:5000") == \
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert mlflow_run_link("sqlite:///m.db", "3", "abc", None) == "run abc in sqlite:///m.db"
+    subject, body = gate_failure_message(gate_d, flow_run="brave-fox", model_name="m", version="4", mlflow_link=link,
+                                         prefect_link="http://prefect:4200/runs/flow-run/f1")
+    assert "brave-fox" in subject and "m v4" in subject
+    assert "  auc: 0.8123 (threshold 0.9000) - test split" in body and "eer" not in body
+    assert link in body and "http://prefect:4200/runs/flow-run/f1" in body
