@@ -108,7 +108,8 @@ def _alerts_section(s: Servers) -> dict[str, Any]:
     return {"email": {"enabled": True, "to": ["ml-team@example.org"], "host": "127.0.0.1", "port": s.smtp_port,
                       "security": "starttls", "username": "dfd-bot", "password_env": "DFD_TEST_SMTP_PASSWORD",
                       "ca_file": str(s.ca_file)},
-            "slack": {"enabled": True, "webhook_env": "DFD_TEST_SLACK"}, "attempts": 2, "timeout_s": 5}
+            "slack": {"enabled": True, "webhook_env": "DFD_TEST_SLACK"}, "attempts": 2, "timeout_s": 5,
+            "mlflow_ui_url": "http://127.0.0.1:5000"}
 
 
 def _project(root: Path, s: Servers) -> Path:
@@ -157,7 +158,8 @@ def test_gate_failure_and_failed_runs_alert_once_on_each_channel_and_leak_no_sec
     assert "gate failed" in mail["Subject"] and mail["To"] == "ml-team@example.org"
     auc = summary.metrics["auc"]
     assert f"auc: {auc:.4f} (threshold >= 1.0100)" in body or f"auc: {auc:.4f} (threshold 1.0100)" in body
-    assert summary.run_id in body and "Flow run " in body
+    assert "Flow run " in body and "/runs/flow-run/" in body  # the Prefect UI link
+    assert "http://127.0.0.1:5000/#/experiments/" in body and f"/runs/{summary.run_id}" in body  # the MLflow UI link
     assert body.strip() in post["text"] and post["path"] == f"/services/{TOKEN}"
     _print_summary(summary, root)
     assert "alerts: email delivered, slack delivered" in capfd.readouterr().out
@@ -168,7 +170,7 @@ def test_gate_failure_and_failed_runs_alert_once_on_each_channel_and_leak_no_sec
         pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml", "no_data.yaml"], root=str(root))
     assert len(servers.mails) == 1 and len(servers.posts) == 1
     assert "failed" in servers.mails[0]["Subject"].lower() and "raw_missing" in _text(servers.mails[0])
-    assert "raw_missing" in servers.posts[0]["text"]
+    assert "raw_missing" in servers.posts[0]["text"] and "/runs/flow-run/" in servers.posts[0]["text"]
 
     # 3. A run whose params are what failed: the hook falls back to the files' own alerts sections.
     servers.clear()
