@@ -51,7 +51,10 @@ def test_ensemble_weights_and_predictions(chained: tuple[Path, Layout]) -> None:
     assert post["method"] == "platt"
     assert np.allclose(preds["prob"], 1 / (1 + np.exp(-(post["a"] * np.log(fused / (1 - fused)) + post["b"]))))
     assert spec["threshold"] == spec["val_eer_threshold"] and spec["aggregation"]["method"] == "mean"
-    assert spec["cv"]["groups"] == "identity" and np.isfinite(spec["cv"]["mean"])
+    index = pd.read_parquet(layout.faces_index)
+    val_ids = index.loc[index["split"] == "val", "identity"].nunique()
+    cv = spec["cv"]  # identity-grouped folds on validation; the tiny data may hold a single validation identity
+    assert cv["folds"] == min(val_ids, 5) if val_ids > 1 else "1 identity" in cv["skipped"]
 
 
 def test_ensemble_search_prefers_the_informative_model(tmp_path: Path) -> None:

@@ -150,3 +150,17 @@ def test_ensemble_calibrates_a_squeezed_fused_score(tmp_path: Path) -> None:
     test = preds[preds["split"] == "test"]
     assert test["prob"].quantile(0.95) - test["prob"].quantile(0.05) > 0.6
     assert binary_metrics(test["label"], test["prob"])["ece"] < 0.1
+
+
+def test_per_method_breakdown_judges_each_method_against_all_reals() -> None:
+    from dfd.evaluation.metrics import breakdown
+    from dfd.platform.config import AggregationParams
+
+    frames = pd.DataFrame({"sample_id": list("abcdef"), "label": [0, 0, 1, 1, 1, 1],
+                           "method": ["real", "real", "blend", "blend", "swap", "swap"],
+                           "dataset": "demo", "prob": [0.1, 0.4, 0.9, 0.8, 0.3, 0.2]})
+    out = breakdown(frames, {"ensemble": "prob"}, 0.5, AggregationParams(), "method")
+    assert set(out) == {"blend", "swap"}  # the reals are in both, not a method of their own
+    assert out["blend"]["ensemble"]["auc"] == 1.0 and out["blend"]["ensemble"]["n"] == 4
+    assert out["swap"]["ensemble"]["auc"] == pytest.approx(0.5)  # fake > real in 2 of 4 pairs (0.3, 0.2 > 0.1)
+    assert breakdown(frames, {"ensemble": "prob"}, 0.5, AggregationParams(), "dataset")["demo"]["ensemble"]["n"] == 6
