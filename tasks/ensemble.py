@@ -69,15 +69,17 @@ def fuse(wide: pd.DataFrame, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarr
 
 
 def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_dir: Path,
-                   on_trial: TrialCallback | None = None, faces_index: Path | None = None) -> EnsembleResult:
+                   on_trial: TrialCallback | None = None, faces_index: Path | None = None,
+                   study_db: Path | None = None) -> EnsembleResult:
     """Fit member calibration, fusion and post-fusion calibration on validation; write the spec and predictions.
 
     Args:
         cfg: Ensemble params.
         prediction_paths: Each model's `predictions.parquet`.
-        out_dir: The ensemble's output folder (ensemble.json, predictions.parquet, optuna.db).
+        out_dir: The ensemble's output folder (ensemble.json, predictions.parquet).
         on_trial: Called with (trial number, weights, objective value) for each new Optuna trial.
         faces_index: Where each sample's identity is read for the identity-grouped CV.
+        study_db: The sqlite file of the resumable Optuna study (default: `out_dir/optuna.db`).
     """
     models = sorted(prediction_paths)
     wide, excluded = load_predictions(prediction_paths)
@@ -89,7 +91,9 @@ def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_d
     calibration = fit_calibration(val, models)
     X = np.column_stack([calibrate(val[m].to_numpy(), calibration[m]) for m in models])
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = FitContext(cfg, models, f"sqlite:///{out_dir.resolve() / 'optuna.db'}", on_trial)
+    study_db = (study_db or out_dir / "optuna.db").resolve()
+    study_db.parent.mkdir(parents=True, exist_ok=True)
+    ctx = FitContext(cfg, models, f"sqlite:///{study_db}", on_trial)
     cv = cross_validate(cfg.method, cfg.calibration, X, y, _identities(val, faces_index), ctx)
     oof = cv.pop("oof", None)
     fusion = fit_fusion(cfg.method, X, y, ctx)
@@ -121,4 +125,6 @@ def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_d
 def run(params: Params, layout: Layout, on_trial: TrialCallback | None = None) -> EnsembleResult:
     """The stage as `dfd stage ensemble` and the flow call it."""
     paths = {m: layout.model_dir(m) / "predictions.parquet" for m in params.models}
-    return build_ensemble(params.ensemble, paths, layout.ensemble_dir, on_trial, layout.faces_index)
+    # Outside the ensemble folder: `dvc repro` deletes a stage's outs before it runs, the study must survive that.
+    return build_ensemble(params.ensemble, paths, layout.ensemble_dir, on_trial, layout.faces_index,
+                          layout.artifacts / "studies" / "ensemble.db")

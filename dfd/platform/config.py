@@ -143,7 +143,7 @@ class AggregationParams(_Section):
 class EnsembleParams(_Section):
     """Fusion of the members' validation predictions (by name), then calibration of the fused score (by name)."""
 
-    # weighted_average: Optuna TPE weights (a resumable study in artifacts/ensemble/optuna.db); stacking: a logistic
+    # weighted_average: Optuna TPE weights (a resumable study in artifacts/studies/ensemble.db); stacking: a logistic
     # regression on the members' logits; confidence: per-frame weights |p - 0.5| (dfd/evaluation/fusion.py).
     method: Literal["weighted_average", "stacking", "confidence"] = "weighted_average"
     trials: int = Field(50, ge=1)
