@@ -27,8 +27,10 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-z)), without overflow warnings for large |z|."""
-    return 0.5 * (1 + np.tanh(0.5 * np.asarray(z, dtype=float)))
+    """1 / (1 + exp(-z)) (scipy's expit: no overflow warnings, full precision near 0)."""
+    from scipy.special import expit
+
+    return expit(np.asarray(z, dtype=float))
 
 
 def _platt(x: np.ndarray, labels: np.ndarray) -> list[float]:
@@ -63,8 +65,8 @@ def calibrate(probs: np.ndarray, ab: list[float]) -> np.ndarray:
 def _fit_temperature(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """One temperature T for sigmoid(logit(p) / T), minimising validation log loss (Guo et al., 2017).
 
-    T is searched in [0.05, 20] (on log T): a validation set that the fused score separates perfectly would
-    otherwise drive T to 0 and every output to exactly 0 or 1.
+    T is searched in [0.2, 20] (on log T): a validation set that the fused score separates perfectly would
+    otherwise drive T to 0 and every output to exactly 0 or 1, where frames tie and the ranking (AUC) is lost.
     """
     from scipy.optimize import minimize_scalar
     from sklearn.metrics import log_loss
@@ -72,7 +74,7 @@ def _fit_temperature(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     z = logit(scores)
     y = np.asarray(labels, dtype=int)
     res = minimize_scalar(lambda lt: log_loss(y, np.clip(sigmoid(z / np.exp(lt)), EPS, 1 - EPS), labels=[0, 1]),
-                          bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+                          bounds=(np.log(0.2), np.log(20.0)), method="bounded")
     return {"temperature": float(np.exp(res.x))}
 
 

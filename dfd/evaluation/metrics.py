@@ -60,7 +60,8 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     Ranking metrics and log loss are NaN when only one class is present, rather than an exception mid-pipeline.
     """
     labels = np.asarray(labels, dtype=int)
-    scores = np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
+    raw = np.asarray(scores, dtype=float)  # ranking metrics on the scores as given: clipping would tie extremes
+    scores = np.clip(raw, 1e-7, 1 - 1e-7)
     n = len(labels)
     out = {"n": float(n), "accuracy": float(((scores >= threshold) == labels).mean()) if n else float("nan"),
            "threshold": float(threshold),
@@ -68,8 +69,8 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
            "ece": expected_calibration_error(labels, scores)}
     if len(np.unique(labels)) < 2:
         return {**out, "auc": float("nan"), "ap": float("nan"), "eer": float("nan"), "log_loss": float("nan")}
-    e, _ = eer(labels, scores)
-    return {**out, "auc": float(roc_auc_score(labels, scores)), "ap": float(average_precision_score(labels, scores)),
+    e, _ = eer(labels, raw)
+    return {**out, "auc": float(roc_auc_score(labels, raw)), "ap": float(average_precision_score(labels, raw)),
             "eer": e, "log_loss": float(log_loss(labels, scores, labels=[0, 1]))}
 
 

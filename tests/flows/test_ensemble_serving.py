@@ -1,4 +1,4 @@
-"""The served predictor reproduces the ensemble stage's calibrated scores; an unreadable crop is excluded, not scored."""
+"""The served predictor reproduces the stage's calibrated scores; an unreadable crop is excluded, not scored."""
 
 from __future__ import annotations
 
