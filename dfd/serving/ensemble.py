@@ -55,7 +55,7 @@ class EnsemblePredictor:
         if missing:
             raise ValueError(f"no checkpoint for ensemble members {sorted(missing)}")
         self.members = {m: MemberModel(checkpoints[m], device) for m in names}
-        total = sum(weights.values())
+        total = sum(weights.values()) or 1.0  # stacking's signed shares may sum to 0; they only inform then
         self.weights = {m: w / total for m, w in weights.items()}
         self.calibration = calibration or {m: [1.0, 0.0] for m in names}
         self.fusion = fusion or {"method": "weighted_average", "members": names, "weights": self.weights}
