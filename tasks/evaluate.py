@@ -93,9 +93,8 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, html: Path) -> 
     return summary
 
 
-def robustness(frames: pd.DataFrame, crops_root: Path, checkpoints: dict[str, Path], weights: dict[str, float],
-               calibration: dict[str, list[float]], names: list[str], max_crops: int, threshold: float,
-               seed: int = 0) -> dict[str, Any]:
+def robustness(frames: pd.DataFrame, crops_root: Path, checkpoints: dict[str, Path], spec: dict[str, Any],
+               names: list[str], max_crops: int, threshold: float, seed: int = 0) -> dict[str, Any]:
     """Re-score a sample of test crops under each perturbation and report the metrics and the AUC drop."""
     from dfd.serving.ensemble import EnsemblePredictor
 
@@ -110,7 +109,7 @@ def robustness(frames: pd.DataFrame, crops_root: Path, checkpoints: dict[str, Pa
         crops.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     images = np.stack(crops)
     labels = sample["label"].to_numpy()
-    predictor = EnsemblePredictor(checkpoints, weights, calibration)
+    predictor = EnsemblePredictor.from_spec(spec, checkpoints)  # the fitted fusion and calibration, as served
     clean = binary_metrics(labels, predictor(images), threshold)
     out: dict[str, Any] = {"crops": len(images), "clean": clean, "perturbed": {}}
     for name in names:
@@ -154,8 +153,8 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     crops_root = faces_index.parent
     test_frames = test.merge(index[["sample_id", "frame", "crop"]], on=["sample_id", "frame"], how="left")
     checkpoints = {m: d / "best.pt" for m, d in model_dirs.items()}
-    robust = robustness(test_frames, crops_root, checkpoints, spec["weights"], spec["calibration"], cfg.robustness,
-                        cfg.robustness_max_crops, threshold)
+    robust = robustness(test_frames, crops_root, checkpoints, spec, cfg.robustness, cfg.robustness_max_crops,
+                        threshold)
     write_json(out_dir / "robustness.json", robust)
 
     drift: dict[str, Any] = {}
