@@ -94,7 +94,7 @@ def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_d
     study_db = (study_db or out_dir / "optuna.db").resolve()
     study_db.parent.mkdir(parents=True, exist_ok=True)
     ctx = FitContext(cfg, models, f"sqlite:///{study_db}", on_trial)
-    cv = cross_validate(cfg.method, cfg.calibration, X, y, _identities(val, faces_index), ctx)
+    cv = cross_validate(cfg.method, cfg.calibration, val[models].to_numpy(), y, _identities(val, faces_index), ctx)
     oof = cv.pop("oof", None)
     fusion = fit_fusion(cfg.method, X, y, ctx)
     post = fit_post_calibration(cfg.calibration, apply_fusion(fusion, X), y)

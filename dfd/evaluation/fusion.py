@@ -20,9 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
-from dfd.evaluation.calibration import apply_post_calibration, fit_post_calibration, logit, sigmoid
+from dfd.evaluation.calibration import (
+    apply_post_calibration,
+    calibrate,
+    fit_calibration,
+    fit_post_calibration,
+    logit,
+    sigmoid,
+)
 from dfd.platform.config import EnsembleParams
 from dfd.platform.errors import ConfigError
 
@@ -171,19 +179,21 @@ def identity_folds(groups: np.ndarray, k: int) -> np.ndarray:
     return folds
 
 
-def cross_validate(method: str, calibration: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+def cross_validate(method: str, calibration: str, raw: np.ndarray, y: np.ndarray, groups: np.ndarray,
                    ctx: FitContext) -> dict[str, Any]:
-    """Identity-grouped k-fold CV of fusion + post-calibration on validation frames.
+    """Identity-grouped k-fold CV of the whole fitted chain on validation frames: member Platt scaling, fusion and
+    post-fusion calibration.
 
-    Each fold fits both on the other folds (in memory: the stored study is for the final fit) and scores the
-    objective on its held-out identities. Returns the per-fold values, their mean and std, and the out-of-fold
-    final scores (`oof`, one per row) for out-of-fold metrics.
+    Each fold fits all three on the other folds (in memory: the stored study is for the final fit) from the members'
+    raw probabilities `raw` (frames x members) and scores the objective on its held-out identities. Returns the
+    per-fold values, their mean and std, and the out-of-fold final scores (`oof`, one per row).
     """
     n_groups = len(np.unique(groups))
     k = min(ctx.cfg.cv_folds, n_groups)
     if k < 2:
         return {"folds": 0, "skipped": f"{n_groups} identity in validation: nothing to cross-validate on"}
     folds = identity_folds(groups, k)
+    raw = np.asarray(raw, dtype=float)
     oof = np.full(len(y), np.nan)
     values = []
     fold_ctx = FitContext(ctx.cfg, ctx.members)
@@ -192,6 +202,8 @@ def cross_validate(method: str, calibration: str, X: np.ndarray, y: np.ndarray, 
         if len(np.unique(y[tr])) < 2:  # a fold can leave one class only to fit on: its rows stay NaN
             values.append(float("nan"))
             continue
+        members = fit_calibration(pd.DataFrame(raw[tr], columns=ctx.members).assign(label=y[tr]), ctx.members)
+        X = np.column_stack([calibrate(raw[:, j], members[m]) for j, m in enumerate(ctx.members)])
         fitted = fit_fusion(method, X[tr], y[tr], fold_ctx)
         post = fit_post_calibration(calibration, apply_fusion(fitted, X[tr]), y[tr])
         oof[te] = apply_post_calibration(post, apply_fusion(fitted, X[te]))
