@@ -71,3 +71,30 @@ def test_an_unreadable_test_crop_is_excluded_and_reported(trained_project: Path,
     assert json.loads(ens.spec.read_text())["excluded_rows"] == 1
     out = evaluate.run(params, layout)
     assert out.metrics["bad_crops"] == [str(bad_path)]
+
+
+def test_registered_pyfunc_reproduces_the_evaluated_scores(trained_project: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `dfd predict`/`dfd serve` load from the registry returns the calibrated P(fake) evaluation measured."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from dfd.platform.tracking import Tracker
+    from tasks import register
+
+    root = tmp_path / "project"
+    shutil.copytree(trained_project, root)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tiny_params(root)
+    layout = Layout.from_params(params, root)
+    tracker = Tracker.from_params(params, root)
+    res = register.run(params, layout, tracker)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{res.model_name}/{res.version}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    test, crops = _test_crops(layout, pd.read_parquet(layout.ensemble_dir / "predictions.parquet"))
+    assert np.allclose(model.predict(crops), test["prob"].to_numpy(), atol=1e-4)
