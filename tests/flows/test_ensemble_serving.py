@@ -76,8 +76,7 @@ def test_an_unreadable_test_crop_is_excluded_and_reported(trained_project: Path,
 def test_registered_pyfunc_reproduces_the_evaluated_scores(trained_project: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """What `dfd predict`/`dfd serve` load from the registry returns the calibrated P(fake) evaluation measured."""
-    import mlflow
-    import mlflow.pyfunc
+    import mlflow.pyfunc  # binds `mlflow` too
 
     from dfd.platform.tracking import Tracker
     from tasks import register
