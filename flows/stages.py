@@ -82,7 +82,7 @@ def ensemble_task(params: Params, layout: Layout, tracker: Tracker, parent: str)
                 tracker.log_metrics(tid, value)
 
         res = ensemble.run(params, layout, on_trial)
-        tracker.log_metrics(rid, {"val": res.val_metrics, "weight": res.weights})
+        tracker.log_metrics(rid, {"val": res.val_metrics, "weight": res.weights, "cv": res.cv})
         tracker.log_artifact(rid, res.spec)
         return res
 

@@ -1,24 +1,23 @@
-"""ensemble: fuse the models' validation predictions with weights found by an Optuna study."""
+"""ensemble: fuse the models' validation predictions (method by name), calibrate the fused score, cross-validate."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 import pandas as pd
 
-from dfd.evaluation.calibration import calibrate, fit_calibration
+from dfd.evaluation.calibration import apply_post_calibration, calibrate, fit_calibration, fit_post_calibration
+from dfd.evaluation.fusion import FitContext, TrialCallback, apply_fusion, cross_validate, fit_fusion, member_weights
 from dfd.evaluation.metrics import binary_metrics, eer
 from dfd.platform.config import EnsembleParams, Params
 from dfd.platform.errors import StageError
 from dfd.platform.files import write_json
 from dfd.platform.layout import Layout
 
-TrialCallback = Callable[[int, dict[str, float], dict[str, float]], None]
+KEYS = ["sample_id", "frame", "split", "label"]
 
 
 @dataclass(frozen=True)
@@ -29,102 +28,103 @@ class EnsembleResult:
     predictions: Path
     weights: dict[str, float]
     val_metrics: dict[str, float]
+    cv: dict[str, float] = field(default_factory=dict)  # mean and std of the objective over identity-grouped folds
 
 
-def load_predictions(paths: dict[str, Path]) -> pd.DataFrame:
-    """One wide frame: sample_id, frame, split, label, and one probability column per model."""
+def load_predictions(paths: dict[str, Path]) -> tuple[pd.DataFrame, int]:
+    """One wide frame (sample_id, frame, split, label, one probability column per model) and the number of rows
+    that some members scored and others did not (an excluded unreadable crop): those are left out, not guessed."""
     wide: pd.DataFrame | None = None
+    rows: set[tuple] = set()
     for name, path in paths.items():
         if not path.is_file():
             raise StageError(f"predictions of model '{name}' not found: {path}",
                              f"run `dfd stage train --model {name}`")
-        df = pd.read_parquet(path)[["sample_id", "frame", "split", "label", "prob"]].rename(columns={"prob": name})
-        wide = df if wide is None else wide.merge(df, on=["sample_id", "frame", "split", "label"], how="inner")
+        df = pd.read_parquet(path)[[*KEYS, "prob"]].rename(columns={"prob": name})
+        rows |= set(df[KEYS].itertuples(index=False, name=None))
+        wide = df if wide is None else wide.merge(df, on=KEYS, how="inner")
     if wide is None or wide.empty:
         raise StageError("no predictions to ensemble", "train at least one model")
-    return wide
+    return wide, len(rows) - len(wide)
 
 
-def fuse(wide: pd.DataFrame, weights: dict[str, float], calibration: dict[str, list[float]]) -> np.ndarray:
-    """Weighted average of the members' calibrated probabilities (weights need not sum to one)."""
-    total = sum(weights.values())
-    return sum(calibrate(wide[m].to_numpy(), calibration[m]) * (w / total)  # type: ignore[return-value]
-               for m, w in weights.items())
+def _identities(frames: pd.DataFrame, faces_index: Path | None) -> np.ndarray:
+    """Each row's identity from the faces index (joined on sample_id); a sample is its own group without one."""
+    if faces_index is None or not faces_index.is_file():
+        return frames["sample_id"].astype(str).to_numpy()
+    ids = pd.read_parquet(faces_index, columns=["sample_id", "identity"]).drop_duplicates("sample_id")
+    joined = frames[["sample_id"]].merge(ids, on="sample_id", how="left")
+    return joined["identity"].fillna(joined["sample_id"]).astype(str).to_numpy()
 
 
-def _score(objective: str, labels: np.ndarray, probs: np.ndarray) -> float:
-    m = binary_metrics(labels, probs)
-    if objective == "log_loss":
-        return -m["log_loss"]
-    # AUC saturates (many weightings rank a small validation set perfectly): log loss breaks the ties.
-    return m["auc"] - 1e-3 * m["log_loss"]
+def fuse(wide: pd.DataFrame, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(fused score, final calibrated P(fake)) of the members' columns of `wide`, as `spec` (ensemble.json) says.
 
-
-def search_weights(wide: pd.DataFrame, models: list[str], cfg: EnsembleParams, calibration: dict[str, list[float]],
-                   on_trial: TrialCallback | None = None) -> tuple[dict[str, float], optuna.Study]:
-    """Find ensemble weights maximising the objective on validation frames with a seeded TPE study.
-
-    The first trials are the plain average and each member alone, so the result is never worse on validation
-    than the best single model or the average.
+    `dfd.serving.ensemble.EnsemblePredictor` computes the same from crops.
     """
-    val = wide[wide["split"] == "val"]
-    labels = val["label"].to_numpy()
-
-    def objective(trial: optuna.Trial) -> float:
-        w = {m: trial.suggest_float(m, 0.0, 1.0) for m in models}
-        if sum(w.values()) <= 1e-9:
-            return float("-inf")
-        value = _score(cfg.objective, labels, fuse(val, w, calibration))
-        if on_trial:
-            on_trial(trial.number, w, {cfg.objective: abs(value)})
-        return value
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed))
-    study.enqueue_trial({m: 1.0 for m in models})
-    for solo in models:
-        study.enqueue_trial({m: 1.0 if m == solo else 0.0 for m in models})
-    study.optimize(objective, n_trials=cfg.trials, show_progress_bar=False)
-    best = study.best_params
-    total = sum(best.values())
-    return {m: best[m] / total for m in models}, study
+    members = spec["fusion"]["members"]
+    X = np.column_stack([calibrate(wide[m].to_numpy(), spec["calibration"][m]) for m in members])
+    fused = apply_fusion(spec["fusion"], X)
+    return fused, apply_post_calibration(spec.get("post_calibration"), fused)
 
 
 def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_dir: Path,
-                   on_trial: TrialCallback | None = None) -> EnsembleResult:
-    """Fit ensemble weights on validation predictions and write `ensemble.json` and `predictions.parquet`.
+                   on_trial: TrialCallback | None = None, faces_index: Path | None = None,
+                   study_db: Path | None = None) -> EnsembleResult:
+    """Fit member calibration, fusion and post-fusion calibration on validation; write the spec and predictions.
 
     Args:
         cfg: Ensemble params.
         prediction_paths: Each model's `predictions.parquet`.
-        out_dir: The ensemble's output folder.
-        on_trial: Called with (trial number, weights, objective value) for each Optuna trial.
+        out_dir: The ensemble's output folder (ensemble.json, predictions.parquet).
+        on_trial: Called with (trial number, weights, objective value) for each new Optuna trial.
+        faces_index: Where each sample's identity is read for the identity-grouped CV.
+        study_db: The sqlite file of the resumable Optuna study (default: `out_dir/optuna.db`).
     """
     models = sorted(prediction_paths)
-    wide = load_predictions(prediction_paths)
-    val_rows = wide[wide["split"] == "val"]
-    if val_rows["label"].nunique() < 2:
+    wide, excluded = load_predictions(prediction_paths)
+    val = wide[wide["split"] == "val"].reset_index(drop=True)
+    y = val["label"].to_numpy()
+    if len(np.unique(y)) < 2:
         raise StageError("the validation split holds one class only; the ensemble cannot be fitted",
                          "add identities or raise ingest.val_share")
-    calibration = fit_calibration(val_rows, models)
-    weights, study = search_weights(wide, models, cfg, calibration, on_trial)
-    wide["prob"] = fuse(wide, weights, calibration)
+    calibration = fit_calibration(val, models)
+    X = np.column_stack([calibrate(val[m].to_numpy(), calibration[m]) for m in models])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study_db = (study_db or out_dir / "optuna.db").resolve()
+    study_db.parent.mkdir(parents=True, exist_ok=True)
+    ctx = FitContext(cfg, models, f"sqlite:///{study_db}", on_trial)
+    cv = cross_validate(cfg.method, cfg.calibration, val[models].to_numpy(), y, _identities(val, faces_index), ctx)
+    oof = cv.pop("oof", None)
+    fusion = fit_fusion(cfg.method, X, y, ctx)
+    post = fit_post_calibration(cfg.calibration, apply_fusion(fusion, X), y)
+    spec: dict[str, Any] = {"method": cfg.method, "members": models, "calibration": calibration, "fusion": fusion,
+                            "weights": member_weights(fusion), "post_calibration": post,
+                            "aggregation": cfg.aggregation.model_dump(), "objective": cfg.objective, "cv": cv}
+    wide["prob_fused"], wide["prob"] = fuse(wide, spec)
     val = wide[wide["split"] == "val"]
     val_metrics = binary_metrics(val["label"].to_numpy(), val["prob"].to_numpy())
-    _, val_eer_threshold = eer(val["label"].to_numpy(), val["prob"].to_numpy())
-    per_model: dict[str, Any] = {m: binary_metrics(val["label"].to_numpy(), val[m].to_numpy()) for m in models}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _, threshold = eer(val["label"].to_numpy(), val["prob"].to_numpy())
+    if oof is not None and np.isfinite(oof).any():
+        ok = np.isfinite(oof)
+        cv["oof_metrics"] = binary_metrics(y[ok], oof[ok], threshold)
+    spec.update({"val_eer_threshold": threshold, "threshold": threshold, "val_metrics": val_metrics,
+                 "val_metrics_fused": binary_metrics(val["label"].to_numpy(), val["prob_fused"].to_numpy()),
+                 "val_metrics_per_model": {m: binary_metrics(val["label"].to_numpy(), val[m].to_numpy())
+                                           for m in models},
+                 "excluded_rows": excluded,
+                 # weighted_average keeps its study's summary at the top level, where earlier readers found it
+                 **{k: fusion[k] for k in ("trials", "best_value") if k in fusion}})
     pred_path = out_dir / "predictions.parquet"
     wide.to_parquet(pred_path, index=False)
-    spec = {"method": cfg.method, "members": models, "weights": weights, "calibration": calibration,
-            "objective": cfg.objective,
-            "trials": len(study.trials), "best_value": study.best_value, "val_eer_threshold": val_eer_threshold,
-            "val_metrics": val_metrics, "val_metrics_per_model": per_model}
     spec_path = write_json(out_dir / "ensemble.json", spec)
-    return EnsembleResult(spec_path, pred_path, weights, val_metrics)
+    cv_summary = {k: cv[k] for k in ("mean", "std") if k in cv}
+    return EnsembleResult(spec_path, pred_path, spec["weights"], val_metrics, cv_summary)
 
 
 def run(params: Params, layout: Layout, on_trial: TrialCallback | None = None) -> EnsembleResult:
     """The stage as `dfd stage ensemble` and the flow call it."""
     paths = {m: layout.model_dir(m) / "predictions.parquet" for m in params.models}
-    return build_ensemble(params.ensemble, paths, layout.ensemble_dir, on_trial)
+    # Outside the ensemble folder: `dvc repro` deletes a stage's outs before it runs, the study must survive that.
+    return build_ensemble(params.ensemble, paths, layout.ensemble_dir, on_trial, layout.faces_index,
+                          layout.artifacts / "studies" / "ensemble.db")

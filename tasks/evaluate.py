@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from dfd.evaluation.metrics import binary_metrics, frame_and_video_metrics
-from dfd.evaluation.plots import roc_plot, score_histogram
+from dfd.evaluation.metrics import binary_metrics
 from dfd.evaluation.robustness import get_perturbation
+from dfd.evaluation.scorecard import test_scorecard
 from dfd.platform.config import EvaluateParams, GateParams, Params
 from dfd.platform.errors import StageError
 from dfd.platform.files import read_json, write_json
@@ -93,9 +93,8 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, html: Path) -> 
     return summary
 
 
-def robustness(frames: pd.DataFrame, crops_root: Path, checkpoints: dict[str, Path], weights: dict[str, float],
-               calibration: dict[str, list[float]], names: list[str], max_crops: int, threshold: float,
-               seed: int = 0) -> dict[str, Any]:
+def robustness(frames: pd.DataFrame, crops_root: Path, checkpoints: dict[str, Path], spec: dict[str, Any],
+               names: list[str], max_crops: int, threshold: float, seed: int = 0) -> dict[str, Any]:
     """Re-score a sample of test crops under each perturbation and report the metrics and the AUC drop."""
     from dfd.serving.ensemble import EnsemblePredictor
 
@@ -110,7 +109,7 @@ def robustness(frames: pd.DataFrame, crops_root: Path, checkpoints: dict[str, Pa
         crops.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     images = np.stack(crops)
     labels = sample["label"].to_numpy()
-    predictor = EnsemblePredictor(checkpoints, weights, calibration)
+    predictor = EnsemblePredictor.from_spec(spec, checkpoints)  # the fitted fusion and calibration, as served
     clean = binary_metrics(labels, predictor(images), threshold)
     out: dict[str, Any] = {"crops": len(images), "clean": clean, "perturbed": {}}
     for name in names:
@@ -142,19 +141,20 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     if test.empty or test["label"].nunique() < 2:
         raise StageError("the test split is empty or holds one class only", "add identities or raise ingest.test_share")
     threshold = spec["val_eer_threshold"] if cfg.threshold == "val_eer" else cfg.fixed_threshold
-    ensemble_metrics = frame_and_video_metrics(test, threshold)
-    members = {m: frame_and_video_metrics(test.assign(prob=test[m]), threshold) for m in spec["members"]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = out_dir / "plots"
-    roc_plot(test, [*spec["members"], "prob"], plots / "roc_test.png", "ROC on the test split (frames)")
-    score_histogram(test, plots / "scores_test.png", threshold, "Ensemble scores on the test split")
+    cols = ["sample_id", "dataset", "method"]  # per-dataset and per-method rows of the scorecard
+    samples = pd.read_parquet(faces_index, columns=cols) if faces_index.is_file() else None
+    card = test_scorecard(preds, spec, threshold, samples, out_dir / "plots")
+    ensemble_metrics, members = card.pop("ensemble"), card.pop("members")
+    bad_crops = sorted({b["path"] for d in model_dirs.values() if (d / "metrics.json").is_file()
+                        for b in read_json(d / "metrics.json").get("bad_crops", [])})
 
     index = pd.read_parquet(faces_index)
     crops_root = faces_index.parent
     test_frames = test.merge(index[["sample_id", "frame", "crop"]], on=["sample_id", "frame"], how="left")
     checkpoints = {m: d / "best.pt" for m, d in model_dirs.items()}
-    robust = robustness(test_frames, crops_root, checkpoints, spec["weights"], spec["calibration"], cfg.robustness,
-                        cfg.robustness_max_crops, threshold)
+    robust = robustness(test_frames, crops_root, checkpoints, spec, cfg.robustness, cfg.robustness_max_crops,
+                        threshold)
     write_json(out_dir / "robustness.json", robust)
 
     drift: dict[str, Any] = {}
@@ -168,7 +168,8 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
                          _image_stats([crops_root / c for c in test_frames["crop"]])], axis=1)
         drift = drift_report(ref, cur, out_dir / "drift_report.html")
 
-    metrics = {"ensemble": ensemble_metrics, "members": members, "threshold": threshold,
+    metrics = {"ensemble": ensemble_metrics, "members": members, "threshold": threshold, **card,
+               "bad_crops": bad_crops,  # unreadable val/test crops the members excluded (not scored)
                "robustness": {k: v["auc"] for k, v in robust.get("perturbed", {}).items()}, "drift": drift}
     gate = {**gate_decision(ensemble_metrics, cfg.gate), "threshold": threshold, "split": "test"}
     write_json(out_dir / "metrics.json", metrics)

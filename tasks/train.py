@@ -76,9 +76,13 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Probabilities of 'fake' for every item of `loader`, in order."""
+    """Probabilities of 'fake' for every item of `loader`, in order; NaN for an item whose label is NaN (an
+    unreadable crop that `FaceCrops` did not substitute: it gets no score rather than a neighbour's)."""
     model.eval()
-    out = [torch.sigmoid(model(x.to(device)).float().squeeze(1)).cpu() for x, _ in loader]
+    out = []
+    for x, y in loader:
+        p = torch.sigmoid(model(x.to(device)).float().squeeze(1)).cpu()
+        out.append(torch.where(torch.isnan(y.float()), torch.full_like(p, float("nan")), p))
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -130,8 +134,10 @@ def _load_data(cfg: TrainParams, spec: ModelParams, mcfg: ModelConfig, index_pat
     batch = spec.batch_size or cfg.batch_size
     loader_kw: dict[str, Any] = {"batch_size": batch, "num_workers": cfg.num_workers,
                                  "pin_memory": device.type == "cuda"}
-    # Validation and test only: the ensemble is fitted on validation and judged on test.
-    eval_loaders = {s: DataLoader(FaceCrops(splits[s], root, eval_tf), shuffle=False, **loader_kw)
+    # Validation and test only: the ensemble is fitted on validation and judged on test. No substitution of an
+    # unreadable crop here: it would score a neighbour under the bad row's name (it is excluded in _export).
+    eval_loaders = {s: DataLoader(FaceCrops(splits[s], root, eval_tf, substitute_unreadable=False), shuffle=False,
+                                  **loader_kw)
                     for s in ("val", "test") if not splits[s].empty}
     return _Data(splits, train_ds, eval_loaders, loader_kw, batch)
 
@@ -176,11 +182,17 @@ def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Da
     best_path = out_dir / "best.pt"
     best = load_checkpoint(best_path)
     model.load_state_dict(best["state_dict"])
-    frames = []
+    frames, bad_crops = [], []
     for s, dl in data.eval_loaders.items():
-        df = data.splits[s][["sample_id", "frame", "split", "label"]].copy()
+        df = data.splits[s][["sample_id", "frame", "split", "label", "crop"]].copy()
         df["prob"] = predict(model, dl, device)
-        frames.append(df)
+        bad = df["prob"].isna()
+        for r in df[bad].itertuples():
+            bad_crops.append({"path": str(data.train_ds.root / r.crop), "sample_id": r.sample_id, "frame": int(r.frame),
+                              "split": s, "reason": "unreadable face crop: excluded, not scored"})
+            log.warning("%s: unreadable face crop %s excluded from the %s predictions", name,
+                        data.train_ds.root / r.crop, s)
+        frames.append(df[~bad].drop(columns="crop"))
     preds = pd.concat(frames, ignore_index=True)
     preds["model"] = name
     pred_path = out_dir / "predictions.parquet"
@@ -189,7 +201,7 @@ def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Da
     summary = {"model": name, "arch": arch, "model_config": mcfg.to_dict(), "best_epoch": best["epoch"],
                "best_val_auc": best["best_auc"], "epochs_run": len(history), "epochs": cfg.epochs,
                "stopped_early": len(history) < cfg.epochs, "history": history, "world_size": world,
-               "parameters": sum(p.numel() for p in model.parameters()),
+               "parameters": sum(p.numel() for p in model.parameters()), "bad_crops": bad_crops,
                "val": frame_and_video_metrics(preds[preds["split"] == "val"], 0.5)}
     if (preds["split"] == "test").any():
         summary["test"] = frame_and_video_metrics(preds[preds["split"] == "test"], 0.5)
@@ -264,8 +276,9 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
                               progress and rank == 0)
         val_auc = float("nan")
         if rank == 0:
-            val = binary_metrics(data.splits["val"]["label"].to_numpy(),
-                                 predict(model, data.eval_loaders["val"], device))
+            probs = predict(model, data.eval_loaders["val"], device)
+            ok = ~np.isnan(probs)  # unreadable crops are excluded, not scored
+            val = binary_metrics(data.splits["val"]["label"].to_numpy()[ok], probs[ok])
             val_auc = val["auc"]
             metrics.update(val_auc=val["auc"], val_log_loss=val["log_loss"])
         if world > 1:

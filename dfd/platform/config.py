@@ -141,14 +141,23 @@ class AggregationParams(_Section):
 
 
 class EnsembleParams(_Section):
-    """Weighted-average fusion with weights searched by Optuna on validation predictions."""
+    """Fusion of the members' validation predictions (by name), then calibration of the fused score (by name)."""
 
-    method: Literal["weighted_average"] = "weighted_average"
+    # weighted_average: Optuna TPE weights (a resumable study in artifacts/studies/ensemble.db); stacking: a logistic
+    # regression on the members' logits; confidence: per-frame weights |p - 0.5| (dfd/evaluation/fusion.py).
+    method: Literal["weighted_average", "stacking", "confidence"] = "weighted_average"
     trials: int = Field(50, ge=1)
     # AUC is what the gate judges (the threshold comes from validation, so calibration is not needed); log loss
     # also rewards calibration, but lets one over-confident member lose its weight however well it ranks.
     objective: Literal["log_loss", "auc"] = "auc"
     seed: int = 1337
+    # After fusion, so that the served P(fake) means what it says (dfd/evaluation/calibration.py). Platt (a slope and
+    # an offset on the logit) by default: fusion both squeezes and shifts the score (an average of members that
+    # disagree sits near the base rate), which one temperature cannot undo, and two parameters do not overfit a
+    # small validation set the way isotonic's steps do.
+    calibration: Literal["temperature", "platt", "isotonic", "none"] = "platt"
+    # Identity-grouped k-fold CV of fusion + calibration on validation (fewer folds when fewer identities).
+    cv_folds: int = Field(5, ge=2)
     aggregation: AggregationParams = AggregationParams()  # recorded in ensemble.json: the served model uses it
 
 

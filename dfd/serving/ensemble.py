@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from dfd.evaluation.calibration import calibrate
+from dfd.evaluation.calibration import apply_post_calibration, calibrate
+from dfd.evaluation.fusion import apply_fusion
 from dfd.training.augment import build_transform
 from models.checkpoint import build_from_checkpoint, load_checkpoint
 
@@ -34,36 +36,48 @@ class MemberModel:
 
 
 class EnsemblePredictor:
-    """The weighted average of member models' probabilities.
+    """The fitted ensemble over member models: member Platt scaling, fusion, then calibration of the fused score.
 
     Args:
         checkpoints: Member name to its best.pt.
-        weights: Member name to its ensemble weight.
-        calibration: Member name to its Platt scaling (a, b), applied before averaging; None: raw probabilities.
+        weights: Member name to its ensemble weight (the fusion when `fusion` is None: a weighted average).
+        calibration: Member name to its Platt scaling (a, b), applied before fusion; None: raw probabilities.
         device: Torch device for all members.
+        fusion: The fitted fusion of ensemble.json (`{"method", "members", ...}`); None: the weighted average.
+        post_calibration: The fitted calibration of the fused score (ensemble.json); None: none.
     """
 
     def __init__(self, checkpoints: dict[str, Path], weights: dict[str, float],
-                 calibration: dict[str, list[float]] | None = None, device: str = "cpu") -> None:
-        missing = set(weights) - set(checkpoints)
+                 calibration: dict[str, list[float]] | None = None, device: str = "cpu",
+                 fusion: dict[str, Any] | None = None, post_calibration: dict[str, Any] | None = None) -> None:
+        names = list(fusion["members"]) if fusion else list(weights)
+        missing = set(names) - set(checkpoints)
         if missing:
             raise ValueError(f"no checkpoint for ensemble members {sorted(missing)}")
-        self.members = {m: MemberModel(checkpoints[m], device) for m in weights}
-        total = sum(weights.values())
+        self.members = {m: MemberModel(checkpoints[m], device) for m in names}
+        total = sum(weights.values()) or 1.0  # stacking's signed shares may sum to 0; they only inform then
         self.weights = {m: w / total for m, w in weights.items()}
-        self.calibration = calibration or {m: [1.0, 0.0] for m in weights}
+        self.calibration = calibration or {m: [1.0, 0.0] for m in names}
+        self.fusion = fusion or {"method": "weighted_average", "members": names, "weights": self.weights}
+        self.post_calibration = post_calibration
 
     @classmethod
     def from_spec(cls, spec: dict, checkpoints: dict[str, Path], device: str = "cpu") -> EnsemblePredictor:
         """The ensemble as the ensemble stage fitted it (`ensemble.json`), over the members' checkpoints."""
-        return cls(checkpoints, spec["weights"], spec.get("calibration"), device)
+        return cls(checkpoints, spec["weights"], spec.get("calibration"), device, spec.get("fusion"),
+                   spec.get("post_calibration"))
 
     def member_scores(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """Each member's P(fake) for RGB uint8 crops (N, H, W, 3)."""
         return {m: model(crops) for m, model in self.members.items()}
 
+    def combine(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """The final calibrated P(fake) from each member's raw P(fake): what `tasks.ensemble.fuse` computes."""
+        X = np.column_stack([calibrate(np.asarray(scores[m]), self.calibration[m]) for m in self.fusion["members"]])
+        return apply_post_calibration(self.post_calibration, apply_fusion(self.fusion, X))
+
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        """The ensemble's P(fake) for RGB uint8 crops (N, H, W, 3)."""
-        scores = self.member_scores(crops)
-        return sum(calibrate(scores[m], self.calibration[m]) * w  # type: ignore[return-value]
-                   for m, w in self.weights.items())
+        """The ensemble's calibrated P(fake) for RGB uint8 crops (N, H, W, 3)."""
+        if len(crops) == 0:
+            return np.zeros(0, dtype=np.float64)
+        return self.combine(self.member_scores(crops))

@@ -23,8 +23,11 @@ FACE_OPS = ("sbi", "landmark_cutout")
 class FaceCrops(Dataset):
     """Face crops of one split, with their labels.
 
-    An unreadable crop is replaced by the next readable one and logged once, so a corrupt file on disk costs one
-    sample, not an epoch. Landmark-based augmentations (`face_ops`) are drawn from a generator seeded by
+    An unreadable crop is logged once (its row in `bad`). For training (`substitute_unreadable`) it is replaced by
+    the next readable one, so a corrupt file costs one sample, not an epoch. For scoring (val/test) it must not be:
+    a neighbour's crop would give the bad row the neighbour's score; the item is then a black placeholder with a NaN
+    label, which `tasks.train.predict` turns into a NaN score and the caller excludes and reports. Landmark-based
+    augmentations (`face_ops`) are drawn from a generator seeded by
     (seed, epoch, index), so they are the same whether or not a run was resumed, and in any worker.
 
     Args:
@@ -35,10 +38,12 @@ class FaceCrops(Dataset):
         sbi_prob: Chance that a real crop becomes a self-blended fake (label 1).
         cutout_prob: Chance that a crop loses one face part.
         seed: Base seed of the landmark augmentations.
+        substitute_unreadable: Replace an unreadable crop by the next readable one (training only, see above).
     """
 
     def __init__(self, index: pd.DataFrame, crops_root: Path, transform: A.Compose, face_ops: list[str] | None = None,
-                 sbi_prob: float = 0.5, cutout_prob: float = 0.3, seed: int = 0) -> None:
+                 sbi_prob: float = 0.5, cutout_prob: float = 0.3, seed: int = 0,
+                 substitute_unreadable: bool = True) -> None:
         self.index = index.reset_index(drop=True)
         self.root = crops_root
         self.transform = transform
@@ -49,6 +54,7 @@ class FaceCrops(Dataset):
         self.face_ops = list(face_ops or [])
         self.sbi_prob, self.cutout_prob, self.seed, self.epoch = sbi_prob, cutout_prob, seed, 0
         self.bad: set[int] = set()
+        self.substitute_unreadable = substitute_unreadable
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the per-sample augmentations (and albumentations) for `epoch`."""
@@ -81,6 +87,13 @@ class FaceCrops(Dataset):
         return rgb, label
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.substitute_unreadable:
+            rgb = self._read(i)
+            if rgb is None:  # the shape the model expects, and a NaN label that marks the row as unscored
+                blank = self.transform(image=np.zeros((8, 8, 3), dtype=np.uint8))["image"]
+                return torch.zeros_like(blank), torch.tensor(float("nan"))
+            rgb, label = self._face_ops(rgb, float(self.labels[i]), i)
+            return self.transform(image=rgb)["image"], torch.tensor(label, dtype=torch.float32)
         for step in range(len(self)):
             j = (i + step) % len(self)
             rgb = self._read(j)

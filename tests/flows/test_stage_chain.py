@@ -43,8 +43,18 @@ def test_ensemble_weights_and_predictions(chained: tuple[Path, Layout]) -> None:
     assert sorted(spec["members"]) == sorted(MODELS)
     assert abs(sum(spec["weights"].values()) - 1) < 1e-9 and min(spec["weights"].values()) >= 0
     preds = pd.read_parquet(layout.ensemble_dir / "predictions.parquet")
+    assert spec["fusion"]["method"] == "weighted_average" and spec["fusion"]["weights"] == spec["weights"]
     fused = sum(calibrate(preds[m], spec["calibration"][m]) * w for m, w in spec["weights"].items())
-    assert np.allclose(preds["prob"], fused)
+    assert np.allclose(preds["prob_fused"], fused)
+    # `prob` is the fused score after the calibration fitted on validation (ensemble.calibration, default platt)
+    post = spec["post_calibration"]
+    assert post["method"] == "platt"
+    assert np.allclose(preds["prob"], 1 / (1 + np.exp(-(post["a"] * np.log(fused / (1 - fused)) + post["b"]))))
+    assert spec["threshold"] == spec["val_eer_threshold"] and spec["aggregation"]["method"] == "mean"
+    index = pd.read_parquet(layout.faces_index)
+    val_ids = index.loc[index["split"] == "val", "identity"].nunique()
+    cv = spec["cv"]  # identity-grouped folds on validation; the tiny data may hold a single validation identity
+    assert cv["folds"] == min(val_ids, 5) if val_ids > 1 else "1 identity" in cv["skipped"]
 
 
 def test_ensemble_search_prefers_the_informative_model(tmp_path: Path) -> None:
@@ -65,11 +75,14 @@ def test_reports_and_gate(chained: tuple[Path, Layout], tmp_path: Path) -> None:
     root, layout = chained
     reports = layout.reports_dir
     for name in ("metrics.json", "gate.json", "robustness.json", "drift_report.html", "plots/roc_test.png",
-                 "plots/scores_test.png"):
+                 "plots/scores_test.png", "plots/pr_test.png", "plots/confusion_test.png",
+                 "plots/reliability_test.png", "plots/scores_fused_test.png"):
         assert (reports / name).is_file(), name
     metrics = json.loads((reports / "metrics.json").read_text())
-    for key in ("auc", "ap", "eer", "accuracy", "log_loss", "video_auc", "video_eer"):
-        assert key in metrics["ensemble"]
+    for key in ("auc", "ap", "eer", "accuracy", "log_loss", "brier", "ece", "video_auc", "video_eer", "video_ece"):
+        assert key in metrics["ensemble"] and key in metrics["members"]["mesonet"]
+    assert set(metrics["by_dataset"]) == {"demo"} and "ensemble" in metrics["by_dataset"]["demo"]
+    assert metrics["by_method"] and metrics["bad_crops"] == []
     assert json.loads((reports / "gate.json").read_text())["passed"] is True  # tiny params gate at 0
     robust = json.loads((reports / "robustness.json").read_text())
     assert "jpeg_50" in robust["perturbed"]

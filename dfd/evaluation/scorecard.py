@@ -1,0 +1,62 @@
+"""The test scorecard of the evaluate stage: the ensemble's and each member's metrics, overall, per dataset and per
+manipulation method, before and after calibration, and the plots that show them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dfd.evaluation.metrics import breakdown, eer, frame_and_video_metrics, reliability_bins
+from dfd.evaluation.plots import confusion_plot, pr_plot, reliability_plot, roc_plot, score_histogram
+from dfd.platform.config import AggregationParams
+
+#: Members are judged on their own P(fake) at 0.5 (the ensemble's threshold lives on the calibrated ensemble scale).
+MEMBER_THRESHOLD = 0.5
+
+
+def test_scorecard(preds: pd.DataFrame, spec: dict[str, Any], threshold: float, samples: pd.DataFrame | None,
+                   plots_dir: Path) -> dict[str, Any]:
+    """Metrics of the test split and the plots under `plots_dir`.
+
+    Args:
+        preds: The ensemble's predictions.parquet (val and test rows; `prob` final, `prob_fused` before calibration).
+        spec: ensemble.json.
+        threshold: The decision threshold on the final P(fake).
+        samples: Per-sample attributes (`sample_id`, `dataset`, `method`) for the breakdowns; None: none.
+        plots_dir: Where the PNGs go.
+
+    Returns:
+        `{"ensemble", "ensemble_uncalibrated", "members", "by_dataset", "by_method", "plots"}`.
+    """
+    members = list(spec["members"])
+    agg = AggregationParams(**spec.get("aggregation", {}))
+    test = preds[preds["split"] == "test"]
+    out: dict[str, Any] = {
+        "ensemble": frame_and_video_metrics(test, threshold, "prob", agg),
+        "members": {m: frame_and_video_metrics(test, MEMBER_THRESHOLD, m, agg) for m in members}}
+    if "prob_fused" in preds:
+        val = preds[preds["split"] == "val"]
+        _, fused_threshold = eer(val["label"].to_numpy(), val["prob_fused"].to_numpy())
+        out["ensemble_uncalibrated"] = frame_and_video_metrics(test, fused_threshold, "prob_fused", agg)
+    if samples is not None:
+        frames = test.merge(samples.drop_duplicates("sample_id"), on="sample_id", how="left")
+        cols = {"ensemble": "prob", **{m: m for m in members}}
+        out["by_dataset"] = breakdown(frames, cols, threshold, agg, "dataset")
+        out["by_method"] = breakdown(frames, cols, threshold, agg, "method")
+    y = test["label"].to_numpy()
+    plots = [roc_plot(test, [*members, "prob"], plots_dir / "roc_test.png", "ROC on the test split (frames)"),
+             pr_plot(test, [*members, "prob"], plots_dir / "pr_test.png", "Precision-recall on the test split"),
+             confusion_plot(y, test["prob"].to_numpy(), threshold, plots_dir / "confusion_test.png",
+                            "Ensemble on the test split"),
+             score_histogram(test, plots_dir / "scores_test.png", threshold, "Ensemble P(fake) on the test split")]
+    curves = {"after calibration": reliability_bins(y, test["prob"].to_numpy())}
+    if "prob_fused" in test:
+        curves = {"fused, before calibration": reliability_bins(y, test["prob_fused"].to_numpy()), **curves}
+        plots.append(score_histogram(test, plots_dir / "scores_fused_test.png", float("nan"),
+                                     "Fused score before calibration (test)", "prob_fused"))
+    plots.append(reliability_plot(curves, plots_dir / "reliability_test.png",
+                                  f"Reliability on the test split ({spec.get('post_calibration', {}).get('method')})"))
+    out["plots"] = sorted(p.name for p in plots)
+    return out
