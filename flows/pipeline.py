@@ -33,6 +33,8 @@ class PipelineSummary:
     gate: dict[str, Any]
     metrics: dict[str, Any]
     tracking_uri: str
+    registered: bool = True  # False: nothing changed since the production version (`message` says which)
+    message: str = ""
 
 
 def _load(path: str, overrides: list[str] | None, root: str) -> Params:
@@ -69,13 +71,13 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
         ensemble_task(params, layout, tracker, parent)
         ev = evaluate_task(params, layout, tracker, parent)
         reg = register_task(params, layout, tracker, parent)
-        tracker.log_metrics(parent, {"test": ev.metrics["ensemble"], "gate_passed": int(ev.passed)})
-        tracker.set_tags(parent, {"gate_passed": ev.passed, "model_version": reg.version})
-        if not ev.passed:
-            subject, body = gate_failure_message(ev.gate, reg.model_name, reg.version, parent)
+        tracker.log_metrics(parent, {"test": ev.metrics["ensemble"], "gate_passed": int(reg.passed)})
+        tracker.set_tags(parent, {"gate_passed": reg.passed, "model_version": reg.version})
+        if not reg.passed:
+            subject, body = gate_failure_message(reg.gate, reg.model_name, reg.version, parent)
             tracker.set_tags(parent, {"alerts": alert(params.alerts, subject, body)})
-    return PipelineSummary(parent, reg.model_name, reg.version, reg.promoted, reg.alias, ev.gate,
-                           ev.metrics["ensemble"], tracker.tracking_uri)
+    return PipelineSummary(parent, reg.model_name, reg.version, reg.promoted, reg.alias, reg.gate,
+                           ev.metrics["ensemble"], tracker.tracking_uri, reg.registered, reg.message)
 
 
 @flow(name="deepfake-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4), on_failure=[_on_failure],
