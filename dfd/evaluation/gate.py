@@ -82,9 +82,9 @@ def robustness_checks(cfg: dict[str, float], robustness: dict[str, Any]) -> list
     levels = robustness_levels(robustness)
     checks = []
     bounds = _drop_bounds(cfg, levels)
-    if "*" in cfg and not bounds:
-        return [Check("max_auc_drop", None, cfg["*"], False, "AUC drop under perturbation: not measured "
-                      "(robustness.json lists no perturbation)", "<=")]
+    if "*" in cfg and not any(not name.startswith(ADVERSARIAL) for name in levels):
+        checks.append(Check("max_auc_drop", None, cfg["*"], False, "AUC drop under perturbation: not measured "
+                            "(robustness.json lists no perturbation)", "<="))
     for name, bound in sorted(bounds.items()):
         if name not in levels or not levels[name]:
             checks.append(Check(f"max_auc_drop:{name}", None, bound, False,
