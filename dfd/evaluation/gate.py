@@ -67,23 +67,29 @@ def robustness_levels(robustness: dict[str, Any]) -> dict[str, dict[str, dict[st
     return out
 
 
-def _drop_bounds(cfg: dict[str, float], measured: dict[str, Any]) -> dict[str, float]:
-    """Each perturbation's bound: named ones as given, "*" for every measured non-adversarial one."""
-    bounds = {k: v for k, v in cfg.items() if k != "*"}
-    if "*" in cfg:
+def _drop_bounds(named: dict[str, float], default: float | None, measured: dict[str, Any]) -> dict[str, float]:
+    """Each perturbation's bound: named ones as given, `default` for every other measured non-adversarial one."""
+    bounds = dict(named)
+    if default is not None:
         for name in measured:
             if name not in bounds and not name.startswith(ADVERSARIAL):
-                bounds[name] = cfg["*"]
+                bounds[name] = default
     return bounds
 
 
-def robustness_checks(cfg: dict[str, float], robustness: dict[str, Any]) -> list[Check]:
-    """One check per bounded perturbation: its worst AUC drop over all levels against the bound."""
+def robustness_checks(named: dict[str, float], default: float | None, robustness: dict[str, Any]) -> list[Check]:
+    """One check per bounded perturbation: its worst AUC drop over all levels against the bound.
+
+    Args:
+        named: Perturbation (adversarial ones included) -> largest AUC drop allowed.
+        default: The bound of every other non-adversarial perturbation measured; None: only the named ones.
+        robustness: robustness.json.
+    """
     levels = robustness_levels(robustness)
     checks = []
-    bounds = _drop_bounds(cfg, levels)
-    if "*" in cfg and not any(not name.startswith(ADVERSARIAL) for name in levels):
-        checks.append(Check("max_auc_drop", None, cfg["*"], False, "AUC drop under perturbation: not measured "
+    bounds = _drop_bounds(named, default, levels)
+    if default is not None and not any(not name.startswith(ADVERSARIAL) for name in levels):
+        checks.append(Check("max_auc_drop", None, default, False, "AUC drop under perturbation: not measured "
                             "(robustness.json lists no perturbation)", "<="))
     for name, bound in sorted(bounds.items()):
         if name not in levels or not levels[name]:
@@ -155,8 +161,8 @@ def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] 
         bound = getattr(cfg, key)
         if bound is not None:
             checks.append(bound_check(key, ens.get(metric), bound, op, what))
-    if cfg.max_auc_drop:
-        checks.extend(robustness_checks(cfg.max_auc_drop, robustness or {}))
+    if cfg.max_auc_drop or cfg.max_auc_drop_default is not None:
+        checks.extend(robustness_checks(cfg.max_auc_drop, cfg.max_auc_drop_default, robustness or {}))
     if cfg.max_drift_share is not None:
         drift = metrics.get("drift") or {}
         value = drift.get("drifted_share")

@@ -71,7 +71,7 @@ GOOD_ROBUSTNESS = {"clean": {"auc": 0.97},
                                  "gauss_blur": {"1.0": {"auc": 0.95, "auc_drop": 0.02}}},
                    "adversarial": {"fgsm": {"0.004": {"auc": 0.4, "auc_drop": 0.57}}}}
 CFG = GateParams(min_auc=0.9, min_video_auc=0.9, max_eer=0.15, min_accuracy=0.8, max_ece=0.1,
-                 max_auc_drop={"*": 0.1}, max_drift_share=0.5)
+                 max_auc_drop={}, max_auc_drop_default=0.1, max_drift_share=0.5)
 
 
 def _champion(worse: bool) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def test_a_candidate_meeting_every_bound_passes() -> None:
     assert gate["passed"] and gate["failed"] == []
     names = [c["name"] for c in gate["checks"]]
     assert names == ["min_auc", "min_video_auc", "max_eer", "min_accuracy", "max_ece", "max_auc_drop:gauss_blur",
-                     "max_auc_drop:jpeg", "max_drift_share", "champion"]  # "*" leaves the adversarial fgsm out
+                     "max_auc_drop:jpeg", "max_drift_share", "champion"]  # the default leaves the adversarial fgsm out
     jpeg = next(c for c in gate["checks"] if c["name"] == "max_auc_drop:jpeg")
     assert jpeg["value"] == pytest.approx(0.07) and "level 50" in jpeg["detail"]  # the worst level counts
     assert all({"name", "value", "threshold", "passed", "detail"} <= set(c) for c in gate["checks"])
@@ -131,10 +131,10 @@ def test_champion_policies_and_no_champion() -> None:
 
 def test_unmeasured_metrics_fail_and_none_turns_a_check_off() -> None:
     bare = {"ensemble": {"auc": 0.97, "video_auc": 0.98, "eer": 0.05, "accuracy": 0.93, "ece": float("nan")}}
-    gate = decide(CFG.model_copy(update={"max_auc_drop": {"*": 0.1, "pgd": 0.5}}), bare, None, None)
+    gate = decide(CFG.model_copy(update={"max_auc_drop": {"pgd": 0.5}}), bare, None, None)
     assert set(gate["failed"]) == {"max_ece", "max_auc_drop", "max_auc_drop:pgd", "max_drift_share"}
     assert all("not measur" in c["detail"] for c in gate["checks"] if not c["passed"])
-    off = CFG.model_copy(update={"max_ece": None, "max_auc_drop": {}, "max_drift_share": None})
+    off = CFG.model_copy(update={"max_ece": None, "max_auc_drop_default": None, "max_drift_share": None})
     gate = decide(off, bare, None, None)
     assert gate["passed"] and {c["name"] for c in gate["checks"]} == {
         "min_auc", "min_video_auc", "max_eer", "min_accuracy", "champion"}
