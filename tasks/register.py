@@ -107,11 +107,11 @@ def champion_summary(tracker: Tracker, production: dict[str, Any], model_name: s
         raise StageError(f"{int(test['crop'].isna().sum())} test prediction(s) have no crop in {faces_index}",
                          "rerun the faces, ensemble and evaluate stages")
     rows = sample_frames(test, None, cfg.max_crops, cfg.seed)
+    crops = load_crops(rows["crop"], faces_index.parent)  # an unreadable crop is the data's fault: a stage error
     try:
-        model = tracker.load_pyfunc(out["model_uri"])
-        champ = score(model, load_crops(rows["crop"], faces_index.parent))
-    except DfdError as exc:  # a champion that no longer loads must not pass silently, nor crash the stage
-        return {**out, "error": str(exc)}
+        champ = score(tracker.load_pyfunc(out["model_uri"]), crops)
+    except Exception as exc:  # a champion that no longer loads or scores must not pass silently, nor crash the stage
+        return {**out, "error": f"{type(exc).__name__}: {exc}"}
     test_ = paired_auc_test(rows["label"].to_numpy(), champ, rows["prob"].to_numpy(), cfg.bootstrap, cfg.seed,
                             1 - cfg.alpha, rows["sample_id"].to_numpy())
     return {**out, "n": len(rows), "n_samples": int(rows["sample_id"].nunique()), "test": test_.to_dict()}

@@ -62,8 +62,9 @@ def alert(cfg: AlertParams, subject: str, body: str) -> dict[str, bool]:
 
 def gate_failure_message(gate: dict, model_name: str, version: str, run_id: str) -> tuple[str, str]:
     """Subject and body of a gate-failure alert."""
-    lines = [f"{c['metric']}: {c['value']:.4f} (needs {c['op']} {c['threshold']})" for c in gate["checks"]
-             if not c["passed"]]
+    lines = [f"{c.get('name', c.get('metric'))}: {c['detail']}" if "detail" in c  # gate.json format D
+             else f"{c['metric']}: {c['value']:.4f} (needs {c['op']} {c['threshold']})"
+             for c in gate["checks"] if not c["passed"]]
     subject = f"[dfd] gate failed: {model_name} v{version} not promoted"
     body = "The evaluation gate failed on the test split:\n" + "\n".join(lines) + f"\nMLflow run: {run_id}\n"
     return subject, body

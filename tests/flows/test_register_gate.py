@@ -85,21 +85,23 @@ def test_gate_aliases_unchanged_lineage_rollback_and_compare(project: Path, caps
     v1 = client.get_model_version(NAME, "1").tags
     assert "replaced by version 3" in v1["archived_reason"] and v1["archived_at"]
 
-    # Rollback restores the previous version and says who, when and why.
-    params = tiny_params(root)
-    old, new = register.rollback(params.registry, _tracker(root), reason="bad canary", who="alice")
-    assert (old, new) == ("3", "1") and _alias(client, "production") == "1" and _alias(client, "previous") is None
-    v3 = client.get_model_version(NAME, "3").tags
-    assert v3["rolled_back_by"] == "alice" and v3["rollback_reason"] == "bad canary" and v3["rolled_back_to"] == "1"
-    with pytest.raises(DfdError, match="no @previous"):
-        register.rollback(params.registry, _tracker(root))
-
-    # compare: both versions on the same test crops, with intervals and the AUC p-value.
+    # Rollback (the CLI, as a user runs it in the project) restores the previous version and says who, when, why.
     from dfd.cli import main
 
-    monkeypatch.chdir(root)  # as a user runs it: in the project, whose mlflow.db the default params point at
+    monkeypatch.chdir(root)  # the default params point at the project's mlflow.db
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    capsys.readouterr()
+    monkeypatch.setenv("LOGNAME", "alice")
+    monkeypatch.setenv("USER", "alice")
+    assert main(["--params", "extra.yaml", "rollback", "--reason", "bad canary"]) == 0
+    assert "moved from version 3 to version 1" in capsys.readouterr().out
+    assert _alias(client, "production") == "1" and _alias(client, "previous") is None
+    v3 = client.get_model_version(NAME, "3").tags
+    assert v3["rolled_back_by"] == "alice" and v3["rollback_reason"] == "bad canary" and v3["rolled_back_to"] == "1"
+    assert client.get_model_version(NAME, "1").tags["restored_from"] == "3"
+    with pytest.raises(DfdError, match="no @previous"):
+        register.rollback(tiny_params(root).registry, _tracker(root))
+
+    # compare: both versions on the same test crops, with intervals and the AUC p-value.
     assert main(["--params", "extra.yaml", "compare", "models:/deepfake-ensemble/1", "3", "--bootstrap", "200",
                  "--out", "ab.json"]) == 0
     ab = json.loads((root / "ab.json").read_text())
