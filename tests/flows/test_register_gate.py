@@ -102,10 +102,11 @@ def test_gate_aliases_unchanged_lineage_rollback_and_compare(project: Path, caps
         register.rollback(tiny_params(root).registry, _tracker(root))
 
     # compare: both versions on the same test crops, with intervals and the AUC p-value.
-    assert main(["--params", "extra.yaml", "compare", "models:/deepfake-ensemble/1", "3", "--bootstrap", "200",
-                 "--out", "ab.json"]) == 0
+    assert main(["--params", "extra.yaml", "compare", "models:/deepfake-ensemble/1", third.run_id,
+                 "--bootstrap", "200", "--out", "ab.json"]) == 0
     ab = json.loads((root / "ab.json").read_text())
-    assert ab["a"].endswith("/1") and ab["b"].endswith("/3") and abs(ab["auc_test"]["diff"]) < 1e-6
+    assert ab["a"] == "models:/deepfake-ensemble/1" and ab["b"] == f"runs:/{third.run_id}/ensemble"
+    assert abs(ab["auc_test"]["diff"]) < 1e-6 and ab["auc_test"]["p_value"] > 0.5  # the same ensemble twice
     assert {"auc", "ap", "eer", "log_loss", "brier", "ece"} <= set(ab["metrics"])
     assert "p = " in capsys.readouterr().out
 

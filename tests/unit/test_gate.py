@@ -143,3 +143,23 @@ def test_unmeasured_metrics_fail_and_none_turns_a_check_off() -> None:
 def test_robustness_reads_the_one_level_layout_too() -> None:
     levels = robustness_levels({"perturbed": {"jpeg_50": {"auc": 0.9, "auc_drop": 0.05}}})
     assert levels == {"jpeg_50": {"default": {"auc": 0.9, "auc_drop": 0.05}}}
+
+
+def test_compare_references_and_table() -> None:
+    from dfd.evaluation.compare import compare_scores, format_comparison, resolve_model_uri
+    from dfd.platform.errors import DfdError
+
+    assert resolve_model_uri("3", "m") == "models:/m/3"
+    assert resolve_model_uri("models:/m@production", "m") == "models:/m@production"
+    run_id = "0123456789abcdef0123456789abcdef"
+    assert resolve_model_uri(run_id, "m") == f"runs:/{run_id}/ensemble"
+    with pytest.raises(DfdError, match="not a model reference"):
+        resolve_model_uri("latest", "m")
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1], 120)
+    res = compare_scores(labels, _scores(rng, labels, 0.5), _scores(rng, labels, 3.0), n_boot=200, seed=0)
+    auc = res["metrics"]["auc"]
+    assert auc["a"]["ci_low"] <= auc["a"]["value"] <= auc["a"]["ci_high"] < auc["b"]["ci_low"]
+    assert res["auc_test"]["p_value"] < 0.01
+    lines = format_comparison(res, "A", "B")
+    assert any(line.startswith("auc") for line in lines) and "p = " in lines[-1]
