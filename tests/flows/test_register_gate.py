@@ -41,9 +41,9 @@ def _register(root: Path, **sections: dict) -> register.RegisterResult:
     return register.run(params, Layout.from_params(params, root), _tracker(root))
 
 
-def _alias(client: MlflowClient, alias: str) -> str | None:
+def _alias(client: MlflowClient, alias: str, name: str = NAME) -> str | None:
     try:
-        return str(client.get_model_version_by_alias(NAME, alias).version)
+        return str(client.get_model_version_by_alias(name, alias).version)
     except Exception:
         return None
 
@@ -111,15 +111,15 @@ def test_gate_aliases_unchanged_lineage_rollback_and_compare(project: Path, caps
     assert "p = " in capsys.readouterr().out
 
 
-def test_two_racing_promotions_leave_one_production(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def race_promotions(uri: str, name: str, artifact_root: Path | None) -> None:
+    """Three rounds of two threads (each with its own Tracker) promoting two new versions at the same moment."""
     client = MlflowClient(uri, registry_uri=uri)
-    client.create_registered_model(NAME)
-    source = tmp_path / "model"
-    source.mkdir()
-    versions = [str(client.create_model_version(NAME, str(source)).version) for _ in range(7)]
-    trackers = [Tracker(uri, "race", tmp_path / "mlruns") for _ in range(2)]
-    trackers[0].promote(NAME, versions[0], "production", "previous", {})
+    client.create_registered_model(name)
+    trackers = [Tracker(uri, "race", artifact_root) for _ in range(2)]
+    run = client.create_run(trackers[0].experiment_id)  # a server accepts only sources inside a run's artifacts
+    versions = [str(client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id).version)
+                for _ in range(7)]
+    trackers[0].promote(name, versions[0], "production", "previous", {})
     for i in range(1, 7, 2):
         a, b = versions[i], versions[i + 1]
         barrier, errors = threading.Barrier(2), []
@@ -127,7 +127,7 @@ def test_two_racing_promotions_leave_one_production(tmp_path: Path) -> None:
         def go(tracker: Tracker, version: str, barrier: threading.Barrier, errors: list[Exception]) -> None:
             barrier.wait()
             try:
-                tracker.promote(NAME, version, "production", "previous", {"archived_reason": f"replaced by {version}"})
+                tracker.promote(name, version, "production", "previous", {"archived_reason": f"replaced by {version}"})
             except Exception as exc:  # reported below, in the test's thread
                 errors.append(exc)
 
@@ -138,8 +138,13 @@ def test_two_racing_promotions_leave_one_production(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert not errors
-        prod, prev = _alias(client, "production"), _alias(client, "previous")
+        prod, prev = _alias(client, "production", name), _alias(client, "previous", name)
         # Serialised: one promotion saw the other's result, so previous is the loser, not the old production.
         assert {prod, prev} == {a, b}
-        holders = [v for v in versions if "production" in client.get_model_version(NAME, v).aliases]
+        holders = [v for v in versions if "production" in client.get_model_version(name, v).aliases]
         assert holders == [prod]
+
+
+def test_two_racing_promotions_leave_one_production(tmp_path: Path) -> None:
+    # The lock file beside the sqlite store serialises them (tests/unit/test_services.py races against a server).
+    race_promotions(f"sqlite:///{tmp_path / 'mlflow.db'}", NAME, tmp_path / "mlruns")
