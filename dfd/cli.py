@@ -135,15 +135,46 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
         res = evaluate.run(params, layout)
         m = res.metrics["ensemble"]
-        print(f"evaluate: test AUC {m['auc']:.4f}, video AUC {m['video_auc']:.4f}, EER {m['eer']:.4f}; "
-              f"gate {'PASSED' if res.passed else 'FAILED: ' + ', '.join(res.gate['failed'])}")
+        print(f"evaluate: test AUC {m['auc']:.4f}, video AUC {m['video_auc']:.4f}, EER {m['eer']:.4f} -> "
+              f"{res.reports_dir} (the register stage decides the gate)")
     elif name == "register":
+        from dfd.evaluation.gate import format_table
         from dfd.platform.tracking import Tracker
         from tasks import register
 
         res = register.run(params, layout, Tracker.from_params(params, Path.cwd()))
-        outcome = f"promoted to @{res.alias}" if res.promoted else "not promoted"
-        print(f"register: {res.model_name} v{res.version} {outcome}")
+        print("\n".join(format_table(res.gate)))
+        print(f"register: {res.model_name} v{res.version}: gate {'PASSED' if res.passed else 'FAILED'}; "
+              f"{res.message}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from dfd.platform.tracking import Tracker
+    from tasks.register import rollback
+
+    params = _params(args)
+    cfg = params.registry
+    old, new = rollback(cfg, Tracker.from_params(params, Path.cwd()), args.to, args.reason or "")
+    print(f"rollback: {cfg.model_name} @{cfg.alias} moved from version {old} to version {new}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from dfd.platform.layout import Layout
+    from dfd.platform.tracking import Tracker
+    from tasks.compare import compare
+
+    params = _params(args)
+    dataset = Path(args.dataset) if args.dataset else Layout.from_params(params, Path.cwd()).faces_index
+    result = compare(params, Tracker.from_params(params, Path.cwd()), args.a, args.b, dataset,
+                     None if args.split == "all" else args.split, args.max_crops, args.bootstrap, args.seed)
+    print("\n".join(result["lines"]))
+    if args.out:
+        from dfd.platform.files import write_json
+
+        write_json(Path(args.out), {k: v for k, v in result.items() if k != "lines"})
+        print(f"written to {args.out}")
     return 0
 
 
@@ -153,15 +184,22 @@ def _print_summary(summary: Any, root: Path) -> None:
     print(f"Pipeline run {summary.run_id} finished.")
     print(f"  test AUC {m['auc']:.4f} | video AUC {m['video_auc']:.4f} | EER {m['eer']:.4f} | "
           f"accuracy {m['accuracy']:.4f}")
+    from dfd.evaluation.gate import format_table
+
     gate = "PASSED" if summary.gate["passed"] else "FAILED (" + ", ".join(summary.gate["failed"]) + ")"
     print(f"  gate: {gate}")
+    for line in format_table(summary.gate):
+        print(f"    {line}")
     if summary.alerts:
         sent = [f"{ch} {state}" if state != "failed" else f"{ch} FAILED (see the log above)"
                 for ch, state in summary.alerts.items()]
         print(f"  alerts: {', '.join(sent)}")
-    status = (f"promoted to alias '{summary.alias}'" if summary.promoted
-              else f"NOT promoted ('{summary.alias}' unchanged)")
-    print(f"  registered model: {summary.model_name} version {summary.version}, {status}")
+    if not summary.registered:
+        print(f"  registered model: {summary.model_name}: {summary.message}")
+    else:
+        status = (f"promoted to alias '{summary.alias}'" if summary.promoted
+                  else f"NOT promoted ('{summary.alias}' unchanged)")
+        print(f"  registered model: {summary.model_name} version {summary.version}, {status}")
     print()
     print("See the results:")
     print(f"  MLflow UI:  mlflow ui --backend-store-uri {summary.tracking_uri}   (then http://127.0.0.1:5000)")
@@ -244,6 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch-log", metavar="FILE", help="train: append each epoch's metrics to FILE as JSON lines")
     p.add_argument("--no-progress", action="store_true", help="train: no per-step progress bar")
     p.set_defaults(func=cmd_stage)
+    p = sub.add_parser("rollback", help="move the production alias back (to @previous unless --to)")
+    p.add_argument("--to", metavar="VERSION", help="the version to restore (default: the @previous version)")
+    p.add_argument("--reason", help="why; recorded as a tag on both versions with who and when")
+    p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("compare", help="A/B test two models on the same samples: metrics with CIs, AUC p-value")
+    p.add_argument("a", help="model A: models:/NAME/VERSION, models:/NAME@ALIAS, a run id, or a version number")
+    p.add_argument("b", help="model B, the same forms")
+    p.add_argument("--dataset", metavar="INDEX", help="a faces index parquet (default: the current faces index)")
+    p.add_argument("--split", default="test", help="split of the index to score, or `all` (default: test)")
+    p.add_argument("--max-crops", type=int, default=2000, help="seeded sample of at most this many crops")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="FILE", help="also write the comparison as JSON")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("demo-data", help="write the offline demo dataset")
     p.add_argument("--out", help="dataset root (default: data.root from params)")
     p.add_argument("--seed", type=int, default=0)

@@ -45,6 +45,8 @@ class PipelineSummary:
     tracking_uri: str
     # Alert channel -> "delivered" | "failed" | "off"; empty when nothing was sent (the gate passed).
     alerts: dict[str, str] = field(default_factory=dict)
+    registered: bool = True  # False: nothing changed since the production version (`message` says which)
+    message: str = ""
 
 
 log = logging.getLogger(__name__)
@@ -118,11 +120,11 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
         ensemble_task(params, layout, tracker, parent)
         ev = evaluate_task(params, layout, tracker, parent)
         reg = register_task(params, layout, tracker, parent)
-        gate = ev.gate  # the gate dict (format D); GATE moves it to the register result (reg.gate)
-        tracker.log_metrics(parent, {"test": ev.metrics["ensemble"], "gate_passed": int(gate["passed"])})
-        tracker.set_tags(parent, {"gate_passed": gate["passed"], "model_version": reg.version})
+        gate = reg.gate  # the gate dict (format D), decided by the register stage
+        tracker.log_metrics(parent, {"test": ev.metrics["ensemble"], "gate_passed": int(reg.passed)})
+        tracker.set_tags(parent, {"gate_passed": reg.passed, "model_version": reg.version})
         alerts: dict[str, str] = {}
-        if not gate["passed"]:
+        if not reg.passed:
             subject, body = gate_failure_message(
                 gate, flow_run=current_flow_run.name or parent, model_name=reg.model_name, version=reg.version,
                 mlflow_link=mlflow_run_link(tracker.tracking_uri, tracker.experiment_id, parent,
@@ -132,7 +134,7 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
             tracker.set_tags(parent, {f"alert_{k}": v for k, v in alerts.items()})
     _MLFLOW_RUNS.pop(flow_run_id or "", None)
     return PipelineSummary(parent, reg.model_name, reg.version, reg.promoted, reg.alias, gate,
-                           ev.metrics["ensemble"], tracker.tracking_uri, alerts)
+                           ev.metrics["ensemble"], tracker.tracking_uri, alerts, reg.registered, reg.message)
 
 
 @flow(name="deepfake-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4), on_failure=[_on_failure],

@@ -93,12 +93,13 @@ def evaluate_task(params: Params, layout: Layout, tracker: Tracker, parent: str)
         tracker.log_params(rid, params.evaluate.model_dump())
         res = evaluate.run(params, layout)
         tracker.log_metrics(rid, {"test": res.metrics["ensemble"], "members": res.metrics["members"],
-                                  "robustness_auc": res.metrics["robustness"], "gate_passed": int(res.passed)})
-        tracker.set_tags(rid, {"gate_passed": res.passed})
+                                  "robustness_auc": res.metrics["robustness"]})
         tracker.log_artifact(rid, res.reports_dir, "reports")
         return res
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=1, retry_condition_fn=_transient)
 def register_task(params: Params, layout: Layout, tracker: Tracker, parent: str) -> register.RegisterResult:
-    return register.run(params, layout, tracker, parent)
+    from prefect.runtime import flow_run  # the flow run id goes on the model version as lineage
+
+    return register.run(params, layout, tracker, parent, flow_run.id)

@@ -1,9 +1,8 @@
-"""evaluate: test metrics of the ensemble and its members, robustness, drift, and the promotion gate."""
+"""evaluate: test metrics of the ensemble and its members, robustness and drift (the register stage gates on them)."""
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pandas as pd
 from dfd.evaluation.metrics import binary_metrics
 from dfd.evaluation.robustness import get_perturbation
 from dfd.evaluation.scorecard import test_scorecard
-from dfd.platform.config import EvaluateParams, GateParams, Params
+from dfd.platform.config import EvaluateParams, Params
 from dfd.platform.errors import StageError
 from dfd.platform.files import read_json, write_json
 from dfd.platform.layout import Layout
@@ -25,28 +24,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    """What the evaluate stage wrote, and the gate's decision."""
+    """What the evaluate stage wrote (the register stage decides the gate on it: dfd/evaluation/gate.py)."""
 
     reports_dir: Path
     metrics: dict[str, Any]
-    gate: dict[str, Any]
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.gate["passed"])
-
-
-def gate_decision(metrics: dict[str, float], gate: GateParams) -> dict[str, Any]:
-    """Check test metrics against the gate's thresholds; a NaN metric fails its check."""
-    rules = [("auc", "min_auc", ">="), ("video_auc", "min_video_auc", ">="), ("eer", "max_eer", "<="),
-             ("accuracy", "min_accuracy", ">=")]
-    checks = []
-    for metric, key, op in rules:
-        value, bound = metrics.get(metric, float("nan")), getattr(gate, key)
-        ok = not math.isnan(value) and (value >= bound if op == ">=" else value <= bound)
-        checks.append({"metric": metric, "value": value, "op": op, "threshold": bound, "passed": ok})
-    failed = [c["metric"] for c in checks if not c["passed"]]
-    return {"passed": not failed, "checks": checks, "failed": failed}
 
 
 def _image_stats(paths: list[Path]) -> pd.DataFrame:
@@ -122,10 +103,10 @@ def robustness(frames: pd.DataFrame, crops_root: Path, checkpoints: dict[str, Pa
 
 def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path], faces_index: Path,
              out_dir: Path) -> EvaluateResult:
-    """Score the ensemble and each member on the test split, write reports and plots, and decide the gate.
+    """Score the ensemble and each member on the test split, and write reports and plots.
 
     Args:
-        cfg: Evaluation params, gate thresholds among them.
+        cfg: Evaluation params.
         ensemble_dir: Holds ensemble.json and predictions.parquet.
         model_dirs: Each member's folder (best.pt).
         faces_index: The faces index (for crops, robustness and drift).
@@ -171,10 +152,8 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     metrics = {"ensemble": ensemble_metrics, "members": members, "threshold": threshold, **card,
                "bad_crops": bad_crops,  # unreadable val/test crops the members excluded (not scored)
                "robustness": {k: v["auc"] for k, v in robust.get("perturbed", {}).items()}, "drift": drift}
-    gate = {**gate_decision(ensemble_metrics, cfg.gate), "threshold": threshold, "split": "test"}
     write_json(out_dir / "metrics.json", metrics)
-    write_json(out_dir / "gate.json", gate)
-    return EvaluateResult(out_dir, metrics, gate)
+    return EvaluateResult(out_dir, metrics)
 
 
 def run(params: Params, layout: Layout) -> EvaluateResult:

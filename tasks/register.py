@@ -1,9 +1,19 @@
-"""register: log the ensemble as an MLflow pyfunc model, register a version, move the alias only on a pass."""
+"""register: decide the gate, register the ensemble as `candidate`, and promote it to `production` only on a pass.
+
+Order: (1) a candidate whose lineage equals production's is not registered again; (2) the ensemble is logged as a
+pyfunc, registered, tagged with its lineage and given the `candidate` alias; (3) the gate runs every check of
+`evaluate.gate` on the evaluate stage's reports, champion/challenger included; (4) on a pass `production` moves to
+the new version in one call and the version it left becomes `previous`; on a fail nothing moves and the new version
+is tagged `rejected`. `gate.json` and `registry.json` record all of it.
+"""
 
 from __future__ import annotations
 
+import getpass
 import importlib.metadata
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +22,29 @@ import numpy as np
 import pandas as pd
 
 from dfd.data.provenance import run_lineage
-from dfd.platform.config import Params, RegistryParams
-from dfd.platform.errors import StageError
+from dfd.evaluation.compare import load_crops, sample_frames, score
+from dfd.evaluation.gate import decide
+from dfd.evaluation.significance import paired_auc_test
+from dfd.platform.config import GateParams, Params, RegistryParams
+from dfd.platform.errors import DfdError, StageError
 from dfd.platform.files import read_json, write_json
 from dfd.platform.layout import Layout
 from dfd.platform.tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_CODE = PROJECT_ROOT / "dfd" / "serving" / "pyfunc_model.py"  # the served model, logged as code (see that file)
 # What the served model imports, pinned to this environment's versions.
 SERVING_PACKAGES = ("torch", "timm", "albumentations", "opencv-python-headless", "numpy", "pandas", "pydantic",
                     "pyyaml", "scikit-learn", "mlflow")
+# The lineage that says "same code, same data, same params": equal on a candidate and production = nothing changed.
+LINEAGE_KEYS = ("git_commit", "dvc_data_hash", "params_hash")
 
 
 @dataclass(frozen=True)
 class RegisterResult:
-    """The registered version and whether it was promoted."""
+    """The registered version (or the production one, when nothing changed), the gate, and what moved."""
 
     model_name: str
     version: str
@@ -35,6 +52,15 @@ class RegisterResult:
     alias: str
     record: Path
     run_id: str
+    gate: dict[str, Any] = field(default_factory=dict)
+    passed: bool = False
+    registered: bool = True  # False: the lineage equals production's, no new version
+    previous: str | None = None  # the production version this promotion replaced
+    message: str = ""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _requirements() -> list[str]:
@@ -54,27 +80,101 @@ def _input_example(faces_index: Path, n: int = 2) -> np.ndarray:
     return np.stack(crops).astype(np.uint8)
 
 
-def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_dirs: dict[str, Path],
-             faces_index: Path, tracker: Tracker, run_id: str, tags: dict[str, str],
+def comparable_lineage(tags: dict[str, str]) -> tuple[str, ...] | None:
+    """The lineage key of a run or version; None when it cannot prove "unchanged" (unknown or dirty commit)."""
+    values = tuple(tags.get(k, "") for k in LINEAGE_KEYS)
+    commit = values[0]
+    if not all(values) or commit == "unknown" or commit.endswith("-dirty") or "unknown" in values:
+        return None
+    return values
+
+
+def champion_summary(tracker: Tracker, production: dict[str, Any], model_name: str, ensemble_dir: Path,
+                     faces_index: Path, gate: GateParams) -> dict[str, Any]:
+    """Score the production version on the candidate's test crops and test the AUC difference (candidate - champion).
+
+    The candidate's scores are its evaluated ensemble predictions (the `prob` column of predictions.parquet); the
+    champion is loaded from the registry and scores the same crops, so both are judged on identical samples.
+    """
+    cfg = gate.champion
+    out: dict[str, Any] = {"version": production["version"], "run_id": production["run_id"],
+                           "model_uri": f"models:/{model_name}/{production['version']}", "policy": cfg.policy}
+    preds = pd.read_parquet(ensemble_dir / "predictions.parquet")
+    index = pd.read_parquet(faces_index)
+    test = preds[preds["split"] == "test"].merge(index[["sample_id", "frame", "crop"]], on=["sample_id", "frame"],
+                                                 how="left")
+    if test["crop"].isna().any():
+        raise StageError(f"{int(test['crop'].isna().sum())} test prediction(s) have no crop in {faces_index}",
+                         "rerun the faces, ensemble and evaluate stages")
+    rows = sample_frames(test, None, cfg.max_crops, cfg.seed)
+    crops = load_crops(rows["crop"], faces_index.parent)  # an unreadable crop is the data's fault: a stage error
+    try:
+        champ = score(tracker.load_pyfunc(out["model_uri"]), crops)
+    except Exception as exc:  # a champion that no longer loads or scores must not pass silently, nor crash the stage
+        return {**out, "error": f"{type(exc).__name__}: {exc}"}
+    test_ = paired_auc_test(rows["label"].to_numpy(), champ, rows["prob"].to_numpy(), cfg.bootstrap, cfg.seed,
+                            1 - cfg.alpha, rows["sample_id"].to_numpy())
+    return {**out, "n": len(rows), "n_samples": int(rows["sample_id"].nunique()), "test": test_.to_dict()}
+
+
+def _dataset_hashes(reports_dir: Path) -> dict[str, str]:
+    """DVC hashes of the evaluation datasets the evaluate stage read (cross_dataset.json rows with `data_hash`)."""
+    path = reports_dir / "cross_dataset.json"
+    if not path.is_file():
+        return {}
+    data = read_json(path)
+    rows = data.get("datasets", data) if isinstance(data, dict) else {}
+    items = rows.items() if isinstance(rows, dict) else ((r.get("dataset"), r) for r in rows if isinstance(r, dict))
+    return {f"dvc_data_hash.{name}": str(r["data_hash"]) for name, r in items
+            if isinstance(r, dict) and r.get("data_hash") and name}
+
+
+def _record(path: Path, res: RegisterResult, tracker: Tracker, tags: dict[str, Any]) -> RegisterResult:
+    write_json(path, {"model_name": res.model_name, "version": res.version, "registered": res.registered,
+                      "promoted": res.promoted, "passed": res.passed, "alias": res.alias, "previous": res.previous,
+                      "message": res.message, "model_uri": f"models:/{res.model_name}/{res.version}",
+                      "run_id": res.run_id, "tags": tags, "tracking_uri": tracker.tracking_uri,
+                      "failed": res.gate.get("failed", [])})
+    return res
+
+
+def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensemble_dir: Path,
+             model_dirs: dict[str, Path], faces_index: Path, tracker: Tracker, run_id: str, tags: dict[str, str],
              record_path: Path) -> RegisterResult:
-    """Register the ensemble in the MLflow model registry.
+    """Register the ensemble, decide the gate, and move the aliases.
 
     Args:
-        cfg: Registered model name and alias.
-        reports_dir: Holds gate.json and metrics.json from evaluate.
-        ensemble_dir: Holds ensemble.json.
+        cfg: Registered model name and aliases.
+        gate_cfg: The gate's checks and thresholds.
+        reports_dir: Holds metrics.json and robustness.json from evaluate; gate.json is written here.
+        ensemble_dir: Holds ensemble.json and predictions.parquet.
         model_dirs: Each member's folder (best.pt).
-        faces_index: For the input example.
+        faces_index: For the input example and the champion's crops.
         tracker: The MLflow service.
         run_id: The run the model is logged in.
-        tags: Provenance (git commit, DVC data hash, params hash) set on the model version.
+        tags: Lineage (git commit, DVC data hashes, params hash, flow run id) set on the model version.
         record_path: Where `registry.json` goes.
     """
-    gate_path, spec_path = reports_dir / "gate.json", ensemble_dir / "ensemble.json"
-    for p in (gate_path, spec_path):
+    spec_path, metrics_path = ensemble_dir / "ensemble.json", reports_dir / "metrics.json"
+    for p in (spec_path, metrics_path):
         if not p.is_file():
             raise StageError(f"not found: {p}", "run the ensemble and evaluate stages first")
-    gate, spec = read_json(gate_path), read_json(spec_path)
+    spec, metrics = read_json(spec_path), read_json(metrics_path)
+    robustness = read_json(reports_dir / "robustness.json") if (reports_dir / "robustness.json").is_file() else None
+    gate_path = reports_dir / "gate.json"
+    production = tracker.version_by_alias(cfg.model_name, cfg.alias)
+
+    key = comparable_lineage(tags)
+    if production and key is not None and key == comparable_lineage(production["tags"]):
+        v = production["version"]
+        message = f"nothing changed since version {v} (same git commit, data hash and params hash): not registered"
+        gate = decide(gate_cfg, metrics, robustness, {"version": v, "run_id": production["run_id"],
+                                                       "same_lineage": True, "detail": message})
+        write_json(gate_path, gate)
+        log.info(message)
+        return _record(record_path, RegisterResult(cfg.model_name, v, False, cfg.alias, record_path, run_id, gate,
+                                                   bool(gate["passed"]), False, None, message), tracker, tags)
+
     artifacts = {"ensemble": str(spec_path)}
     for m in spec["members"]:
         ckpt = model_dirs[m] / "best.pt"
@@ -85,32 +185,103 @@ def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_d
         run_id, MODEL_CODE, artifacts, _input_example(faces_index), _requirements(),
         [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")], cfg.model_name,
         ((np.dtype(np.uint8), (-1, -1, -1, 3)), (np.dtype(np.float32), (-1,))))
-    metrics = read_json(reports_dir / "metrics.json")["ensemble"] if (reports_dir / "metrics.json").is_file() else {}
-    version_tags: dict[str, Any] = {**tags, "gate_passed": str(gate["passed"]).lower(),
-                                    "gate_failed_checks": ",".join(gate["failed"]) or "none",
+    ens = metrics.get("ensemble", {})
+    version_tags: dict[str, Any] = {**tags, **_dataset_hashes(reports_dir), "mlflow_run_id": run_id,
                                     "members": ",".join(spec["members"]),
-                                    **{f"test_{k}": f"{metrics[k]:.4f}" for k in ("auc", "video_auc", "eer")
-                                       if k in metrics}}
+                                    **{f"test_{k}": f"{ens[k]:.4f}" for k in ("auc", "video_auc", "eer", "ece")
+                                       if isinstance(ens.get(k), int | float)}}
     tracker.set_version_tags(cfg.model_name, version, version_tags)
-    if gate["passed"]:
-        tracker.set_alias(cfg.model_name, cfg.alias, version)
-    record = {"model_name": cfg.model_name, "version": version, "promoted": bool(gate["passed"]), "alias": cfg.alias,
-              "model_uri": f"models:/{cfg.model_name}/{version}", "run_id": run_id, "tags": version_tags,
-              "tracking_uri": tracker.tracking_uri}
-    write_json(record_path, record)
-    return RegisterResult(cfg.model_name, version, bool(gate["passed"]), cfg.alias, record_path, run_id)
+    tracker.set_alias(cfg.model_name, cfg.candidate_alias, version)
+
+    champion = None
+    if production and gate_cfg.champion.policy != "off":
+        champion = champion_summary(tracker, production, cfg.model_name, ensemble_dir, faces_index, gate_cfg)
+    gate = decide(gate_cfg, metrics, robustness, champion)
+    if gate["champion"] is not None:
+        gate["champion"]["challenger"] = {"version": version, "run_id": run_id}
+    write_json(gate_path, gate)
+    passed = bool(gate["passed"])
+    outcome = {"gate_passed": str(passed).lower(), "gate_failed_checks": ",".join(gate["failed"]) or "none"}
+    previous = None
+    if passed:
+        reason = f"gate passed ({len(gate['checks'])} checks), registered by run {run_id}"
+        tracker.set_version_tags(cfg.model_name, version, {**outcome, "promoted_at": _now(),
+                                                           "promotion_reason": reason})
+        archive = {"archived_at": _now(), "archived_reason": f"replaced by version {version}: {reason}"}
+        previous = tracker.promote(cfg.model_name, version, cfg.alias, cfg.previous_alias, archive)
+        message = f"promoted to @{cfg.alias}" + (f"; version {previous} is now @{cfg.previous_alias}" if previous
+                                                 else "")
+    else:
+        tracker.set_version_tags(cfg.model_name, version, {**outcome, "rejected": "true", "rejected_at": _now(),
+                                                           "rejected_checks": ",".join(gate["failed"])})
+        where = f"@{cfg.alias} stays on version {production['version']}" if production else f"no @{cfg.alias} yet"
+        message = f"rejected (failed: {', '.join(gate['failed'])}); {where}"
+    res = RegisterResult(cfg.model_name, version, passed, cfg.alias, record_path, run_id, gate, passed, True,
+                         previous, message)
+    return _record(record_path, res, tracker, {**version_tags, **outcome})
 
 
-def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None = None) -> RegisterResult:
+def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None = None,
+        flow_run_id: str | None = None) -> RegisterResult:
     """The stage as `dfd stage register` (its own run) and the flow (a run nested under `parent_id`) call it.
 
-    Both paths tag the run and the version with the same lineage, computed by one function from the same files.
+    Both paths tag the run and the version with the same lineage, computed by one function from the same files;
+    the flow adds its Prefect flow run id.
     """
     tags = run_lineage(params, layout.ingest_report, layout.root)
+    if flow_run_id:
+        tags["prefect_flow_run_id"] = str(flow_run_id)
     with tracker.run("register" if parent_id else "register (dvc)", parent_id, tags) as rid:
         metrics_path = layout.reports_dir / "metrics.json"
         if metrics_path.is_file():
             tracker.log_metrics(rid, {"test": read_json(metrics_path)["ensemble"]})
-        return register(params.registry, layout.reports_dir, layout.ensemble_dir,
-                        {m: layout.model_dir(m) for m in params.models}, layout.faces_index, tracker, rid, tags,
-                        layout.registry_record)
+        res = register(params.registry, params.evaluate.gate, layout.reports_dir, layout.ensemble_dir,
+                       {m: layout.model_dir(m) for m in params.models}, layout.faces_index, tracker, rid, tags,
+                       layout.registry_record)
+        tracker.log_metrics(rid, {"gate_passed": int(res.passed)})
+        tracker.set_tags(rid, {"gate_passed": res.passed, "registered": res.registered, "outcome": res.message})
+        tracker.log_artifact(rid, layout.reports_dir / "gate.json")
+        return res
+
+
+def rollback(cfg: RegistryParams, tracker: Tracker, to: str | None = None, reason: str = "",
+             who: str | None = None) -> tuple[str, str]:
+    """Move `production` back to `to` (default: the `previous` alias); tag both versions with who, when and why.
+
+    The version rolled back from loses nothing but the alias; `previous` is cleared (a second rollback must name
+    its target with `to`), so that a repeated `dfd rollback` cannot bounce back to the version just withdrawn.
+
+    Returns:
+        (version rolled back from, version now in production).
+    """
+    who = who or _user()
+    with tracker.promotion_lock(cfg.model_name):
+        current = tracker.version_by_alias(cfg.model_name, cfg.alias)
+        if current is None:
+            raise DfdError(f"{cfg.model_name} has no @{cfg.alias} version: nothing to roll back",
+                           "promote a version first (the register stage)")
+        if to is None:
+            prev = tracker.version_by_alias(cfg.model_name, cfg.previous_alias)
+            if prev is None:
+                raise DfdError(f"{cfg.model_name} has no @{cfg.previous_alias} version",
+                               "name the target with `dfd rollback --to VERSION`")
+            to = prev["version"]
+        target = tracker.get_version(cfg.model_name, str(to))
+        if target["version"] == current["version"]:
+            raise DfdError(f"version {to} is already @{cfg.alias}")
+        when, why = _now(), reason or "no reason given"
+        tracker.set_alias(cfg.model_name, cfg.alias, target["version"])
+        tracker.delete_alias(cfg.model_name, cfg.previous_alias)
+        tracker.set_version_tags(cfg.model_name, current["version"], {
+            "rolled_back_at": when, "rolled_back_by": who, "rollback_reason": why,
+            "rolled_back_to": target["version"]})
+        tracker.set_version_tags(cfg.model_name, target["version"], {
+            "restored_at": when, "restored_by": who, "restore_reason": why, "restored_from": current["version"]})
+    return current["version"], target["version"]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no USER/LOGNAME and no passwd entry (some containers)
+        return "unknown"

@@ -161,13 +161,33 @@ class EnsembleParams(_Section):
     aggregation: AggregationParams = AggregationParams()  # recorded in ensemble.json: the served model uses it
 
 
-class GateParams(_Section):
-    """Thresholds a candidate must meet on the test split to be promoted."""
+class ChampionParams(_Section):
+    """Champion/challenger: the candidate against the current `production` version, on the same test samples."""
 
-    min_auc: float = 0.90
-    min_video_auc: float = 0.90
-    max_eer: float = 0.15
-    min_accuracy: float = 0.80
+    # not_worse: fail only when the candidate's AUC is significantly below the champion's (a retrain on new data
+    # may legitimately tie); better: promote only a significant improvement; off: skip the comparison.
+    policy: Literal["not_worse", "better", "off"] = "not_worse"
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired bootstrap test
+    bootstrap: int = Field(1000, ge=100)  # resamples: 1000 puts the p-value's own error near 0.01 at alpha 0.05
+    seed: int = 1337
+    max_crops: int = Field(2000, ge=10)  # the champion is re-scored on CPU: a seeded sample of the test crops
+
+
+class GateParams(_Section):
+    """What a candidate must meet to be promoted (checked by the register stage); every check is off when None."""
+
+    min_auc: float | None = 0.90
+    min_video_auc: float | None = 0.90
+    max_eer: float | None = 0.15
+    min_accuracy: float | None = 0.80
+    max_ece: float | None = 0.10  # the served P(fake) must mean what it says (expected calibration error, test)
+    # Largest AUC drop allowed under a perturbation, over every level of it: by name (adversarial fgsm/pgd too) ...
+    max_auc_drop: dict[str, float] = Field(default_factory=dict)
+    # ... and for every other non-adversarial perturbation measured (white-box attacks are built to break a model:
+    # bound them by name when wanted).
+    max_auc_drop_default: float | None = 0.15
+    max_drift_share: float | None = 0.5  # share of drifted columns, training data vs test (Evidently)
+    champion: ChampionParams = ChampionParams()
 
 
 class EvaluateParams(_Section):
@@ -187,6 +207,8 @@ class RegistryParams(_Section):
 
     model_name: str = "deepfake-ensemble"
     alias: str = "production"  # moved only when the gate passes
+    candidate_alias: str = "candidate"  # every registered ensemble, passed or not
+    previous_alias: str = "previous"  # the production version a promotion replaced: `dfd rollback` goes back to it
 
 
 class MlflowParams(_Section):

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +230,108 @@ class Tracker:
         entity = ds._to_mlflow_entity()
         with self._lock:
             self.client.log_inputs(run_id, datasets=[DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+
+    # --- The model registry: aliases, version tags, promotion, loading (every MLflow registry call goes here) ---
+
+    def get_version(self, model_name: str, version: str) -> dict[str, Any]:
+        """A registered version as `{version, run_id, tags, aliases, source}`; DfdError when it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version(model_name, str(version))
+        except MlflowException:
+            raise DfdError(f"model version not found: {model_name} v{version}",
+                           f"list versions in the MLflow UI ({self.tracking_uri})") from None
+        return {"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags or {}),
+                "aliases": list(mv.aliases or []), "source": mv.source}
+
+    def version_by_alias(self, model_name: str, alias: str) -> dict[str, Any] | None:
+        """The version `alias` points at (as `get_version` returns it), or None when the alias or model is unset."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(model_name, alias)
+        except MlflowException:  # RESOURCE_DOES_NOT_EXIST: no such model, or no such alias
+            return None
+        return self.get_version(model_name, str(mv.version))
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        with self._lock:
+            for delete in (lambda: self.client.delete_registered_model_alias(model_name, alias),
+                           lambda: self.client.delete_registered_model_tag(model_name, f"{alias}_version")):
+                with suppress(MlflowException):  # already absent
+                    delete()
+
+    @contextmanager
+    def promotion_lock(self, model_name: str, timeout_s: float = 120.0) -> Iterator[None]:
+        """Serialise alias moves (promotion, rollback) of one model across threads and processes.
+
+        On a local store (sqlite, file) a lock file beside the store does it. A remote server offers no lock, so there
+        the lock only covers this machine and `promote` re-reads the alias after moving it to detect a concurrent
+        move (MLflow moves an alias in one call, so `production` is never on two versions either way).
+        """
+        from filelock import FileLock, Timeout
+
+        path = self._lock_path(model_name)
+        if path is None:
+            with _PROCESS_PROMOTION_LOCK:
+                yield
+            return
+        try:
+            with FileLock(str(path), timeout=timeout_s):
+                yield
+        except Timeout:
+            raise DfdError(f"another promotion of {model_name} holds {path} for over {timeout_s:.0f} s",
+                           "wait for it, or delete the lock file if its process is gone") from None
+
+    def _lock_path(self, model_name: str) -> Path | None:
+        uri = self.tracking_uri
+        if uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///"):])
+            return db.with_name(f"{db.name}.{model_name}.promote.lock")
+        if uri.startswith("file:") or "://" not in uri:
+            root = Path(uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:"))
+            return root / f".{model_name}.promote.lock"
+        return None
+
+    def promote(self, model_name: str, version: str, alias: str, previous_alias: str,
+                archive_tags: dict[str, str]) -> str | None:
+        """Move `alias` to `version` in one call; the version it left gets `previous_alias` and `archive_tags`.
+
+        Returns the version that held `alias` before (None if none). Raises DfdError when, after the move, another
+        writer (outside this lock: a second machine against a remote server) has moved the alias elsewhere.
+        """
+        with self.promotion_lock(model_name):
+            current = self.version_by_alias(model_name, alias)
+            old = current["version"] if current else None
+            if old == str(version):
+                return None
+            self.set_alias(model_name, alias, version)
+            if old is not None:
+                self.set_alias(model_name, previous_alias, old)
+                self.set_version_tags(model_name, old, archive_tags)
+            now = self.version_by_alias(model_name, alias)
+            if now is None or now["version"] != str(version):
+                raise DfdError(f"'{alias}' of {model_name} was moved to v{now and now['version']} while v{version} "
+                               "was being promoted", "check the registry and rerun the register stage")
+            return old
+
+    def load_pyfunc(self, model_uri: str) -> Any:
+        """Load a logged or registered pyfunc model (`models:/name/3`, `models:/name@alias`, `runs:/id/ensemble`)."""
+        import mlflow.pyfunc
+        from mlflow.exceptions import MlflowException
+
+        with self._lock:
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
+        try:
+            return mlflow.pyfunc.load_model(model_uri)
+        except MlflowException as exc:
+            raise DfdError(f"cannot load model {model_uri}: {exc.message.splitlines()[0]}",
+                           f"check the URI against the registry at {self.tracking_uri}") from None
+
+
+# Promotions against a remote server from threads of one process (the lock file covers local stores).
+_PROCESS_PROMOTION_LOCK = threading.Lock()

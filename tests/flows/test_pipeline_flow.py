@@ -87,6 +87,9 @@ def test_pipeline_runs_logs_registers_and_gates(prefect_server: None, tiny_proje
 
     # A failing gate registers a version but leaves the alias where it was.
     failed = pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml", "strict.yaml"], root=str(root))
-    assert failed.version == "2" and not failed.promoted and failed.gate["failed"] == ["auc"]
+    assert failed.version == "2" and not failed.promoted and failed.gate["failed"] == ["min_auc"]
     assert str(client.get_model_version_by_alias("deepfake-ensemble", "production").version) == "1"
-    assert client.get_model_version("deepfake-ensemble", "2").tags["gate_passed"] == "false"
+    v2 = client.get_model_version("deepfake-ensemble", "2").tags
+    assert v2["gate_passed"] == "false" and v2["rejected"] == "true"
+    assert v2["prefect_flow_run_id"] and v2["prefect_flow_run_id"] != version.tags["prefect_flow_run_id"]
+    assert failed.gate["champion"]["version"] == "1"  # champion/challenger ran against v1 on the same crops

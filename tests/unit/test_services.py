@@ -67,6 +67,13 @@ def test_tracker_against_a_real_server(mlflow_server: str, tmp_path: Path) -> No
     assert [a.path for a in tracker.client.list_artifacts(child)] == ["report.json"]
 
 
+def test_racing_promotions_against_a_real_server(mlflow_server: str) -> None:
+    from tests.flows.test_register_gate import race_promotions
+
+    # No lock file on a server: the process-wide lock, and the re-read after each move, keep one production.
+    race_promotions(mlflow_server, "race-model", None)
+
+
 def test_system_metrics_are_sampled_into_the_run(mlflow_server: str) -> None:
     tracker = Tracker(mlflow_server, "server-test")
     with tracker.run("busy") as rid, tracker.system_metrics(rid, interval_s=0.5):

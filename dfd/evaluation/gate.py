@@ -1,0 +1,190 @@
+"""The promotion gate: every check a candidate must pass, each with its value, threshold, verdict and detail.
+
+Pure functions of the evaluate stage's reports (`metrics.json`, `robustness.json`) and of the champion/challenger
+comparison; the register stage calls `decide` and writes the result as `gate.json`.
+
+A check whose threshold is set but whose metric was not measured FAILS with the detail "not measured": a bound the
+team asked for cannot be waved through because a report lacks the number (set the threshold to null to turn the
+check off instead).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dfd.platform.config import GateParams
+
+ADVERSARIAL = ("fgsm", "pgd")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One gate check, as gate.json lists it."""
+
+    name: str
+    value: float | None
+    threshold: Any
+    passed: bool
+    detail: str
+    op: str = ""  # ">=" or "<=" for a bound, "" for checks that are not one (champion)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "metric": self.name}  # `metric`: what alert formatters before format D read
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def bound_check(name: str, value: Any, threshold: float, op: str, what: str) -> Check:
+    """`value op threshold`; a missing or NaN value fails as not measured."""
+    v = _finite(value)
+    if v is None:
+        reason = "not measured" if value is None else f"not measurable ({value})"
+        return Check(name, None, threshold, False, f"{what}: {reason}", op)
+    ok = v >= threshold if op == ">=" else v <= threshold
+    return Check(name, v, threshold, ok, f"{what} {v:.4f} {'meets' if ok else 'misses'} {op} {threshold}", op)
+
+
+def robustness_levels(robustness: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """`{perturbation: {level: {auc, auc_drop, ...}}}` from robustness.json, perturbed and adversarial together.
+
+    Also reads the older one-level layout (`perturbed: {name: {auc, auc_drop}}`) as a single level "default".
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for section in ("perturbed", "adversarial"):
+        for name, body in (robustness.get(section) or {}).items():
+            if isinstance(body, dict) and "auc_drop" in body:
+                out[name] = {"default": body}
+            elif isinstance(body, dict):
+                out[name] = {str(level): m for level, m in body.items() if isinstance(m, dict)}
+    return out
+
+
+def _drop_bounds(named: dict[str, float], default: float | None, measured: dict[str, Any]) -> dict[str, float]:
+    """Each perturbation's bound: named ones as given, `default` for every other measured non-adversarial one."""
+    bounds = dict(named)
+    if default is not None:
+        for name in measured:
+            if name not in bounds and not name.startswith(ADVERSARIAL):
+                bounds[name] = default
+    return bounds
+
+
+def robustness_checks(named: dict[str, float], default: float | None, robustness: dict[str, Any]) -> list[Check]:
+    """One check per bounded perturbation: its worst AUC drop over all levels against the bound.
+
+    Args:
+        named: Perturbation (adversarial ones included) -> largest AUC drop allowed.
+        default: The bound of every other non-adversarial perturbation measured; None: only the named ones.
+        robustness: robustness.json.
+    """
+    levels = robustness_levels(robustness)
+    checks = []
+    bounds = _drop_bounds(named, default, levels)
+    if default is not None and not any(not name.startswith(ADVERSARIAL) for name in levels):
+        checks.append(Check("max_auc_drop", None, default, False, "AUC drop under perturbation: not measured "
+                            "(robustness.json lists no perturbation)", "<="))
+    for name, bound in sorted(bounds.items()):
+        if name not in levels or not levels[name]:
+            checks.append(Check(f"max_auc_drop:{name}", None, bound, False,
+                                f"AUC drop under {name}: not measured (not in robustness.json)", "<="))
+            continue
+        drops = {lvl: _finite(m.get("auc_drop")) for lvl, m in levels[name].items()}
+        bad = [lvl for lvl, d in drops.items() if d is None]
+        if bad:
+            checks.append(Check(f"max_auc_drop:{name}", None, bound, False,
+                                f"AUC drop under {name}: not measurable at level(s) {', '.join(bad)}", "<="))
+            continue
+        worst = max(drops, key=lambda lvl: drops[lvl])  # type: ignore[arg-type,return-value]
+        value = float(drops[worst])  # type: ignore[arg-type]
+        ok = value <= bound
+        over = [lvl for lvl, d in drops.items() if d > bound]  # type: ignore[operator]
+        detail = (f"worst AUC drop under {name} is {value:.4f} at level {worst} over {len(drops)} level(s)"
+                  + (f"; above {bound} at {', '.join(over)}" if over else ""))
+        checks.append(Check(f"max_auc_drop:{name}", value, bound, ok, detail, "<="))
+    return checks
+
+
+def champion_check(champion: dict[str, Any] | None, policy: str, alpha: float) -> Check:
+    """The champion/challenger verdict from `compare_to_champion`'s summary (None: no production version yet)."""
+    if policy == "off":
+        return Check("champion", None, {"policy": policy}, True, "champion/challenger comparison turned off")
+    threshold = {"policy": policy, "alpha": alpha}
+    if champion is None:
+        return Check("champion", None, threshold, True, "no production version yet: nothing to compare against")
+    if champion.get("error"):
+        return Check("champion", None, threshold, False, f"champion v{champion.get('version')} could not be "
+                     f"scored: {champion['error']}")
+    if champion.get("same_lineage"):
+        return Check("champion", None, threshold, True, champion.get("detail", "same lineage as production"))
+    test = champion["test"]
+    diff, p = _finite(test.get("diff")), _finite(test.get("p_value"))
+    if diff is None or p is None:
+        return Check("champion", None, threshold, False, "AUC difference not measurable (one class in the sample?)")
+    lo, hi = test["ci_low"], test["ci_high"]
+    where = (f"AUC {test['auc_b']:.4f} vs champion v{champion['version']} {test['auc_a']:.4f}: "
+             f"diff {diff:+.4f} [{lo:+.4f}, {hi:+.4f}], p={p:.4f}, n={champion['n']}")
+    significant = p < alpha
+    if policy == "better":
+        ok = significant and diff > 0
+        verdict = "significantly better" if ok else "not significantly better"
+    else:
+        ok = not (significant and diff < 0)
+        verdict = "not significantly worse" if ok else "significantly worse"
+    return Check("champion", diff, threshold, ok, f"{verdict}: {where}")
+
+
+def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] | None,
+           champion: dict[str, Any] | None) -> dict[str, Any]:
+    """Run every configured check and return gate.json's content (format D).
+
+    Args:
+        cfg: The thresholds (None turns a check off).
+        metrics: metrics.json (`ensemble`, `drift`, `threshold`, ...).
+        robustness: robustness.json, or None when the evaluate stage wrote none.
+        champion: The champion/challenger summary (see tasks/register.py), None when there is no production version.
+    """
+    ens = metrics.get("ensemble", {})
+    checks: list[Check] = []
+    for key, metric, op, what in (("min_auc", "auc", ">=", "test AUC"),
+                                  ("min_video_auc", "video_auc", ">=", "test video AUC"),
+                                  ("max_eer", "eer", "<=", "test EER"),
+                                  ("min_accuracy", "accuracy", ">=", "test accuracy at the threshold"),
+                                  ("max_ece", "ece", "<=", "test expected calibration error")):
+        bound = getattr(cfg, key)
+        if bound is not None:
+            checks.append(bound_check(key, ens.get(metric), bound, op, what))
+    if cfg.max_auc_drop or cfg.max_auc_drop_default is not None:
+        checks.extend(robustness_checks(cfg.max_auc_drop, cfg.max_auc_drop_default, robustness or {}))
+    if cfg.max_drift_share is not None:
+        drift = metrics.get("drift") or {}
+        value = drift.get("drifted_share")
+        check = bound_check("max_drift_share", value, cfg.max_drift_share, "<=", "share of drifted columns")
+        if value is None and drift.get("error"):
+            check = Check(check.name, None, check.threshold, False, f"drift report failed: {drift['error']}", "<=")
+        checks.append(check)
+    checks.append(champion_check(champion, cfg.champion.policy, cfg.champion.alpha))
+    failed = [c.name for c in checks if not c.passed]
+    return {"passed": not failed, "failed": failed, "checks": [c.to_dict() for c in checks],
+            "threshold": metrics.get("threshold"), "split": "test",
+            "champion": {k: v for k, v in champion.items() if k != "detail"} if champion else None}
+
+
+def format_table(gate: dict[str, Any]) -> list[str]:
+    """gate.json as aligned text lines: check, value, threshold, verdict, detail."""
+    rows = [("check", "value", "threshold", "verdict", "detail")]
+    for c in gate.get("checks", []):
+        value = "-" if c.get("value") is None else f"{c['value']:.4f}"
+        thr = c.get("threshold")
+        thr_s = (f"{c.get('op', '')} {thr}".strip() if not isinstance(thr, dict)
+                 else " ".join(f"{k}={v}" for k, v in thr.items()))
+        rows.append((c["name"], value, thr_s, "PASS" if c["passed"] else "FAIL", c.get("detail", "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]

@@ -1,0 +1,150 @@
+"""The register stage on a real sqlite MLflow store: gate, aliases, unchanged lineage, rollback, racing promotions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from dfd.platform.errors import DfdError
+from dfd.platform.layout import Layout
+from dfd.platform.tracking import Tracker
+from mlflow import MlflowClient
+from tasks import register
+from tests.helpers import tiny_params
+
+NAME = "deepfake-ensemble"
+
+
+@pytest.fixture
+def project(trained_project: Path, tmp_path: Path) -> Path:
+    """A copy of the trained project in its own clean git repository (so its lineage has a real commit)."""
+    root = tmp_path / "p"
+    shutil.copytree(trained_project, root)
+    (root / "README").write_text("tracked\n")  # only this is tracked: outputs written later leave the tree clean
+    for cmd in (["git", "init", "-q"], ["git", "add", "README"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    return root
+
+
+def _tracker(root: Path) -> Tracker:
+    return Tracker(f"sqlite:///{root / 'mlflow.db'}", "test", root / "mlruns")
+
+
+def _register(root: Path, **sections: dict) -> register.RegisterResult:
+    params = tiny_params(root, **sections)
+    return register.run(params, Layout.from_params(params, root), _tracker(root))
+
+
+def _alias(client: MlflowClient, alias: str, name: str = NAME) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except Exception:
+        return None
+
+
+def test_gate_aliases_unchanged_lineage_rollback_and_compare(project: Path, capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root = project
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+    first = _register(root)
+    assert first.registered and first.passed and first.promoted and first.version == "1" and first.previous is None
+    gate = json.loads((root / "artifacts" / "reports" / "gate.json").read_text())
+    assert gate["passed"] and gate["checks"][-1]["name"] == "champion" and gate["champion"] is None
+    assert {_alias(client, "production"), _alias(client, "candidate")} == {"1"}
+    tags = client.get_model_version(NAME, "1").tags
+    for key in ("git_commit", "dvc_data_hash", "params_hash", "mlflow_run_id"):
+        assert tags[key] and tags[key] != "unknown", key
+    assert not tags["git_commit"].endswith("-dirty")
+
+    # Same commit, data and params as production: nothing is registered.
+    same = _register(root)
+    assert not same.registered and same.version == "1" and "nothing changed since version 1" in same.message
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+
+    # A failing gate registers a candidate, leaves production where it was and tags the version rejected.
+    strict = _register(root, evaluate={"gate": {"min_auc": 1.01}})
+    assert strict.version == "2" and not strict.passed and not strict.promoted and strict.gate["failed"] == ["min_auc"]
+    assert _alias(client, "production") == "1" and _alias(client, "candidate") == "2"
+    v2 = client.get_model_version(NAME, "2").tags
+    assert v2["rejected"] == "true" and v2["rejected_checks"] == "min_auc" and v2["gate_passed"] == "false"
+
+    # A passing candidate is compared with the champion on the same crops, then promoted; v1 becomes previous.
+    third = _register(root, evaluate={"gate": {"champion": {"alpha": 0.01}}})
+    assert third.version == "3" and third.promoted and third.previous == "1"
+    champ = third.gate["champion"]
+    assert champ["version"] == "1" and champ["challenger"]["version"] == "3" and champ["n"] > 0
+    assert abs(champ["test"]["diff"]) < 1e-6  # the same ensemble scored two ways: evaluated and served
+    assert _alias(client, "production") == "3" and _alias(client, "previous") == "1"
+    v1 = client.get_model_version(NAME, "1").tags
+    assert "replaced by version 3" in v1["archived_reason"] and v1["archived_at"]
+
+    # Rollback (the CLI, as a user runs it in the project) restores the previous version and says who, when, why.
+    from dfd.cli import main
+
+    monkeypatch.chdir(root)  # the default params point at the project's mlflow.db
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("LOGNAME", "alice")
+    monkeypatch.setenv("USER", "alice")
+    assert main(["--params", "extra.yaml", "rollback", "--reason", "bad canary"]) == 0
+    assert "moved from version 3 to version 1" in capsys.readouterr().out
+    assert _alias(client, "production") == "1" and _alias(client, "previous") is None
+    v3 = client.get_model_version(NAME, "3").tags
+    assert v3["rolled_back_by"] == "alice" and v3["rollback_reason"] == "bad canary" and v3["rolled_back_to"] == "1"
+    assert client.get_model_version(NAME, "1").tags["restored_from"] == "3"
+    with pytest.raises(DfdError, match="no @previous"):
+        register.rollback(tiny_params(root).registry, _tracker(root))
+
+    # compare: both versions on the same test crops, with intervals and the AUC p-value.
+    assert main(["--params", "extra.yaml", "compare", "models:/deepfake-ensemble/1", third.run_id,
+                 "--bootstrap", "200", "--out", "ab.json"]) == 0
+    ab = json.loads((root / "ab.json").read_text())
+    assert ab["a"] == "models:/deepfake-ensemble/1" and ab["b"] == f"runs:/{third.run_id}/ensemble"
+    assert abs(ab["auc_test"]["diff"]) < 1e-6 and ab["auc_test"]["p_value"] > 0.5  # the same ensemble twice
+    assert {"auc", "ap", "eer", "log_loss", "brier", "ece"} <= set(ab["metrics"])
+    assert "p = " in capsys.readouterr().out
+
+
+def race_promotions(uri: str, name: str, artifact_root: Path | None) -> None:
+    """Three rounds of two threads (each with its own Tracker) promoting two new versions at the same moment."""
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model(name)
+    trackers = [Tracker(uri, "race", artifact_root) for _ in range(2)]
+    run = client.create_run(trackers[0].experiment_id)  # a server accepts only sources inside a run's artifacts
+    versions = [str(client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id).version)
+                for _ in range(7)]
+    trackers[0].promote(name, versions[0], "production", "previous", {})
+    for i in range(1, 7, 2):
+        a, b = versions[i], versions[i + 1]
+        barrier, errors = threading.Barrier(2), []
+
+        def go(tracker: Tracker, version: str, barrier: threading.Barrier, errors: list[Exception]) -> None:
+            barrier.wait()
+            try:
+                tracker.promote(name, version, "production", "previous", {"archived_reason": f"replaced by {version}"})
+            except Exception as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=go, args=(t, v, barrier, errors))
+                   for t, v in zip(trackers, (a, b), strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        prod, prev = _alias(client, "production", name), _alias(client, "previous", name)
+        # Serialised: one promotion saw the other's result, so previous is the loser, not the old production.
+        assert {prod, prev} == {a, b}
+        holders = [v for v in versions if "production" in client.get_model_version(name, v).aliases]
+        assert holders == [prod]
+
+
+def test_two_racing_promotions_leave_one_production(tmp_path: Path) -> None:
+    # The lock file beside the sqlite store serialises them (tests/unit/test_services.py races against a server).
+    race_promotions(f"sqlite:///{tmp_path / 'mlflow.db'}", NAME, tmp_path / "mlruns")
