@@ -246,6 +246,13 @@ def cmd_deploy_model(args: argparse.Namespace) -> int:
     from dfd.serving.registry_model import default_model_uri
 
     params = _params(args) if Path(args.params).is_file() else Params()
+    if args.verify:
+        from dfd.serving.deploy import check_deployment
+
+        manifest = check_deployment(args.to, params.storage)
+        print(f"{args.to}: {len(manifest['files'])} files match their checksums; health check passed "
+              f"(scores {manifest['health_check']['scores']})")
+        return 0
     manifest = deploy_model(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()),
                             args.to, params.storage)
     print(f"deployed {manifest['source']['uri']} (version {manifest['source']['version']}) to {args.to}: "
@@ -305,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "and health-check the copy")
     p.add_argument("--to", required=True, metavar="DIR|s3://bucket/prefix")
     p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>)")
+    p.add_argument("--verify", action="store_true", help="only check an existing deployment at --to")
     p.set_defaults(func=cmd_deploy_model)
     p = sub.add_parser("config", help="print the resolved params, or their JSON schema")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of params.yaml")
