@@ -11,6 +11,7 @@ A failed check leaves the target as it was and removes what was staged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -89,7 +90,8 @@ def health_check(folder: Path) -> list[float]:
     except DeployError:
         raise
     except Exception as exc:
-        raise DeployError(f"the model copied to {folder} does not load and score: {type(exc).__name__}: {exc}") from None
+        raise DeployError(f"the model copied to {folder} does not load and score: {type(exc).__name__}: {exc}"
+                          ) from None
     if scores.ndim != 1 or not np.isfinite(scores).all() or ((scores < 0) | (scores > 1)).any():
         raise DeployError(f"the model copied to {folder} scored its input example as {scores.tolist()}")
     return scores.round(6).tolist()
@@ -136,7 +138,10 @@ def _commit_s3(staging: str, target: str, manifest: dict[str, Any], cfg: Storage
     client = s3_client(cfg)
     sb, sp = parse_s3_uri(staging)
     tb, tp = parse_s3_uri(target)
-    key = (lambda p, f: f"{p}/{f}".lstrip("/"))
+
+    def key(prefix: str, rel: str) -> str:
+        return f"{prefix}/{rel}".lstrip("/")
+
     try:
         for rel in [*sorted(manifest["files"]), MANIFEST]:
             client.copy_object(Bucket=tb, Key=key(tp, rel), CopySource={"Bucket": sb, "Key": key(sp, rel)})
@@ -186,10 +191,8 @@ def deploy_model(uri: str, tracking_uri: str, to: str, storage: StorageParams) -
             result = check(back)
             _commit_s3(staging, to, manifest, storage)
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):  # the original error is what the user needs to see
                 _s3_delete_prefix(s3_client(storage), bucket, parse_s3_uri(staging)[1])
-            except Exception:  # the original error is what the user needs to see
-                pass
             raise
         return result
 

@@ -42,7 +42,8 @@ class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
         self.faces_cfg = json.loads(Path(faces).read_text())["params"] if faces else None
         self.scorer = MediaScorer(self.predictor, self.spec, self.faces_cfg) if self.faces_cfg else None
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):  # noqa: ANN001 (MLflow reads hints)
+    # No type hints on the input: MLflow would try to validate the input against them (crops or a DataFrame).
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
         if isinstance(model_input, pd.DataFrame) and ({"path", "content"} & set(model_input.columns)):
             return self.predict_media(model_input, (params or {}).get("aggregate"))
         crops = np.asarray(model_input)
