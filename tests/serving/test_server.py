@@ -99,6 +99,7 @@ def test_invocations_and_version(server, loaded, registered) -> None:
     assert info["tags"].get("git_commit") is not None or info["tags"]
 
 
+@pytest.mark.slow
 def test_hot_swap_after_alias_move(registered, tmp_path: Path, media: dict[str, Path]) -> None:
     """A second registered version moves the alias; the polling server swaps to it, and answers meanwhile."""
     from dfd.platform.layout import Layout
