@@ -264,6 +264,66 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_for(args: argparse.Namespace) -> tuple[Params, Any]:
+    """Params (defaults when there is no params file) and the model `--model` names, loaded."""
+    from dfd.platform.tracking import resolve_tracking_uri
+    from dfd.serving.registry_model import default_model_uri, load
+
+    params = _params(args) if Path(args.params).is_file() else Params()
+    uri = args.model or default_model_uri(params)
+    return params, load(uri, resolve_tracking_uri(params, Path.cwd()))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dfd.serving.predict import UsageError, run_predict
+
+    if args.aggregate is not None:
+        from dfd.evaluation.aggregate import list_aggregations
+
+        if args.aggregate not in list_aggregations():
+            raise UsageError(f"unknown aggregation '{args.aggregate}'", f"one of {', '.join(list_aggregations())}")
+    params, model = _model_for(args)
+    scorer = model.python_model.scorer
+    if scorer is None:
+        raise DfdError(f"model {model.uri} was registered without its faces params: it scores crops only",
+                       "register it again with this version of dfd")
+    scorer.limits = params.serve
+    label = f"{model.uri} (version {model.version})" if model.version else model.uri
+    return run_predict(scorer, args.paths, label, Path(args.out) if args.out else None, args.aggregate,
+                       Path(args.save_crops) if args.save_crops else None, progress=not args.no_progress)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dfd.platform.tracking import resolve_tracking_uri
+    from dfd.serving.registry_model import default_model_uri
+    from dfd.serving.server import serve
+
+    params = _params(args) if Path(args.params).is_file() else Params()
+    serve(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()), params.serve,
+          args.host, args.port)
+    return 0
+
+
+def cmd_deploy_model(args: argparse.Namespace) -> int:
+    from dfd.platform.tracking import resolve_tracking_uri
+    from dfd.serving.deploy import deploy_model
+    from dfd.serving.registry_model import default_model_uri
+
+    params = _params(args) if Path(args.params).is_file() else Params()
+    if args.verify:
+        from dfd.serving.deploy import check_deployment
+
+        manifest = check_deployment(args.to, params.storage)
+        print(f"{args.to}: {len(manifest['files'])} files match their checksums; health check passed "
+              f"(scores {manifest['health_check']['scores']})")
+        return 0
+    manifest = deploy_model(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()),
+                            args.to, params.storage)
+    print(f"deployed {manifest['source']['uri']} (version {manifest['source']['version']}) to {args.to}: "
+          f"{len(manifest['files'])} files, health check passed (scores {manifest['health_check']['scores']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfd", description="Train, evaluate and ship deepfake detectors.")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -317,6 +377,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-prefect-yaml", nargs="?", const="prefect.yaml", metavar="FILE",
                    help="write prefect.yaml (default path) from params instead of registering")
     p.set_defaults(func=cmd_deploy)
+    p = sub.add_parser("predict", help="score image and video files or folders with the registered ensemble")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (searched recursively)")
+    p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>) or folder")
+    p.add_argument("--out", metavar="FILE", help="write one row per file to FILE.csv or FILE.json")
+    p.add_argument("--aggregate", help="frames to video score: mean, median, confident (default: the model's)")
+    p.add_argument("--save-crops", metavar="DIR", help="write each face crop, its P(fake) in the file name")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("serve", help="serve the registered ensemble over HTTP (FastAPI)")
+    p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("deploy-model", help="copy the registered model to a folder or s3:// with checksums, "
+                                            "and health-check the copy")
+    p.add_argument("--to", required=True, metavar="DIR|s3://bucket/prefix")
+    p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>)")
+    p.add_argument("--verify", action="store_true", help="only check an existing deployment at --to")
+    p.set_defaults(func=cmd_deploy_model)
     p = sub.add_parser("config", help="print the resolved params, or their JSON schema")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of params.yaml")
     p.set_defaults(func=cmd_config)

@@ -181,6 +181,9 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
         if not ckpt.is_file():
             raise StageError(f"checkpoint of member '{m}' not found: {ckpt}", f"run `dfd stage train --model {m}`")
         artifacts[f"member_{m}"] = str(ckpt)
+    faces_report = faces_index.parent / "faces_report.json"  # its `params`: how the served model extracts faces
+    if faces_report.is_file():
+        artifacts["faces"] = str(faces_report)
     version = tracker.log_pyfunc_model(
         run_id, MODEL_CODE, artifacts, _input_example(faces_index), _requirements(),
         [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")], cfg.model_name,

@@ -111,3 +111,28 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
               "note": note}
     done.write_text(json.dumps({"fingerprint": fp, "frames": rows, "report": report}))
     return {"sample_id": sid, "frames": rows, "report": report, "skipped": False}
+
+
+def face_crops(frames: list[tuple[int, np.ndarray]], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The crops `extract_sample` would save for these frames, in memory (what the served model scores).
+
+    Same detector, downscaled detection, largest-face or tracked all-faces rule, margin and crop size; no files and
+    no landmarks (scoring does not use them).
+
+    Returns:
+        One `{"frame", "track", "crop" (RGB uint8 crop_size^2 x 3), "box", "score"}` per kept face, in frame order.
+    """
+    detector, _ = _models({**cfg, "landmarks": False})
+    tracker = IouTracker()
+    out = []
+    for idx, rgb in frames:
+        boxes = detect_downscaled(detector, rgb, cfg["detect_max_side"])
+        if not boxes:
+            continue
+        kept = (list(zip(tracker.update(boxes), boxes, strict=True)) if cfg["all_faces"]
+                else [(0, max(boxes, key=lambda b: b.area))])
+        for track, box in kept:
+            crop, _ = square_crop(rgb, box, cfg["margin"], cfg["crop_size"])
+            out.append({"frame": idx, "track": track, "crop": crop, "score": box.score,
+                        "box": [box.x0, box.y0, box.x1, box.y1]})
+    return out

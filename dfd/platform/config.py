@@ -288,6 +288,17 @@ class StorageParams(_Section):
     read_timeout_s: float = Field(30.0, gt=0)
 
 
+class ServeParams(_Section):
+    """Scoring media with the registered model: `dfd predict`, `dfd serve`, the pyfunc's media input."""
+
+    max_upload_bytes: int = Field(200_000_000, ge=1)  # larger uploads get 413 before they are decoded
+    max_video_frames: int = Field(54_000, ge=1)  # longer videos are refused (reason too_long): 30 min at 30 fps
+    max_video_seconds: float = Field(1800.0, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0)  # a request still scoring after this gets 504
+    max_concurrent: int = Field(2, ge=1)  # requests scored at once; more wait (one per core: scoring is CPU-bound)
+    poll_interval_s: float = Field(30.0, ge=0)  # how often the server asks the registry where the alias points; 0: off
+
+
 class Params(_Section):
     """The whole `params.yaml`."""
 
@@ -309,6 +320,7 @@ class Params(_Section):
     schedule: ScheduleParams = ScheduleParams()
     runner: RunnerParams = RunnerParams()
     storage: StorageParams = StorageParams()
+    serve: ServeParams = ServeParams()
     artifacts: str = "artifacts"  # models/, ensemble/, reports/ are written under it
 
     def digest(self) -> str:

@@ -1,7 +1,14 @@
 """The served ensemble: an MLflow pyfunc model over the member checkpoints and the fitted weights.
 
-Input: RGB uint8 face crops, shape (N, H, W, 3), as the faces stage writes them (any square size: each member
-resizes and normalises with its own registered config). Output: P(fake), float32 (N,).
+Input, either:
+- RGB uint8 face crops, shape (N, H, W, 3), as the faces stage writes them (any square size: each member resizes and
+  normalises with its own registered config). Output: P(fake), float32 (N,).
+- Media: a pandas DataFrame with a `path` column (image or video files) or a `content` column (their bytes, with an
+  optional `name` column for the file type). Faces are extracted as the faces stage did (its params travel with the
+  model as the `faces` artifact), scored, and aggregated per file. Output: a DataFrame with one row per input
+  (`dfd.serving.media_scoring.RESULT_COLUMNS`: path, p_fake, label, frames, faces, reason, detail).
+  The logged signature declares the crops tensor, so MLflow's schema check refuses a DataFrame in
+  `PyFuncModel.predict`: media go through `unwrap_python_model().predict(None, df)` (what `dfd predict` does).
 
 Logged as "models from code": MLflow stores this file and runs it at load time (the `set_model` call below), so the
 served model is source anyone can read, not a cloudpickled object tied to one Python and library version.
@@ -16,24 +23,48 @@ from typing import Any
 import mlflow.models
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 
 class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
-    """Weighted average of the member detectors' probabilities."""
+    """Weighted average of the member detectors' probabilities, on crops or on media files."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from dfd.serving.ensemble import EnsemblePredictor
+        from dfd.serving.media_scoring import MediaScorer
 
-        spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
-        checkpoints = {m: Path(context.artifacts[f"member_{m}"]) for m in spec["members"]}
-        self.threshold = float(spec.get("val_eer_threshold", 0.5))
-        self.predictor = EnsemblePredictor.from_spec(spec, checkpoints)
+        self.spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
+        checkpoints = {m: Path(context.artifacts[f"member_{m}"]) for m in self.spec["members"]}
+        self.threshold = float(self.spec.get("threshold", self.spec.get("val_eer_threshold", 0.5)))
+        self.predictor = EnsemblePredictor.from_spec(self.spec, checkpoints)
+        faces = context.artifacts.get("faces")
+        # The faces params the training crops were made with; a model registered without them scores crops only.
+        self.faces_cfg = json.loads(Path(faces).read_text())["params"] if faces else None
+        self.scorer = MediaScorer(self.predictor, self.spec, self.faces_cfg) if self.faces_cfg else None
 
-    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+    # No type hints on the input: MLflow would try to validate the input against them (crops or a DataFrame).
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        if isinstance(model_input, pd.DataFrame) and ({"path", "content"} & set(model_input.columns)):
+            return self.predict_media(model_input, (params or {}).get("aggregate"))
         crops = np.asarray(model_input)
         if crops.ndim != 4 or crops.shape[-1] != 3:
             raise ValueError(f"expected RGB crops of shape (N, H, W, 3), got {crops.shape}")
         return self.predictor(crops.astype(np.uint8)).astype(np.float32)
+
+    def predict_media(self, frame: pd.DataFrame, aggregate: str | None = None) -> pd.DataFrame:
+        """One result row per input row: files by `path`, or bytes by `content` (named by `name` when given)."""
+        from dfd.serving.media_scoring import RESULT_COLUMNS
+
+        if self.scorer is None:
+            raise ValueError("this model version was registered without its faces params: it scores crops only")
+        rows = []
+        for i, rec in enumerate(frame.to_dict("records")):
+            if "path" in rec and rec["path"] is not None:
+                res = self.scorer.score_path(Path(rec["path"]), aggregate)
+            else:
+                res = self.scorer.score_bytes(bytes(rec["content"]), str(rec.get("name") or f"row{i}"), aggregate)
+            rows.append(res.row())
+        return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
 # Models from code: MLflow executes this file when loading the model and serves what is set here.

@@ -1,0 +1,111 @@
+"""`dfd predict` speed against a plain loop, side by side in one process, on the FF++ clips.
+
+Plain loop: for each video, seek to each sampled frame (`CAP_PROP_POS_FRAMES`), detect at full resolution, crop,
+and call the ensemble on one crop at a time (each member gets a batch of one). Ours: what `dfd predict` runs
+(`dfd.serving.predict.score_files`): one forward pass with grab/skip, detection on a downscaled copy, every crop of
+a video scored in one batch per member, the next videos decoded in background threads. Both sample the same frames,
+use the same detector, crop and ensemble, and aggregate with the mean.
+
+The ensemble is the default params' four members at their real input sizes (MesoNet 256, Xception 299,
+EfficientNet-B4 224, F3Net 299), randomly initialised: the speed does not depend on the weights.
+
+    python benchmarks/predict.py [--data ../shared/data/ffpp_c23_sample] [--frames 32] [--videos 7]
+
+Prints videos per second of both and the ratio, and the largest score difference between the two (the same frames
+and crops give the same scores up to the resize of the detection boxes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from dfd.data.face_detect import create_detector, square_crop
+from dfd.data.media import sample_indices
+from dfd.platform.config import Params
+from dfd.serving.ensemble import EnsemblePredictor
+from dfd.serving.media_scoring import MediaScorer
+from dfd.serving.predict import score_files
+from models.registry import create_model, model_config
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def random_ensemble(params: Params, work: Path) -> tuple[EnsemblePredictor, dict]:
+    """The default members at their real sizes, randomly initialised, equally weighted."""
+    checkpoints = {}
+    for name, spec in params.models.items():
+        arch = spec.arch or name
+        size = model_config(arch, spec.input_size).input_size
+        kwargs = {"input_size": size, **spec.kwargs}
+        model = create_model(arch, **kwargs)
+        path = work / f"{name}.pt"
+        torch.save({"arch": arch, "model_kwargs": kwargs, "model_config": model_config(arch, size).to_dict(),
+                    "state_dict": model.state_dict()}, path)
+        checkpoints[name] = path
+    spec = {"members": list(checkpoints), "weights": {m: 1.0 for m in checkpoints}, "val_eer_threshold": 0.5,
+            "aggregation": {"method": "mean"}}
+    return EnsemblePredictor.from_spec(spec, checkpoints), spec
+
+
+def plain_loop(predictor: EnsemblePredictor, videos: list[Path], cfg: dict) -> list[float | None]:
+    detector = create_detector(cfg["detector"], cfg["upsample"])
+    out: list[float | None] = []
+    for video in videos:
+        cap = cv2.VideoCapture(str(video))
+        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+        scores = []
+        for idx in sample_indices(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cfg["frames_per_video"]):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
+            ok, bgr = cap.read()
+            if not ok:
+                continue
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            boxes = detector(rgb)
+            if boxes:
+                crop, _ = square_crop(rgb, max(boxes, key=lambda b: b.area), cfg["margin"], cfg["crop_size"])
+                scores.append(float(predictor(crop[None])[0]))
+        cap.release()
+        out.append(float(np.mean(scores)) if scores else None)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=PROJECT.parent / "shared" / "data" / "ffpp_c23_sample")
+    ap.add_argument("--frames", type=int, default=32, help="frames sampled per video (faces.frames_per_video)")
+    ap.add_argument("--videos", type=int, default=7)
+    args = ap.parse_args()
+    videos = sorted(args.data.rglob("*.mp4"))[: args.videos]
+    if not videos:
+        raise SystemExit(f"no .mp4 under {args.data}")
+    params = Params.model_validate({"faces": {"frames_per_video": args.frames}})
+    cfg = params.faces.model_dump()
+    with tempfile.TemporaryDirectory() as tmp:
+        predictor, spec = random_ensemble(params, Path(tmp))
+    scorer = MediaScorer(predictor, spec, cfg)
+    print(f"{len(videos)} videos, {args.frames} frames each, members {spec['members']}, "
+          f"torch threads {torch.get_num_threads()}, device cpu")
+    scorer.score_path(videos[0])  # warm-up: first calls allocate and load the detector
+    # Wall time, and this process's CPU time (what a shared, busy machine distorts least).
+    t0, c0 = time.perf_counter(), time.process_time()
+    ours = [r.p_fake for r in score_files(scorer, videos, progress=False)]
+    t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    base = plain_loop(predictor, videos, cfg)
+    t_base, c_base = time.perf_counter() - t0, time.process_time() - c0
+    diffs = [abs(a - b) for a, b in zip(ours, base, strict=True) if a is not None and b is not None]
+    print(f"plain loop   {len(videos) / t_base:7.3f} videos/s  ({t_base:6.1f} s wall, {c_base:6.1f} s CPU)")
+    print(f"dfd predict  {len(videos) / t_ours:7.3f} videos/s  ({t_ours:6.1f} s wall, {c_ours:6.1f} s CPU)")
+    print(f"ratio        {t_base / t_ours:7.2f}x wall, {c_base / c_ours:.2f}x CPU")
+    print(f"max |score difference| {max(diffs) if diffs else float('nan'):.4f} over {len(diffs)} videos")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Serving speed: `dfd serve` against `mlflow models serve`, the same model, on loopback, side by side.
+
+The model: the default params' four members at their real input sizes (randomly initialised: speed does not depend
+on the weights), logged and registered in a temporary sqlite store exactly as the register stage logs the ensemble.
+Both servers run as real processes with one worker. Requests: the same image, with 1 and then 8 concurrent clients.
+`dfd serve` gets the image itself (POST /predict, multipart: decode, detect, crop, score); `mlflow models serve`
+can only take crops, so its client sends the face crop of that image as MLflow scoring JSON (POST /invocations):
+the baseline does less work per request (no decode, no detection) but moves a 320x320x3 JSON tensor.
+
+    python benchmarks/serving.py [--image FILE] [--requests 24]
+
+Prints requests/s, p50/p95 latency for each server and concurrency, each server's peak resident memory (the
+process tree's VmHWM), and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+
+from dfd.data.face_extract import face_crops
+from dfd.data.media import read_rgb, sample_video_frames
+from dfd.platform.config import Params
+from dfd.platform.tracking import Tracker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict import random_ensemble  # the same random full-size members
+
+PROJECT = Path(__file__).resolve().parent.parent
+MODEL_CODE = PROJECT / "dfd" / "serving" / "pyfunc_model.py"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_image(path: Path | None, work: Path) -> Path:
+    """The image to upload: the one given, else the first FF++ clip's first frame, else a demo face."""
+    if path:
+        return path
+    clips = sorted((PROJECT.parent / "shared" / "data" / "ffpp_c23_sample").rglob("*.mp4"))
+    out = work / "face.jpg"
+    if clips:
+        frames, _ = sample_video_frames(clips[0], 1)
+        rgb = frames[0][1]
+        cv2.imwrite(str(out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        return out
+    from dfd.data.demo_data import Pose, draw_face, make_identity
+
+    img = draw_face(make_identity(np.random.default_rng(0), "a"), Pose(), 256, 0)
+    cv2.imwrite(str(out), img)
+    return out
+
+
+def register_random(work: Path, crop: np.ndarray, faces_cfg: dict) -> tuple[str, str]:
+    """Log and register the random ensemble as the register stage does; returns (tracking URI, model URI)."""
+    from tasks.register import _requirements
+
+    params = Params()
+    predictor_dir = work / "ckpt"
+    predictor_dir.mkdir()
+    _, spec = random_ensemble(params, predictor_dir)
+    (work / "ensemble.json").write_text(json.dumps(spec))
+    (work / "faces_report.json").write_text(json.dumps({"params": faces_cfg}))
+    artifacts = {"ensemble": str(work / "ensemble.json"), "faces": str(work / "faces_report.json"),
+                 **{f"member_{m}": str(predictor_dir / f"{m}.pt") for m in spec["members"]}}
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    tracker = Tracker(uri, "bench", work / "mlruns")
+    with tracker.run("bench") as rid:
+        version = tracker.log_pyfunc_model(
+            rid, MODEL_CODE, artifacts, crop[None], _requirements(), [str(PROJECT / "models"), str(PROJECT / "dfd")],
+            "bench-ensemble", ((np.dtype(np.uint8), (-1, -1, -1, 3)), (np.dtype(np.float32), (-1,))))
+    tracker.set_alias("bench-ensemble", "production", version)
+    return uri, "models:/bench-ensemble@production"
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a process and its children (MLflow execs uvicorn under its own process)."""
+    total = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def start(cmd: list[str], env: dict, url: str, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[0]} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"{cmd} did not start")
+
+
+def load(send, n: int, clients: int) -> tuple[float, float, float]:
+    """(requests/s, p50 s, p95 s) for n requests from `clients` threads."""
+    lat = []
+
+    def one(_: int) -> None:
+        t = time.perf_counter()
+        r = send()
+        r.raise_for_status()
+        lat.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(n)))
+    wall = time.perf_counter() - t0
+    return n / wall, float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image", type=Path)
+    ap.add_argument("--requests", type=int, default=24)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="dfd-bench-serve-"))
+    try:
+        image = bench_image(args.image, work)
+        faces_cfg = Params().faces.model_dump()
+        found = face_crops([(0, read_rgb(image))], faces_cfg)
+        if not found:
+            raise SystemExit(f"no face in {image}")
+        crop = found[0]["crop"]
+        tracking, model = register_random(work, crop, faces_cfg)
+        bindir = Path(sys.executable).parent
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(PROJECT),
+               "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        data = image.read_bytes()
+        body = json.dumps({"inputs": crop[None].tolist()})
+        results = {}
+        for name in ("dfd serve", "mlflow models serve"):
+            port = _port()
+            url = f"http://127.0.0.1:{port}"
+            if name == "dfd serve":
+                cmd = [str(bindir / "dfd"), "serve", "--model", model, "--port", str(port)]
+                proc = start(cmd, env, f"{url}/health", work / "dfd.log")
+                client = httpx.Client(timeout=300)
+
+                def send(c=client, u=url):
+                    return c.post(f"{u}/predict", files={"file": (image.name, data)})
+            else:
+                cmd = [str(bindir / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
+                       "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+                proc = start(cmd, env, f"{url}/ping", work / "mlflow.log")
+                client = httpx.Client(timeout=300)
+
+                def send(c=client, u=url):
+                    return c.post(f"{u}/invocations", content=body, headers={"Content-Type": "application/json"})
+            try:
+                send()  # warm-up
+                for clients in (1, 8):
+                    results[(name, clients)] = load(send, args.requests, clients)
+                results[(name, "mem")] = peak_rss_mb(proc.pid)
+            finally:
+                client.close()
+                proc.terminate()
+                proc.wait(30)
+        print(f"image {image.name} ({len(data)} bytes), {args.requests} requests per run, one server worker")
+        for clients in (1, 8):
+            for name in ("dfd serve", "mlflow models serve"):
+                rps, p50, p95 = results[(name, clients)]
+                print(f"{name:<20} {clients} client(s): {rps:6.2f} req/s  p50 {p50 * 1000:7.0f} ms  "
+                      f"p95 {p95 * 1000:7.0f} ms")
+            print(f"{'ratio (ours/mlflow)':<20} {clients} client(s): "
+                  f"{results[('dfd serve', clients)][0] / results[('mlflow models serve', clients)][0]:.2f}x req/s")
+        for name in ("dfd serve", "mlflow models serve"):
+            print(f"{name:<20} peak memory {results[(name, 'mem')]:7.0f} MiB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

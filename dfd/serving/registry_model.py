@@ -1,0 +1,92 @@
+"""Loading the registered ensemble by URI, with what it is: name, version, alias and lineage tags.
+
+`models:/name@alias` and `models:/name/version` resolve against the tracking store the pipeline uses
+(`MLFLOW_TRACKING_URI`, else `mlflow.tracking_uri` in params, a relative sqlite path made absolute);
+a local folder holding an `MLmodel` (what `dfd deploy-model` writes) loads without a registry.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfd.platform.config import Params
+from dfd.platform.errors import DfdError
+
+# Registering downloads artifacts back once per file, each with a progress bar: noise in a CLI.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+class ModelNotFoundError(DfdError):
+    """The model URI does not resolve to a loadable model."""
+
+
+@dataclass
+class LoadedModel:
+    """A loaded registered model: the pyfunc, its Python model (crops and media), and its identity."""
+
+    uri: str
+    pyfunc: Any
+    python_model: Any  # DeepfakeEnsembleModel: `.predictor`, `.scorer`, `.spec`
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        return {"uri": self.uri, "name": self.name, "version": self.version, "alias": self.alias, "tags": self.tags}
+
+
+def default_model_uri(params: Params) -> str:
+    return f"models:/{params.registry.model_name}@{params.registry.alias}"
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def resolve_version(uri: str, tracking_uri: str) -> tuple[str, str, str | None, dict[str, str]]:
+    """(name, version, alias, version tags) that a `models:/` URI points at now.
+
+    Raises:
+        ModelNotFoundError: Unknown model, version or alias, or an unreachable store.
+    """
+    m = _MODELS_URI.match(uri)
+    if not m:
+        raise ModelNotFoundError(f"not a registry model URI: {uri!r}", "write models:/NAME@ALIAS or models:/NAME/N")
+    name, alias, version = m["name"], m["alias"], m["version"]
+    try:
+        client = _client(tracking_uri)
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except Exception as exc:  # MLflow raises RestException, MlflowException, OperationalError ...
+        raise ModelNotFoundError(f"model {uri} not found in {tracking_uri} ({type(exc).__name__})",
+                                 "run the pipeline (`dfd run`) or pass --model") from None
+    return name, str(mv.version), alias, dict(mv.tags)
+
+
+def load(uri: str, tracking_uri: str) -> LoadedModel:
+    """Load a model by registry URI (pinned to the version the alias points at now) or local folder."""
+    import mlflow.pyfunc
+
+    name = version = alias = None
+    tags: dict[str, str] = {}
+    target = uri
+    if uri.startswith("models:/"):
+        name, version, alias, tags = resolve_version(uri, tracking_uri)
+        target = f"models:/{name}/{version}"  # the version resolved once: the swap is decided by the poller only
+        import mlflow
+
+        # pyfunc.load_model reads the registry (and the run's artifacts) through the process-wide URIs.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    elif not (Path(uri) / "MLmodel").is_file():
+        raise ModelNotFoundError(f"no MLflow model at {uri}", "pass models:/NAME@ALIAS or a folder with an MLmodel")
+    model = mlflow.pyfunc.load_model(target)
+    return LoadedModel(uri, model, model.unwrap_python_model(), name, version, alias, tags)

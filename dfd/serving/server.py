@@ -1,0 +1,177 @@
+"""`dfd serve`: the registered ensemble over HTTP (FastAPI + uvicorn).
+
+- `POST /predict`: multipart upload (`file`) of one image or video -> P(fake), label, frames, faces, reason.
+- `POST /invocations`: MLflow's scoring protocol for face crops (`{"inputs": [[[[r, g, b], ...]]]}` or `instances`).
+- `GET /health`, `GET /version` (model name, version, alias, lineage tags).
+
+Bad input gets a 4xx JSON error `{"error", "reason", "detail"}` and the server keeps serving; a file without a face
+is a 200 with reason `no_face`. The model is swapped without a restart when the alias moves (see `ModelHolder`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, UploadFile
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from dfd.platform.config import ServeParams
+from dfd.serving.registry_model import LoadedModel, load, resolve_version
+
+log = logging.getLogger(__name__)
+
+# A result's reason -> HTTP status: the client's file is at fault (4xx); no face is an answer, not an error.
+STATUS = {"unsupported": 415, "empty": 400, "unreadable": 422, "truncated": 422, "too_long": 413}
+
+
+class ModelHolder:
+    """The model being served, and a poller that swaps in the version the alias points at.
+
+    A request takes `holder.current` once and scores with it to the end, so a swap (one reference assignment, atomic
+    under the GIL) never changes the model under a running request; the old model is freed when the last such
+    request returns.
+
+    Args:
+        uri: What to serve (`models:/name@alias` is polled; a version or a folder is fixed).
+        tracking_uri: The registry.
+        loader: Loads a URI (injectable for tests of the swap logic; the server uses `registry_model.load`).
+    """
+
+    def __init__(self, uri: str, tracking_uri: str, loader: Callable[[str, str], LoadedModel] = load) -> None:
+        self.uri, self.tracking_uri, self.loader = uri, tracking_uri, loader
+        self.current = loader(uri, tracking_uri)
+        self.swaps = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check_once(self) -> bool:
+        """Load and swap in the alias's version when it moved; True when a swap happened."""
+        if self.current.alias is None:
+            return False
+        try:
+            _, version, _, _ = resolve_version(self.uri, self.tracking_uri)
+            if version == self.current.version:
+                return False
+            fresh = self.loader(self.uri, self.tracking_uri)  # loaded beside the old one, which keeps serving
+        except Exception as exc:  # keep serving the old model; say why on /health
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("model refresh failed, still serving version %s: %s", self.current.version, self.last_error)
+            return False
+        log.info("alias moved: swapping version %s for %s", self.current.version, fresh.version)
+        self.current, self.last_error = fresh, None
+        self.swaps += 1
+        return True
+
+    def start(self, interval_s: float) -> None:
+        if interval_s <= 0 or self.current.alias is None:
+            return
+
+        def poll() -> None:
+            while not self._stop.wait(interval_s):
+                self.check_once()
+
+        self._thread = threading.Thread(target=poll, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _error(status: int, error: str, reason: str, detail: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "reason": reason, "detail": detail}, status_code=status)
+
+
+async def _read_limited(upload: UploadFile, limit: int) -> bytes | None:
+    """The upload's bytes, or None as soon as it exceeds `limit` (never more than limit + 1 MiB in memory)."""
+    chunks, size = [], 0
+    while chunk := await upload.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
+    """The HTTP app over `holder`'s current model."""
+    app = FastAPI(title="dfd deepfake detector", version="1")
+    slots = asyncio.Semaphore(cfg.max_concurrent)
+
+    async def scored(fn: Callable[[], Any]) -> Any:
+        """Run CPU-bound scoring in a worker thread, at most `max_concurrent` at once, within the timeout."""
+        async with slots:
+            return await asyncio.wait_for(run_in_threadpool(fn), cfg.request_timeout_s)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        m = holder.current
+        return {"status": "ok", "model": m.name, "version": m.version, "refresh_error": holder.last_error}
+
+    @app.get("/version")
+    async def version() -> dict[str, Any]:
+        return {**holder.current.info(), "swaps": holder.swaps}
+
+    @app.post("/predict")
+    async def predict(request: Request, file: UploadFile | None = None, aggregate: str | None = None) -> Any:
+        if file is None:
+            return _error(400, "no file uploaded", "empty", "send multipart/form-data with a `file` field")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cfg.max_upload_bytes + 65536:
+            return _error(413, "upload too large", "too_large", f"limit {cfg.max_upload_bytes} bytes")
+        data = await _read_limited(file, cfg.max_upload_bytes)
+        if data is None:
+            return _error(413, "upload too large", "too_large", f"limit {cfg.max_upload_bytes} bytes")
+        if aggregate is not None and aggregate not in ("mean", "median", "confident"):
+            return _error(400, f"unknown aggregation '{aggregate}'", "bad_request", "mean, median or confident")
+        model = holder.current  # this request's model, whatever the poller swaps in meanwhile
+        scorer = model.python_model.scorer
+        if scorer is None:
+            return _error(409, "the served model has no faces params: it scores crops only", "crops_only")
+        try:
+            res = await scored(lambda: scorer.score_bytes(data, file.filename or "upload", aggregate))
+        except TimeoutError:
+            return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
+        body = {**res.row(), "threshold": scorer.threshold, "model_version": model.version}
+        if res.reason in STATUS:
+            return JSONResponse({**body, "error": res.detail or res.reason}, status_code=STATUS[res.reason])
+        return body
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Any:
+        try:
+            payload = await request.json()
+            rows = payload.get("inputs", payload.get("instances")) if isinstance(payload, dict) else None
+            crops = np.asarray(rows, dtype=np.uint8) if rows is not None else None
+        except (ValueError, TypeError) as exc:
+            return _error(400, "body is not MLflow scoring JSON with crops", "bad_request", str(exc)[:200])
+        if crops is None or crops.ndim != 4 or crops.shape[-1] != 3:
+            shape = None if crops is None else list(crops.shape)
+            return _error(400, "expected {\"inputs\": RGB uint8 crops (N, H, W, 3)}", "bad_request", f"got {shape}")
+        model = holder.current
+        try:
+            scores = await scored(lambda: model.pyfunc.predict(crops))
+        except TimeoutError:
+            return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
+        return {"predictions": np.asarray(scores, dtype=float).tolist()}
+
+    return app
+
+
+def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Load the model, start the alias poller, and serve until interrupted."""
+    import uvicorn
+
+    holder = ModelHolder(uri, tracking_uri)
+    holder.start(cfg.poll_interval_s)
+    log.info("serving %s (version %s) on http://%s:%d", uri, holder.current.version, host, port)
+    try:
+        uvicorn.run(create_app(holder, cfg), host=host, port=port, log_level="info")
+    finally:
+        holder.stop()

@@ -1,0 +1,100 @@
+"""Scoring media with the registered ensemble: the pyfunc's media input, `dfd predict`, and the aggregation rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dfd.cli import main
+from dfd.platform.config import AggregationParams
+
+
+def test_pyfunc_scores_media_paths_and_bytes(loaded, media: dict[str, Path]) -> None:
+    model = loaded.python_model
+    paths = [media["face"], media["real"], media["noface"], media["notes"], media["truncated"]]
+    out = model.predict(None, pd.DataFrame({"path": [str(p) for p in paths]}))
+    by = out.set_index("path")
+    face, clip = by.loc[str(media["face"])], by.loc[str(media["real"])]
+    assert 0.0 <= face["p_fake"] <= 1.0 and face["frames"] == 1 and face["faces"] == 1 and face["reason"] is None
+    assert face["label"] == ("fake" if face["p_fake"] >= model.threshold else "real")
+    assert clip["frames"] == loaded.python_model.faces_cfg["frames_per_video"] and clip["faces"] >= 1
+    assert by.loc[str(media["noface"]), "reason"] == "no_face" and pd.isna(by.loc[str(media["noface"]), "p_fake"])
+    assert by.loc[str(media["notes"]), "reason"] == "unsupported"
+    assert by.loc[str(media["truncated"]), "reason"] in ("truncated", "unreadable")
+    # The same files as bytes get the same scores as by path.
+    as_bytes = model.predict(None, pd.DataFrame({"content": [media["face"].read_bytes(), media["real"].read_bytes()],
+                                                 "name": ["face.png", "real.mp4"]}))
+    assert as_bytes["p_fake"].tolist() == pytest.approx([face["p_fake"], clip["p_fake"]], abs=1e-6)
+
+
+def test_media_score_is_the_crops_score(loaded, media: dict[str, Path]) -> None:
+    """An image's score equals the registered pyfunc's (schema-checked) crops prediction on its extracted face."""
+    from dfd.data.face_extract import face_crops
+    from dfd.data.media import read_rgb
+
+    model = loaded.python_model
+    crop = face_crops([(0, read_rgb(media["face"]))], model.faces_cfg)[0]["crop"]
+    via_crops = float(loaded.pyfunc.predict(crop[None])[0])
+    via_media = model.scorer.score_path(media["face"]).p_fake
+    assert via_media == pytest.approx(via_crops, abs=1e-6)
+
+
+def test_confident_rule_changes_video_score(loaded, media: dict[str, Path]) -> None:
+    scorer = loaded.python_model.scorer
+    mean = scorer.score_path(media["fake"], "mean")
+    frames = np.array([c["p_fake"] for c in mean.crops])
+    assert mean.p_fake == pytest.approx(frames.mean())
+    # With thresholds that make every frame "confidently fake", confident averages only those above the threshold.
+    cut = float(np.median(frames))
+    scorer_cfg = scorer.aggregation
+    try:
+        scorer.aggregation = AggregationParams(method="mean", fake_threshold=max(min(cut, 0.99), 0.01),
+                                               fake_share_divisor=1e9, min_fake_frames=0)
+        conf = scorer.score_path(media["fake"], "confident")
+    finally:
+        scorer.aggregation = scorer_cfg
+    high = frames[frames > max(min(cut, 0.99), 0.01)]
+    expected = high.mean() if len(high) else frames.mean()
+    assert conf.p_fake == pytest.approx(expected)
+    if len(high) and len(high) < len(frames):
+        assert conf.p_fake > mean.p_fake
+
+
+def test_cli_predict_matches_registry_model(loaded, registered, media: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.chdir(registered.root)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for name in ("face", "real", "fake"):
+        (tmp_path / "in" / "sub" / media[name].name).write_bytes(media[name].read_bytes())
+    out = tmp_path / "out.json"
+    code = main(["--params", str(registered.root / "extra.yaml"), "predict", str(tmp_path / "in"),
+                 "--model", registered.uri, "--out", str(out), "--save-crops", str(tmp_path / "crops"),
+                 "--no-progress"])
+    assert code == 0
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"face.png", "real.mp4", "fake.mp4"}
+    ref = loaded.python_model.predict(None, pd.DataFrame({"path": [str(media[n]) for n in ("face", "real", "fake")]}))
+    for name, p in zip(("face.png", "real.mp4", "fake.mp4"), ref["p_fake"], strict=True):
+        assert rows[name]["p_fake"] == pytest.approx(p, abs=1e-6)
+    crops = sorted((tmp_path / "crops").rglob("*.png"))
+    assert crops and all("_p" in c.name for c in crops)
+    assert "3 files: 3 scored" in capsys.readouterr().out
+    # A file that cannot be scored: exit 1, listed with its reason.
+    code = main(["--params", str(registered.root / "extra.yaml"), "predict", str(media["noface"]),
+                 str(media["face"]), "--model", registered.uri, "--out", str(tmp_path / "o.csv"), "--no-progress"])
+    table = pd.read_csv(tmp_path / "o.csv")
+    assert code == 1 and table.set_index("path").loc[str(media["noface"]), "reason"] == "no_face"
+    assert "no_face" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "missing.mp4"), "--model", registered.uri]) == 2
+
+
+def test_ffpp_sample_scores(loaded, ffpp_sample: Path, tmp_path: Path) -> None:
+    videos = sorted(ffpp_sample.rglob("*.mp4"))[:2]
+    out = loaded.python_model.predict(None, pd.DataFrame({"path": [str(v) for v in videos]}))
+    assert len(out) == len(videos)
+    scored = out[out["reason"].isna()]
+    assert len(scored) >= 1 and scored["p_fake"].between(0, 1).all() and (scored["faces"] > 0).all()
