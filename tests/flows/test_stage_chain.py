@@ -64,15 +64,18 @@ def test_ensemble_search_prefers_the_informative_model(tmp_path: Path) -> None:
 def test_reports_and_gate(chained: tuple[Path, Layout], tmp_path: Path) -> None:
     root, layout = chained
     reports = layout.reports_dir
-    for name in ("metrics.json", "gate.json", "robustness.json", "drift_report.html", "plots/roc_test.png",
-                 "plots/scores_test.png"):
+    for name in ("metrics.json", "gate.json", "robustness.json", "drift_report.html", "quality_report.html",
+                 "cross_dataset.json", "plots/roc_test.png", "plots/scores_test.png", "plots/robustness.png",
+                 "plots/cross_dataset.png"):
         assert (reports / name).is_file(), name
     metrics = json.loads((reports / "metrics.json").read_text())
     for key in ("auc", "ap", "eer", "accuracy", "log_loss", "video_auc", "video_eer"):
         assert key in metrics["ensemble"]
     assert json.loads((reports / "gate.json").read_text())["passed"] is True  # tiny params gate at 0
     robust = json.loads((reports / "robustness.json").read_text())
-    assert "jpeg_50" in robust["perturbed"]
+    assert set(robust["perturbed"]) == {"jpeg", "gauss_blur"} and set(robust["perturbed"]["jpeg"]) == {"70", "30"}
+    assert set(robust["adversarial"]) == {"fgsm", "pgd"} and "auc_drop" in robust["adversarial"]["fgsm"]["4"]
+    assert 0 <= metrics["drift"]["drifted_share"] <= 1
     import shutil
 
     copy = tmp_path / "copy"  # the trained project is shared by the session: change a copy
