@@ -21,11 +21,12 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _loss_grad(forward: Scorer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    x = x.detach().requires_grad_(True)
-    prob = forward(x).clamp(1e-6, 1 - 1e-6)
-    # Sum, not mean: the per-image gradients are independent, and the mean would shrink them by the batch size.
-    loss = F.binary_cross_entropy(prob, y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
+    with torch.enable_grad():  # also under a caller's no_grad()
+        x = x.detach().requires_grad_(True)
+        prob = forward(x).clamp(1e-6, 1 - 1e-6)
+        # Sum, not mean: per-image gradients are independent, and the mean would shrink them by the batch size.
+        loss = F.binary_cross_entropy(prob, y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
     return grad
 
 
