@@ -195,7 +195,9 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     rows = {name: dataset_row(frames, threshold, "test split" if name == train_name else "cross-dataset")
             for name, (frames, _) in sets.items()}
     table = cross_dataset_table(rows)
-    write_json(out_dir / "cross_dataset.json", {"threshold": threshold, "datasets": rows})
+    # Rows as a list: the training set's test split first, then `evaluate.datasets` in their order.
+    write_json(out_dir / "cross_dataset.json", {"threshold": threshold, "columns": list(table.columns),
+                                                "rows": [{"dataset": n, **r} for n, r in rows.items()]})
     table_plot(table, plots / "cross_dataset.png")
 
     drift_summary: dict[str, Any] = {}

@@ -72,7 +72,7 @@ def test_attacks_stay_inside_the_budget_and_the_image_range(members: tuple) -> N
 
 
 def test_penultimate_embeddings_have_the_head_width(members: tuple) -> None:
-    spec, checkpoints, crops, _ = members
+    _, checkpoints, crops, _ = members
     emb = penultimate_embedder(checkpoints["mesonet"])(crops[:5])
     assert emb.shape == (5, 16) and np.isfinite(emb).all()  # MesoNet's 16-unit hidden layer
     assert np.abs(emb[0] - emb[1:]).max() > 0  # features of different crops differ

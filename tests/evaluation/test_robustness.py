@@ -38,7 +38,8 @@ def test_every_level_changes_the_crop_and_harsher_levels_change_it_more(name: st
         diff = np.abs(out.astype(float) - crops).mean()
         assert diff > 0, f"{name} at {level} left the crops unchanged"
         change.append(diff)
-    assert change == sorted(change) and len(set(change)) == len(change), f"{name}: {dict(zip(levels, change))}"
+    shown = dict(zip(levels, change, strict=True))
+    assert change == sorted(change) and len(set(change)) == len(change), f"{name}: {shown}"
 
 
 def test_a_failed_jpeg_encode_raises(monkeypatch: pytest.MonkeyPatch) -> None:
