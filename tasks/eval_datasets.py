@@ -41,4 +41,5 @@ def prepare_all(params: Params, layout: Layout) -> dict[str, Path]:
         if ds.name == params.data.name:
             raise ConfigError(f"evaluate.datasets: '{ds.name}' is the training dataset's name (data.name)",
                               "give the evaluation dataset another name")
+    (layout.workdir / "eval").mkdir(parents=True, exist_ok=True)  # a DVC output of the stage, even when empty
     return {ds.name: prepare(params, layout, ds) for ds in params.evaluate.datasets}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,10 @@ def drift(cfg: EvaluateParams, spec: dict[str, Any], checkpoints: dict[str, Path
 
     Args:
         sets: Evaluation set name to its scored frames (`crop`, `label`, `prob`) and crops root; the first is the
-            training set's test split, whose reports keep the plain names (`drift_report.html`).
-        val: Validation frames (`label`, `prob`): the reference of the test split's quality report.
+            training set's test split.
+        val: Validation frames (`label`, `prob`): the reference of the test split's quality report (a further
+            dataset's quality is compared with the test split's).
+        out_dir: Where `drift_<set>.html` and `quality_<set>.html` go.
     """
     from dfd.serving.differentiable import penultimate_embedder
 
@@ -121,12 +124,10 @@ def drift(cfg: EvaluateParams, spec: dict[str, Any], checkpoints: dict[str, Path
     first = next(iter(sets))
     out: dict[str, Any] = {"reference": "train split", "embedding_member": member, "datasets": {}}
     for name, (stats, _) in cur.items():
-        suffix = "" if name == first else f"_{name}"
         current = pd.concat([stats, cur_e[name]], axis=1)
-        summary = drift_report(reference, current, out_dir / f"drift_report{suffix}.html")
+        summary = drift_report(reference, current, out_dir / f"drift_{name}.html")
         quality_ref = val if name == first else sets[first][0]
-        summary["quality"] = quality_report(sets[name][0], quality_ref, threshold,
-                                            out_dir / f"quality_report{suffix}.html")
+        summary["quality"] = quality_report(sets[name][0], quality_ref, threshold, out_dir / f"quality_{name}.html")
         out["datasets"][name] = summary
     out["drifted_share"] = out["datasets"][first]["drifted_share"]
     return out
@@ -178,8 +179,9 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     crops_root = faces_index.parent
     test_frames = test.merge(index[["sample_id", "frame", "crop"]], on=["sample_id", "frame"], how="left")
     checkpoints = {m: d / "best.pt" for m, d in model_dirs.items()}
-    for stale in [*out_dir.glob("drift_report*.html"), *out_dir.glob("quality_report*.html")]:
-        stale.unlink()  # reports of datasets no longer listed, or of a run with the reports off, must not linger
+    # Reports of datasets no longer listed, or of a run with the reports off, must not linger.
+    shutil.rmtree(out_dir / "evidently", ignore_errors=True)
+    (out_dir / "evidently").mkdir(parents=True)
     device = _device(cfg.device)
     predictor = EnsemblePredictor.from_spec(spec, checkpoints, device)
     robust = robustness(cfg, spec, checkpoints, predictor, test_frames, crops_root, threshold, device)
@@ -204,7 +206,7 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     if cfg.drift_report:
         val = preds[preds["split"] == "val"]
         drift_summary = drift(cfg, spec, checkpoints, index[index["split"] == "train"], crops_root, sets, val,
-                              threshold, out_dir, device)
+                              threshold, out_dir / "evidently", device)
 
     metrics = {"ensemble": ensemble_metrics, "members": members, "threshold": threshold,
                "robustness": {name: {lv: m["auc"] for lv, m in levels.items()}

@@ -59,16 +59,16 @@ def test_a_failed_evidently_report_fails_the_stage_and_leaves_no_html(trained_pr
     shutil.copytree(trained_project, root)
     params = tiny_params(root, evaluate={"adversarial": {"attacks": []}})
     layout = Layout.from_params(params, root)
-    assert (layout.reports_dir / "drift_report.html").is_file()  # from the fixture's evaluate
+    assert (layout.reports_dir / "evidently" / "drift_demo.html").is_file()  # from the fixture's evaluate
 
     def broken(self: object, *args: object, **kwargs: object) -> None:
         raise ValueError("histogram bins must be positive")
 
     monkeypatch.setattr(evidently.Report, "run", broken)
-    with pytest.raises(ReportError, match=r"Evidently data-drift report drift_report.html failed: ValueError: "
+    with pytest.raises(ReportError, match=r"Evidently data-drift report drift_demo.html failed: ValueError: "
                                           r"histogram bins must be positive"):
         evaluate.run(params, layout)
-    assert not list(layout.reports_dir.glob("*.html")) and not list(layout.reports_dir.glob("*.tmp"))
+    assert not list(layout.reports_dir.rglob("*.html")) and not list(layout.reports_dir.rglob("*.tmp"))
 
 
 def test_the_stage_reports_drift_of_the_test_split_against_training(trained_project: Path) -> None:
@@ -78,4 +78,4 @@ def test_the_stage_reports_drift_of_the_test_split_against_training(trained_proj
     assert drift["reference"] == "train split" and drift["drifted_share"] == test["drifted_share"]
     emb = [c for c in test["columns"] if c.startswith("emb_")]
     assert {"brightness", "contrast"} <= set(test["columns"]) | set(test["skipped_constant"]) and emb
-    assert "RocAuc" in test["quality"] and (reports / "quality_report.html").is_file()
+    assert "RocAuc" in test["quality"] and (reports / "evidently" / "quality_demo.html").is_file()

@@ -64,9 +64,9 @@ def test_ensemble_search_prefers_the_informative_model(tmp_path: Path) -> None:
 def test_reports_and_gate(chained: tuple[Path, Layout], tmp_path: Path) -> None:
     root, layout = chained
     reports = layout.reports_dir
-    for name in ("metrics.json", "gate.json", "robustness.json", "drift_report.html", "quality_report.html",
-                 "cross_dataset.json", "plots/roc_test.png", "plots/scores_test.png", "plots/robustness.png",
-                 "plots/cross_dataset.png"):
+    for name in ("metrics.json", "gate.json", "robustness.json", "evidently/drift_demo.html",
+                 "evidently/quality_demo.html", "cross_dataset.json", "plots/roc_test.png", "plots/scores_test.png",
+                 "plots/robustness.png", "plots/cross_dataset.png"):
         assert (reports / name).is_file(), name
     metrics = json.loads((reports / "metrics.json").read_text())
     for key in ("auc", "ap", "eer", "accuracy", "log_loss", "video_auc", "video_eer"):
