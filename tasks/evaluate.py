@@ -188,6 +188,8 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     write_json(out_dir / "robustness.json", robust)
     if robust.get("perturbed"):
         robustness_plot(robust, plots / "robustness.png")
+    else:
+        (plots / "robustness.png").unlink(missing_ok=True)  # an earlier run's curves are not this run's
 
     sets: dict[str, tuple[pd.DataFrame, Path]] = {train_name: (test_frames, crops_root)}
     for name, path in (eval_sets or {}).items():
