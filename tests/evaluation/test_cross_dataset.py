@@ -88,3 +88,12 @@ def test_an_evaluation_dataset_named_like_the_training_set_is_refused(tmp_path: 
     params = tiny_params(tmp_path, evaluate={"datasets": [{"name": "demo", "root": "x"}]})
     with pytest.raises(ConfigError, match="'demo' is the training dataset's name"):
         evaluate.run(params, Layout.from_params(params, tmp_path))
+
+
+def test_duplicate_dataset_names_and_unknown_perturbations_fail_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="names must be unique"):
+        tiny_params(tmp_path, evaluate={"datasets": [{"name": "a", "root": "x"}, {"name": "a", "root": "y"}]})
+    params = tiny_params(tmp_path, evaluate={"robustness": {"jpg": [50]},
+                                             "datasets": [{"name": "other", "root": str(tmp_path / "none")}]})
+    with pytest.raises(ConfigError, match="unknown robustness perturbation 'jpg'"):
+        evaluate.run(params, Layout.from_params(params, tmp_path))  # not "dataset root not found" after ingest
