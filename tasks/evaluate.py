@@ -177,7 +177,8 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
 
     index = pd.read_parquet(faces_index)
     crops_root = faces_index.parent
-    test_frames = test.merge(index[["sample_id", "frame", "crop"]], on=["sample_id", "frame"], how="left")
+    extra = [c for c in ("crop", "method") if c not in test.columns]
+    test_frames = test.merge(index[["sample_id", "frame", *extra]], on=["sample_id", "frame"], how="left")
     checkpoints = {m: d / "best.pt" for m, d in model_dirs.items()}
     # Reports of datasets no longer listed, or of a run with the reports off, must not linger.
     shutil.rmtree(out_dir / "evidently", ignore_errors=True)

@@ -19,7 +19,21 @@ def dataset_row(frames: pd.DataFrame, threshold: float, role: str) -> dict[str, 
     row = {"role": role, **{k: m[k] for k in COLUMNS if k in m}, **{k: v for k, v in m.items() if k not in COLUMNS}}
     row["real_frames"] = int((frames["label"] == 0).sum())
     row["fake_frames"] = int((frames["label"] == 1).sum())
+    if "method" in frames.columns:
+        row["method_auc"] = method_auc(frames)
     return row
+
+
+def method_auc(frames: pd.DataFrame) -> dict[str, float]:
+    """Frame AUC of each manipulation method's fakes against all real frames (FF++ reports it per method)."""
+    from sklearn.metrics import roc_auc_score
+
+    real = frames[frames["label"] == 0]
+    out = {}
+    for method, fakes in frames[frames["label"] == 1].groupby("method"):
+        both = pd.concat([real, fakes])
+        out[str(method)] = float(roc_auc_score(both["label"], both["prob"])) if len(real) else float("nan")
+    return out
 
 
 def cross_dataset_table(rows: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -39,12 +39,14 @@ def _project(trained_project: Path, tmp_path: Path, datasets: list[dict]) -> tup
 
 
 def test_the_table_rows_are_datasets_and_columns_metrics() -> None:
-    frames = pd.DataFrame({"sample_id": ["a", "a", "b", "c"], "label": [1, 1, 0, 0], "prob": [0.9, 0.7, 0.2, 0.8]})
+    frames = pd.DataFrame({"sample_id": ["a", "a", "b", "c"], "label": [1, 1, 0, 0], "prob": [0.9, 0.7, 0.2, 0.8],
+                           "method": ["swap", "reenact", "real", "real"]})
     rows = {"train": dataset_row(frames, 0.5, "test split"), "other": dataset_row(frames.assign(prob=0.5), 0.5, "x")}
     table = cross_dataset_table(rows)
     assert list(table.index) == ["train", "other"] and list(table.columns[:3]) == ["role", "n", "auc"]
     assert table.loc["train", "auc"] == 0.75 and table.loc["other", "auc"] == 0.5
     assert table.loc["train", "video_n"] == 3 and table.loc["train", "fake_frames"] == 2
+    assert table.loc["train", "method_auc"] == {"swap": 1.0, "reenact": 0.5}  # 0.7 beats 0.2, not 0.8
 
 
 def test_two_datasets_give_one_table(trained_project: Path, second_demo: Path, tmp_path: Path) -> None:
@@ -82,6 +84,7 @@ def test_ffpp_and_demo_as_two_datasets(trained_project: Path, second_demo: Path,
     assert [r["dataset"] for r in cross["rows"]] == ["demo", "ffpp", "demo2"]
     ffpp = cross["rows"][1]
     assert ffpp["real_frames"] > 0 and ffpp["fake_frames"] > 0 and 0 <= ffpp["auc"] <= 1
+    assert set(ffpp["method_auc"]) == {"Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"}
 
 
 def test_an_evaluation_dataset_named_like_the_training_set_is_refused(tmp_path: Path) -> None:
