@@ -44,7 +44,11 @@ class _Member(nn.Module):
 
 
 class DifferentiableEnsemble(nn.Module):
-    """The fused P(fake) of `ensemble.json`'s weighted average, before any monotone post-fusion calibration.
+    """The fused P(fake) of `ensemble.json`, before any monotone post-fusion calibration.
+
+    Fusions (`spec["fusion"]`, as dfd/evaluation/fusion.py fits them; without it, the weighted average of
+    `spec["weights"]`): `weighted_average` (weights), `stacking` (a logistic regression on the members' logits:
+    `coef`, `intercept`) and `confidence` (per-frame weights |p - 0.5| + eps).
 
     Args:
         spec: `ensemble.json` (members, weights, per-member calibration, fusion).
@@ -57,17 +61,24 @@ class DifferentiableEnsemble(nn.Module):
 
     def __init__(self, spec: dict, checkpoints: dict[str, Path], device: str = "cpu") -> None:
         super().__init__()
-        method = (spec.get("fusion") or {}).get("method", "weighted_average")
-        if method != "weighted_average":
-            raise StageError(f"white-box attacks support the weighted_average fusion, not '{method}'",
+        fusion = spec.get("fusion") or {"method": "weighted_average", "members": list(spec["weights"]),
+                                        "weights": spec["weights"]}
+        self.method = fusion["method"]
+        if self.method not in ("weighted_average", "stacking", "confidence"):
+            raise StageError(f"white-box attacks have no differentiable form of the '{self.method}' fusion",
                              "set evaluate.adversarial.attacks: [] for this ensemble")
-        weights = spec["weights"]
-        total = sum(weights.values())
-        calibration = spec.get("calibration") or {m: [1.0, 0.0] for m in weights}
-        self.names = [m for m, w in weights.items() if w > 0]
+        self.names = list(fusion["members"])
+        calibration = spec.get("calibration") or {m: [1.0, 0.0] for m in self.names}
         self.members = nn.ModuleDict({m: _Member(checkpoints[m]) for m in self.names})
-        self.register_buffer("w", torch.tensor([weights[m] / total for m in self.names]))
         self.register_buffer("ab", torch.tensor([calibration[m] for m in self.names], dtype=torch.float32))
+        if self.method == "weighted_average":
+            total = sum(fusion["weights"][m] for m in self.names) or 1.0
+            self.register_buffer("w", torch.tensor([fusion["weights"][m] / total for m in self.names]))
+        elif self.method == "stacking":
+            self.register_buffer("w", torch.tensor([fusion["coef"][m] for m in self.names]))
+            self.intercept = float(fusion["intercept"])
+        else:
+            self.eps = float(fusion.get("eps", 1e-3))
         self.to(device).eval()
         for p in self.parameters():
             p.requires_grad_(False)  # gradients flow to the pixels only
@@ -76,7 +87,14 @@ class DifferentiableEnsemble(nn.Module):
         """Images in [0, 1] (N, 3, H, W) to the fused P(fake) (N,)."""
         # Platt on the member's logit, clipped as the numpy calibration clips probabilities at 1e-6.
         logits = torch.stack([self.members[m](x).clamp(-13.8, 13.8) for m in self.names], 1)  # (N, M)
-        return (torch.sigmoid(self.ab[:, 0] * logits + self.ab[:, 1]) * self.w).sum(1)
+        probs = torch.sigmoid(self.ab[:, 0] * logits + self.ab[:, 1])  # (N, M) calibrated member scores
+        if self.method == "weighted_average":
+            return (probs * self.w).sum(1)
+        if self.method == "stacking":
+            p = probs.clamp(1e-6, 1 - 1e-6)
+            return torch.sigmoid((torch.log(p / (1 - p)) * self.w).sum(1) + self.intercept)
+        w = (probs - 0.5).abs() + self.eps
+        return (w * probs).sum(1) / w.sum(1)
 
 
 def penultimate_embedder(checkpoint: Path, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:

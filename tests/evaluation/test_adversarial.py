@@ -12,6 +12,7 @@ import torch
 
 from dfd.evaluation.adversarial import adversarial_report, fgsm, pgd
 from dfd.evaluation.crops import iter_crop_batches
+from dfd.platform.errors import StageError
 from dfd.platform.layout import Layout
 from dfd.serving.differentiable import DifferentiableEnsemble, penultimate_embedder
 from dfd.serving.ensemble import EnsemblePredictor
@@ -76,3 +77,30 @@ def test_penultimate_embeddings_have_the_head_width(members: tuple) -> None:
     emb = penultimate_embedder(checkpoints["mesonet"])(crops[:5])
     assert emb.shape == (5, 16) and np.isfinite(emb).all()  # MesoNet's 16-unit hidden layer
     assert np.abs(emb[0] - emb[1:]).max() > 0  # features of different crops differ
+
+
+@pytest.mark.parametrize("method", ["weighted_average", "stacking", "confidence"])
+def test_every_fusion_has_a_differentiable_form_that_matches_numpy(members: tuple, method: str) -> None:
+    from dfd.evaluation.calibration import calibrate, logit
+
+    spec, checkpoints, crops, _ = members
+    names = list(spec["members"])
+    params = {"weighted_average": {"weights": {m: i + 1.0 for i, m in enumerate(names)}},
+              "stacking": {"coef": {m: (-1.0) ** i * (i + 0.5) for i, m in enumerate(names)}, "intercept": 0.3},
+              "confidence": {"eps": 1e-3}}[method]
+    fused_spec = {**spec, "fusion": {"method": method, "members": names, **params}}
+    raw = EnsemblePredictor.from_spec(spec, checkpoints).member_scores(crops)
+    X = np.column_stack([calibrate(raw[m], spec["calibration"][m]) for m in names])
+    if method == "weighted_average":
+        w = np.array([params["weights"][m] for m in names])
+        expected = X @ (w / w.sum())
+    elif method == "stacking":
+        expected = 1 / (1 + np.exp(-(logit(X) @ np.array([params["coef"][m] for m in names]) + 0.3)))
+    else:
+        w = np.abs(X - 0.5) + 1e-3
+        expected = (w * X).sum(1) / w.sum(1)
+    with torch.no_grad():
+        ours = DifferentiableEnsemble(fused_spec, checkpoints)(torch.from_numpy(crops).permute(0, 3, 1, 2) / 255)
+    assert np.abs(ours.numpy() - expected).max() < 0.02
+    with pytest.raises(StageError, match="no differentiable form of the 'median' fusion"):
+        DifferentiableEnsemble({**spec, "fusion": {"method": "median", "members": names}}, checkpoints)
