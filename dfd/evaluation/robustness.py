@@ -81,6 +81,14 @@ def level_key(level: float) -> str:
     return str(int(level)) if float(level).is_integer() else repr(float(level))
 
 
+def get_perturbation(name: str) -> Perturbation:
+    """A perturbation by its params name (a ConfigError naming the choices for an unknown one)."""
+    if name not in PERTURBATIONS:
+        raise ConfigError(f"unknown robustness perturbation '{name}' in evaluate.robustness",
+                          f"choose from {', '.join(sorted(PERTURBATIONS))}")
+    return PERTURBATIONS[name]
+
+
 def check_robustness(spec: dict[str, list[float]]) -> None:
     """Reject unknown perturbation names and out-of-range levels (`evaluate.robustness`), naming the fix.
 
@@ -88,10 +96,7 @@ def check_robustness(spec: dict[str, list[float]]) -> None:
     a key).
     """
     for name, levels in spec.items():
-        if name not in PERTURBATIONS:
-            raise ConfigError(f"unknown robustness perturbation '{name}' in evaluate.robustness",
-                              f"choose from {', '.join(sorted(PERTURBATIONS))}")
-        p = PERTURBATIONS[name]
+        p = get_perturbation(name)
         bad = [lv for lv in levels if not p.valid(lv)]
         if bad:
             raise ConfigError(f"evaluate.robustness.{name}: levels {bad} are invalid", f"give each {p.valid_text}")
