@@ -93,7 +93,10 @@ def evaluate_task(params: Params, layout: Layout, tracker: Tracker, parent: str)
         tracker.log_params(rid, params.evaluate.model_dump())
         res = evaluate.run(params, layout)
         tracker.log_metrics(rid, {"test": res.metrics["ensemble"], "members": res.metrics["members"],
-                                  "robustness_auc": res.metrics["robustness"]})
+                                  "robustness_auc": res.metrics["robustness"],
+                                  "adversarial_auc": res.metrics.get("adversarial", {}),
+                                  "cross_dataset": res.metrics.get("cross_dataset", {}),
+                                  "drifted_share": res.metrics.get("drift", {}).get("drifted_share")})
         tracker.log_artifact(rid, res.reports_dir, "reports")
         return res
 

@@ -1,23 +1,29 @@
-"""evaluate: test metrics of the ensemble and its members, robustness and drift (the register stage gates on them)."""
+"""evaluate: test metrics of the ensemble and its members, cross-dataset, robustness, attacks and drift (the register
+stage gates on them)."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
+import torch
 
-from dfd.evaluation.metrics import binary_metrics
-from dfd.evaluation.robustness import get_perturbation
+from dfd.evaluation.adversarial import adversarial_report
+from dfd.evaluation.crops import iter_crop_batches
+from dfd.evaluation.cross_dataset import cross_dataset_table, dataset_row, table_plot
+from dfd.evaluation.drift import drift_report, embedding_columns, image_stats, quality_report
+from dfd.evaluation.robustness import check_robustness, robustness_plot, robustness_report
 from dfd.evaluation.scorecard import test_scorecard
-from dfd.platform.config import EvaluateParams, Params
+from dfd.platform.config import AggregationParams, EvaluateParams, Params
 from dfd.platform.errors import StageError
 from dfd.platform.files import read_json, write_json
 from dfd.platform.layout import Layout
+from dfd.serving.ensemble import EnsemblePredictor
 
 log = logging.getLogger(__name__)
 
@@ -30,80 +36,98 @@ class EvaluateResult:
     metrics: dict[str, Any]
 
 
-def _image_stats(paths: list[Path]) -> pd.DataFrame:
-    """Brightness, contrast, sharpness and saturation of crops: the inputs' side of the drift report."""
-    rows = []
-    for p in paths:
-        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if bgr is None:
-            rows.append({"brightness": np.nan, "contrast": np.nan, "sharpness": np.nan, "saturation": np.nan})
-            continue
-        grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        rows.append({"brightness": float(grey.mean()), "contrast": float(grey.std()),
-                     "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var()),
-                     "saturation": float(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)[..., 1].mean())})
-    return pd.DataFrame(rows)
+def _device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
-def drift_report(reference: pd.DataFrame, current: pd.DataFrame, html: Path) -> dict[str, Any]:
-    """An Evidently data-drift report (validation as reference, test as current); returns its summary."""
-    from evidently import Report
-    from evidently.presets import DataDriftPreset
-
-    # A (nearly) constant column has no distribution to compare, and Evidently's histograms fail on it.
-    spread = lambda col: min(np.nanmax(df[col]) - np.nanmin(df[col]) for df in (reference, current))  # noqa: E731
-    columns = [c for c in reference.columns if reference[c].notna().any() and current[c].notna().any() and
-               spread(c) > 1e-6]
-    summary: dict[str, Any] = {"html": html.name, "columns": {},
-                               "skipped_constant": sorted(set(reference.columns) - set(columns))}
-    try:
-        snapshot = Report([DataDriftPreset()]).run(current_data=current[columns], reference_data=reference[columns])
-        snapshot.save_html(str(html))
-    except Exception as exc:  # a report must not sink the evaluation it describes
-        log.warning("Evidently drift report failed: %s", exc)
-        html.write_text(f"<html><body><h1>Drift report unavailable</h1><p>{type(exc).__name__}: {exc}</p>"
-                        "</body></html>")
-        return {**summary, "error": f"{type(exc).__name__}: {exc}"}
-    for metric in snapshot.dict()["metrics"]:
-        name, value = metric["metric_name"], metric["value"]
-        if name.startswith("DriftedColumnsCount"):
-            summary["drifted_columns"] = float(value["count"])
-            summary["drifted_share"] = float(value["share"])
-        elif name.startswith("ValueDrift"):
-            summary["columns"][metric["config"]["column"]] = float(value)
-    return summary
+def _sample(frames: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """At most `n` rows, drawn reproducibly (all of them when there are fewer)."""
+    return frames.sample(n, random_state=seed) if len(frames) > n else frames
 
 
-def robustness(frames: pd.DataFrame, crops_root: Path, checkpoints: dict[str, Path], spec: dict[str, Any],
-               names: list[str], max_crops: int, threshold: float, seed: int = 0) -> dict[str, Any]:
-    """Re-score a sample of test crops under each perturbation and report the metrics and the AUC drop."""
-    from dfd.serving.ensemble import EnsemblePredictor
+def _batches(frames: pd.DataFrame, crops_root: Path, batch_size: int) -> Any:
+    return iter_crop_batches([crops_root / c for c in frames["crop"]], frames["label"].tolist(), batch_size)
 
-    if not names:
-        return {}
-    sample = frames.sample(min(max_crops, len(frames)), random_state=seed) if len(frames) > max_crops else frames
-    crops = []
-    for c in sample["crop"]:
-        bgr = cv2.imread(str(crops_root / c), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise StageError(f"face crop unreadable: {crops_root / c}", "rerun the faces stage")
-        crops.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    images = np.stack(crops)
-    labels = sample["label"].to_numpy()
-    predictor = EnsemblePredictor.from_spec(spec, checkpoints)  # the fitted fusion and calibration, as served
-    clean = binary_metrics(labels, predictor(images), threshold)
-    out: dict[str, Any] = {"crops": len(images), "clean": clean, "perturbed": {}}
-    for name in names:
-        fn = get_perturbation(name)
-        m = binary_metrics(labels, predictor(np.stack([fn(c) for c in images])), threshold)
-        m["auc_drop"] = clean["auc"] - m["auc"]
-        out["perturbed"][name] = m
+
+def robustness(cfg: EvaluateParams, spec: dict[str, Any], checkpoints: dict[str, Path], predictor: Any,
+               test_frames: pd.DataFrame, crops_root: Path, threshold: float, device: str) -> dict[str, Any]:
+    """Perturbation levels and white-box attacks on a sample of test crops (interfaces.md C), streamed in batches."""
+    out: dict[str, Any] = {}
+    sample = _sample(test_frames, cfg.robustness_max_crops)
+    if any(cfg.robustness.values()):
+        out = robustness_report(_batches(sample, crops_root, cfg.batch_size), predictor, cfg.robustness, threshold)
+    adv = cfg.adversarial
+    if adv.attacks and adv.epsilons:
+        from dfd.serving.differentiable import DifferentiableEnsemble
+
+        forward = DifferentiableEnsemble(spec, checkpoints, device)
+        report = adversarial_report(_batches(sample.head(adv.max_crops), crops_root, cfg.batch_size), forward,
+                                    adv.attacks, adv.epsilons, adv.pgd_steps, adv.pgd_step_ratio, threshold, device)
+        out["adversarial_clean"] = report.pop("clean")  # the differentiable path's own clean metrics
+        out["adversarial"] = report
     return out
 
 
+def _drift_features(frames: pd.DataFrame, crops_root: Path, embed: Any, batch_size: int
+                    ) -> tuple[pd.DataFrame, np.ndarray]:
+    stats, embs = [], []
+    for crops, _ in _batches(frames, crops_root, batch_size):
+        stats.append(image_stats(crops))
+        embs.append(embed(crops))
+    return pd.concat(stats, ignore_index=True), np.concatenate(embs)
+
+
+def drift(cfg: EvaluateParams, spec: dict[str, Any], checkpoints: dict[str, Path], train_frames: pd.DataFrame,
+          crops_root: Path, sets: dict[str, tuple[pd.DataFrame, Path]], val: pd.DataFrame, threshold: float,
+          out_dir: Path, device: str) -> dict[str, Any]:
+    """Evidently reports: training crops against each evaluation set, and the classification quality of each.
+
+    Args:
+        sets: Evaluation set name to its scored frames (`crop`, `label`, `prob`) and crops root; the first is the
+            training set's test split.
+        val: Validation frames (`label`, `prob`): the reference of the test split's quality report (a further
+            dataset's quality is compared with the test split's).
+        out_dir: Where `drift_<set>.html` and `quality_<set>.html` go.
+    """
+    from dfd.serving.differentiable import penultimate_embedder
+
+    member = cfg.drift_member or max(spec["weights"], key=spec["weights"].get)
+    if member not in checkpoints:
+        raise StageError(f"evaluate.drift_member '{member}' is not an ensemble member",
+                         f"choose from {', '.join(sorted(checkpoints))}")
+    embed = penultimate_embedder(checkpoints[member], device)
+    ref_stats, ref_emb = _drift_features(_sample(train_frames, cfg.drift_max_crops), crops_root, embed,
+                                         cfg.batch_size)
+    cur = {name: _drift_features(_sample(frames, cfg.drift_max_crops), root, embed, cfg.batch_size)
+           for name, (frames, root) in sets.items()}
+    ref_e, cur_e = embedding_columns(ref_emb, {n: e for n, (_, e) in cur.items()}, cfg.drift_embedding_dims)
+    reference = pd.concat([ref_stats, ref_e], axis=1)
+    first = next(iter(sets))
+    out: dict[str, Any] = {"reference": "train split", "embedding_member": member, "datasets": {}}
+    for name, (stats, _) in cur.items():
+        current = pd.concat([stats, cur_e[name]], axis=1)
+        summary = drift_report(reference, current, out_dir / f"drift_{name}.html")
+        quality_ref = val if name == first else sets[first][0]
+        summary["quality"] = quality_report(sets[name][0], quality_ref, threshold, out_dir / f"quality_{name}.html")
+        out["datasets"][name] = summary
+    out["drifted_share"] = out["datasets"][first]["drifted_share"]
+    return out
+
+
+def score_dataset(predictor: Any, index_path: Path, splits: list[str] | None, batch_size: int) -> pd.DataFrame:
+    """The ensemble's P(fake) for every crop of an evaluation dataset's faces index (the chosen splits)."""
+    index = pd.read_parquet(index_path)
+    frames = index[index["split"].isin(splits)] if splits else index
+    if frames.empty or frames["label"].nunique() < 2:
+        raise StageError(f"evaluation dataset {index_path.parent.parent.name}: no crops of both classes"
+                         f"{f' in splits {splits}' if splits else ''}", "check its ingest and faces reports")
+    probs = [predictor(crops) for crops, _ in _batches(frames, index_path.parent, batch_size)]
+    return frames.reset_index(drop=True).assign(prob=np.concatenate(probs))
+
+
 def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path], faces_index: Path,
-             out_dir: Path) -> EvaluateResult:
-    """Score the ensemble and each member on the test split, and write reports and plots.
+             out_dir: Path, eval_sets: dict[str, Path] | None = None, train_name: str = "train") -> EvaluateResult:
+    """Score the ensemble and each member on the test split (and further datasets), and write reports and plots.
 
     Args:
         cfg: Evaluation params.
@@ -111,7 +135,10 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
         model_dirs: Each member's folder (best.pt).
         faces_index: The faces index (for crops, robustness and drift).
         out_dir: artifacts/reports.
+        eval_sets: Further datasets (cross-dataset evaluation), name to faces index (tasks/eval_datasets.py).
+        train_name: The training dataset's name: its test split's row in the cross-dataset table.
     """
+    check_robustness(cfg.robustness)
     spec_path, pred_path = ensemble_dir / "ensemble.json", ensemble_dir / "predictions.parquet"
     for p in (spec_path, pred_path):
         if not p.is_file():
@@ -125,38 +152,66 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["sample_id", "dataset", "method"]  # per-dataset and per-method rows of the scorecard
     samples = pd.read_parquet(faces_index, columns=cols) if faces_index.is_file() else None
-    card = test_scorecard(preds, spec, threshold, samples, out_dir / "plots")
+    plots = out_dir / "plots"
+    card = test_scorecard(preds, spec, threshold, samples, plots)
     ensemble_metrics, members = card.pop("ensemble"), card.pop("members")
     bad_crops = sorted({b["path"] for d in model_dirs.values() if (d / "metrics.json").is_file()
                         for b in read_json(d / "metrics.json").get("bad_crops", [])})
 
     index = pd.read_parquet(faces_index)
     crops_root = faces_index.parent
-    test_frames = test.merge(index[["sample_id", "frame", "crop"]], on=["sample_id", "frame"], how="left")
+    extra = [c for c in ("crop", "method") if c not in test.columns]
+    test_frames = test.merge(index[["sample_id", "frame", *extra]], on=["sample_id", "frame"], how="left")
     checkpoints = {m: d / "best.pt" for m, d in model_dirs.items()}
-    robust = robustness(test_frames, crops_root, checkpoints, spec, cfg.robustness, cfg.robustness_max_crops,
-                        threshold)
+    # Reports of datasets no longer listed, or of a run with the reports off, must not linger.
+    shutil.rmtree(out_dir / "evidently", ignore_errors=True)
+    (out_dir / "evidently").mkdir(parents=True)
+    device = _device(cfg.device)
+    predictor = EnsemblePredictor.from_spec(spec, checkpoints, device)
+    robust = robustness(cfg, spec, checkpoints, predictor, test_frames, crops_root, threshold, device)
     write_json(out_dir / "robustness.json", robust)
+    if robust.get("perturbed"):
+        robustness_plot(robust, plots / "robustness.png")
+    else:
+        (plots / "robustness.png").unlink(missing_ok=True)  # an earlier run's curves are not this run's
 
-    drift: dict[str, Any] = {}
+    sets: dict[str, tuple[pd.DataFrame, Path]] = {train_name: (test_frames, crops_root)}
+    for name, path in (eval_sets or {}).items():
+        spec_ds = next((d for d in cfg.datasets if d.name == name), None)
+        sets[name] = (score_dataset(predictor, path, spec_ds.splits if spec_ds else None, cfg.batch_size),
+                      path.parent)
+    aggregation = AggregationParams(**spec["aggregation"]) if spec.get("aggregation") else None
+    rows = {name: dataset_row(frames, threshold, "test split" if name == train_name else "cross-dataset", aggregation)
+            for name, (frames, _) in sets.items()}
+    table = cross_dataset_table(rows)
+    # Rows as a list: the training set's test split first, then `evaluate.datasets` in their order.
+    write_json(out_dir / "cross_dataset.json", {"threshold": threshold, "columns": list(table.columns),
+                                                "rows": [{"dataset": n, **r} for n, r in rows.items()]})
+    table_plot(table, plots / "cross_dataset.png")
+
+    drift_summary: dict[str, Any] = {}
     if cfg.drift_report:
-        val_frames = preds[preds["split"] == "val"].merge(index[["sample_id", "frame", "crop"]],
-                                                          on=["sample_id", "frame"], how="left")
-        cols = [*spec["members"], "prob"]
-        ref = pd.concat([val_frames[cols].reset_index(drop=True),
-                         _image_stats([crops_root / c for c in val_frames["crop"]])], axis=1)
-        cur = pd.concat([test_frames[cols].reset_index(drop=True),
-                         _image_stats([crops_root / c for c in test_frames["crop"]])], axis=1)
-        drift = drift_report(ref, cur, out_dir / "drift_report.html")
+        val = preds[preds["split"] == "val"]
+        drift_summary = drift(cfg, spec, checkpoints, index[index["split"] == "train"], crops_root, sets, val,
+                              threshold, out_dir / "evidently", device)
 
     metrics = {"ensemble": ensemble_metrics, "members": members, "threshold": threshold, **card,
                "bad_crops": bad_crops,  # unreadable val/test crops the members excluded (not scored)
-               "robustness": {k: v["auc"] for k, v in robust.get("perturbed", {}).items()}, "drift": drift}
+               "robustness": {name: {lv: m["auc"] for lv, m in levels.items()}
+                              for name, levels in robust.get("perturbed", {}).items()},
+               "adversarial": {a: {e: m["auc"] for e, m in eps.items()} for a, eps in robust.get("adversarial",
+                                                                                               {}).items()},
+               "cross_dataset": {name: {k: row[k] for k in ("auc", "eer", "video_auc") if k in row}
+                                 for name, row in rows.items()},
+               "drift": drift_summary}
     write_json(out_dir / "metrics.json", metrics)
     return EvaluateResult(out_dir, metrics)
 
 
 def run(params: Params, layout: Layout) -> EvaluateResult:
-    """The stage as `dfd stage evaluate` and the flow call it."""
+    """The stage as `dfd stage evaluate` and the flow call it: further datasets are prepared first."""
+    from tasks.eval_datasets import prepare_all
+
+    check_robustness(params.evaluate.robustness)  # before minutes of ingest and faces on further datasets
     return evaluate(params.evaluate, layout.ensemble_dir, {m: layout.model_dir(m) for m in params.models},
-                    layout.faces_index, layout.reports_dir)
+                    layout.faces_index, layout.reports_dir, prepare_all(params, layout), params.data.name)

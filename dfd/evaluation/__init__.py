@@ -1,1 +1,1 @@
-"""Judging a model: metrics, calibration, robustness perturbations and plots."""
+"""Judging a model: metrics, calibration, plots, robustness at levels, attacks, drift reports, cross-dataset."""

@@ -190,16 +190,62 @@ class GateParams(_Section):
     champion: ChampionParams = ChampionParams()
 
 
+class AdversarialParams(_Section):
+    """White-box attacks on the differentiable ensemble (dfd/evaluation/adversarial.py)."""
+
+    attacks: list[Literal["fgsm", "pgd"]] = Field(default_factory=lambda: ["fgsm", "pgd"])  # [] turns them off
+    # L-inf budgets in 8-bit pixel steps (x/255): 1-2 are invisible, 8 is the usual "strong" benchmark budget.
+    epsilons: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    pgd_steps: int = Field(10, ge=1)  # Madry et al.'s 10 steps of eps/4 reach most of what 100 steps reach
+    pgd_step_ratio: float = Field(0.25, gt=0)  # step size as a share of epsilon
+    max_crops: int = Field(256, ge=1)  # a sample of the test crops: PGD costs pgd_steps forward+backward passes each
+
+
+class EvalDatasetParams(_Section):
+    """A further dataset the ensemble is scored on (cross-dataset evaluation): ingested like the training set."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names its folder: <data.workdir>/eval/<name>/
+    adapter: str = "folder"  # dataset layout adapter, as `data.adapter`
+    root: str  # dataset root
+    compression: str = "c23"  # adapter options, as in `data:`
+    methods: list[str] | None = None
+    splits_dir: str | None = None
+    splits: list[Literal["train", "val", "test"]] | None = None  # None: every sample (the model never saw them)
+
+
 class EvaluateParams(_Section):
-    """Evaluation of the ensemble on the test split."""
+    """Evaluation of the ensemble on the test split, on further datasets, under perturbations and attacks."""
 
     gate: GateParams = GateParams()
     threshold: Literal["val_eer", "fixed"] = "val_eer"  # decision threshold: EER point on validation
     fixed_threshold: float = 0.5
-    # Perturbations of the test crops the ensemble is re-scored on (see dfd/evaluation/robustness.py).
-    robustness: list[str] = Field(default_factory=lambda: ["jpeg_50", "gauss_blur", "downscale_50", "gauss_noise"])
+    device: str = "auto"  # where robustness, attacks and embeddings run; "auto" picks CUDA when present
+    batch_size: int = Field(64, ge=1)  # crops held in memory at once (plus one perturbed copy)
+    # Perturbations of the test crops, each at several levels; [] turns one off (dfd/evaluation/robustness.py).
+    robustness: dict[str, list[float]] = Field(default_factory=lambda: {
+        "jpeg": [90, 70, 50, 30],  # JPEG quality
+        "gauss_noise": [4, 8, 16],  # noise sigma in 8-bit steps
+        "gauss_blur": [0.5, 1.0, 2.0],  # blur sigma in pixels of the crop
+        "brightness": [20, 40, 60],  # added to every pixel (8-bit steps)
+        "contrast": [0.8, 0.6, 0.4],  # scale of the deviations from the mean
+        "downscale": [0.75, 0.5, 0.25],  # resized to this share of the side and back
+    })
     robustness_max_crops: int = Field(2000, ge=1)  # a sample of the test crops keeps the stage minutes long
-    drift_report: bool = True  # Evidently data-drift report, validation (reference) vs test (current)
+    adversarial: AdversarialParams = AdversarialParams()
+    # Evidently reports: training crops (reference) vs each evaluation set (current), and classification quality.
+    drift_report: bool = True
+    drift_max_crops: int = Field(2000, ge=1)  # per side; statistics and embeddings of a sample are enough to compare
+    drift_member: str | None = None  # whose penultimate layer gives the embeddings; None: the heaviest member
+    drift_embedding_dims: int = Field(8, ge=1)  # PCA components of the embeddings, fitted on the reference
+    # Cross-dataset evaluation: further datasets, each ingested and face-extracted with the training set's code.
+    datasets: list[EvalDatasetParams] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_dataset_names(self) -> EvaluateParams:
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluate.datasets names must be unique (got {names})")
+        return self
 
 
 class RegistryParams(_Section):

@@ -74,9 +74,10 @@ def test_ensemble_search_prefers_the_informative_model(tmp_path: Path) -> None:
 def test_reports(chained: tuple[Path, Layout]) -> None:
     _, layout = chained
     reports = layout.reports_dir
-    for name in ("metrics.json", "robustness.json", "drift_report.html", "plots/roc_test.png",
-                 "plots/scores_test.png", "plots/pr_test.png", "plots/confusion_test.png",
-                 "plots/reliability_test.png", "plots/scores_fused_test.png"):
+    for name in ("metrics.json", "robustness.json", "evidently/drift_demo.html", "evidently/quality_demo.html",
+                 "cross_dataset.json", "plots/roc_test.png", "plots/scores_test.png", "plots/pr_test.png",
+                 "plots/confusion_test.png", "plots/reliability_test.png", "plots/scores_fused_test.png",
+                 "plots/robustness.png", "plots/cross_dataset.png"):
         assert (reports / name).is_file(), name
     assert not (reports / "gate.json").exists()  # the register stage decides the gate (tests/flows/test_register_gate)
     metrics = json.loads((reports / "metrics.json").read_text())
@@ -85,7 +86,9 @@ def test_reports(chained: tuple[Path, Layout]) -> None:
     assert set(metrics["by_dataset"]) == {"demo"} and "ensemble" in metrics["by_dataset"]["demo"]
     assert metrics["by_method"] and metrics["bad_crops"] == []
     robust = json.loads((reports / "robustness.json").read_text())
-    assert "jpeg_50" in robust["perturbed"]
+    assert set(robust["perturbed"]) == {"jpeg", "gauss_blur"} and set(robust["perturbed"]["jpeg"]) == {"70", "30"}
+    assert set(robust["adversarial"]) == {"fgsm", "pgd"} and "auc_drop" in robust["adversarial"]["fgsm"]["4"]
+    assert 0 <= metrics["drift"]["drifted_share"] <= 1
 
 
 def test_missing_upstream_output_is_a_clear_error(tmp_path: Path) -> None:

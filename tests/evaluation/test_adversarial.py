@@ -1,0 +1,106 @@
+"""White-box attacks on the tiny trained ensemble: the differentiable path matches serving, and FGSM/PGD cost AUC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dfd.evaluation.adversarial import adversarial_report, fgsm, pgd
+from dfd.evaluation.crops import iter_crop_batches
+from dfd.platform.errors import StageError
+from dfd.platform.layout import Layout
+from dfd.serving.differentiable import DifferentiableEnsemble, penultimate_embedder
+from dfd.serving.ensemble import EnsemblePredictor
+from tests.helpers import tiny_params
+
+
+@pytest.fixture(scope="module")
+def members(trained_project: Path) -> tuple[dict, dict[str, Path], np.ndarray, np.ndarray]:
+    """The trained ensemble's spec and checkpoints, and its test crops with labels (read only)."""
+    layout = Layout.from_params(tiny_params(trained_project), trained_project)
+    spec = json.loads((layout.ensemble_dir / "ensemble.json").read_text())
+    checkpoints = {m: layout.model_dir(m) / "best.pt" for m in spec["members"]}
+    index = pd.read_parquet(layout.faces_index)
+    test = index[index["split"] == "test"]
+    crops, labels = zip(*iter_crop_batches([layout.faces_index.parent / c for c in test["crop"]],
+                                           test["label"].tolist(), 10_000), strict=True)
+    return spec, checkpoints, crops[0], labels[0]
+
+
+def test_the_differentiable_ensemble_scores_as_the_served_one(members: tuple) -> None:
+    spec, checkpoints, crops, _ = members
+    served = EnsemblePredictor.from_spec(spec, checkpoints)(crops)
+    forward = DifferentiableEnsemble(spec, checkpoints)
+    with torch.no_grad():
+        ours = forward(torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255).numpy()
+    # The served path resizes with OpenCV on uint8, ours with torch on floats: equal up to rounding.
+    assert np.abs(ours - served).max() < 0.02
+
+
+def test_fgsm_and_pgd_lower_the_auc_of_the_trained_ensemble(members: tuple) -> None:
+    spec, checkpoints, crops, labels = members
+    forward = DifferentiableEnsemble(spec, checkpoints)
+    batches = [(crops[i:i + 8], labels[i:i + 8]) for i in range(0, len(crops), 8)]  # several batches
+    report = adversarial_report(batches, forward, ["fgsm", "pgd"], [2.0, 16.0], pgd_steps=3, pgd_step_ratio=0.5,
+                                threshold=0.5)
+    clean = report["clean"]["auc"]
+    assert clean > 0.5, "the tiny ensemble must rank better than chance for the attack to have something to lose"
+    for attack in ("fgsm", "pgd"):
+        strong = report[attack]["16"]
+        assert strong["auc"] < clean and strong["auc_drop"] == pytest.approx(clean - strong["auc"])
+        assert report[attack]["2"]["auc"] >= strong["auc"] - 1e-9  # a larger budget costs at least as much
+
+
+def test_attacks_stay_inside_the_budget_and_the_image_range(members: tuple) -> None:
+    spec, checkpoints, crops, labels = members
+    forward = DifferentiableEnsemble(spec, checkpoints)
+    x = torch.from_numpy(crops[:6]).permute(0, 3, 1, 2).float() / 255
+    y = torch.as_tensor(labels[:6], dtype=torch.float32)
+    eps = 4 / 255
+    for adv in (fgsm(forward, x, y, eps), pgd(forward, x, y, eps, steps=2, step_size=eps / 2)):
+        assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+        assert not torch.equal(adv, x)
+    # FGSM moves each crop's score towards the wrong class.
+    with torch.no_grad():
+        before, after = forward(x), forward(fgsm(forward, x, y, eps))
+    sign = torch.where(y == 1, -1.0, 1.0)
+    assert ((after - before) * sign >= -1e-6).float().mean() > 0.8
+
+
+def test_penultimate_embeddings_have_the_head_width(members: tuple) -> None:
+    _, checkpoints, crops, _ = members
+    emb = penultimate_embedder(checkpoints["mesonet"])(crops[:5])
+    assert emb.shape == (5, 16) and np.isfinite(emb).all()  # MesoNet's 16-unit hidden layer
+    assert np.abs(emb[0] - emb[1:]).max() > 0  # features of different crops differ
+
+
+@pytest.mark.parametrize("method", ["weighted_average", "stacking", "confidence"])
+def test_every_fusion_has_a_differentiable_form_that_matches_numpy(members: tuple, method: str) -> None:
+    from dfd.evaluation.calibration import calibrate, logit
+
+    spec, checkpoints, crops, _ = members
+    names = list(spec["members"])
+    params = {"weighted_average": {"weights": {m: i + 1.0 for i, m in enumerate(names)}},
+              "stacking": {"coef": {m: (-1.0) ** i * (i + 0.5) for i, m in enumerate(names)}, "intercept": 0.3},
+              "confidence": {"eps": 1e-3}}[method]
+    fused_spec = {**spec, "fusion": {"method": method, "members": names, **params}}
+    raw = EnsemblePredictor.from_spec(spec, checkpoints).member_scores(crops)
+    X = np.column_stack([calibrate(raw[m], spec["calibration"][m]) for m in names])
+    if method == "weighted_average":
+        w = np.array([params["weights"][m] for m in names])
+        expected = X @ (w / w.sum())
+    elif method == "stacking":
+        expected = 1 / (1 + np.exp(-(logit(X) @ np.array([params["coef"][m] for m in names]) + 0.3)))
+    else:
+        w = np.abs(X - 0.5) + 1e-3
+        expected = (w * X).sum(1) / w.sum(1)
+    with torch.no_grad():
+        ours = DifferentiableEnsemble(fused_spec, checkpoints)(torch.from_numpy(crops).permute(0, 3, 1, 2) / 255)
+    assert np.abs(ours.numpy() - expected).max() < 0.02
+    with pytest.raises(StageError, match="no differentiable form of the 'median' fusion"):
+        DifferentiableEnsemble({**spec, "fusion": {"method": "median", "members": names}}, checkpoints)

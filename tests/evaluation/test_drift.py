@@ -1,0 +1,81 @@
+"""Evidently reports: their sections, the drift share read from them, and a failure that fails the stage."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dfd.evaluation.drift import ReportError, drift_report, embedding_columns, quality_report
+from dfd.platform.layout import Layout
+from tasks import evaluate
+from tests.helpers import tiny_params
+
+
+def test_the_drift_share_is_read_from_the_report(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    ref = pd.DataFrame({"brightness": rng.normal(100, 10, 300), "contrast": rng.normal(40, 5, 300),
+                        "flat": np.ones(300)})
+    cur = pd.DataFrame({"brightness": rng.normal(140, 10, 200), "contrast": rng.normal(40, 5, 200),
+                        "flat": np.ones(200)})
+    out = drift_report(ref, cur, tmp_path / "drift.html")
+    assert out["drifted_share"] == 0.5 and out["drifted_columns"] == 1  # brightness moved, contrast did not
+    assert out["skipped_constant"] == ["flat"]
+    assert out["columns"]["brightness"]["score"] < out["columns"]["brightness"]["threshold"]  # K-S p-value
+    html = (tmp_path / "drift.html").read_text()
+    shown = re.search(r"Drift is detected for ([\d.]+)% of columns \((\d+) out of (\d+)\)", html)
+    assert shown and float(shown[1]) / 100 == out["drifted_share"] and (shown[2], shown[3]) == ("1", "2")
+
+
+def test_the_quality_report_holds_its_sections(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 200)
+    frames = pd.DataFrame({"label": labels, "prob": np.clip(labels * 0.4 + rng.uniform(0, 0.6, 200), 0, 1)})
+    out = quality_report(frames.iloc[100:], frames.iloc[:100], 0.5, tmp_path / "quality.html")
+    assert 0.5 < out["RocAuc"] <= 1 and 0 <= out["Accuracy"] <= 1 and "LogLoss" in out
+    html = (tmp_path / "quality.html").read_text()
+    for section in ("Accuracy", "Precision", "Recall", "F1", "ROC", "Confusion"):
+        assert section in html, section
+
+
+def test_embeddings_are_projected_on_the_reference_axes() -> None:
+    rng = np.random.default_rng(2)
+    ref, cur = rng.normal(0, 1, (50, 16)), rng.normal(3, 1, (20, 16))
+    r, c = embedding_columns(ref, {"x": cur}, dims=4)
+    assert list(r.columns) == list(c["x"].columns) == ["emb_0", "emb_1", "emb_2", "emb_3"]
+    assert len(c["x"]) == 20 and abs(r.to_numpy().mean()) < 1e-9  # centred on the reference
+
+
+def test_a_failed_evidently_report_fails_the_stage_and_leaves_no_html(trained_project: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import evidently
+
+    root = tmp_path / "p"
+    shutil.copytree(trained_project, root)
+    params = tiny_params(root, evaluate={"adversarial": {"attacks": []}})
+    layout = Layout.from_params(params, root)
+    assert (layout.reports_dir / "evidently" / "drift_demo.html").is_file()  # from the fixture's evaluate
+
+    def broken(self: object, *args: object, **kwargs: object) -> None:
+        raise ValueError("histogram bins must be positive")
+
+    monkeypatch.setattr(evidently.Report, "run", broken)
+    with pytest.raises(ReportError, match=r"Evidently data-drift report drift_demo.html failed: ValueError: "
+                                          r"histogram bins must be positive"):
+        evaluate.run(params, layout)
+    assert not list(layout.reports_dir.rglob("*.html")) and not list(layout.reports_dir.rglob("*.tmp"))
+
+
+def test_the_stage_reports_drift_of_the_test_split_against_training(trained_project: Path) -> None:
+    reports = Layout.from_params(tiny_params(trained_project), trained_project).reports_dir
+    drift = json.loads((reports / "metrics.json").read_text())["drift"]
+    test = drift["datasets"]["demo"]
+    assert drift["reference"] == "train split" and drift["drifted_share"] == test["drifted_share"]
+    emb = [c for c in test["columns"] if c.startswith("emb_")]
+    assert {"brightness", "contrast"} <= set(test["columns"]) | set(test["skipped_constant"]) and emb
+    assert "RocAuc" in test["quality"] and (reports / "evidently" / "quality_demo.html").is_file()
