@@ -148,6 +148,8 @@ def _print_summary(summary: Any, root: Path) -> None:
     m = summary.metrics
     print()
     print(f"Pipeline run {summary.run_id} finished.")
+    if getattr(summary, "unchanged", False):
+        print(f"  nothing changed since version {summary.version}: no stage ran, nothing was registered")
     print(f"  test AUC {m['auc']:.4f} | video AUC {m['video_auc']:.4f} | EER {m['eer']:.4f} | "
           f"accuracy {m['accuracy']:.4f}")
     gate = "PASSED" if summary.gate["passed"] else "FAILED (" + ", ".join(summary.gate["failed"]) + ")"

@@ -18,7 +18,8 @@ from dfd.platform.alerts import alert, gate_failure_message
 from dfd.platform.config import Params, load_params
 from dfd.platform.layout import Layout
 from dfd.platform.tracking import Tracker
-from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task, train_task
+from flows.stages import (ensemble_task, evaluate_task, faces_task, ingest_task, last_registration, register_task,
+                          train_task)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class PipelineSummary:
     gate: dict[str, Any]
     metrics: dict[str, Any]
     tracking_uri: str
+    unchanged: bool = False  # no stage had anything new to do: `version` is the one registered before
 
 
 def _load(path: str, overrides: list[str] | None, root: str) -> Params:
@@ -54,6 +56,7 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
     layout = Layout.from_params(params, root)
     tracker = Tracker.from_params(params, root)
     provenance = {"git_commit": git_commit(root), "params_hash": params.digest()}
+    before = last_registration(layout)  # the run that registered the current version, if any
     with tracker.run("pipeline", tags=provenance) as parent:
         tracker.log_params(parent, params.model_dump(mode="json"))
         ingest_task(params, layout, tracker, parent)
@@ -71,11 +74,15 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
         reg = register_task(params, layout, tracker, parent)
         tracker.log_metrics(parent, {"test": ev.metrics["ensemble"], "gate_passed": int(ev.passed)})
         tracker.set_tags(parent, {"gate_passed": ev.passed, "model_version": reg.version})
+        unchanged = before is not None and before == reg.run_id
+        if unchanged:
+            print(f"nothing changed since version {reg.version}")
+            tracker.set_tags(parent, {"unchanged": "true", "note": f"nothing changed since version {reg.version}"})
         if not ev.passed:
             subject, body = gate_failure_message(ev.gate, reg.model_name, reg.version, parent)
             tracker.set_tags(parent, {"alerts": alert(params.alerts, subject, body)})
     return PipelineSummary(parent, reg.model_name, reg.version, reg.promoted, reg.alias, ev.gate,
-                           ev.metrics["ensemble"], tracker.tracking_uri)
+                           ev.metrics["ensemble"], tracker.tracking_uri, unchanged)
 
 
 @flow(name="deepfake-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4), on_failure=[_on_failure],
