@@ -86,6 +86,15 @@ def cmd_dataset_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_remote(args: argparse.Namespace) -> int:
+    from dfd.data.datasets_registry import set_remote
+
+    remote = set_remote(args.url, Path(args.params).resolve().parent, args.endpoint, args.name)
+    where = f" at {remote['endpoint']}" if remote["endpoint"] else ""
+    print(f"DVC default remote '{remote['name']}' is {remote['url']}{where} (.dvc/config: commit it)")
+    return 0
+
+
 def _epoch_logger(path: str | None) -> Callable[[int, dict[str, float]], None] | None:
     """Append one JSON line per finished epoch to `path` (the flow tails it to log to MLflow live)."""
     if not path:
@@ -178,6 +187,9 @@ def preflight(params: Params, root: Path) -> None:
                         "run `dfd demo-data`, or point data.root in params.yaml at your dataset")
     for _ in get_adapter(params.data.adapter)(data_root, params.data):  # raises on a missing or empty class folder
         pass
+    from dfd.platform.storage_check import check_storage
+
+    check_storage(params, root)  # every S3 bucket in use is writable (bounded retries: seconds when down)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -237,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default="folder")
     p.add_argument("--push", action="store_true", help="also `dvc push` it to the configured remote")
     p.set_defaults(func=cmd_dataset_add)
+    p = dsub.add_parser("remote", help="set the DVC default remote (s3://bucket/prefix; --endpoint for MinIO)")
+    p.add_argument("url")
+    p.add_argument("--endpoint", help="S3-compatible endpoint URL (MinIO); leave out for AWS")
+    p.add_argument("--name", default="storage", help="remote name (default: storage)")
+    p.set_defaults(func=cmd_dataset_remote)
     p = sub.add_parser("config", help="print the resolved params, or their JSON schema")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of params.yaml")
     p.set_defaults(func=cmd_config)

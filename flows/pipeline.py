@@ -17,9 +17,17 @@ from dfd.data.provenance import git_commit, run_lineage
 from dfd.platform.alerts import alert, gate_failure_message
 from dfd.platform.config import Params, load_params
 from dfd.platform.layout import Layout
+from dfd.platform.storage_check import check_storage
 from dfd.platform.tracking import Tracker
-from flows.stages import (ensemble_task, evaluate_task, faces_task, ingest_task, last_registration, register_task,
-                          train_task)
+from flows.stages import (
+    ensemble_task,
+    evaluate_task,
+    faces_task,
+    ingest_task,
+    last_registration,
+    register_task,
+    train_task,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ def _on_failure(flow_: Any, flow_run: Any, state: Any) -> None:
 
 def run_pipeline(params: Params, root: Path) -> PipelineSummary:
     """The DAG on already-loaded params; the body of the Prefect flow."""
+    check_storage(params, root)  # before any stage: an unreachable bucket fails here, in seconds
     layout = Layout.from_params(params, root)
     tracker = Tracker.from_params(params, root)
     provenance = {"git_commit": git_commit(root), "params_hash": params.digest()}
