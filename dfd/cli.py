@@ -193,12 +193,13 @@ def preflight(params: Params, root: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    preflight(_params(args), Path.cwd())  # before importing the flow (Prefect, torch): a mistake costs seconds
+
     from flows.logs import quiet_expected_failures
     from flows.pipeline import pipeline
 
     if not args.verbose:
         quiet_expected_failures()
-    preflight(_params(args), Path.cwd())
     summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
     _print_summary(summary, Path.cwd())
     return 0
