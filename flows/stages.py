@@ -40,6 +40,7 @@ def _cached(layout: Layout, tracker: Tracker, rid: str, inputs: StageInputs, cls
         return check.result
     print(f"{inputs.name}: running ({check.reason})")
     tracker.set_tags(rid, {"rerun_reason": check.reason[:4000]})
+    cache.forget(inputs.name)
     start = time.perf_counter()
     result = compute()
     cache.save(check, inputs, result, rid, round(time.perf_counter() - start, 3))
@@ -171,6 +172,7 @@ def register_task(params: Params, layout: Layout, tracker: Tracker, parent: str)
             print(f"register: up to date; nothing changed since version {res.version} of {res.model_name}")
         return res
     print(f"register: running ({check.reason})")
+    cache.forget(inputs.name)
     start = time.perf_counter()
     res = register.run(params, layout, tracker, parent)
     cache.save(check, inputs, res, res.run_id, round(time.perf_counter() - start, 3))

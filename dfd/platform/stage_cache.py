@@ -288,6 +288,10 @@ class StageCache:
         check.result = result
         return check
 
+    def forget(self, name: str) -> None:
+        """Drop a stage's record before it runs: a run that fails halfway must not leave an old record behind."""
+        self.record_path(name).unlink(missing_ok=True)
+
     def save(self, check: Check, inputs: StageInputs, result: Any, run_id: str | None = None,
              duration_s: float | None = None) -> Path:
         """Record a finished stage (written last and atomically: a crash before this leaves the stage to rerun)."""
