@@ -6,6 +6,9 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from dfd.platform.stage_cache import FileHasher, StageCache, StageInputs, code_files, code_hash
 from tests.helpers import PROJECT
@@ -113,3 +116,42 @@ def test_hash_memo_survives_a_new_process_view(tmp_path: Path) -> None:
     # ...and reads the file again when they change.
     f.write_bytes(b"1" * 1000)
     assert FileHasher(memo).file(f) != digest
+
+
+@pytest.mark.slow
+def test_new_data_reruns_ingest_and_faces_for_the_new_sample_only(tiny_project: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flow's ingest and faces tasks (their functions, without a flow run) on a real sqlite MLflow store."""
+    import cv2
+
+    from dfd.platform.layout import Layout
+    from dfd.platform.tracking import Tracker
+    from flows.stages import faces_task, ingest_task
+    from tests.helpers import tiny_params
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tiny_project
+    params = tiny_params(root, mlflow={"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"})
+    layout = Layout.from_params(params, root)
+    tracker = Tracker.from_params(params, root)
+
+    def both() -> tuple[Any, Any, dict[str, str]]:
+        with tracker.run("pipeline") as parent:
+            ing = ingest_task.fn(params, layout, tracker, parent)
+            fac = faces_task.fn(params, layout, tracker, parent)
+        cache = StageCache(layout.artifacts, root)
+        return ing, fac, {s: cache.record(s)["finished_at"] + cache.record(s)["fingerprint"]
+                          for s in ("ingest", "faces")}
+
+    ing1, fac1, rec1 = both()
+    assert fac1.extracted > 0 and fac1.skipped == 0
+    ing2, fac2, rec2 = both()
+    assert (ing2, fac2, rec2) == (ing1, fac1, rec1)  # the recorded results, and no new record: nothing ran
+
+    image = cv2.imread(str(sorted((root / "raw" / "real").glob("*.png"))[0]))
+    image[0, 0] = 255 - image[0, 0]  # new bytes: not a duplicate of the sample it was made from
+    cv2.imwrite(str(root / "raw" / "real" / "id999_0.png"), image)
+    ing3, fac3, rec3 = both()
+    assert ing3.samples == ing1.samples + 1
+    assert fac3.extracted == 1 and fac3.skipped == fac1.extracted
+    assert rec3["ingest"] != rec1["ingest"] and rec3["faces"] != rec1["faces"]
