@@ -19,15 +19,8 @@ from dfd.platform.config import Params, load_params
 from dfd.platform.layout import Layout
 from dfd.platform.storage_check import check_storage
 from dfd.platform.tracking import Tracker
-from flows.stages import (
-    ensemble_task,
-    evaluate_task,
-    faces_task,
-    ingest_task,
-    last_registration,
-    register_task,
-    train_task,
-)
+from flows.stage_inputs import last_registration
+from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task, train_task
 
 
 @dataclass(frozen=True)

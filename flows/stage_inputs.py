@@ -6,6 +6,7 @@ another module needs no edit here; data and params deps mirror `dvc.yaml`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from dfd.platform.config import Params
@@ -58,3 +59,11 @@ def register(params: Params, layout: Layout, tracking_uri: str) -> StageInputs:
                        (reports / "metrics.json", reports / "robustness.json", layout.ensemble_dir,
                         *_model_dirs(params, layout), layout.faces_index),
                        ("tasks.register", "dfd.serving.pyfunc_model"), outs=(layout.registry_record,))
+
+
+def last_registration(layout: Layout) -> str | None:
+    """The MLflow run that registered the version in `artifacts/registry.json`, or None before the first."""
+    try:
+        return str(json.loads(layout.registry_record.read_text())["run_id"])
+    except (OSError, ValueError, KeyError):
+        return None

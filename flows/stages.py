@@ -7,7 +7,6 @@ outputs were written, it returns the recorded result without running, and says s
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -45,14 +44,6 @@ def _cached(layout: Layout, tracker: Tracker, rid: str, inputs: StageInputs, cls
     result = compute()
     cache.save(check, inputs, result, rid, round(time.perf_counter() - start, 3))
     return result
-
-
-def last_registration(layout: Layout) -> str | None:
-    """The MLflow run that registered the version in `artifacts/registry.json`, or None before the first."""
-    try:
-        return str(json.loads(layout.registry_record.read_text())["run_id"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _transient(task_: Any, task_run: Any, state: Any) -> bool:

@@ -68,4 +68,3 @@ def set_remote(url: str, project: Path, endpoint: str | None = None, name: str =
     else:
         _dvc(["remote", "modify", "--unset", name, "endpointurl"], project)
     return {"name": name, "url": url, "endpoint": endpoint}
-
