@@ -89,6 +89,15 @@ def cmd_dataset_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_remote(args: argparse.Namespace) -> int:
+    from dfd.data.datasets_registry import set_remote
+
+    remote = set_remote(args.url, Path(args.params).resolve().parent, args.endpoint, args.name)
+    where = f" at {remote['endpoint']}" if remote["endpoint"] else ""
+    print(f"DVC default remote '{remote['name']}' is {remote['url']}{where} (.dvc/config: commit it)")
+    return 0
+
+
 def _epoch_logger(path: str | None) -> Callable[[int, dict[str, float]], None] | None:
     """Append one JSON line per finished epoch to `path` (the flow tails it to log to MLflow live)."""
     if not path:
@@ -182,6 +191,8 @@ def _print_summary(summary: Any, root: Path) -> None:
     m = summary.metrics
     print()
     print(f"Pipeline run {summary.run_id} finished.")
+    if getattr(summary, "unchanged", False):
+        print(f"  nothing changed since version {summary.version}: no stage ran, nothing was registered")
     print(f"  test AUC {m['auc']:.4f} | video AUC {m['video_auc']:.4f} | EER {m['eer']:.4f} | "
           f"accuracy {m['accuracy']:.4f}")
     from dfd.evaluation.gate import format_table
@@ -224,15 +235,19 @@ def preflight(params: Params, root: Path) -> None:
     from dfd.platform.alerts import check_alert_settings
 
     check_alert_settings(params.alerts)  # a bad webhook URL is found now, not after training (never echoed)
+    from dfd.platform.storage_check import check_storage
+
+    check_storage(params, root)  # every S3 bucket in use is writable (bounded retries: seconds when down)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    preflight(_params(args), Path.cwd())  # before importing the flow (Prefect, torch): a mistake costs seconds
+
     from flows.logs import quiet_expected_failures
     from flows.pipeline import pipeline
 
     if not args.verbose:
         quiet_expected_failures()
-    preflight(_params(args), Path.cwd())
     summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
     _print_summary(summary, Path.cwd())
     return 3 if "failed" in summary.alerts.values() else 0
@@ -396,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>)")
     p.add_argument("--verify", action="store_true", help="only check an existing deployment at --to")
     p.set_defaults(func=cmd_deploy_model)
+    p = dsub.add_parser("remote", help="set the DVC default remote (s3://bucket/prefix; --endpoint for MinIO)")
+    p.add_argument("url")
+    p.add_argument("--endpoint", help="S3-compatible endpoint URL (MinIO); leave out for AWS")
+    p.add_argument("--name", default="storage", help="remote name (default: storage)")
+    p.set_defaults(func=cmd_dataset_remote)
     p = sub.add_parser("config", help="print the resolved params, or their JSON schema")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of params.yaml")
     p.set_defaults(func=cmd_config)

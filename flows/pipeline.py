@@ -26,8 +26,10 @@ from dfd.platform.alerts import (
 )
 from dfd.platform.config import OVERRIDE_ENV, AlertParams, Params, load_params
 from dfd.platform.layout import Layout
+from dfd.platform.storage_check import check_storage
 from dfd.platform.tracking import Tracker
 from flows.runners import train_all
+from flows.stage_inputs import last_registration
 from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task
 
 
@@ -47,6 +49,7 @@ class PipelineSummary:
     alerts: dict[str, str] = field(default_factory=dict)
     registered: bool = True  # False: nothing changed since the production version (`message` says which)
     message: str = ""
+    unchanged: bool = False  # no stage had anything new to do: `version` is the one registered before
 
 
 log = logging.getLogger(__name__)
@@ -102,10 +105,12 @@ def _on_failure(flow_: Any, flow_run: Any, state: Any) -> None:
 
 def run_pipeline(params: Params, root: Path) -> PipelineSummary:
     """The DAG on already-loaded params; the body of the Prefect flow."""
+    check_storage(params, root)  # before any stage: an unreachable bucket fails here, in seconds
     layout = Layout.from_params(params, root)
     tracker = Tracker.from_params(params, root)
     provenance = {"git_commit": git_commit(root), "params_hash": params.digest()}
     flow_run_id = current_flow_run.id
+    before = last_registration(layout)  # the run that registered the current version, if any
     with tracker.run("pipeline", tags=provenance) as parent:
         if flow_run_id:
             _MLFLOW_RUNS[flow_run_id] = (tracker.tracking_uri, tracker.experiment_id, parent)
@@ -123,8 +128,12 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
         gate = reg.gate  # the gate dict (format D), decided by the register stage
         tracker.log_metrics(parent, {"test": ev.metrics["ensemble"], "gate_passed": int(reg.passed)})
         tracker.set_tags(parent, {"gate_passed": reg.passed, "model_version": reg.version})
+        unchanged = before is not None and before == reg.run_id
+        if unchanged:
+            print(f"nothing changed since version {reg.version}")
+            tracker.set_tags(parent, {"unchanged": "true", "note": f"nothing changed since version {reg.version}"})
         alerts: dict[str, str] = {}
-        if not reg.passed:
+        if not reg.passed and not unchanged:  # a failed gate is reported once, not again every week it stays
             subject, body = gate_failure_message(
                 gate, flow_run=current_flow_run.name or parent, model_name=reg.model_name, version=reg.version,
                 mlflow_link=mlflow_run_link(tracker.tracking_uri, tracker.experiment_id, parent,
@@ -134,7 +143,8 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
             tracker.set_tags(parent, {f"alert_{k}": v for k, v in alerts.items()})
     _MLFLOW_RUNS.pop(flow_run_id or "", None)
     return PipelineSummary(parent, reg.model_name, reg.version, reg.promoted, reg.alias, gate,
-                           ev.metrics["ensemble"], tracker.tracking_uri, alerts, reg.registered, reg.message)
+                           ev.metrics["ensemble"], tracker.tracking_uri, alerts, reg.registered, reg.message,
+                           unchanged)
 
 
 @flow(name="deepfake-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4), on_failure=[_on_failure],

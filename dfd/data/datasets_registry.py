@@ -54,3 +54,17 @@ def add_dataset(path: Path, name: str, adapter: str, params_file: Path, push: bo
         yaml.dump(doc, fh)
     return {"dvc_file": f"{rel.as_posix()}.dvc", "data_hash": tracked_hash(root), "name": name,
             "root": rel.as_posix(), "adapter": adapter}
+
+
+def set_remote(url: str, project: Path, endpoint: str | None = None, name: str = "storage") -> dict[str, Any]:
+    """Make `url` (`s3://bucket/prefix`, or any DVC remote URL) the repo's default DVC remote.
+
+    The endpoint (MinIO, or any S3-compatible server; None for AWS) goes into `.dvc/config`, which is committed so
+    that a clone pulls from the same place; credentials stay in the environment (`AWS_ACCESS_KEY_ID`, ...).
+    """
+    _dvc(["remote", "add", "--default", "--force", name, url], project)
+    if endpoint:
+        _dvc(["remote", "modify", name, "endpointurl", endpoint], project)
+    else:
+        _dvc(["remote", "modify", "--unset", name, "endpointurl"], project)
+    return {"name": name, "url": url, "endpoint": endpoint}

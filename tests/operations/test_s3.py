@@ -1,0 +1,192 @@
+"""S3 everywhere, against a real S3-compatible server on loopback (moto's server mode): the preflight, a DVC remote
+(real `dvc push` / `dvc pull` in a fresh clone) and MLflow artifacts through a real `mlflow server`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+
+from dfd.platform.config import load_params
+from dfd.platform.errors import StorageError
+from dfd.platform.storage_check import buckets_in_use, check_storage, dvc_remote
+from tests.helpers import PROJECT, TINY
+
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DFD_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL",
+                                                             "MLFLOW_TRACKING_URI")}
+    return {**env, "PATH": f"{BIN}:{env.get('PATH', '')}", "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1",
+            **extra}
+
+
+def _sh(cmd: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, env=_env(**extra), capture_output=True, text=True, timeout=300)
+
+
+def _bucket(endpoint: str, name: str) -> None:
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+
+
+def _md5s(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dvc_config(root: Path, url: str, endpoint: str) -> None:
+    (root / ".dvc").mkdir(parents=True, exist_ok=True)
+    (root / ".dvc" / "config").write_text(f"[core]\n    remote = storage\n['remote \"storage\"']\n    url = {url}\n"
+                                          f"    endpointurl = {endpoint}\n")
+
+
+def test_preflight_finds_and_probes_the_buckets_in_use(s3_server: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("DFD_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    _bucket(s3_server, "pre-dvc")
+    _bucket(s3_server, "pre-mlflow")
+    _dvc_config(tmp_path, "s3://pre-dvc/cache", s3_server)
+    monkeypatch.setenv("MLFLOW_ARTIFACTS_DESTINATION", "s3://pre-mlflow/artifacts")
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)
+    params = load_params(PROJECT / "params.yaml")
+
+    assert dvc_remote(tmp_path) == ("storage", "s3://pre-dvc/cache", s3_server)
+    found = check_storage(params, tmp_path)
+    assert [(b.uri, b.use) for b in found] == [("s3://pre-dvc/cache", "DVC remote 'storage'"),
+                                               ("s3://pre-mlflow/artifacts", "MLflow artifacts destination")]
+
+    (tmp_path / ".dvc" / "config.local").write_text("['remote \"storage\"']\n    url = s3://no-such-bucket/cache\n")
+    with pytest.raises(StorageError, match=r"^DVC remote 'storage': cannot write to s3://no-such-bucket/cache"):
+        check_storage(params, tmp_path)
+
+    monkeypatch.delenv("MLFLOW_ARTIFACTS_DESTINATION")
+    shutil.rmtree(tmp_path / ".dvc")
+    assert buckets_in_use(params, tmp_path) == []
+
+
+def test_unreachable_endpoint_stops_dfd_run_with_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
+    """`dfd run` exits 2 with one line, before Prefect or any stage starts (no alert: that is the flow's hook)."""
+    shutil.copytree(tiny_dataset, tmp_path / "raw")
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(TINY, tmp_path / "tiny.yaml")
+    (tmp_path / "local.yaml").write_text("data: {root: raw}\n")
+    _dvc_config(tmp_path, "s3://team-dvc/cache", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    start = time.perf_counter()
+    res = _sh([str(BIN / "dfd"), "--override", "tiny.yaml", "--override", "local.yaml", "run"], tmp_path,
+              AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    elapsed = time.perf_counter() - start
+    print(f"unreachable endpoint: dfd run exited {res.returncode} after {elapsed:.1f} s")
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and " INFO " not in ln]
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert len(lines) == 1 and "DVC remote 'storage': cannot write to s3://team-dvc/cache" in lines[0], lines
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_dataset_push_to_s3_then_pull_in_a_fresh_clone(s3_server: str, tiny_dataset: Path, tmp_path: Path) -> None:
+    _bucket(s3_server, "team-dvc")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(PROJECT / "params.yaml", repo / "params.yaml")
+    shutil.copytree(tiny_dataset, repo / "data" / "raw" / "tiny")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        assert _sh(cmd, repo).returncode == 0
+    dfd = str(BIN / "dfd")
+    res = _sh([dfd, "dataset", "remote", "s3://team-dvc/cache", "--endpoint", s3_server], repo)
+    assert res.returncode == 0, res.stderr
+    res = _sh([dfd, "dataset", "add", "data/raw/tiny", "--name", "tiny", "--push"], repo)
+    assert res.returncode == 0, res.stderr
+    assert _sh(["git", "add", "-A"], repo).returncode == 0
+    assert _sh([*git, "commit", "-qm", "tiny dataset on S3"], repo).returncode == 0
+
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+            .list_objects_v2(Bucket="team-dvc", Prefix="cache/")["Contents"]]
+    assert len(keys) == len(_md5s(tiny_dataset)) + 1  # every file, plus the directory listing
+
+    clone = tmp_path / "clone"
+    assert _sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path).returncode == 0
+    assert not (clone / "data" / "raw" / "tiny").exists()
+    res = _sh(["dvc", "pull", "-q"], clone)
+    assert res.returncode == 0, res.stderr
+    assert _md5s(clone / "data" / "raw" / "tiny") == _md5s(tiny_dataset)
+
+
+@pytest.mark.slow
+def test_mlflow_server_keeps_artifacts_and_models_in_s3(s3_server: str, trained_project: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+
+    from dfd.platform.layout import Layout
+    from dfd.platform.tracking import Tracker
+    from tasks import register
+    from tests.helpers import tiny_params
+
+    _bucket(s3_server, "team-mlflow")
+    port = _free_port()
+    server = subprocess.Popen(
+        ["bash", str(PROJECT / "mlflow" / "start_server.sh")], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        env=_env(MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path / 'server.db'}",
+                 MLFLOW_ARTIFACTS_DESTINATION="s3://team-mlflow/artifacts", MLFLOW_S3_ENDPOINT_URL=s3_server,
+                 MLFLOW_PORT=str(port), MLFLOW_WORKERS="1"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(1)
+
+        root = tmp_path / "project"
+        shutil.copytree(trained_project, root)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        params = tiny_params(root)
+        layout = Layout.from_params(params, root)
+        tracker = Tracker.from_params(params, root)
+        assert tracker.tracking_uri == url
+        res = register.run(params, layout, tracker)
+
+        keys = [o["Key"] for page in boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+                .get_paginator("list_objects_v2").paginate(Bucket="team-mlflow") for o in page.get("Contents", [])]
+        assert any(k.endswith("/MLmodel") for k in keys), keys
+        assert sum(k.endswith("best.pt") for k in keys) == len(params.models)
+        assert not list((root / "mlruns").glob("**/MLmodel"))  # nothing landed on the client's disk
+
+        mlflow.set_tracking_uri(url)
+        model = mlflow.pyfunc.load_model(f"models:/{res.model_name}/{res.version}")
+        index = pd.read_parquet(layout.faces_index).head(3)
+        crops = np.stack([cv2.cvtColor(cv2.imread(str(layout.faces_index.parent / c)), cv2.COLOR_BGR2RGB)
+                          for c in index["crop"]])
+        scores = np.asarray(model.predict(crops))
+        assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
