@@ -101,11 +101,21 @@ def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_d
     return RegisterResult(cfg.model_name, version, bool(gate["passed"]), cfg.alias, record_path, run_id)
 
 
+def check_inputs(params: Params, layout: Layout) -> None:
+    """Fail with one line, before an MLflow run is opened, when an upstream output is missing (no empty runs)."""
+    needed = [(layout.reports_dir / "gate.json", "evaluate"), (layout.ensemble_dir / "ensemble.json", "ensemble"),
+              (layout.faces_index, "faces"), (layout.ingest_report, "ingest")]
+    for path, stage in needed:
+        if not path.is_file():
+            raise StageError(f"not found: {path}", f"run the {stage} stage first (`dfd stage {stage}`), or `dfd run`")
+
+
 def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None = None) -> RegisterResult:
     """The stage as `dfd stage register` (its own run) and the flow (a run nested under `parent_id`) call it.
 
     Both paths tag the run and the version with the same lineage, computed by one function from the same files.
     """
+    check_inputs(params, layout)
     tags = run_lineage(params, layout.ingest_report, layout.root)
     with tracker.run("register" if parent_id else "register (dvc)", parent_id, tags) as rid:
         metrics_path = layout.reports_dir / "metrics.json"
