@@ -51,6 +51,7 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
     # The manifest and the report must describe the same attempt: a failed ingest removes the previous manifest
     # (a later stage or `register` would otherwise use, and tag, data that is no longer what the report says).
     manifest_path.unlink(missing_ok=True)
+    report_path.unlink(missing_ok=True)  # if even the failure report cannot be written (a full disk), none is left
     report: dict = {"dataset": data.name, "status": "failed"}
     try:
         return _ingest(data, cfg, root, manifest_path, report_path, seed, report)
