@@ -49,7 +49,7 @@ def test_demo_data_never_writes_into_a_real_dataset(tmp_path: Path) -> None:
     for args in (["demo-data"], ["demo"]):
         res = _dfd(args, tmp_path)
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-        assert [ln for ln in res.stderr.splitlines() if ln.startswith("dfd: error:")][0].count("refusing") == 1
+        assert next(ln for ln in res.stderr.splitlines() if ln.startswith("dfd: error:")).count("refusing") == 1
     assert {p: p.read_bytes() for p in user.rglob("*") if p.is_file()} == before
 
 

@@ -48,7 +48,7 @@ def test_the_project_params_pass() -> None:
 def test_each_unknown_name_is_one_problem(section: dict, needle: str) -> None:
     problems = params_problems(Params.model_validate(section))
     assert len(problems) == 1 and needle in problems[0], problems
-    with pytest.raises(ConfigError, match="fix params.yaml"):
+    with pytest.raises(ConfigError, match=r"fix params\.yaml"):
         check_params(Params.model_validate(section))
 
 
@@ -84,7 +84,7 @@ def test_cli_refuses_bad_names_before_any_work(tmp_path: Path) -> None:
 def test_empty_params_file_is_refused_and_explicit_defaults_are_allowed(tmp_path: Path) -> None:
     empty = tmp_path / "params.yaml"
     empty.write_text("# nothing yet\n")
-    with pytest.raises(ConfigError, match="is empty .*GPU-sized"):
+    with pytest.raises(ConfigError, match=r"is empty .*GPU-sized"):
         load_params(empty)
     empty.write_text("{}\n")
     assert load_params(empty) == Params()
