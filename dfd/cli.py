@@ -197,8 +197,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.verbose:
         quiet_expected_failures()
+    from prefect.settings import get_current_settings
+
+    from flows.server import prefect_api
+
     preflight(_params(args), Path.cwd())
-    summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
+    # A private temporary server (unless PREFECT_API_URL names one): its logs go to a file, not into this output,
+    # and it stops with this process, even a SIGKILLed one.
+    with prefect_api(Path(get_current_settings().home) / "dfd-temporary-server.log"):
+        summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
     _print_summary(summary, Path.cwd())
     return 0
 

@@ -31,11 +31,14 @@ def _size(path: Path) -> int:
 def _init_worker() -> None:
     """Die with the stage (a SIGKILLed parent must not leave workers blocked forever on its queue), and use one
     OpenCV thread per worker process: the processes already fill the cores, and threads would contend."""
+    import multiprocessing as mp
+
     import cv2
 
     from dfd.platform.procs import die_with_parent
 
-    die_with_parent()
+    parent = mp.parent_process()
+    die_with_parent(parent_pid=parent.pid if parent else None)
     cv2.setNumThreads(1)
 
 

@@ -17,10 +17,11 @@ import sys
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+def die_with_parent(sig: int = signal.SIGTERM, parent_pid: int | None = None) -> bool:
     """Ask the kernel to send `sig` to this process when its parent dies (Linux only; elsewhere a no-op).
 
-    Call it first thing in a child (a pool initializer, `arm_from_env`).
+    Call it first thing in a child (a pool initializer, `arm_from_env`). With `parent_pid`, a parent that died
+    before the call (the child was re-parented) makes the child exit at once instead of running as an orphan.
 
     Returns:
         Whether the signal is armed.
@@ -33,6 +34,8 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
             return False
     except (OSError, AttributeError):
         return False
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
     return True
 
 
@@ -51,8 +54,8 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
 def arm_from_env() -> None:
     """In a `dfd` child: die with the parent named in the environment; exit now if it is already gone."""
     expected = os.environ.pop(PARENT_ENV, None)
-    if expected and die_with_parent() and os.getppid() != int(expected):
-        os._exit(1)
+    if expected and expected.isdigit():
+        die_with_parent(parent_pid=int(expected))
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
