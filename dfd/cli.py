@@ -9,6 +9,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -205,7 +206,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A private temporary server (unless PREFECT_API_URL names one): its logs go to a file, not into this output,
     # and it stops with this process, even a SIGKILLed one.
     with prefect_api(Path(get_current_settings().home) / "dfd-temporary-server.log"):
-        summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
+        try:
+            summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
+        except BaseException as exc:
+            signum = _interrupt_signal(exc)
+            if signum is None:
+                raise
+            _stop_now(signum)
     _print_summary(summary, Path.cwd())
     return 0
 
@@ -276,6 +283,33 @@ def _on_signal(signum: int, frame: Any) -> None:
 
         threading.Thread(target=stop_all_children, name="dfd-stop-children", daemon=True).start()
     raise Interrupted(signum)
+
+
+def _interrupt_signal(exc: BaseException) -> int | None:
+    """The signal behind `exc` when it is an interrupt: Ctrl-C, our SIGTERM handler, or Prefect's own (a flow run
+    replaces the SIGTERM handler with one raising TerminationSignal); None for any other exception."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    signum = getattr(exc, "signal", None) if type(exc).__name__ == "TerminationSignal" else None
+    return int(signum) if signum is not None else None
+
+
+def _stop_now(signum: int) -> None:
+    """Stop an interrupted flow run within seconds: kill the training children, then leave without unwinding.
+
+    A normal exit would wait for Prefect's task threads (each blocked on a child until it finishes training) and
+    for its log and event workers to flush to the temporary server. Every finished output is already on disk, each
+    model's last.pt included, so the next run resumes; the temporary server stops by its parent-death signal.
+    """
+    from flows.train_process import stop_all_children
+
+    stop_all_children()
+    print("dfd: interrupted; finished outputs are kept and the next run resumes from them", file=sys.stderr,
+          flush=True)
+    sys.stdout.flush()
+    os._exit(128 + signum)
 
 
 def _os_error(exc: OSError) -> DfdError | None:

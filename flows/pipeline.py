@@ -19,6 +19,7 @@ from dfd.platform.config import Params, load_params
 from dfd.platform.layout import Layout
 from dfd.platform.tracking import Tracker
 from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task, train_task
+from flows.train_process import stop_children_on_sigterm
 from tasks.preflight import check_params
 
 
@@ -91,4 +92,5 @@ def pipeline(path: str = "params.yaml", overrides: list[str] | None = None, root
     """
     params = _load(path, overrides, root)
     check_params(params)  # every name and device, before any work (deployments start here, not from the CLI)
+    stop_children_on_sigterm()  # SIGTERM stops the training children at once, not after they finish training
     return run_pipeline(params, Path(root).resolve())

@@ -15,13 +15,14 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import yaml
 
@@ -41,6 +42,7 @@ STOP_GRACE_S = 10.0  # a child told to stop gets this long before SIGKILL (its l
 _LIVE: set[subprocess.Popen] = set()
 _LIVE_LOCK = threading.Lock()
 _STOPPING = threading.Event()
+_TEMP_DIRS: set[str] = set()  # their temporary folders, removed by `stop_all_children` too (an exit may not wait)
 
 
 def _remove_stale_temp_dirs() -> None:
@@ -57,6 +59,27 @@ def _remove_stale_temp_dirs() -> None:
             pass
 
 
+def stop_children_on_sigterm() -> None:
+    """Chain a SIGTERM handler that stops the training children before the one installed now (Prefect's) runs.
+
+    Called at the start of the flow body: the flow engine replaces the SIGTERM handler with one raising
+    TerminationSignal, and its task runner then waits for every task, each blocked on a child that would train to
+    the end. Stopping the children first lets the run end within seconds. Only possible in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        stop_all_children()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def stop_all_children(grace_s: float = STOP_GRACE_S) -> int:
     """Stop every training child (and its process group) now; later launches are refused. Returns how many."""
     _STOPPING.set()
@@ -67,6 +90,8 @@ def stop_all_children(grace_s: float = STOP_GRACE_S) -> int:
         t.start()
     for t in threads:
         t.join(grace_s + 5)
+    for tmp in list(_TEMP_DIRS):
+        shutil.rmtree(tmp, ignore_errors=True)
     return len(procs)
 
 
@@ -119,7 +144,8 @@ def train_in_process(params: Params, layout: Layout, name: str, on_epoch: EpochC
     if _STOPPING.is_set():
         raise StageError(f"train@{name}: not started, the run is stopping")
     _remove_stale_temp_dirs()
-    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{name}-{os.getpid()}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{name}-{os.getpid()}-", ignore_cleanup_errors=True) as tmp:
+        _TEMP_DIRS.add(tmp)
         resolved, epochs = Path(tmp) / "params.yaml", Path(tmp) / "epochs.jsonl"
         resolved.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
         cmd = [sys.executable, "-m", "dfd.cli", "--params", str(resolved), "stage", "train", "--model", name,
@@ -155,6 +181,7 @@ def train_in_process(params: Params, layout: Layout, name: str, on_epoch: EpochC
                     proc.wait()
             with _LIVE_LOCK:
                 _LIVE.discard(proc)
+            _TEMP_DIRS.discard(tmp)
     if _STOPPING.is_set():  # stopped on purpose: not a crash to retry
         raise StageError(f"train@{name}: stopped; its last finished epoch is in {layout.model_dir(name) / 'last.pt'}")
     if proc.returncode == DfdError.exit_code:
