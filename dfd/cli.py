@@ -9,9 +9,13 @@ gate doing its job).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,14 +28,23 @@ DEMO_OVERRIDE = "configs/demo.yaml"
 
 
 def _params(args: argparse.Namespace) -> Params:
-    return load_params(args.params, args.override)
+    """Load the params and check every name and device in them, before any work (one line, exit 2, on a problem)."""
+    from tasks.preflight import check_params
+
+    params = load_params(args.params, args.override)
+    check_params(params)
+    return params
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     if args.schema:
         print(json.dumps(json_schema(), indent=2))
     else:
-        print(json.dumps(_params(args).model_dump(mode="json"), indent=2))
+        params = load_params(args.params, args.override)
+        print(json.dumps(params.model_dump(mode="json"), indent=2))
+        from tasks.preflight import check_params
+
+        check_params(params)  # printed first, then the names or device that would fail a run, as the error
     return 0
 
 
@@ -59,7 +72,8 @@ def cmd_validate_dataset(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise DataError(f"dataset root not found: {root}")
     result = validate(root, data)
-    report = Path(args.report or f"{root.name}.validation.json")
+    # Beside the dataset's other reports (data.workdir/manifests, where ingest writes), never the current folder.
+    report = Path(args.report) if args.report else Path(base.workdir) / "manifests" / f"{root.name}.validation.json"
     summary = result.to_dict()
     write_json(report, summary)
     print(f"{'dataset':<18}{root}  (adapter {data.adapter})")
@@ -248,7 +262,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.verbose:
         quiet_expected_failures()
-    summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
+    from prefect.settings import get_current_settings
+
+    from flows.server import prefect_api
+
+    # A private temporary server (unless PREFECT_API_URL names one): its logs go to a file, not into this output,
+    # and it stops with this process, even a SIGKILLed one.
+    with prefect_api(Path(get_current_settings().home) / "dfd-temporary-server.log"):
+        try:
+            summary = pipeline(path=args.params, overrides=args.override, root=str(Path.cwd()))
+        except BaseException as exc:
+            signum = _interrupt_signal(exc)
+            if signum is None:
+                raise
+            _stop_now(signum)
     _print_summary(summary, Path.cwd())
     return 3 if "failed" in summary.alerts.values() else 0
 
@@ -378,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-dataset", help="check a dataset before training on it (exit 1 on errors)")
     p.add_argument("path", help="dataset root")
     p.add_argument("--adapter", help="dataset layout (default: data.adapter from params)")
-    p.add_argument("--report", help="JSON report path (default: <dataset name>.validation.json)")
+    p.add_argument("--report", help="JSON report path (default: <data.workdir>/manifests/<name>.validation.json)")
     p.set_defaults(func=cmd_validate_dataset)
     p = sub.add_parser("dataset", help="manage datasets under DVC")
     dsub = p.add_subparsers(dest="action", required=True)
@@ -422,20 +449,95 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (docker stop, timeout) handled like Ctrl-C: `finally` blocks run, children stop, state is resumable."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    # Stop the training children first (from a thread: a handler must return quickly), then unwind this process.
+    if "flows.train_process" in sys.modules:
+        from flows.train_process import stop_all_children
+
+        threading.Thread(target=stop_all_children, name="dfd-stop-children", daemon=True).start()
+    raise Interrupted(signum)
+
+
+def _interrupt_signal(exc: BaseException) -> int | None:
+    """The signal behind `exc` when it is an interrupt: Ctrl-C, our SIGTERM handler, or Prefect's own (a flow run
+    replaces the SIGTERM handler with one raising TerminationSignal); None for any other exception."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    signum = getattr(exc, "signal", None) if type(exc).__name__ == "TerminationSignal" else None
+    return int(signum) if signum is not None else None
+
+
+def _stop_now(signum: int) -> None:
+    """Stop an interrupted flow run within seconds: kill the training children, then leave without unwinding.
+
+    A normal exit would wait for Prefect's task threads (each blocked on a child until it finishes training) and
+    for its log and event workers to flush to the temporary server. Every finished output is already on disk, each
+    model's last.pt included, so the next run resumes; the temporary server stops by its parent-death signal.
+    """
+    from flows.train_process import stop_all_children
+
+    stop_all_children()
+    print("dfd: interrupted; finished outputs are kept and the next run resumes from them", file=sys.stderr,
+          flush=True)
+    sys.stdout.flush()
+    os._exit(128 + signum)
+
+
+def _os_error(exc: OSError) -> DfdError | None:
+    """A one-line error for the OS errors a user can fix (permissions, a full disk), naming the path."""
+    where = exc.filename or "an output file"
+    if isinstance(exc, PermissionError):
+        return DfdError(f"permission denied writing {where}",
+                        "make the folder writable (chmod/chown), or point the outputs elsewhere in params")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DfdError(f"no space left on the device while writing {where}",
+                        "free disk space (or move data.workdir/artifacts to a bigger disk), then rerun: "
+                        "finished outputs are kept")
+    if exc.errno == errno.EROFS:
+        return DfdError(f"read-only file system at {where}", "point the outputs at a writable folder in params")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from dfd.platform.procs import arm_from_env
+
+    arm_from_env()  # a child of the flow dies with it
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "alembic", "numba"):  # every Prefect API call would print a line
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
     try:
         return args.func(args)
     except DfdError as exc:
         print(f"dfd: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except OSError as exc:
+        err = _os_error(exc)
+        if err is None:
+            raise
+        print(f"dfd: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt as exc:
+        if "flows.train_process" in sys.modules:
+            from flows.train_process import stop_all_children
+
+            stop_all_children()
         print("dfd: interrupted; finished outputs are kept and the next run resumes from them", file=sys.stderr)
-        return 130
+        return 128 + exc.signum if isinstance(exc, Interrupted) else 130
 
 
 if __name__ == "__main__":

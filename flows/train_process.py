@@ -14,13 +14,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import yaml
 
@@ -28,9 +30,69 @@ from dfd.platform.config import Params
 from dfd.platform.errors import DfdError, StageError
 from dfd.platform.files import read_json
 from dfd.platform.layout import Layout
+from dfd.platform.procs import child_env, stop_group
 from tasks.train import EpochCallback, TrainResult, model_spec
 
 POLL_S = 1.0  # how often the parent looks for new epochs: epochs take minutes, a second of lag is nothing
+TEMP_PREFIX = "dfd-train-"
+STOP_GRACE_S = 10.0  # a child told to stop gets this long before SIGKILL (its last.pt is written atomically anyway)
+
+# Children running now, so that a signal handler in the main thread can stop them all at once: the task threads
+# that started them are blocked waiting, and Python's exit would otherwise wait for every model to finish.
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+_TEMP_DIRS: set[str] = set()  # their temporary folders, removed by `stop_all_children` too (an exit may not wait)
+
+
+def _remove_stale_temp_dirs() -> None:
+    """Remove `dfd-train-<model>-<pid>-*` folders left by a flow process that was SIGKILLed (no cleanup ran)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        parts = path.name.removeprefix(TEMP_PREFIX).rsplit("-", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) == os.getpid():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)  # the owner is alive: not ours to remove
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def stop_children_on_sigterm() -> None:
+    """Chain a SIGTERM handler that stops the training children before the one installed now (Prefect's) runs.
+
+    Called at the start of the flow body: the flow engine replaces the SIGTERM handler with one raising
+    TerminationSignal, and its task runner then waits for every task, each blocked on a child that would train to
+    the end. Stopping the children first lets the run end within seconds. Only possible in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        stop_all_children()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stop_all_children(grace_s: float = STOP_GRACE_S) -> int:
+    """Stop every training child (and its process group) now; later launches are refused. Returns how many."""
+    _STOPPING.set()
+    with _LIVE_LOCK:
+        procs = list(_LIVE)
+    threads = [threading.Thread(target=stop_group, args=(p, grace_s), daemon=True) for p in procs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(grace_s + 5)
+    for tmp in list(_TEMP_DIRS):
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(procs)
 
 
 class EpochTail:
@@ -79,7 +141,11 @@ def train_in_process(params: Params, layout: Layout, name: str, on_epoch: EpochC
         RuntimeError: The child crashed or was killed: transient, so a retry resumes from its last checkpoint.
     """
     model_spec(params, name)  # an unknown model fails here, before a process starts
-    with tempfile.TemporaryDirectory(prefix=f"dfd-train-{name}-") as tmp:
+    if _STOPPING.is_set():
+        raise StageError(f"train@{name}: not started, the run is stopping")
+    _remove_stale_temp_dirs()
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{name}-{os.getpid()}-", ignore_cleanup_errors=True) as tmp:
+        _TEMP_DIRS.add(tmp)
         resolved, epochs = Path(tmp) / "params.yaml", Path(tmp) / "epochs.jsonl"
         resolved.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
         cmd = [sys.executable, "-m", "dfd.cli", "--params", str(resolved), "stage", "train", "--model", name,
@@ -88,9 +154,15 @@ def train_in_process(params: Params, layout: Layout, name: str, on_epoch: EpochC
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         tail, lines = EpochTail(epochs, on_epoch), deque(maxlen=40)
-        proc = subprocess.Popen(cmd, cwd=layout.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+        # Its own process group (stopped as a whole, with its DataLoader workers) and a parent-death signal: a
+        # SIGKILLed flow leaves no child training on, holding a GPU and writing artifacts.
+        posix = os.name == "posix"
+        group = {"process_group": 0} if posix else {}
+        proc = subprocess.Popen(cmd, cwd=layout.root, env=child_env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1, **group)
         assert proc.stdout is not None  # stdout=PIPE
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
         reader = threading.Thread(target=_forward, args=(proc.stdout, name, lines), daemon=True)
         reader.start()
         try:
@@ -102,11 +174,16 @@ def train_in_process(params: Params, layout: Layout, name: str, on_epoch: EpochC
             tail.poll()
         finally:
             if proc.poll() is None:  # we were interrupted or failed: do not leave an orphan holding a GPU
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                if posix:
+                    stop_group(proc, STOP_GRACE_S)
+                else:
+                    proc.terminate()
+                    proc.wait()
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
+            _TEMP_DIRS.discard(tmp)
+    if _STOPPING.is_set():  # stopped on purpose: not a crash to retry
+        raise StageError(f"train@{name}: stopped; its last finished epoch is in {layout.model_dir(name) / 'last.pt'}")
     if proc.returncode == DfdError.exit_code:
         errors = [ln.removeprefix("dfd: error: ") for ln in lines if ln.startswith("dfd: error: ")]
         raise StageError(f"train@{name}: {errors[-1] if errors else 'failed'}")

@@ -80,6 +80,11 @@ def _entry(name: str) -> _Entry:
     return _REGISTRY[name]
 
 
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    """The registered factory of `name` (its signature says which `kwargs` it accepts)."""
+    return _entry(name).factory
+
+
 def model_config(name: str, input_size: int | None = None) -> ModelConfig:
     """The registered preprocessing config of `name`, with `input_size` overridden when given."""
     cfg = _entry(name).config

@@ -14,7 +14,7 @@ from dfd.data.face_extract import cached, extract_sample
 from dfd.data.manifest import read_manifest
 from dfd.platform.config import FacesParams, Params
 from dfd.platform.errors import DataError
-from dfd.platform.files import write_json
+from dfd.platform.files import write_json, write_parquet
 from dfd.platform.layout import Layout
 
 INDEX_COLUMNS = ["sample_id", "frame", "track", "crop", "label", "split", "identity", "method", "dataset", "media",
@@ -28,10 +28,17 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _single_threaded_worker() -> None:
-    """One OpenCV thread per worker process: the processes already fill the cores, and threads would contend."""
+def _init_worker() -> None:
+    """Die with the stage (a SIGKILLed parent must not leave workers blocked forever on its queue), and use one
+    OpenCV thread per worker process: the processes already fill the cores, and threads would contend."""
+    import multiprocessing as mp
+
     import cv2
 
+    from dfd.platform.procs import die_with_parent
+
+    parent = mp.parent_process()
+    die_with_parent(parent_pid=parent.pid if parent else None)
     cv2.setNumThreads(1)
 
 
@@ -76,12 +83,21 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
         ctx = multiprocessing.get_context("spawn")
         # Largest files first: the long videos start early instead of leaving one worker alone at the end.
         pending.sort(key=lambda s: _size(dataset_root / s["path"]), reverse=True)
-        with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_single_threaded_worker) as pool:
+        pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker)
+        try:
             # Small chunks: videos differ tenfold in cost, and big chunks leave one worker idle at the end.
             chunk = max(1, len(pending) // (cfg.workers * 16))
             for res in pool.map(extract_sample, pending, *[[a] * len(pending) for a in args], chunksize=chunk):
                 results.append(res)
                 bar.update(1)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or failed: drop the queued samples instead of finishing them all first;
+            # finished samples are on disk with their faces.json, so the next run resumes after them.
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         for sample in pending:
             results.append(extract_sample(sample, *args))
@@ -106,8 +122,7 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
     if not rows:
         raise DataError(f"no face found in any of {len(samples)} samples", f"see {report_path}; try faces.upsample: 2")
     index = pd.DataFrame(rows)[[*INDEX_COLUMNS, "landmarks"]]
-    index_path.parent.mkdir(parents=True, exist_ok=True)
-    index.sort_values(["sample_id", "frame"]).reset_index(drop=True).to_parquet(index_path, index=False)
+    write_parquet(index.sort_values(["sample_id", "frame"]).reset_index(drop=True), index_path)
     return FacesResult(index_path, report_path, len(rows), len(no_face), report["extracted"], report["skipped"])
 
 

@@ -48,10 +48,33 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
     if not root.is_dir():
         raise DataError(f"dataset root not found: {root}",
                         "run `dfd demo-data`, or point data.root in params.yaml at your dataset")
-    checked = validate(root, data)
-    report = {"dataset": data.name, **checked.to_dict()}
-    if not checked.good:
+    # The manifest and the report must describe the same attempt: a failed ingest removes the previous manifest
+    # (a later stage or `register` would otherwise use, and tag, data that is no longer what the report says).
+    manifest_path.unlink(missing_ok=True)
+    report_path.unlink(missing_ok=True)  # if even the failure report cannot be written (a full disk), none is left
+    report: dict = {"dataset": data.name, "status": "failed"}
+    try:
+        return _ingest(data, cfg, root, manifest_path, report_path, seed, report)
+    except DataError as exc:
+        report.update(status="failed", error=str(exc))
         write_json(report_path, report)
+        raise
+
+
+def _no_match_hint(data: DataParams) -> str:
+    if data.adapter == "ffpp":
+        return (f"no file matched the filters data.compression={data.compression!r} and data.methods="
+                f"{data.methods or 'all'}; check them against the folders under manipulated_sequences/")
+    return f"check data.root and data.adapter={data.adapter!r}"
+
+
+def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path, report_path: Path, seed: int,
+            report: dict) -> IngestResult:
+    checked = validate(root, data)
+    report.update(checked.to_dict())
+    if not checked.good and not checked.bad:
+        raise DataError(f"no samples found in {root}", _no_match_hint(data))
+    if not checked.good:
         raise DataError(f"no usable samples in {root}: all {len(checked.bad)} files are bad", f"see {report_path}")
     df = pd.DataFrame([{"sample_id": sample_id(data.name, c.rel_path), "dataset": data.name, "path": c.rel_path,
                         "media": media_kind(Path(c.rel_path)), "label": c.label, "method": c.method,
@@ -66,7 +89,6 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
                            for s in SPLITS}
     report["identities"] = {s: int(df.loc[df["split"] == s, "identity"].nunique()) for s in SPLITS}
     report["official_splits"] = int(official.sum())
-    write_json(report_path, report)
     if checked.bad_share > cfg.max_bad_share:
         raise DataError(f"{len(checked.bad)} of {len(checked.bad) + len(checked.good)} samples in {root} are "
                         f"unusable ({checked.bad_share:.0%} > ingest.max_bad_share={cfg.max_bad_share:.0%})",
@@ -79,6 +101,8 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
     if conflicts:
         raise DataError(conflicts[0], f"fix the labels; see {report_path}")
     write_manifest(df, manifest_path)
+    report["status"] = "ok"
+    write_json(report_path, report)  # after the manifest: an "ok" report always has its manifest beside it
     return IngestResult(manifest_path, report_path, len(df), len(checked.bad), checked.data_hash)
 
 

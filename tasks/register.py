@@ -224,6 +224,15 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
     return _record(record_path, res, tracker, {**version_tags, **outcome})
 
 
+def check_inputs(params: Params, layout: Layout) -> None:
+    """Fail with one line, before an MLflow run is opened, when an upstream output is missing (no empty runs)."""
+    needed = [(layout.reports_dir / "metrics.json", "evaluate"), (layout.ensemble_dir / "ensemble.json", "ensemble"),
+              (layout.faces_index, "faces"), (layout.ingest_report, "ingest")]
+    for path, stage in needed:
+        if not path.is_file():
+            raise StageError(f"not found: {path}", f"run the {stage} stage first (`dfd stage {stage}`), or `dfd run`")
+
+
 def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None = None,
         flow_run_id: str | None = None) -> RegisterResult:
     """The stage as `dfd stage register` (its own run) and the flow (a run nested under `parent_id`) call it.
@@ -231,6 +240,7 @@ def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None 
     Both paths tag the run and the version with the same lineage, computed by one function from the same files;
     the flow adds its Prefect flow run id.
     """
+    check_inputs(params, layout)
     tags = run_lineage(params, layout.ingest_report, layout.root)
     if flow_run_id:
         tags["prefect_flow_run_id"] = str(flow_run_id)

@@ -6,10 +6,12 @@ each rank trains on its shard, rank 0 evaluates and writes. On CPU the gloo back
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader
 from dfd.evaluation.metrics import binary_metrics, frame_and_video_metrics
 from dfd.platform.config import ModelParams, Params, TrainParams
 from dfd.platform.errors import StageError
-from dfd.platform.files import write_json
+from dfd.platform.files import write_json, write_parquet
 from dfd.platform.layout import Layout
 from dfd.training.augment import build_transform
 from dfd.training.batch_augment import check_names
@@ -70,8 +72,15 @@ def _distributed() -> tuple[int, int, int]:
 
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-save never leaves a torn checkpoint
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a kill mid-save never leaves a torn checkpoint
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # no stray last.tmp, whatever went wrong
+        if isinstance(exc, RuntimeError):  # torch reports a full disk as "unexpected pos ..." / "file write failed"
+            raise OSError(errno.ENOSPC if shutil.disk_usage(path.parent).free < 1 << 26 else errno.EIO,
+                          f"could not write checkpoint ({str(exc).splitlines()[0][:120]})", str(path)) from exc
+        raise
 
 
 @torch.no_grad()
@@ -164,7 +173,12 @@ def _resume(name: str, last_path: Path, progress: _Progress, model: nn.Module, o
     """Load `last.pt` into the model, optimiser, schedule and `progress` when it was made by the same run."""
     if not last_path.is_file():
         return
-    ckpt = load_checkpoint(last_path)
+    try:
+        ckpt = load_checkpoint(last_path)
+    except Exception as exc:  # truncated or corrupt: a cache, so named, discarded and rebuilt, not a traceback
+        log.warning("%s: %s is corrupt (%s); discarding it and starting over", name, last_path, type(exc).__name__)
+        last_path.unlink(missing_ok=True)
+        return
     if ckpt.get("fingerprint") != progress.fingerprint:
         log.info("%s: %s was made with other params or data; starting over", name, last_path)
         return
@@ -196,7 +210,7 @@ def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Da
     preds = pd.concat(frames, ignore_index=True)
     preds["model"] = name
     pred_path = out_dir / "predictions.parquet"
-    preds.to_parquet(pred_path, index=False)
+    write_parquet(preds, pred_path)
     history = progress.history
     summary = {"model": name, "arch": arch, "model_config": mcfg.to_dict(), "best_epoch": best["epoch"],
                "best_val_auc": best["best_auc"], "epochs_run": len(history), "epochs": cfg.epochs,

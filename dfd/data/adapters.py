@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfd.data.media import VIDEO_EXTS, media_kind
 from dfd.platform.config import DataParams
 from dfd.platform.errors import DataError
-from dfd.data.media import VIDEO_EXTS, media_kind
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from dfd.data.adapters import get_adapter
+from dfd.data.provenance import tracked_hash
 from dfd.platform.config import DataParams
 from dfd.platform.errors import DataError
-from dfd.data.provenance import tracked_hash
 
 
 def _dvc(args: list[str], cwd: Path) -> str:

@@ -9,6 +9,7 @@ the blending boundary, resampling blur and colour mismatch that real detectors l
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from dfd.platform.errors import DataError
+
+DEMO_MARKER = ".dfd-demo-data"  # written by the generator: only a folder holding it may be written into again
 SUPERSAMPLE = 4  # draw at 4x then downscale with INTER_AREA: anti-aliased edges, like a camera's
 
 
@@ -154,12 +158,36 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None
     writer.release()
 
 
+def claim_demo_folder(out: Path, settings: dict[str, int]) -> None:
+    """Make `out` ready for a fresh demo dataset, refusing any folder that holds something else.
+
+    Only an empty (or missing) folder, or one holding a previous demo dataset (it has the marker file this writes
+    first), is used; a previous demo dataset is cleared so that no file of another seed or size is left behind.
+
+    Raises:
+        DataError: `out` holds anything but a previous demo dataset (a user's data must never be overwritten).
+    """
+    marker = out / DEMO_MARKER
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file, not a folder", "pass another --out for the demo dataset")
+    if out.is_dir() and any(out.iterdir()):
+        if not marker.is_file():
+            raise DataError(f"refusing to write the demo dataset into {out}: it holds other data (no {DEMO_MARKER})",
+                            "pass an empty or new folder with --out, or set data.root to one")
+        for name in ("real", "fake"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / "metadata.json").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # Written first: an interrupted generation still marks the folder as ours, so the next one may clear it.
+    marker.write_text(json.dumps({"generator": "dfd demo-data", **settings}, sort_keys=True) + "\n")
+
+
 def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity: int = 4, videos: int = 6,
              frames_per_video: int = 12, image_size: int = 256) -> dict[str, int]:
     """Write the demo dataset: `real/`, `fake/` and `metadata.json` under `out`.
 
     Args:
-        out: Dataset root (created; existing files of the same names are overwritten).
+        out: Dataset root: created, or empty, or a previous demo dataset (cleared); anything else is refused.
         seed: Everything random derives from it: same seed, same bytes.
         identities: Number of drawn people.
         images_per_identity: Real images per person; as many fakes per person, each from another source face.
@@ -172,6 +200,8 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
     """
     if identities < 2:
         raise ValueError("the demo dataset needs at least 2 identities (fakes take another person's face)")
+    claim_demo_folder(out, {"seed": seed, "identities": identities, "images_per_identity": images_per_identity,
+                            "videos": videos, "frames_per_video": frames_per_video, "image_size": image_size})
     rng = np.random.default_rng(seed)
     people = [make_identity(rng, f"id{i:03d}") for i in range(identities)]
     (out / "real").mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ import numpy as np
 
 from dfd.data.face_detect import Box, Detector, IouTracker, Landmarks, create_detector, detect_downscaled, square_crop
 from dfd.data.media import read_rgb, sample_video_frames
+from dfd.platform.files import read_cache_json, write_json
+
+log = logging.getLogger(__name__)
 
 DONE_FILE = "faces.json"  # per-sample record; its fingerprint makes reruns skip finished samples
 
@@ -36,8 +40,17 @@ def _models(cfg: dict[str, Any]) -> tuple[Detector, Landmarks | None]:
     return _WORKER["det"], _WORKER["lm"]
 
 
+def crop_decodes(path: Path) -> bool:
+    """Whether the crop at `path` exists and decodes: a file that merely exists may be truncated or overwritten."""
+    return path.is_file() and cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None
+
+
 def cached(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The recorded result of a sample already extracted with the same params (and its crops still on disk)."""
+    """The recorded result of a sample already extracted with the same params, with every crop still decodable.
+
+    A corrupt `faces.json` is discarded with a warning, and a crop that no longer decodes sends the whole sample
+    back to extraction, so that rerunning the stage repairs the cache instead of trusting it.
+    """
     dest = Path(out_dir) / sample["sample_id"]
     done = dest / DONE_FILE
     if not done.is_file():
@@ -46,8 +59,13 @@ def cached(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[str, Any])
         fp = fingerprint(cfg, Path(root) / sample["path"])
     except OSError:
         return None
-    record = json.loads(done.read_text())
-    if record.get("fingerprint") != fp or not all((dest.parent / f["crop"]).is_file() for f in record["frames"]):
+    record = read_cache_json(done)
+    if not isinstance(record, dict) or record.get("fingerprint") != fp or not isinstance(record.get("frames"), list):
+        return None
+    bad = [f["crop"] for f in record["frames"] if not crop_decodes(dest.parent / f["crop"])]
+    if bad:
+        log.warning("sample %s: crop %s is missing or does not decode; extracting the sample again",
+                    sample["sample_id"], dest.parent / bad[0])
         return None
     return {"sample_id": sample["sample_id"], "frames": record["frames"], "report": record["report"], "skipped": True}
 
@@ -109,7 +127,8 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
     found = len({r["frame"] for r in rows})
     report = {"sample_id": sid, "path": sample["path"], "sampled": len(frames), "faces": found, "crops": len(rows),
               "note": note}
-    done.write_text(json.dumps({"fingerprint": fp, "frames": rows, "report": report}))
+    # Atomic: a kill mid-write must leave no half-written record that a rerun would trust.
+    write_json(done, {"fingerprint": fp, "frames": rows, "report": report}, indent=None)
     return {"sample_id": sid, "frames": rows, "report": report, "skipped": False}
 
 

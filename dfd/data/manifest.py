@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from dfd.platform.errors import StageError
+from dfd.platform.files import write_parquet
 
 COLUMNS = ["sample_id", "dataset", "path", "media", "label", "method", "identity", "split"]
 SPLITS = ("train", "val", "test")
@@ -55,8 +56,7 @@ def write_manifest(df: pd.DataFrame, path: Path) -> None:
     missing = set(COLUMNS) - set(df.columns)
     if missing:
         raise ValueError(f"manifest lacks columns {sorted(missing)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df[COLUMNS].sort_values("sample_id").reset_index(drop=True).to_parquet(path, index=False)
+    write_parquet(df[COLUMNS].sort_values("sample_id").reset_index(drop=True), path)
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

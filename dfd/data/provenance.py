@@ -10,18 +10,31 @@ from pathlib import Path
 import yaml
 
 from dfd.platform.config import Params
+from dfd.platform.errors import StageError
+
+
+def git_state(cwd: Path | None = None) -> tuple[str, str | None]:
+    """(commit, reason): the current commit (`-dirty` when the tree has changes), or an explicit marker and why.
+
+    Outside a git checkout (a tarball, a Docker image without .git) the commit is `not-a-git-repo`, and
+    `git-unavailable` when git itself cannot run; never a bare "unknown" that reads like a value.
+    """
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return "git-unavailable", f"git could not run: {type(exc).__name__}: {exc}"
+    if head.returncode != 0:
+        detail = (head.stderr.strip().splitlines() or ["git rev-parse HEAD failed"])[-1]
+        return "not-a-git-repo", f"{cwd or Path.cwd()}: {detail}"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    sha = head.stdout.strip()
+    return (f"{sha}-dirty" if dirty else sha), None
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """The current commit (with `-dirty` when the tree has changes), or 'unknown' outside a git repo."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
+    """The current commit (with `-dirty` when the tree has changes), or `not-a-git-repo` / `git-unavailable`."""
+    return git_state(cwd)[0]
 
 
 def _file_md5(path: Path) -> str:
@@ -68,8 +81,22 @@ def run_lineage(params: Params, ingest_report: Path, root: Path) -> dict[str, st
         params: The resolved params (hashed).
         ingest_report: The ingest stage's report, which holds the DVC hash of the data it read.
         root: The project root (its git commit).
+
+    Raises:
+        StageError: The ingest report is missing, records a failed ingest, or holds no data hash: a version must
+            never be tagged with a hash of data it was not trained on.
     """
-    lineage = {"git_commit": git_commit(root), "params_hash": params.digest(), "dataset": params.data.name}
-    if ingest_report.is_file():
-        lineage["dvc_data_hash"] = str(json.loads(ingest_report.read_text()).get("data_hash", "unknown"))
+    commit, reason = git_state(root)
+    lineage = {"git_commit": commit, "params_hash": params.digest(), "dataset": params.data.name}
+    if reason:
+        lineage["git_commit_reason"] = reason
+    if not ingest_report.is_file():
+        raise StageError(f"ingest report not found: {ingest_report}", "run the ingest stage first (`dfd stage ingest`)")
+    report = json.loads(ingest_report.read_text())
+    if report.get("status", "ok") != "ok":
+        raise StageError(f"the last ingest failed ({report.get('error', 'see the report')})",
+                         f"fix the data and rerun ingest; see {ingest_report}")
+    if not report.get("data_hash"):
+        raise StageError(f"{ingest_report} holds no data_hash", "rerun the ingest stage")
+    lineage["dvc_data_hash"] = str(report["data_hash"])
     return lineage

@@ -16,9 +16,9 @@ from typing import Any
 from tqdm import tqdm
 
 from dfd.data.adapters import Candidate, get_adapter
-from dfd.platform.config import DataParams
 from dfd.data.media import check_media
 from dfd.data.provenance import dir_hash, file_md5s
+from dfd.platform.config import DataParams
 
 #: Below this share of the minority class a dataset is reported as badly unbalanced.
 MIN_CLASS_SHARE = 0.1

@@ -262,6 +262,10 @@ class MlflowParams(_Section):
 
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "deepfake-detection"
+    # A tracking server that dies mid-run must fail the run in seconds: MLflow's own defaults (7 retries with
+    # exponential backoff, 120 s timeouts) hang it for 13+ minutes. The environment's MLFLOW_HTTP_REQUEST_* win.
+    http_max_retries: int = Field(2, ge=0)
+    http_timeout_s: int = Field(10, ge=1)
 
 
 class EmailAlertParams(_Section):
@@ -386,15 +390,21 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, flag: str = "--params") -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"params file not found: {path}", "pass an existing file with --params")
+        raise ConfigError(f"params file not found: {path}", f"pass an existing file with {flag}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None and flag == "--params":
+        # Refused rather than read as "all defaults": an empty main file is almost always a mistake (a truncated
+        # copy, a wrong path), and the defaults are GPU-sized (four full models, hours of training).
+        raise ConfigError(f"params file {path} is empty (the defaults are GPU-sized)",
+                          "copy the project's params.yaml, or write `{}` in it to mean all defaults on purpose")
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return data
@@ -439,10 +449,10 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str | Path] | 
         ConfigError: Naming the file and the key when a file is missing, malformed, or holds an unknown key
             or a wrong type.
     """
-    files = [Path(path)]
-    files += [Path(p) for p in overrides or []]
-    files += [Path(p) for p in os.environ.get(OVERRIDE_ENV, "").split(os.pathsep) if p]
-    layers = [(f, _read_yaml(f)) for f in files]
+    files = [(Path(path), "--params")]
+    files += [(Path(p), "--override") for p in overrides or []]
+    files += [(Path(p), f"${OVERRIDE_ENV}") for p in os.environ.get(OVERRIDE_ENV, "").split(os.pathsep) if p]
+    layers = [(f, _read_yaml(f, flag)) for f, flag in files]
     merged: dict[str, Any] = {}
     for _, data in layers:
         merged = deep_merge(merged, data)

@@ -37,3 +37,7 @@ class TrainingError(DfdError):
 
 class StorageError(DfdError):
     """Object storage (S3) is unreachable, refuses access, or a transfer failed."""
+
+
+class TrackingError(DfdError):
+    """The MLflow tracking server stopped answering (after bounded retries)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dfd.platform.config import Params
-from dfd.platform.errors import DfdError
+from dfd.platform.errors import DfdError, TrackingError
 
 # Registering a model downloads its artifacts back once per file, each with a progress bar: noise in a pipeline log.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -49,6 +49,44 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
                        "start it with mlflow/start_server.sh, or set MLFLOW_TRACKING_URI") from None
 
 
+def bound_http_retries(params: Params) -> None:
+    """Bound MLflow's HTTP retries and timeouts from params (`mlflow.http_*`); values set in the environment win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(params.mlflow.http_max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(params.mlflow.http_timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # 1 s, 2 s, ... between tries, not 2 s, 4 s, ...
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether `exc` is MLflow giving up on an HTTP server (connection refused, reset, timed out, retries spent)."""
+    text = str(exc)
+    return "API request to" in text and ("failed with" in text or "Max retries" in text)
+
+
+class _GuardedClient:
+    """An MlflowClient whose calls turn "the server stopped answering" into one TrackingError line."""
+
+    def __init__(self, client: Any, uri: str) -> None:
+        self._client, self._uri = client, uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except Exception as exc:
+                if _unreachable(exc):
+                    raise TrackingError(f"MLflow tracking server at {self._uri} stopped answering ({name}: "
+                                        f"{str(exc).splitlines()[0][:200]})",
+                                        "restart it (mlflow/start_server.sh) and rerun: finished stages are kept"
+                                        ) from None
+                raise
+
+        return call
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"a": {"b": 1}}` -> `{"a.b": 1}`, for MLflow params."""
     out: dict[str, Any] = {}
@@ -76,7 +114,7 @@ class Tracker:
         self.tracking_uri = tracking_uri
         if tracking_uri.startswith(("http://", "https://")):
             _check_server(tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = _GuardedClient(MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri), tracking_uri)
         self._lock = threading.Lock()
         self.experiment_id = self._experiment(experiment, artifact_root)
         self._init_args = (tracking_uri, experiment, artifact_root)
@@ -88,6 +126,7 @@ class Tracker:
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> Tracker:
+        bound_http_retries(params)
         uri = resolve_tracking_uri(params, root)
         local = uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
         return cls(uri, params.mlflow.experiment, root / "mlruns" if local else None)
@@ -150,11 +189,13 @@ class Tracker:
                 self.client.log_batch(run_id, params=items[i:i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Log every numeric metric; NaN and infinities are logged as they are (MLflow stores them), and a None
+        (a metric that could not be computed) as NaN, so that a failed metric is visible, never silently absent."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items()
-                 if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))]
+        items = [Metric(k, math.nan if v is None else float(v), now, step or 0) for k, v in flatten(metrics).items()
+                 if v is None or (isinstance(v, int | float) and not isinstance(v, bool))]
         with self._lock:
             for i in range(0, len(items), 500):
                 self.client.log_batch(run_id, metrics=items[i:i + 500])

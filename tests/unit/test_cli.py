@@ -15,6 +15,8 @@ from tests.helpers import PROJECT
 def _dfd(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("DFD_PARAMS_OVERRIDE", None)
+    # A private Prefect home: tests running at once must not share (and lock) one ~/.prefect/prefect.db.
+    env["PREFECT_HOME"] = str(cwd / ".prefect")
     return subprocess.run(["dfd", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,0 +1,130 @@
+"""Every name and device in params checked against the registries, before any work starts.
+
+The schema (`dfd/platform/config.py`) checks keys and types; the names it holds (architectures, augmentations,
+detectors, perturbations, fusion rules) are only known to the registries that build them, so they are checked here,
+at load time, instead of failing after ingest, faces and three other models have trained.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from dfd.platform.config import Params
+from dfd.platform.errors import ConfigError
+
+
+def _names(value: Any) -> list[str]:
+    """The names a list-or-mapping setting holds (`[a, b]`, or `{a: levels, b: levels}`)."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        return [str(k) for k in value]
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Iterable):
+        return [str(getattr(v, "name", v)) for v in value]
+    return [str(value)]
+
+
+def _unknown(where: str, names: Iterable[str], known: Iterable[str], what: str) -> list[str]:
+    known = sorted(known)
+    return [f"{where}: unknown {what} '{n}' (choose from {', '.join(known)})" for n in names if n not in known]
+
+
+def _model_problems(params: Params) -> list[str]:
+    from models import list_models
+    from models.registry import model_factory
+
+    problems = []
+    for key, spec in params.models.items():
+        arch = spec.arch or key
+        if arch not in list_models():
+            problems += _unknown(f"models.{key}.arch", [arch], list_models(), "architecture")
+            continue
+        sig = inspect.signature(model_factory(arch))
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+        allowed = [n for n, p in sig.parameters.items() if n != "input_size"
+                   and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        if not takes_any:
+            problems += [f"models.{key}.kwargs: '{arch}' takes no argument '{k}' (it takes: "
+                         f"{', '.join(allowed) or 'none'})" for k in spec.kwargs if k not in allowed]
+    return problems
+
+
+def check_device(name: str) -> str | None:
+    """Why `train.device` cannot be used on this machine, or None when it can."""
+    import torch
+
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return f"train.device: '{name}' is not a device (use auto, cpu, cuda or cuda:N)"
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"train.device: '{name}' asks for CUDA; this machine has no usable CUDA device (use auto or cpu)"
+        if device.index is not None and device.index >= count:
+            return f"train.device: '{name}' does not exist; {count} CUDA device(s) here (cuda:0..{count - 1})"
+        return None
+    if device.type == "mps":
+        return None if torch.backends.mps.is_available() else f"train.device: '{name}' is not available here"
+    return f"train.device: '{name}' is not supported (use auto, cpu, cuda or cuda:N)"
+
+
+def _registry(module: str, attr: str) -> list[str] | None:
+    """Names in a registry dict/tuple another module owns; None when it does not exist (yet)."""
+    import importlib
+
+    try:
+        value = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+    return list(value)
+
+
+def _literal_or_registry(where: str, value: Any, module: str, attr: str, what: str) -> list[str]:
+    known = _registry(module, attr)
+    if known is None or value is None:
+        return []
+    name = value if isinstance(value, str) else getattr(value, "method", None)
+    if name is None:
+        return []
+    return _unknown(where, [name], known, what)
+
+
+def params_problems(params: Params) -> list[str]:
+    """Every name and device in `params` that the code cannot build, one readable line each (empty when fine)."""
+    from dfd.data.adapters import ADAPTERS
+    from dfd.data.face_detect import DETECTORS
+    from dfd.evaluation.robustness import PERTURBATIONS
+    from dfd.training.augment import AUGMENTATIONS
+    from dfd.training.batch_augment import BATCH_AUGMENTATIONS
+
+    problems = _unknown("data.adapter", [params.data.adapter], ADAPTERS, "dataset adapter")
+    problems += _unknown("faces.detector", [params.faces.detector], DETECTORS, "face detector")
+    problems += _unknown("train.augment", _names(params.train.augment), AUGMENTATIONS, "augmentation")
+    problems += _unknown("train.batch_augment", _names(params.train.batch_augment), BATCH_AUGMENTATIONS,
+                         "batch augmentation")
+    problems += _unknown("evaluate.robustness", _names(params.evaluate.robustness), PERTURBATIONS, "perturbation")
+    problems += _model_problems(params)
+    # Fusion and aggregation rules are typed Literals today; when a registry appears (dfd/evaluation/fusion*.py)
+    # it becomes the source of truth here too.
+    problems += _literal_or_registry("ensemble.method", getattr(params.ensemble, "method", None),
+                                     "dfd.evaluation.fusion", "FUSIONS", "fusion method")
+    device_problem = check_device(params.train.device)
+    if device_problem:
+        problems.append(device_problem)
+    return problems
+
+
+def check_params(params: Params) -> None:
+    """Raise one ConfigError listing every name or device in `params` that cannot be built on this machine."""
+    problems = params_problems(params)
+    if problems:
+        raise ConfigError("; ".join(problems), "fix params.yaml (or the override), then rerun")
