@@ -112,9 +112,20 @@ def params_problems(params: Params) -> list[str]:
     problems += _unknown("train.batch_augment", _names(params.train.batch_augment), BATCH_AUGMENTATIONS,
                          "batch augmentation")
     problems += _unknown("evaluate.robustness", _names(params.evaluate.robustness), PERTURBATIONS, "perturbation")
+    if isinstance(params.evaluate.robustness, dict):  # {perturbation: levels}: each level in its valid range
+        for name, levels in params.evaluate.robustness.items():
+            bad = [lv for lv in levels if name in PERTURBATIONS and not PERTURBATIONS[name].valid(lv)]
+            if bad:
+                problems.append(f"evaluate.robustness.{name}: levels {bad} are invalid "
+                                f"(give each {PERTURBATIONS[name].valid_text})")
+    for i, ds in enumerate(params.evaluate.datasets):  # cross-dataset sets are read by adapters too
+        problems += _unknown(f"evaluate.datasets[{i}].adapter", [ds.adapter], ADAPTERS, "dataset adapter")
+    if params.evaluate.drift_member is not None and params.evaluate.drift_member not in params.models:
+        problems.append(f"evaluate.drift_member: '{params.evaluate.drift_member}' is not under `models:` "
+                        f"(one of {', '.join(sorted(params.models))})")
     problems += _model_problems(params)
-    # Fusion and aggregation rules are typed Literals today; when a registry appears (dfd/evaluation/fusion*.py)
-    # it becomes the source of truth here too.
+    # Fusion rules: the registry in dfd/evaluation/fusion.py is the source of truth (the params type is a Literal
+    # too, so this only bites when the two drift apart).
     problems += _literal_or_registry("ensemble.method", getattr(params.ensemble, "method", None),
                                      "dfd.evaluation.fusion", "FUSIONS", "fusion method")
     device_problem = check_device(params.train.device)

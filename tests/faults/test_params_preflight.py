@@ -41,7 +41,10 @@ def test_the_project_params_pass() -> None:
     ({"train": {"augment": ["hflip", "jpg"]}}, "train.augment: unknown augmentation 'jpg'"),
     ({"train": {"batch_augment": ["mixupp"]}}, "train.batch_augment: unknown batch augmentation 'mixupp'"),
     ({"faces": {"detector": "mtcnn"}}, "faces.detector: unknown face detector 'mtcnn'"),
-    ({"evaluate": {"robustness": ["jpeg_50", "fog"]}}, "evaluate.robustness: unknown perturbation 'fog'"),
+    ({"evaluate": {"robustness": {"jpeg": [50], "fog": [1]}}}, "evaluate.robustness: unknown perturbation 'fog'"),
+    ({"evaluate": {"robustness": {"jpeg": [150]}}}, "evaluate.robustness.jpeg: levels [150.0] are invalid"),
+    ({"evaluate": {"datasets": [{"name": "x", "adapter": "celeb", "root": "r"}]}},
+     "evaluate.datasets[0].adapter: unknown dataset adapter 'celeb'"),
     ({"data": {"adapter": "ffpp2"}}, "data.adapter: unknown dataset adapter 'ffpp2'"),
     ({"train": {"device": "tpu"}}, "train.device: 'tpu'"),
 ])
