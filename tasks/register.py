@@ -103,7 +103,8 @@ def register(cfg: RegistryParams, reports_dir: Path, ensemble_dir: Path, model_d
 
 def check_inputs(params: Params, layout: Layout) -> None:
     """Fail with one line, before an MLflow run is opened, when an upstream output is missing (no empty runs)."""
-    needed = [(layout.reports_dir / "gate.json", "evaluate"), (layout.ensemble_dir / "ensemble.json", "ensemble"),
+    # metrics.json, not gate.json: evaluate writes the metrics whichever stage decides the gate.
+    needed = [(layout.reports_dir / "metrics.json", "evaluate"), (layout.ensemble_dir / "ensemble.json", "ensemble"),
               (layout.faces_index, "faces"), (layout.ingest_report, "ingest")]
     for path, stage in needed:
         if not path.is_file():
