@@ -49,7 +49,8 @@ def evaluate(params: Params, layout: Layout) -> StageInputs:
     eval_roots = tuple(layout.resolve(d.root) for d in params.evaluate.datasets)
     return StageInputs("evaluate", _dump(params, "evaluate"),
                        (layout.ensemble_dir, *_model_dirs(params, layout), layout.workdir / "faces", *eval_roots),
-                       ("tasks.evaluate",), outs=(layout.reports_dir / "metrics.json",))
+                       ("tasks.evaluate",), outs=tuple(layout.reports_dir / n for n in (
+                           "metrics.json", "robustness.json", "cross_dataset.json", "plots", "evidently")))
 
 
 def register(params: Params, layout: Layout, tracking_uri: str) -> StageInputs:

@@ -224,6 +224,14 @@ def result_paths(result: Any) -> list[Path]:
     return [v for f in dataclasses.fields(result) if isinstance(v := getattr(result, f.name), Path)]
 
 
+def _out_paths(result: Any, inputs: StageInputs) -> list[Path]:
+    """What must be unchanged for a record to hold: the result's paths and the declared outs. A folder in the
+    result is left to the declared outs when there are any: another stage may write beside them (evaluate's
+    reports folder also receives the register stage's gate.json)."""
+    paths = [p for p in result_paths(result) if not (inputs.outs and p.is_dir())]
+    return [*paths, *inputs.outs]
+
+
 _HASHERS: dict[Path, FileHasher] = {}
 _HASHERS_LOCK = threading.Lock()
 
@@ -280,7 +288,7 @@ class StageCache:
         except (KeyError, TypeError):  # the result type changed shape: run again
             check.reason = "record of another result type"
             return check
-        outs = self._outs([*result_paths(result), *inputs.outs])
+        outs = self._outs(_out_paths(result, inputs))
         if outs != rec.get("outs"):
             missing = [p for p, h in outs.items() if h is None]
             check.reason = f"outputs missing: {', '.join(missing)}" if missing else "outputs changed since"
@@ -296,7 +304,7 @@ class StageCache:
              duration_s: float | None = None) -> Path:
         """Record a finished stage (written last and atomically: a crash before this leaves the stage to rerun)."""
         rec = {"stage": check.name, "fingerprint": check.fingerprint, "inputs": check.inputs,
-               "outs": self._outs([*result_paths(result), *inputs.outs]), "result": encode_result(result, self.root),
+               "outs": self._outs(_out_paths(result, inputs)), "result": encode_result(result, self.root),
                "run_id": run_id, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "duration_s": duration_s}
         self.hasher.save()

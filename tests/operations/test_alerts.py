@@ -149,7 +149,7 @@ def test_gate_failure_and_failed_runs_alert_once_on_each_channel_and_leak_no_sec
 
     # 1. A whole run whose gate fails: one email (STARTTLS + login) and one webhook POST, naming what failed.
     summary = pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml", "strict.yaml"], root=str(root))
-    assert not summary.promoted and summary.gate["failed"] == ["auc"]
+    assert not summary.promoted and summary.gate["failed"] == ["min_auc"]
     assert summary.alerts == {"email": "delivered", "slack": "delivered"}
     assert len(servers.mails) == 1 and len(servers.posts) == 1
     assert [login for _, login in servers.logins] == ["dfd-bot"]  # logged in once, after STARTTLS (required)
