@@ -66,8 +66,12 @@ def ffpp_sample() -> Path:
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
     """One real temporary Prefect server for the whole session (each costs seconds to start)."""
+    from prefect.logging.configuration import setup_logging
     from prefect.testing.utilities import prefect_test_harness
 
+    # Bind Prefect's console handler to pytest's session-wide stream now: set up first inside a test that uses
+    # capfd/capsys, it would keep that test's stream and write to it closed in every later test.
+    setup_logging(incremental=False)
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
