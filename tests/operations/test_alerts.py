@@ -139,7 +139,7 @@ def test_gate_failure_and_failed_runs_alert_once_on_each_channel_and_leak_no_sec
         caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
     import prefect.settings
 
-    from dfd.cli import _print_summary
+    from dfd.commands.pipeline import print_summary
     from flows.pipeline import pipeline
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -161,7 +161,7 @@ def test_gate_failure_and_failed_runs_alert_once_on_each_channel_and_leak_no_sec
     assert "Flow run " in body and "/runs/flow-run/" in body  # the Prefect UI link
     assert "http://127.0.0.1:5000/#/experiments/" in body and f"/runs/{summary.run_id}" in body  # the MLflow UI link
     assert body.strip() in post["text"] and post["path"] == f"/services/{TOKEN}"
-    _print_summary(summary, root)
+    print_summary(summary, root)
     assert "alerts: email delivered, slack delivered" in capfd.readouterr().out
 
     # 2. A run that fails in a stage (ingest: the dataset root is gone): one more of each, saying why.

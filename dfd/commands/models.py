@@ -1,0 +1,100 @@
+"""Subcommands that use registered models: `predict`, `serve`, `deploy-model`, `compare`, `rollback`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dfd.commands import params_from_args
+from dfd.platform.config import Params
+from dfd.platform.errors import DfdError
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from dfd.platform.tracking import Tracker
+    from tasks.register import rollback
+
+    params = params_from_args(args)
+    cfg = params.registry
+    old, new = rollback(cfg, Tracker.from_params(params, Path.cwd()), args.to, args.reason or "")
+    print(f"rollback: {cfg.model_name} @{cfg.alias} moved from version {old} to version {new}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from dfd.platform.layout import Layout
+    from dfd.platform.tracking import Tracker
+    from tasks.compare import compare
+
+    params = params_from_args(args)
+    dataset = Path(args.dataset) if args.dataset else Layout.from_params(params, Path.cwd()).faces_index
+    result = compare(params, Tracker.from_params(params, Path.cwd()), args.a, args.b, dataset,
+                     None if args.split == "all" else args.split, args.max_crops, args.bootstrap, args.seed)
+    print("\n".join(result["lines"]))
+    if args.out:
+        from dfd.platform.files import write_json
+
+        write_json(Path(args.out), {k: v for k, v in result.items() if k != "lines"})
+        print(f"written to {args.out}")
+    return 0
+
+
+def _model_for(args: argparse.Namespace) -> tuple[Params, Any]:
+    """Params (defaults when there is no params file) and the model `--model` names, loaded."""
+    from dfd.platform.tracking import resolve_tracking_uri
+    from dfd.serving.registry_model import default_model_uri, load
+
+    params = params_from_args(args) if Path(args.params).is_file() else Params()
+    uri = args.model or default_model_uri(params)
+    return params, load(uri, resolve_tracking_uri(params, Path.cwd()))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dfd.serving.predict import UsageError, run_predict
+
+    if args.aggregate is not None:
+        from dfd.evaluation.aggregate import list_aggregations
+
+        if args.aggregate not in list_aggregations():
+            raise UsageError(f"unknown aggregation '{args.aggregate}'", f"one of {', '.join(list_aggregations())}")
+    params, model = _model_for(args)
+    scorer = model.python_model.scorer
+    if scorer is None:
+        raise DfdError(f"model {model.uri} was registered without its faces params: it scores crops only",
+                       "register it again with this version of dfd")
+    scorer.limits = params.serve
+    label = f"{model.uri} (version {model.version})" if model.version else model.uri
+    return run_predict(scorer, args.paths, label, Path(args.out) if args.out else None, args.aggregate,
+                       Path(args.save_crops) if args.save_crops else None, progress=not args.no_progress)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dfd.platform.tracking import resolve_tracking_uri
+    from dfd.serving.registry_model import default_model_uri
+    from dfd.serving.server import serve
+
+    params = params_from_args(args) if Path(args.params).is_file() else Params()
+    serve(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()), params.serve,
+          args.host, args.port)
+    return 0
+
+
+def cmd_deploy_model(args: argparse.Namespace) -> int:
+    from dfd.platform.tracking import resolve_tracking_uri
+    from dfd.serving.deploy import deploy_model
+    from dfd.serving.registry_model import default_model_uri
+
+    params = params_from_args(args) if Path(args.params).is_file() else Params()
+    if args.verify:
+        from dfd.serving.deploy import check_deployment
+
+        manifest = check_deployment(args.to, params.storage)
+        print(f"{args.to}: {len(manifest['files'])} files match their checksums; health check passed "
+              f"(scores {manifest['health_check']['scores']})")
+        return 0
+    manifest = deploy_model(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()),
+                            args.to, params.storage)
+    print(f"deployed {manifest['source']['uri']} (version {manifest['source']['version']}) to {args.to}: "
+          f"{len(manifest['files'])} files, health check passed (scores {manifest['health_check']['scores']})")
+    return 0
