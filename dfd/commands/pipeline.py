@@ -93,7 +93,9 @@ def print_summary(summary: Any, root: Path) -> None:
         sent = [f"{ch} {state}" if state != "failed" else f"{ch} FAILED (see the log above)"
                 for ch, state in summary.alerts.items()]
         print(f"  alerts: {', '.join(sent)}")
-    if not summary.registered:
+    if getattr(summary, "unchanged", False):  # the record of the last run, not a new decision
+        print(f"  registered model: {summary.model_name} version {summary.version}, as left by the last run")
+    elif not summary.registered:
         print(f"  registered model: {summary.model_name}: {summary.message}")
     else:
         status = (f"promoted to alias '{summary.alias}'" if summary.promoted
