@@ -80,7 +80,7 @@ def print_summary(summary: Any, root: Path) -> None:
     print()
     print(f"Pipeline run {summary.run_id} finished.")
     if getattr(summary, "unchanged", False):
-        print(f"  nothing changed since version {summary.version}: no stage ran, nothing was registered")
+        print(f"  nothing changed since version {summary.version}: nothing new to evaluate or register")
     print(f"  test AUC {m['auc']:.4f} | video AUC {m['video_auc']:.4f} | EER {m['eer']:.4f} | "
           f"accuracy {m['accuracy']:.4f}")
     from dfd.evaluation.gate import format_table
