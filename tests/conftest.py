@@ -13,6 +13,19 @@ from dfd.platform.config import load_params
 from tests.helpers import PROJECT, SHARED_DATA, TINY
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_fluent_uris_reset() -> Iterator[None]:
+    """A test that points MLflow's process-wide URIs somewhere must not redirect the next test's clients."""
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo dataset at test size, generated once per session (read-only for tests: copy before changing)."""

@@ -87,6 +87,24 @@ class _GuardedClient:
         return call
 
 
+@contextmanager
+def _fluent_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide (fluent) tracking and registry URIs at `uri` for the body only.
+
+    Logging and loading models have only a fluent API; left set, the URIs would silently redirect every later
+    `MlflowClient()` without explicit URIs in this process (tests and long-lived callers alike).
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"a": {"b": 1}}` -> `{"a.b": 1}`, for MLflow params."""
     out: dict[str, Any] = {}
@@ -237,14 +255,11 @@ class Tracker:
         signature = ModelSignature(inputs=Schema([TensorSpec(in_dtype, in_shape)]),
                                    outputs=Schema([TensorSpec(out_dtype, out_shape)]))
         # Logging a model has only a fluent API: point it at this store and this run, under the lock.
-        with self._lock:
-            mlflow.set_tracking_uri(self.tracking_uri)
-            mlflow.set_registry_uri(self.tracking_uri)
-            with mlflow.start_run(run_id=run_id):
-                info = mlflow.pyfunc.log_model(
-                    name="ensemble", python_model=str(python_model), artifacts=artifacts, signature=signature,
-                    input_example=input_example, pip_requirements=pip_requirements, code_paths=code_paths,
-                    registered_model_name=registered_model_name)
+        with self._lock, _fluent_uris(self.tracking_uri), mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="ensemble", python_model=str(python_model), artifacts=artifacts, signature=signature,
+                input_example=input_example, pip_requirements=pip_requirements, code_paths=code_paths,
+                registered_model_name=registered_model_name)
         return str(info.registered_model_version)
 
     def set_version_tags(self, model_name: str, version: str, tags: dict[str, Any]) -> None:
@@ -364,11 +379,9 @@ class Tracker:
         import mlflow.pyfunc
         from mlflow.exceptions import MlflowException
 
-        with self._lock:
-            mlflow.set_tracking_uri(self.tracking_uri)
-            mlflow.set_registry_uri(self.tracking_uri)
         try:
-            return mlflow.pyfunc.load_model(model_uri)
+            with self._lock, _fluent_uris(self.tracking_uri):
+                return mlflow.pyfunc.load_model(model_uri)
         except MlflowException as exc:
             raise DfdError(f"cannot load model {model_uri}: {exc.message.splitlines()[0]}",
                            f"check the URI against the registry at {self.tracking_uri}") from None

@@ -78,6 +78,7 @@ def test_pipeline_runs_logs_registers_and_gates(prefect_server: None, tiny_proje
     # The registered model serves: crops in, P(fake) out.
     import mlflow.pyfunc
 
+    mlflow.set_tracking_uri(uri)  # the flow leaves MLflow's process-wide URIs as it found them
     model = mlflow.pyfunc.load_model("models:/deepfake-ensemble@production")
     index = pd.read_parquet(root / "data" / "faces" / "index.parquet").head(3)
     crops = np.stack([cv2.cvtColor(cv2.imread(str(root / "data" / "faces" / c)), cv2.COLOR_BGR2RGB)

@@ -51,7 +51,8 @@ def _alias(client: MlflowClient, alias: str, name: str = NAME) -> str | None:
 def test_gate_aliases_unchanged_lineage_rollback_and_compare(project: Path, capsys: pytest.CaptureFixture,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     root = project
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
 
     first = _register(root)
     assert first.registered and first.passed and first.promoted and first.version == "1" and first.previous is None
