@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from dfd.platform.config import Params
+from dfd.platform.files import file_digest
 from dfd.platform.errors import StageError
 
 
@@ -37,17 +38,11 @@ def git_commit(cwd: Path | None = None) -> str:
     return git_state(cwd)[0]
 
 
-def _file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_md5s(root: Path) -> dict[str, str]:
     """md5 of every file under `root`, by path relative to it (one read of the dataset, shared by checks)."""
-    return {p.relative_to(root).as_posix(): _file_md5(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {p.relative_to(root).as_posix(): file_digest(p, "md5") for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def tracked_hash(root: Path) -> str | None:

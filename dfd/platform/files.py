@@ -8,6 +8,7 @@ file behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -91,3 +92,12 @@ def read_cache_json(path: Path) -> Any | None:
         log.warning("discarding corrupt cache file %s (%s); it will be rebuilt", path, type(exc).__name__)
         path.unlink(missing_ok=True)
         return None
+
+
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file read in 1 MiB blocks (md5 is what DVC uses; sha256 for deployment manifests)."""
+    h = hashlib.new(algorithm)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dfd.platform.files import file_digest
+
 R = TypeVar("R")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where the dfd, tasks, models and flows packages live
@@ -67,12 +69,6 @@ class Check:
         return self.result is not None
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -103,7 +99,7 @@ class FileHasher:
             known = self._memo.get(key)
         if known is not None and known[:3] == stamp:
             return str(known[3])
-        digest = _md5(path)
+        digest = file_digest(path, "md5")
         with self._lock:
             self._memo[key] = [*stamp, digest]
         return digest

@@ -12,7 +12,6 @@ A failed check leaves the target as it was and removes what was staged.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ import numpy as np
 
 from dfd.platform.config import StorageParams
 from dfd.platform.errors import DfdError
+from dfd.platform.files import file_digest
 from dfd.platform.storage import check_writable, download_dir, parse_s3_uri, s3_client, upload_dir
 from dfd.serving.registry_model import resolve_version
 
@@ -36,11 +36,8 @@ class DeployError(DfdError):
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The SHA-256 of a file, as the manifest records it."""
+    return file_digest(path, "sha256")
 
 
 def _files(folder: Path) -> list[Path]:
