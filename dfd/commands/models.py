@@ -45,9 +45,18 @@ def _model_for(args: argparse.Namespace) -> tuple[Params, Any]:
     from dfd.platform.tracking import resolve_tracking_uri
     from dfd.serving.registry_model import default_model_uri, load
 
-    params = params_from_args(args) if Path(args.params).is_file() else Params()
+    params = _serve_params(args)
     uri = args.model or default_model_uri(params)
-    return params, load(uri, resolve_tracking_uri(params, Path.cwd()))
+    return params, load(uri, resolve_tracking_uri(params, Path.cwd()), params.serve.precision,
+                        params.serve.max_precision_error)
+
+
+def _serve_params(args: argparse.Namespace) -> Params:
+    """Params (defaults when there is no params file), with `--precision` over `serve.precision`."""
+    params = params_from_args(args) if Path(args.params).is_file() else Params()
+    if getattr(args, "precision", None):
+        params = params.model_copy(update={"serve": params.serve.model_copy(update={"precision": args.precision})})
+    return params
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -65,6 +74,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                        "register it again with this version of dfd")
     scorer.limits = params.serve
     label = f"{model.uri} (version {model.version})" if model.version else model.uri
+    if model.precision != "fp32":
+        label += f", {model.precision}: P(fake) within {model.precision_error:.4f} of fp32 on the example crops"
     return run_predict(scorer, args.paths, label, Path(args.out) if args.out else None, args.aggregate,
                        Path(args.save_crops) if args.save_crops else None, progress=not args.no_progress)
 
@@ -74,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dfd.serving.registry_model import default_model_uri
     from dfd.serving.server import serve
 
-    params = params_from_args(args) if Path(args.params).is_file() else Params()
+    params = _serve_params(args)
     serve(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()), params.serve,
           args.host, args.port)
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ log = logging.getLogger(__name__)
 
 DONE_FILE = "faces.json"  # per-sample record; its fingerprint makes reruns skip finished samples
 
-_WORKER: dict[str, Any] = {}  # one detector and landmark model per process
+# One detector and landmark model per thread: dlib's detectors are not safe to share between threads (the server
+# scores requests, and `dfd predict` extracts faces, in worker threads).
+_WORKER = threading.local()
 
 
 def fingerprint(cfg: dict[str, Any], path: Path) -> str:
@@ -34,10 +37,11 @@ def fingerprint(cfg: dict[str, Any], path: Path) -> str:
 
 def _models(cfg: dict[str, Any]) -> tuple[Detector, Landmarks | None]:
     key = f"{cfg['detector']}:{cfg['upsample']}:{cfg['landmarks']}"
-    if _WORKER.get("key") != key:
-        _WORKER.update(key=key, det=create_detector(cfg["detector"], cfg["upsample"]),
-                       lm=Landmarks() if cfg["landmarks"] else None)
-    return _WORKER["det"], _WORKER["lm"]
+    if getattr(_WORKER, "key", None) != key:
+        _WORKER.det = create_detector(cfg["detector"], cfg["upsample"])
+        _WORKER.lm = Landmarks() if cfg["landmarks"] else None
+        _WORKER.key = key
+    return _WORKER.det, _WORKER.lm
 
 
 def crop_decodes(path: Path) -> bool:

@@ -103,3 +103,11 @@ class ServeParams(_Section):
     request_timeout_s: float = Field(120.0, gt=0)  # a request still scoring after this gets 504
     max_concurrent: int = Field(2, ge=1)  # requests scored at once; more wait (one per core: scoring is CPU-bound)
     poll_interval_s: float = Field(30.0, ge=0)  # how often the server asks the registry where the alias points; 0: off
+    # fp32 scores exactly as the gate evaluated. bf16 (CPUs with AVX512-BF16 or AMX, GPUs) or fp16 (GPUs) is about
+    # 2x faster on such hardware, and is checked at load: the model's example crops are scored both ways, and a
+    # precision that moves P(fake) by more than max_precision_error is refused.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_precision_error: float = Field(0.02, gt=0, le=1)
+    # `POST /predict` with JSON {"paths": [...]}: files on the server's disk, only under these folders. Off when
+    # empty: a client must not make the server read arbitrary files.
+    path_roots: list[str] = Field(default_factory=list)

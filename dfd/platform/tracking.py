@@ -231,9 +231,7 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path), artifact_path)
 
     def log_pyfunc_model(self, run_id: str, python_model: Path, artifacts: dict[str, str], input_example: Any,
-                         pip_requirements: list[str], code_paths: list[str], registered_model_name: str,
-                         tensor_signature: tuple[tuple[Any, tuple[int, ...]], tuple[Any, tuple[int, ...]]],
-                         ) -> str:
+                         pip_requirements: list[str], code_paths: list[str], registered_model_name: str) -> str:
         """Log a models-from-code pyfunc into `run_id`, register it, and return the new version.
 
         Args:
@@ -244,20 +242,18 @@ class Tracker:
             pip_requirements: The served model's pinned requirements.
             code_paths: Folders shipped with the model so that it imports the project's code.
             registered_model_name: Registry name; a new version is created.
-            tensor_signature: ((input dtype, input shape), (output dtype, output shape)); -1 for any size.
-        """
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
 
+        The model is logged without a signature (`signature=False` also stops MLflow inferring one from the
+        example): it takes crops (a tensor) or media (a DataFrame of paths or bytes), a union MLflow's schemas
+        cannot state, and a crops-only signature made `PyFuncModel.predict` refuse media. The model checks its
+        own input and says what it expected.
+        """
         import mlflow
 
-        (in_dtype, in_shape), (out_dtype, out_shape) = tensor_signature
-        signature = ModelSignature(inputs=Schema([TensorSpec(in_dtype, in_shape)]),
-                                   outputs=Schema([TensorSpec(out_dtype, out_shape)]))
         # Logging a model has only a fluent API: point it at this store and this run, under the lock.
         with self._lock, _fluent_uris(self.tracking_uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="ensemble", python_model=str(python_model), artifacts=artifacts, signature=signature,
+                name="ensemble", python_model=str(python_model), artifacts=artifacts, signature=False,
                 input_example=input_example, pip_requirements=pip_requirements, code_paths=code_paths,
                 registered_model_name=registered_model_name)
         return str(info.registered_model_version)

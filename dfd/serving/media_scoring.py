@@ -106,13 +106,17 @@ class MediaScorer:
         """The model's aggregation, or the same constants with another method."""
         return self.aggregation if not method else self.aggregation.model_copy(update={"method": method})
 
-    def score_frames(self, frames: list[tuple[int, np.ndarray]], res: MediaResult,
-                     method: str | None = None) -> MediaResult:
-        """Detect, crop, score and aggregate the given frames into `res`."""
+    def extract(self, frames: list[tuple[int, np.ndarray]], res: MediaResult) -> list[dict[str, Any]]:
+        """Detect and crop the faces of the given frames, as the faces stage does; `res.reason` says when none."""
         res.frames = len(frames)
         found = face_crops(frames, self.faces_cfg)
         if not found:
             res.reason = "no_face"
+        return found
+
+    def score_found(self, found: list[dict[str, Any]], res: MediaResult, method: str | None = None) -> MediaResult:
+        """Score the extracted face crops and aggregate them into `res` (unchanged when it has a reason)."""
+        if res.reason:
             return res
         scores = np.asarray(self.predictor(np.stack([f["crop"] for f in found]).astype(np.uint8)), dtype=float)
         for f, s in zip(found, scores, strict=True):
@@ -123,6 +127,16 @@ class MediaScorer:
         res.faces = len({f["frame"] for f in found})
         res.crops = found
         return res
+
+    def score_frames(self, frames: list[tuple[int, np.ndarray]], res: MediaResult,
+                     method: str | None = None) -> MediaResult:
+        """Detect, crop, score and aggregate the given frames into `res`."""
+        return self.score_found(self.extract(frames, res), res, method)
+
+    def prepare_path(self, path: Path) -> tuple[list[dict[str, Any]], MediaResult]:
+        """Read one file and extract its faces: everything before the models (what `dfd predict` runs ahead)."""
+        frames, res = load_frames(Path(path), self.faces_cfg, self.limits)
+        return ([], res) if res.reason else (self.extract(frames, res), res)
 
     def score_path(self, path: Path, method: str | None = None) -> MediaResult:
         """One file on disk."""

@@ -1,7 +1,8 @@
 """`dfd predict`: score image and video files (or folders of them) with the registered ensemble.
 
 One row per file (path, p_fake, label, frames, faces, reason), written as CSV or JSON, and a one-screen summary.
-Decoding the next files runs in a thread pool while the current one is scored (OpenCV and torch release the GIL).
+Reading the next files and extracting their faces run in a thread pool while the current one is scored (OpenCV,
+dlib and torch release the GIL).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from dfd.data.media import media_kind
 from dfd.platform.errors import DfdError
-from dfd.serving.media_scoring import RESULT_COLUMNS, MediaResult, MediaScorer, load_frames
+from dfd.serving.media_scoring import RESULT_COLUMNS, MediaResult, MediaScorer
 
 
 class UsageError(DfdError):
@@ -48,18 +49,18 @@ def collect(paths: Iterable[str | Path]) -> list[Path]:
 
 def score_files(scorer: MediaScorer, files: list[Path], method: str | None = None, workers: int = 2,
                 progress: bool = True) -> Iterator[MediaResult]:
-    """Score `files` in order, reading the next ones in background threads while one is scored."""
+    """Score `files` in order; the next ones are read and their faces extracted in background threads meanwhile."""
     bar = tqdm(total=len(files), desc="predict", unit="file", disable=not progress)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        # A bounded window of reads ahead: decoded frames of many videos would not fit in memory.
+        # A bounded window ahead: the crops of many videos would not fit in memory.
         window = max(2, workers * 2)
-        futures = [pool.submit(load_frames, f, scorer.faces_cfg, scorer.limits) for f in files[:window]]
+        futures = [pool.submit(scorer.prepare_path, f) for f in files[:window]]
         for i in range(len(files)):
-            frames, res = futures[i].result()
-            futures[i] = None  # type: ignore[call-overload]  # drop the frames once scored
+            found, res = futures[i].result()
+            futures[i] = None  # type: ignore[call-overload]  # drop the crops once scored
             if i + window < len(files):
-                futures.append(pool.submit(load_frames, files[i + window], scorer.faces_cfg, scorer.limits))
-            yield res if res.reason else scorer.score_frames(frames, res, method)
+                futures.append(pool.submit(scorer.prepare_path, files[i + window]))
+            yield scorer.score_found(found, res, method)
             bar.update(1)
     bar.close()
 

@@ -3,12 +3,13 @@
 Input, either:
 - RGB uint8 face crops, shape (N, H, W, 3), as the faces stage writes them (any square size: each member resizes and
   normalises with its own registered config). Output: P(fake), float32 (N,).
-- Media: a pandas DataFrame with a `path` column (image or video files) or a `content` column (their bytes, with an
-  optional `name` column for the file type). Faces are extracted as the faces stage did (its params travel with the
-  model as the `faces` artifact), scored, and aggregated per file. Output: a DataFrame with one row per input
+- Media: a pandas DataFrame with a `path` column (image or video files) or a `content` column (their bytes, or the
+  bytes base64-encoded as text, which is how JSON carries them to `mlflow models serve`; an optional `name` column
+  gives the file type). Faces are extracted as the faces stage did (its params travel with the model as the `faces`
+  artifact), scored, and aggregated per file. Output: a DataFrame with one row per input
   (`dfd.serving.media_scoring.RESULT_COLUMNS`: path, p_fake, label, frames, faces, reason, detail).
-  The logged signature declares the crops tensor, so MLflow's schema check refuses a DataFrame in
-  `PyFuncModel.predict`: media go through `unwrap_python_model().predict(None, df)` (what `dfd predict` does).
+  `mlflow.pyfunc.load_model(uri).predict(df)` takes both: the model is logged without a signature, since MLflow's
+  schemas cannot say "crops or media" (see `Tracker.log_pyfunc_model`); `predict` checks the input itself.
 
 Logged as "models from code": MLflow stores this file and runs it at load time (the `set_model` call below), so the
 served model is source anyone can read, not a cloudpickled object tied to one Python and library version.
@@ -16,6 +17,8 @@ served model is source anyone can read, not a cloudpickled object tied to one Py
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from pathlib import Path
 from typing import Any
@@ -48,23 +51,51 @@ class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
             return self.predict_media(model_input, (params or {}).get("aggregate"))
         crops = np.asarray(model_input)
         if crops.ndim != 4 or crops.shape[-1] != 3:
-            raise ValueError(f"expected RGB crops of shape (N, H, W, 3), got {crops.shape}")
+            raise ValueError(f"expected RGB uint8 face crops of shape (N, H, W, 3), got shape {crops.shape}; or, for "
+                             "image and video files, a DataFrame with a `path` or a `content` column")
         return self.predictor(crops.astype(np.uint8)).astype(np.float32)
 
     def predict_media(self, frame: pd.DataFrame, aggregate: str | None = None) -> pd.DataFrame:
-        """One result row per input row: files by `path`, or bytes by `content` (named by `name` when given)."""
-        from dfd.serving.media_scoring import RESULT_COLUMNS
+        """One result row per input row: files by `path`, or bytes by `content` (named by `name` when given), with
+        the frames aggregated by `aggregate` (or the row's `aggregate` column; default: the model's rule)."""
+        from dfd.serving.media_scoring import RESULT_COLUMNS, MediaResult
 
         if self.scorer is None:
             raise ValueError("this model version was registered without its faces params: it scores crops only")
         rows = []
         for i, rec in enumerate(frame.to_dict("records")):
-            if "path" in rec and rec["path"] is not None:
-                res = self.scorer.score_path(Path(rec["path"]), aggregate)
+            # An `aggregate` column overrides per row: MLflow drops `params` for a model without a signature.
+            method = rec["aggregate"] if isinstance(rec.get("aggregate"), str) else aggregate
+            if isinstance(rec.get("path"), str | Path):
+                res = self.scorer.score_path(Path(rec["path"]), method)
             else:
-                res = self.scorer.score_bytes(bytes(rec["content"]), str(rec.get("name") or f"row{i}"), aggregate)
+                name = str(rec.get("name") or f"row{i}")
+                try:
+                    data = _content_bytes(rec.get("content"))
+                except ValueError as exc:
+                    rows.append(MediaResult(name, reason="unreadable", detail=str(exc)).row())
+                    continue
+                res = self.scorer.score_bytes(data, name, method)
             rows.append(res.row())
         return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def _content_bytes(content: Any) -> bytes:
+    """A `content` cell as bytes: bytes as they are, text as base64 (JSON's way to carry bytes).
+
+    Raises:
+        ValueError: Text that is not base64, or a cell that is neither.
+    """
+    if isinstance(content, bytes | bytearray | memoryview):
+        return bytes(content)
+    if isinstance(content, str):
+        try:
+            return base64.b64decode(content, validate=True)
+        except binascii.Error:
+            raise ValueError("the `content` text is not base64-encoded file bytes") from None
+    if content is None or content != content:  # None or NaN: a row of a mixed path/content frame
+        return b""
+    raise ValueError(f"`content` must be bytes or base64 text, got {type(content).__name__}")
 
 
 # Models from code: MLflow executes this file when loading the model and serves what is set here.

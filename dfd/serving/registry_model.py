@@ -26,6 +26,10 @@ class ModelNotFoundError(DfdError):
     """The model URI does not resolve to a loadable model."""
 
 
+class PrecisionError(DfdError):
+    """A reduced inference precision moves P(fake) further from the evaluated fp32 scores than allowed."""
+
+
 @dataclass
 class LoadedModel:
     """A loaded registered model: the pyfunc, its Python model (crops and media), and its identity."""
@@ -37,9 +41,12 @@ class LoadedModel:
     version: str | None = None
     alias: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp32"
+    precision_error: float = 0.0  # max |P(fake) - fp32 P(fake)| on the model's example crops
 
     def info(self) -> dict[str, Any]:
-        return {"uri": self.uri, "name": self.name, "version": self.version, "alias": self.alias, "tags": self.tags}
+        return {"uri": self.uri, "name": self.name, "version": self.version, "alias": self.alias, "tags": self.tags,
+                "precision": self.precision, "precision_error": self.precision_error}
 
 
 def default_model_uri(params: Params) -> str:
@@ -71,8 +78,20 @@ def resolve_version(uri: str, tracking_uri: str) -> tuple[str, str, str | None, 
     return name, str(mv.version), alias, dict(mv.tags)
 
 
-def load(uri: str, tracking_uri: str) -> LoadedModel:
-    """Load a model by registry URI (pinned to the version the alias points at now) or local folder."""
+def load(uri: str, tracking_uri: str, precision: str = "fp32", max_precision_error: float = 0.02) -> LoadedModel:
+    """Load a model by registry URI (pinned to the version the alias points at now) or local folder.
+
+    Args:
+        uri: `models:/name@alias`, `models:/name/N` or a folder with an `MLmodel`.
+        tracking_uri: The registry.
+        precision: Inference precision (fp32, bf16, fp16); a reduced one is checked against fp32 on the model's
+            example crops.
+        max_precision_error: The largest allowed |P(fake) - fp32 P(fake)| on those crops.
+
+    Raises:
+        ModelNotFoundError: Nothing loadable at `uri`.
+        PrecisionError: The reduced precision moves P(fake) too far.
+    """
     import mlflow.pyfunc
 
     name = version = alias = None
@@ -89,4 +108,32 @@ def load(uri: str, tracking_uri: str) -> LoadedModel:
     elif not (Path(uri) / "MLmodel").is_file():
         raise ModelNotFoundError(f"no MLflow model at {uri}", "pass models:/NAME@ALIAS or a folder with an MLmodel")
     model = mlflow.pyfunc.load_model(target)
-    return LoadedModel(uri, model, model.unwrap_python_model(), name, version, alias, tags)
+    loaded = LoadedModel(uri, model, model.unwrap_python_model(), name, version, alias, tags)
+    if precision != "fp32":
+        check_precision(loaded, precision, max_precision_error)
+    return loaded
+
+
+def check_precision(model: LoadedModel, precision: str, max_error: float) -> None:
+    """Switch `model` to `precision` after measuring what it costs on the model's example crops (real test crops).
+
+    Raises:
+        PrecisionError: No example crops to measure on, or an error above `max_error`.
+    """
+    import numpy as np
+
+    predictor = model.python_model.predictor
+    example = model.pyfunc.input_example
+    if example is None:
+        raise PrecisionError(f"model {model.uri} has no example crops to check {precision} scores against",
+                             "serve it in fp32")
+    try:
+        predictor.set_precision(precision)
+    except ValueError as exc:
+        raise PrecisionError(str(exc), "set serve.precision: fp32") from None
+    error = predictor.precision_error(np.asarray(example).astype(np.uint8))
+    if error > max_error:
+        predictor.set_precision("fp32")
+        raise PrecisionError(f"{precision} moves P(fake) by {error:.4f} on the example crops of {model.uri} "
+                             f"(limit {max_error})", "serve in fp32, or raise serve.max_precision_error")
+    model.precision, model.precision_error = precision, error

@@ -1,6 +1,7 @@
 """`dfd serve`: the registered ensemble over HTTP (FastAPI + uvicorn).
 
-- `POST /predict`: multipart upload (`file`) of one image or video -> P(fake), label, frames, faces, reason.
+- `POST /predict`: multipart upload (`file`) of one image or video -> P(fake), label, frames, faces, reason; or
+  JSON `{"paths": [...]}` naming files on the server's disk, allowed only under `serve.path_roots` (403 otherwise).
 - `POST /invocations`: MLflow's scoring protocol for face crops (`{"inputs": [[[[r, g, b], ...]]]}` or `instances`).
 - `GET /health`, `GET /version` (model name, version, alias, lineage tags).
 
@@ -14,6 +15,8 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,7 @@ from fastapi import FastAPI, Request, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from dfd.evaluation.aggregate import list_aggregations
 from dfd.platform.config import ServeParams
 from dfd.serving.registry_model import LoadedModel, load, resolve_version
 
@@ -103,6 +107,7 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
     """The HTTP app over `holder`'s current model."""
     app = FastAPI(title="dfd deepfake detector", version="1")
     slots = asyncio.Semaphore(cfg.max_concurrent)
+    roots = [Path(r).resolve() for r in cfg.path_roots]
 
     async def scored(fn: Callable[[], Any]) -> Any:
         """Run CPU-bound scoring in a worker thread, at most `max_concurrent` at once, within the timeout."""
@@ -120,6 +125,8 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
 
     @app.post("/predict")
     async def predict(request: Request, file: UploadFile | None = None, aggregate: str | None = None) -> Any:
+        if file is None and request.headers.get("content-type", "").startswith("application/json"):
+            return await predict_paths(request)
         if file is None:
             return _error(400, "no file uploaded", "empty", "send multipart/form-data with a `file` field")
         declared = request.headers.get("content-length")
@@ -128,8 +135,8 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
         data = await _read_limited(file, cfg.max_upload_bytes)
         if data is None:
             return _error(413, "upload too large", "too_large", f"limit {cfg.max_upload_bytes} bytes")
-        if aggregate is not None and aggregate not in ("mean", "median", "confident"):
-            return _error(400, f"unknown aggregation '{aggregate}'", "bad_request", "mean, median or confident")
+        if aggregate is not None and aggregate not in list_aggregations():
+            return _error(400, f"unknown aggregation '{aggregate}'", "bad_request", ", ".join(list_aggregations()))
         model = holder.current  # this request's model, whatever the poller swaps in meanwhile
         scorer = model.python_model.scorer
         if scorer is None:
@@ -142,6 +149,36 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
         if res.reason in STATUS:
             return JSONResponse({**body, "error": res.detail or res.reason}, status_code=STATUS[res.reason])
         return body
+
+    async def predict_paths(request: Request) -> Any:
+        """`{"paths": [...], "aggregate": ...}`: files on the server's disk, under `serve.path_roots` only."""
+        if not roots:
+            return _error(403, "path lists are off on this server", "forbidden",
+                          "upload the file, or list the folders it may read in serve.path_roots")
+        try:
+            payload = await request.json()
+            paths = payload["paths"]
+            if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+                raise TypeError("`paths` must be a non-empty list of strings")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, 'expected JSON {"paths": ["/path/to/file", ...]}', "bad_request", str(exc)[:200])
+        aggregate = payload.get("aggregate")
+        if aggregate is not None and aggregate not in list_aggregations():
+            return _error(400, f"unknown aggregation '{aggregate}'", "bad_request", ", ".join(list_aggregations()))
+        resolved = [Path(p).resolve() for p in paths]  # symlinks and `..` resolved before the check
+        outside = [p for p, r in zip(paths, resolved, strict=True) if not any(r.is_relative_to(o) for o in roots)]
+        if outside:
+            return _error(403, "paths outside serve.path_roots", "forbidden", ", ".join(outside[:5]))
+        model = holder.current
+        scorer = model.python_model.scorer
+        if scorer is None:
+            return _error(409, "the served model has no faces params: it scores crops only", "crops_only")
+        try:
+            rows = await scored(lambda: [scorer.score_path(r, aggregate).row() | {"path": p}
+                                         for p, r in zip(paths, resolved, strict=True)])
+        except TimeoutError:
+            return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
+        return {"results": rows, "threshold": scorer.threshold, "model_version": model.version}
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Any:
@@ -168,7 +205,8 @@ def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1"
     """Load the model, start the alias poller, and serve until interrupted."""
     import uvicorn
 
-    holder = ModelHolder(uri, tracking_uri)
+    holder = ModelHolder(uri, tracking_uri, partial(load, precision=cfg.precision,
+                                                   max_precision_error=cfg.max_precision_error))
     holder.start(cfg.poll_interval_s)
     log.info("serving %s (version %s) on http://%s:%d", uri, holder.current.version, host, port)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -16,7 +17,8 @@ import pytest
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve(registered, loaded, tmp_path: Path) -> None:
+def test_mlflow_models_serve(registered, loaded, media: dict[str, Path], tmp_path: Path) -> None:
+    """Crops as `inputs`, and media files as a `dataframe_split` of paths and of base64 bytes."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -42,6 +44,17 @@ def test_mlflow_models_serve(registered, loaded, tmp_path: Path) -> None:
         resp = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": crops.tolist()}, timeout=120)
         assert resp.status_code == 200, resp.text
         assert resp.json()["predictions"] == pytest.approx(loaded.pyfunc.predict(crops).tolist(), abs=1e-5)
+        expected = loaded.python_model.scorer.score_path(media["face"]).p_fake
+        by_path = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=120, json={
+            "dataframe_split": {"columns": ["path"], "data": [[str(media["face"])], [str(media["noface"])]]}})
+        assert by_path.status_code == 200, by_path.text
+        rows = by_path.json()["predictions"]
+        assert rows[0]["p_fake"] == pytest.approx(expected, abs=1e-5) and rows[1]["reason"] == "no_face"
+        encoded = base64.b64encode(media["face"].read_bytes()).decode()
+        by_bytes = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=120, json={
+            "dataframe_split": {"columns": ["content", "name"], "data": [[encoded, "face.png"]]}})
+        assert by_bytes.status_code == 200, by_bytes.text
+        assert by_bytes.json()["predictions"][0]["p_fake"] == pytest.approx(expected, abs=1e-5)
     finally:
         proc.terminate()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from dfd.platform.config import AggregationParams
 
 
 def test_pyfunc_scores_media_paths_and_bytes(loaded, media: dict[str, Path]) -> None:
+    """`mlflow.pyfunc.load_model(uri).predict(DataFrame)`, MLflow's own entry point, takes media as well as crops."""
     model = loaded.python_model
     paths = [media["face"], media["real"], media["noface"], media["notes"], media["truncated"]]
-    out = model.predict(None, pd.DataFrame({"path": [str(p) for p in paths]}))
+    out = loaded.pyfunc.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
     by = out.set_index("path")
     face, clip = by.loc[str(media["face"])], by.loc[str(media["real"])]
     assert 0.0 <= face["p_fake"] <= 1.0 and face["frames"] == 1 and face["faces"] == 1 and face["reason"] is None
@@ -25,14 +27,41 @@ def test_pyfunc_scores_media_paths_and_bytes(loaded, media: dict[str, Path]) -> 
     assert by.loc[str(media["noface"]), "reason"] == "no_face" and pd.isna(by.loc[str(media["noface"]), "p_fake"])
     assert by.loc[str(media["notes"]), "reason"] == "unsupported"
     assert by.loc[str(media["truncated"]), "reason"] in ("truncated", "unreadable")
-    # The same files as bytes get the same scores as by path.
-    as_bytes = model.predict(None, pd.DataFrame({"content": [media["face"].read_bytes(), media["real"].read_bytes()],
-                                                 "name": ["face.png", "real.mp4"]}))
+    # The same files as bytes, or as base64 text (how JSON carries bytes), get the same scores as by path.
+    face_bytes, clip_bytes = media["face"].read_bytes(), media["real"].read_bytes()
+    as_bytes = loaded.pyfunc.predict(pd.DataFrame({"content": [face_bytes, clip_bytes],
+                                                   "name": ["face.png", "real.mp4"]}))
     assert as_bytes["p_fake"].tolist() == pytest.approx([face["p_fake"], clip["p_fake"]], abs=1e-6)
+    as_text = loaded.pyfunc.predict(pd.DataFrame({"content": [base64.b64encode(face_bytes).decode(), "not base64!"],
+                                                  "name": ["face.png", "bad.png"]}))
+    assert as_text["p_fake"][0] == pytest.approx(face["p_fake"], abs=1e-6)
+    assert as_text["reason"][1] == "unreadable" and "base64" in as_text["detail"][1]
+    # An `aggregate` column picks the rule per row (MLflow drops `params` for a model without a signature).
+    per_row = loaded.pyfunc.predict(pd.DataFrame({"path": [str(media["fake"])] * 2, "aggregate": ["mean", "median"]}))
+    frames = [c["p_fake"] for c in model.scorer.score_path(media["fake"], "mean").crops]
+    assert per_row["p_fake"].tolist() == pytest.approx([np.mean(frames), np.median(frames)], abs=1e-6)
+    with pytest.raises(ValueError, match="path` or a `content` column"):
+        loaded.pyfunc.predict(pd.DataFrame({"file": [str(media["face"])]}))
+
+
+def test_reduced_precision_is_measured_and_bounded(registered, loaded) -> None:
+    """bf16 scores are checked against fp32 on the model's example crops when loaded; too far is refused."""
+    from dfd.serving.registry_model import PrecisionError, load
+
+    bf16 = load(registered.uri, registered.tracking_uri, precision="bf16", max_precision_error=1.0)
+    assert bf16.precision == "bf16" and bf16.info()["precision"] == "bf16"
+    crops = np.asarray(loaded.pyfunc.input_example).astype(np.uint8)
+    exact, reduced = loaded.pyfunc.predict(crops), bf16.pyfunc.predict(crops)
+    assert bf16.precision_error == pytest.approx(float(np.max(np.abs(reduced - exact))), abs=1e-6)
+    assert 0.0 < bf16.precision_error < 0.05  # bf16 moves P(fake), a little
+    with pytest.raises(PrecisionError, match="moves P\\(fake\\) by"):
+        load(registered.uri, registered.tracking_uri, precision="bf16", max_precision_error=bf16.precision_error / 2)
+    with pytest.raises(PrecisionError, match="GPU"):
+        load(registered.uri, registered.tracking_uri, precision="fp16")
 
 
 def test_media_score_is_the_crops_score(loaded, media: dict[str, Path]) -> None:
-    """An image's score equals the registered pyfunc's (schema-checked) crops prediction on its extracted face."""
+    """An image's score equals the registered pyfunc's crops prediction on its extracted face."""
     from dfd.data.face_extract import face_crops
     from dfd.data.media import read_rgb
 

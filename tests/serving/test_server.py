@@ -99,6 +99,37 @@ def test_invocations_and_version(server, loaded, registered) -> None:
     assert info["tags"].get("git_commit") is not None or info["tags"]
 
 
+def test_path_list_only_under_path_roots(registered, loaded, media: dict[str, Path], tmp_path: Path) -> None:
+    """JSON path lists score server-side files under `serve.path_roots`; anything else is refused, whole."""
+    holder = ModelHolder(registered.uri, registered.tracking_uri, loader=lambda u, t: loaded)
+    scorer = loaded.python_model.scorer
+    outside = tmp_path / "outside.png"
+    shutil.copy(media["face"], outside)
+    root = media["face"].parent
+    with _Server(create_app(holder, ServeParams(poll_interval_s=0, path_roots=[str(root)]))) as url:
+        ok = httpx.post(f"{url}/predict", json={"paths": [str(media["face"]), str(media["noface"])]}, timeout=60)
+        assert ok.status_code == 200, ok.text
+        rows = ok.json()["results"]
+        assert [r["path"] for r in rows] == [str(media["face"]), str(media["noface"])]
+        assert rows[0]["p_fake"] == pytest.approx(scorer.score_path(media["face"]).p_fake, abs=1e-6)
+        assert rows[1]["reason"] == "no_face"
+        # Outside the roots, also by `..` or a symlink: refused before anything is read.
+        link = root / "escape.png"
+        link.symlink_to(outside)
+        try:
+            for path in (str(outside), f"{root}/../{outside.parent.name}/{outside.name}", str(link)):
+                bad = httpx.post(f"{url}/predict", json={"paths": [str(media["face"]), path]}, timeout=10)
+                assert bad.status_code == 403 and bad.json()["reason"] == "forbidden", path
+        finally:
+            link.unlink()
+        junk = httpx.post(f"{url}/predict", json={"files": ["x"]}, timeout=10)
+        assert junk.status_code == 400 and junk.json()["reason"] == "bad_request"
+        assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
+    with _Server(create_app(holder, ServeParams(poll_interval_s=0))) as url:  # no roots: off
+        off = httpx.post(f"{url}/predict", json={"paths": [str(media["face"])]}, timeout=10)
+        assert off.status_code == 403 and "path_roots" in off.json()["detail"]
+
+
 @pytest.mark.slow
 def test_hot_swap_after_alias_move(registered, tmp_path: Path, media: dict[str, Path]) -> None:
     """A second registered version moves the alias; the polling server swaps to it, and answers meanwhile."""
@@ -115,16 +146,38 @@ def test_hot_swap_after_alias_move(registered, tmp_path: Path, media: dict[str, 
     tracker = Tracker.from_params(params, root)
     holder = ModelHolder(registered.uri, tracker.tracking_uri)
     old = holder.current.version
+    # A request still scoring on the old version when the alias moves: its scoring waits for `release` (the real
+    # scorer, called through), so the swap happens while it is in flight.
+    started, release = threading.Event(), threading.Event()
+    old_scorer = holder.current.python_model.scorer
+    real_score = old_scorer.score_bytes
+
+    def held_score(*args, **kwargs):
+        started.set()
+        assert release.wait(120)
+        return real_score(*args, **kwargs)
+
+    old_scorer.score_bytes = held_score
+    in_flight: dict[str, httpx.Response] = {}
     with _Server(create_app(holder, ServeParams(poll_interval_s=0.5))) as url:
         holder.start(0.5)
         before = httpx.get(f"{url}/version", timeout=10).json()
+        request = threading.Thread(target=lambda: in_flight.update(resp=httpx.post(
+            f"{url}/predict", files={"file": ("f.png", media["face"].read_bytes())}, timeout=120)))
+        request.start()
+        assert started.wait(60)
         res = register.run(params, Layout.from_params(params, root), tracker)
         assert res.promoted and res.version != old
         deadline = time.time() + 120
-        while httpx.get(f"{url}/version", timeout=10).json()["version"] != res.version:
-            assert httpx.post(f"{url}/predict", files={"file": ("f.png", media["face"].read_bytes())},
-                              timeout=60).status_code == 200
+        while holder.current.version != res.version:
             assert time.time() < deadline, "the server did not pick up the new version"
-            time.sleep(0.5)
+            time.sleep(0.2)
+        assert request.is_alive()  # still scoring on the old model after the swap
+        release.set()
+        request.join(60)
+        after = httpx.post(f"{url}/predict", files={"file": ("f.png", media["face"].read_bytes())}, timeout=60)
+        now = httpx.get(f"{url}/version", timeout=10).json()
         holder.stop()
-    assert before["version"] == old and holder.swaps == 1
+    assert before["version"] == old and holder.swaps == 1 and now["version"] == res.version
+    assert in_flight["resp"].status_code == 200 and in_flight["resp"].json()["model_version"] == old
+    assert after.status_code == 200 and after.json()["model_version"] == res.version
