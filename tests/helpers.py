@@ -1,7 +1,10 @@
-"""Helpers shared by tests: paths and the tiny params."""
+"""Helpers shared by tests: paths, the tiny params, clips, waiting for a server."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -20,6 +23,23 @@ def tiny_params(root: Path, **sections: dict) -> Params:
     data = {"data": {"root": str(root / "raw")}, **sections}
     extra.write_text(yaml.safe_dump(data))
     return load_params(PROJECT / "params.yaml", [TINY, extra])
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = 120.0, what: str = "server") -> None:
+    """Poll `url` until it answers 200; raise when `proc` exits first or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before answering {url}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def write_clip(path: Path, seed: int, fake: bool = False, frames: int = 6, size: int = 128) -> Path:

@@ -10,13 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, wait_until_up
 
 CLIENT = """
 import sys
@@ -54,16 +52,7 @@ def test_dead_tracking_server_fails_fast_and_clearly(tmp_path: Path) -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail("mlflow server did not start")
-                time.sleep(0.5)
+        wait_until_up(f"{url}/health", server, what="mlflow server")
         client_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
         client_env.update(MLFLOW_TRACKING_URI=url, PYTHONPATH=str(PROJECT))
         client = subprocess.Popen([sys.executable, "-c", CLIENT], cwd=tmp_path, env=client_env, text=True,

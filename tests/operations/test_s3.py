@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -19,7 +18,7 @@ import pytest
 from dfd.platform.config import load_params
 from dfd.platform.errors import StorageError
 from dfd.platform.storage_check import buckets_in_use, check_storage, dvc_remote
-from tests.helpers import PROJECT, TINY
+from tests.helpers import PROJECT, TINY, wait_until_up
 
 BIN = Path(sys.executable).parent
 
@@ -151,16 +150,7 @@ def test_mlflow_server_keeps_artifacts_and_models_in_s3(s3_server: str, trained_
                  MLFLOW_PORT=str(port), MLFLOW_WORKERS="1"))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(1)
+        wait_until_up(f"{url}/health", server, what="mlflow server")
 
         root = tmp_path / "project"
         shutil.copytree(trained_project, root)
