@@ -75,7 +75,7 @@ def register_random(work: Path, crop: np.ndarray, faces_cfg: dict) -> tuple[str,
     params = Params()
     predictor_dir = work / "ckpt"
     predictor_dir.mkdir()
-    _, spec = random_ensemble(params, predictor_dir)
+    _, spec, _ = random_ensemble(params, predictor_dir)
     (work / "ensemble.json").write_text(json.dumps(spec))
     (work / "faces_report.json").write_text(json.dumps({"params": faces_cfg}))
     artifacts = {"ensemble": str(work / "ensemble.json"), "faces": str(work / "faces_report.json"),
@@ -85,7 +85,7 @@ def register_random(work: Path, crop: np.ndarray, faces_cfg: dict) -> tuple[str,
     with tracker.run("bench") as rid:
         version = tracker.log_pyfunc_model(
             rid, MODEL_CODE, artifacts, crop[None], _requirements(), [str(PROJECT / "models"), str(PROJECT / "dfd")],
-            "bench-ensemble", ((np.dtype(np.uint8), (-1, -1, -1, 3)), (np.dtype(np.float32), (-1,))))
+            "bench-ensemble")
     tracker.set_alias("bench-ensemble", "production", version)
     return uri, "models:/bench-ensemble@production"
 
