@@ -9,6 +9,7 @@ dies with its parent (parent-death signal) and with the run (process group).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from dfd.platform.errors import DfdError
 from dfd.platform.procs import child_env, stop_group
 
 STARTUP_S = 120.0
+DRAIN_S = 15.0  # at most this long to hand the last logs and events to the temporary server before it stops
+log = logging.getLogger(__name__)
 # Runs Prefect's server app under uvicorn, after arming the parent-death signal (set up from the environment).
 _LAUNCH = ("import runpy, sys; from dfd.platform.procs import arm_from_env; arm_from_env(); "
            "sys.argv = ['uvicorn', *sys.argv[1:]]; runpy.run_module('uvicorn', run_name='__main__')")
@@ -39,6 +42,22 @@ def _healthy(url: str) -> bool:
             return resp.status == 200
     except OSError:
         return False
+
+
+def _drain_to(url: str) -> None:
+    """Send the logs and events Prefect still holds while the temporary server is up to receive them.
+
+    Otherwise Prefect's background workers find the server gone at interpreter exit and retry for about a minute
+    ("Error logging to API"): a failed `dfd run` printed its one-line error and then hung ~70 s.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=DRAIN_S)
+        except Exception as exc:  # a flush that fails must not hide the run's own outcome
+            log.warning("could not flush Prefect %s to %s: %s", worker.__name__, url, exc)
 
 
 @contextlib.contextmanager
@@ -77,7 +96,10 @@ def prefect_api(log_path: Path) -> Iterator[str | None]:
                                "or start one with `prefect server start` and set PREFECT_API_URL")
             time.sleep(0.2)
         with temporary_settings({PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                _drain_to(url)
     finally:
         if os.name == "posix":
             stop_group(proc, 5.0)
