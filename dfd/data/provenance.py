@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from dfd.platform.config import Params
-from dfd.platform.files import file_digest
 from dfd.platform.errors import StageError
+from dfd.platform.files import file_digest
 
 
 def git_state(cwd: Path | None = None) -> tuple[str, str | None]:
@@ -36,8 +36,6 @@ def git_state(cwd: Path | None = None) -> tuple[str, str | None]:
 def git_commit(cwd: Path | None = None) -> str:
     """The current commit (with `-dirty` when the tree has changes), or `not-a-git-repo` / `git-unavailable`."""
     return git_state(cwd)[0]
-
-
 
 
 def file_md5s(root: Path) -> dict[str, str]:

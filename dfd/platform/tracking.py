@@ -88,7 +88,7 @@ class _GuardedClient:
 
 
 @contextmanager
-def _fluent_uris(uri: str) -> Iterator[None]:
+def fluent_uris(uri: str) -> Iterator[None]:
     """Point MLflow's process-wide (fluent) tracking and registry URIs at `uri` for the body only.
 
     Logging and loading models have only a fluent API; left set, the URIs would silently redirect every later
@@ -251,7 +251,7 @@ class Tracker:
         import mlflow
 
         # Logging a model has only a fluent API: point it at this store and this run, under the lock.
-        with self._lock, _fluent_uris(self.tracking_uri), mlflow.start_run(run_id=run_id):
+        with self._lock, fluent_uris(self.tracking_uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="ensemble", python_model=str(python_model), artifacts=artifacts, signature=False,
                 input_example=input_example, pip_requirements=pip_requirements, code_paths=code_paths,
@@ -376,7 +376,7 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            with self._lock, _fluent_uris(self.tracking_uri):
+            with self._lock, fluent_uris(self.tracking_uri):
                 return mlflow.pyfunc.load_model(model_uri)
         except MlflowException as exc:
             raise DfdError(f"cannot load model {model_uri}: {exc.message.splitlines()[0]}",

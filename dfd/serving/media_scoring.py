@@ -140,8 +140,7 @@ class MediaScorer:
 
     def score_path(self, path: Path, method: str | None = None) -> MediaResult:
         """One file on disk."""
-        frames, res = load_frames(Path(path), self.faces_cfg, self.limits)
-        return res if res.reason else self.score_frames(frames, res, method)
+        return self.score_found(*self.prepare_path(path), method)
 
     def score_bytes(self, data: bytes, name: str = "upload", method: str | None = None) -> MediaResult:
         """One file's content (an upload): an image when it decodes as one, else tried as a video."""

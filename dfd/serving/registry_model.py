@@ -94,20 +94,20 @@ def load(uri: str, tracking_uri: str, precision: str = "fp32", max_precision_err
     """
     import mlflow.pyfunc
 
+    from dfd.platform.tracking import fluent_uris
+
     name = version = alias = None
     tags: dict[str, str] = {}
     target = uri
     if uri.startswith("models:/"):
         name, version, alias, tags = resolve_version(uri, tracking_uri)
         target = f"models:/{name}/{version}"  # the version resolved once: the swap is decided by the poller only
-        import mlflow
-
-        # pyfunc.load_model reads the registry (and the run's artifacts) through the process-wide URIs.
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     elif not (Path(uri) / "MLmodel").is_file():
         raise ModelNotFoundError(f"no MLflow model at {uri}", "pass models:/NAME@ALIAS or a folder with an MLmodel")
-    model = mlflow.pyfunc.load_model(target)
+    # pyfunc.load_model reads the registry (and the run's artifacts) through the process-wide URIs: set for the
+    # load only, so that they do not redirect later clients in this process (the server's poller, a caller's own).
+    with fluent_uris(tracking_uri):
+        model = mlflow.pyfunc.load_model(target)
     loaded = LoadedModel(uri, model, model.unwrap_python_model(), name, version, alias, tags)
     if precision != "fp32":
         check_precision(loaded, precision, max_precision_error)

@@ -92,6 +92,21 @@ def _error(status: int, error: str, reason: str, detail: str | None = None) -> J
     return JSONResponse({"error": error, "reason": reason, "detail": detail}, status_code=status)
 
 
+def _aggregation_error(aggregate: str | None) -> JSONResponse | None:
+    """A 400 for an aggregation rule that does not exist; None for a known one or none."""
+    if aggregate is None or aggregate in list_aggregations():
+        return None
+    return _error(400, f"unknown aggregation '{aggregate}'", "bad_request", ", ".join(list_aggregations()))
+
+
+def _crops_only() -> JSONResponse:
+    return _error(409, "the served model has no faces params: it scores crops only", "crops_only")
+
+
+def _timed_out(cfg: ServeParams) -> JSONResponse:
+    return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
+
+
 async def _read_limited(upload: UploadFile, limit: int) -> bytes | None:
     """The upload's bytes, or None as soon as it exceeds `limit` (never more than limit + 1 MiB in memory)."""
     chunks, size = [], 0
@@ -135,16 +150,16 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
         data = await _read_limited(file, cfg.max_upload_bytes)
         if data is None:
             return _error(413, "upload too large", "too_large", f"limit {cfg.max_upload_bytes} bytes")
-        if aggregate is not None and aggregate not in list_aggregations():
-            return _error(400, f"unknown aggregation '{aggregate}'", "bad_request", ", ".join(list_aggregations()))
+        if (bad := _aggregation_error(aggregate)) is not None:
+            return bad
         model = holder.current  # this request's model, whatever the poller swaps in meanwhile
         scorer = model.python_model.scorer
         if scorer is None:
-            return _error(409, "the served model has no faces params: it scores crops only", "crops_only")
+            return _crops_only()
         try:
             res = await scored(lambda: scorer.score_bytes(data, file.filename or "upload", aggregate))
         except TimeoutError:
-            return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
+            return _timed_out(cfg)
         body = {**res.row(), "threshold": scorer.threshold, "model_version": model.version}
         if res.reason in STATUS:
             return JSONResponse({**body, "error": res.detail or res.reason}, status_code=STATUS[res.reason])
@@ -163,8 +178,8 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, 'expected JSON {"paths": ["/path/to/file", ...]}', "bad_request", str(exc)[:200])
         aggregate = payload.get("aggregate")
-        if aggregate is not None and aggregate not in list_aggregations():
-            return _error(400, f"unknown aggregation '{aggregate}'", "bad_request", ", ".join(list_aggregations()))
+        if (bad := _aggregation_error(aggregate)) is not None:
+            return bad
         resolved = [Path(p).resolve() for p in paths]  # symlinks and `..` resolved before the check
         outside = [p for p, r in zip(paths, resolved, strict=True) if not any(r.is_relative_to(o) for o in roots)]
         if outside:
@@ -172,12 +187,12 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
         model = holder.current
         scorer = model.python_model.scorer
         if scorer is None:
-            return _error(409, "the served model has no faces params: it scores crops only", "crops_only")
+            return _crops_only()
         try:
             rows = await scored(lambda: [scorer.score_path(r, aggregate).row() | {"path": p}
                                          for p, r in zip(paths, resolved, strict=True)])
         except TimeoutError:
-            return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
+            return _timed_out(cfg)
         return {"results": rows, "threshold": scorer.threshold, "model_version": model.version}
 
     @app.post("/invocations")
@@ -195,7 +210,7 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
         try:
             scores = await scored(lambda: model.pyfunc.predict(crops))
         except TimeoutError:
-            return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
+            return _timed_out(cfg)
         return {"predictions": np.asarray(scores, dtype=float).tolist()}
 
     return app
