@@ -15,6 +15,7 @@ from dfd.evaluation.compare import (
     sample_frames,
     score,
 )
+from dfd.evaluation.significance import identity_clusters
 from dfd.platform.config import Params
 from dfd.platform.errors import DataError
 from dfd.platform.tracking import Tracker
@@ -48,8 +49,10 @@ def compare(params: Params, tracker: Tracker, ref_a: str, ref_b: str, faces_inde
     crops = load_crops(rows["crop"], faces_index.parent)
     uris = [resolve_model_uri(r, params.registry.model_name) for r in (ref_a, ref_b)]
     scores = [score(tracker.load_pyfunc(uri), crops) for uri in uris]
-    result = compare_scores(rows["label"].to_numpy(), scores[0], scores[1], rows["sample_id"].to_numpy(), n_boot,
-                            seed)
+    # Identity clusters (a fake with its people's reals; a sample alone when no identity is known): see significance.
+    clusters = identity_clusters(rows["sample_id"].to_numpy(),
+                                 rows["identity"].to_numpy() if "identity" in rows else None)
+    result = compare_scores(rows["label"].to_numpy(), scores[0], scores[1], clusters, n_boot, seed)
     result.update(a=uris[0], b=uris[1], dataset=str(faces_index), split=split or "all")
     result["lines"] = [f"dataset: {faces_index} (split {split or 'all'})", *format_comparison(result, *uris)]
     return result

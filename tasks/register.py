@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from dfd.data.provenance import run_lineage
-from dfd.evaluation.compare import load_crops, sample_frames, score
+from dfd.evaluation.champion import champion_comparison, sample_videos
+from dfd.evaluation.compare import load_crops, score
 from dfd.evaluation.gate import decide
-from dfd.evaluation.significance import paired_auc_test
-from dfd.platform.config import GateParams, Params, RegistryParams
+from dfd.platform.config import AggregationParams, GateParams, Params, RegistryParams
 from dfd.platform.errors import DfdError, StageError
 from dfd.platform.files import read_json, write_json
 from dfd.platform.layout import Layout
@@ -90,31 +90,32 @@ def comparable_lineage(tags: dict[str, str]) -> tuple[str, ...] | None:
 
 
 def champion_summary(tracker: Tracker, production: dict[str, Any], model_name: str, ensemble_dir: Path,
-                     faces_index: Path, gate: GateParams) -> dict[str, Any]:
-    """Score the production version on the candidate's test crops and test the AUC difference (candidate - champion).
+                     faces_index: Path, gate: GateParams, aggregation: AggregationParams | None = None,
+                     ) -> dict[str, Any]:
+    """Score the production version on the candidate's test crops and compare their AUCs (candidate - champion).
 
     The candidate's scores are its evaluated ensemble predictions (the `prob` column of predictions.parquet); the
-    champion is loaded from the registry and scores the same crops, so both are judged on identical samples.
+    champion is loaded from the registry and scores the same crops, so both are judged on identical samples, at the
+    level the gate reports (see `dfd.evaluation.champion`). Whole test samples are drawn, up to `max_crops` frames.
     """
     cfg = gate.champion
     out: dict[str, Any] = {"version": production["version"], "run_id": production["run_id"],
                            "model_uri": f"models:/{model_name}/{production['version']}", "policy": cfg.policy}
     preds = pd.read_parquet(ensemble_dir / "predictions.parquet")
     index = pd.read_parquet(faces_index)
-    test = preds[preds["split"] == "test"].merge(index[["sample_id", "frame", "crop"]], on=["sample_id", "frame"],
+    extra = [c for c in ("crop", "identity", "media") if c in index and (c == "crop" or c not in preds)]
+    test = preds[preds["split"] == "test"].merge(index[["sample_id", "frame", *extra]], on=["sample_id", "frame"],
                                                  how="left")
     if test["crop"].isna().any():
         raise StageError(f"{int(test['crop'].isna().sum())} test prediction(s) have no crop in {faces_index}",
                          "rerun the faces, ensemble and evaluate stages")
-    rows = sample_frames(test, None, cfg.max_crops, cfg.seed)
+    rows = sample_videos(test, cfg.max_crops, cfg.seed)
     crops = load_crops(rows["crop"], faces_index.parent)  # an unreadable crop is the data's fault: a stage error
     try:
-        champ = score(tracker.load_pyfunc(out["model_uri"]), crops)
+        rows["champion"] = score(tracker.load_pyfunc(out["model_uri"]), crops)
     except Exception as exc:  # a champion that no longer loads or scores must not pass silently, nor crash the stage
         return {**out, "error": f"{type(exc).__name__}: {exc}"}
-    test_ = paired_auc_test(rows["label"].to_numpy(), champ, rows["prob"].to_numpy(), cfg.bootstrap, cfg.seed,
-                            1 - cfg.alpha, rows["sample_id"].to_numpy())
-    return {**out, "n": len(rows), "n_samples": int(rows["sample_id"].nunique()), "test": test_.to_dict()}
+    return {**out, **champion_comparison(rows, cfg, aggregation or AggregationParams())}
 
 
 def _dataset_hashes(reports_dir: Path) -> dict[str, str]:
@@ -140,7 +141,7 @@ def _record(path: Path, res: RegisterResult, tracker: Tracker, tags: dict[str, A
 
 def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensemble_dir: Path,
              model_dirs: dict[str, Path], faces_index: Path, tracker: Tracker, run_id: str, tags: dict[str, str],
-             record_path: Path) -> RegisterResult:
+             record_path: Path, aggregation: AggregationParams | None = None) -> RegisterResult:
     """Register the ensemble, decide the gate, and move the aliases.
 
     Args:
@@ -154,6 +155,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
         run_id: The run the model is logged in.
         tags: Lineage (git commit, DVC data hashes, params hash, flow run id) set on the model version.
         record_path: Where `registry.json` goes.
+        aggregation: Frames to videos for the champion comparison (`ensemble.aggregation`; default: its defaults).
     """
     spec_path, metrics_path = ensemble_dir / "ensemble.json", reports_dir / "metrics.json"
     for p in (spec_path, metrics_path):
@@ -197,7 +199,8 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
 
     champion = None
     if production and gate_cfg.champion.policy != "off":
-        champion = champion_summary(tracker, production, cfg.model_name, ensemble_dir, faces_index, gate_cfg)
+        champion = champion_summary(tracker, production, cfg.model_name, ensemble_dir, faces_index, gate_cfg,
+                                    aggregation)
     gate = decide(gate_cfg, metrics, robustness, champion)
     if gate["champion"] is not None:
         gate["champion"]["challenger"] = {"version": version, "run_id": run_id}
@@ -249,7 +252,7 @@ def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None 
             tracker.log_metrics(rid, {"test": read_json(metrics_path)["ensemble"]})
         res = register(params.registry, params.evaluate.gate, layout.reports_dir, layout.ensemble_dir,
                        {m: layout.model_dir(m) for m in params.models}, layout.faces_index, tracker, rid, tags,
-                       layout.registry_record)
+                       layout.registry_record, params.ensemble.aggregation)
         tracker.log_metrics(rid, {"gate_passed": int(res.passed)})
         tracker.set_tags(rid, {"gate_passed": res.passed, "registered": res.registered, "outcome": res.message})
         tracker.log_artifact(rid, layout.reports_dir / "gate.json")

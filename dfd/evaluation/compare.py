@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
+from dfd.evaluation.delong import delong_test
 from dfd.evaluation.metrics import eer
 from dfd.evaluation.significance import bootstrap_ci, fast_auc, paired_auc_test, resample_indices
 from dfd.platform.errors import DataError, DfdError
@@ -103,7 +104,10 @@ METRICS = {
 
 def compare_scores(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, groups: np.ndarray | None = None,
                    n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
-    """Both models' metrics with bootstrap intervals (on the same resamples), and the paired AUC test (b - a)."""
+    """Both models' metrics with bootstrap intervals (on the same resamples), the paired AUC test (b - a) and DeLong's.
+
+    `groups`: a cluster id per row (see `dfd.evaluation.significance.identity_clusters`); None: rows independent.
+    """
     labels = np.asarray(labels, dtype=int)
     draws = resample_indices(labels, n_boot, seed, groups)
     table = {}
@@ -115,16 +119,17 @@ def compare_scores(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarra
             row[side] = {"value": value, "ci_low": lo, "ci_high": hi}
         table[name] = row
     test = paired_auc_test(labels, scores_a, scores_b, n_boot, seed, confidence, groups)
+    delong = delong_test(labels, scores_a, scores_b, groups)  # a second opinion that needs no resampling
     return {"n": len(labels), "n_groups": len(np.unique(groups)) if groups is not None else len(labels),
-            "metrics": table, "auc_test": test.to_dict()}
+            "metrics": table, "auc_test": test.to_dict(), "delong": delong.to_dict()}
 
 
 def format_comparison(result: dict[str, Any], name_a: str, name_b: str) -> list[str]:
     """The comparison as text lines: a metric table with intervals, then the AUC difference and its p-value."""
     conf = round(result["auc_test"]["confidence"] * 100)
     head = [f"A = {name_a}", f"B = {name_b}",
-            f"{result['n']} crops from {result['n_groups']} samples; {conf}% bootstrap intervals "
-            f"({result['auc_test']['n_boot']} resamples, whole samples drawn together)", ""]
+            f"{result['n']} crops in {result['n_groups']} identity clusters; {conf}% bootstrap intervals "
+            f"({result['auc_test']['n_boot']} resamples, whole clusters drawn together)", ""]
     cell = lambda m: f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"  # noqa: E731
     rows = [("metric", "A", "B")] + [(k, cell(v["a"]), cell(v["b"])) for k, v in result["metrics"].items()]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -132,4 +137,8 @@ def format_comparison(result: dict[str, Any], name_a: str, name_b: str) -> list[
     t = result["auc_test"]
     lines += ["", f"AUC difference B - A: {t['diff']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}], "
               f"p = {t['p_value']:.4f} (paired bootstrap, two-sided)"]
+    d = result.get("delong")
+    if d:
+        lines.append(f"DeLong (clustered): diff {d['diff']:+.4f}, se {d['se']:.4f}, p = {d['p_value']:.4f} "
+                     "(two-sided)")
     return lines

@@ -112,11 +112,22 @@ def robustness_checks(named: dict[str, float], default: float | None, robustness
     return checks
 
 
-def champion_check(champion: dict[str, Any] | None, policy: str, alpha: float) -> Check:
-    """The champion/challenger verdict from `compare_to_champion`'s summary (None: no production version yet)."""
+def _needed(n_clusters: int, half: float, room: float) -> int:
+    """Clusters needed for an interval half-width of `room` (a width shrinks as 1/sqrt(n))."""
+    return math.ceil(n_clusters * (half / room) ** 2)
+
+
+def champion_check(champion: dict[str, Any] | None, policy: str, alpha: float, margin: float = 0.0) -> Check:
+    """Non-inferiority (`not_worse`) or superiority (`better`) of the candidate, from `champion_summary`'s result.
+
+    The value is the one-sided (1 - alpha) lower bound of AUC(candidate) - AUC(champion): `not_worse` passes when it
+    is above -margin, `better` when it is above 0. A sample too small to decide either way FAILS, with its counts and
+    roughly how many clusters would be needed; None (no production version yet) passes.
+    """
     if policy == "off":
         return Check("champion", None, {"policy": policy}, True, "champion/challenger comparison turned off")
-    threshold = {"policy": policy, "alpha": alpha}
+    bound = -margin if policy == "not_worse" else 0.0
+    threshold = {"policy": policy, "alpha": alpha, "margin": margin, "lower_bound_above": bound}
     if champion is None:
         return Check("champion", None, threshold, True, "no production version yet: nothing to compare against")
     if champion.get("error"):
@@ -124,21 +135,32 @@ def champion_check(champion: dict[str, Any] | None, policy: str, alpha: float) -
                      f"scored: {champion['error']}")
     if champion.get("same_lineage"):
         return Check("champion", None, threshold, True, champion.get("detail", "same lineage as production"))
-    test = champion["test"]
-    diff, p = _finite(test.get("diff")), _finite(test.get("p_value"))
-    if diff is None or p is None:
-        return Check("champion", None, threshold, False, "AUC difference not measurable (one class in the sample?)")
-    lo, hi = test["ci_low"], test["ci_high"]
-    where = (f"AUC {test['auc_b']:.4f} vs champion v{champion['version']} {test['auc_a']:.4f}: "
-             f"diff {diff:+.4f} [{lo:+.4f}, {hi:+.4f}], p={p:.4f}, n={champion['n']}")
-    significant = p < alpha
-    if policy == "better":
-        ok = significant and diff > 0
-        verdict = "significantly better" if ok else "not significantly better"
-    else:
-        ok = not (significant and diff < 0)
-        verdict = "not significantly worse" if ok else "significantly worse"
-    return Check("champion", diff, threshold, ok, f"{verdict}: {where}")
+    counts = (f"{champion.get('n_videos', champion.get('n'))} {champion.get('level', 'frame')}s in "
+              f"{champion.get('n_clusters', '?')} identity clusters")
+    test = champion.get("test") or {}
+    diff, lower = _finite(test.get("diff")), _finite(test.get("lower"))
+    if champion.get("too_few") or diff is None or lower is None:
+        why = champion.get("too_few") or "the AUC difference is not measurable"
+        return Check("champion", None, threshold, False, f"too few to decide: {why} ({counts})", ">")
+    conf = round((1 - alpha) * 100)
+    where = (f"{champion.get('level', 'frame')} AUC {test['auc_b']:.4f} vs champion v{champion['version']} "
+             f"{test['auc_a']:.4f}: diff {diff:+.4f}, one-sided {conf}% lower bound {lower:+.4f} "
+             f"({champion.get('method', 'bootstrap')}; bootstrap p={test.get('p_value', float('nan')):.4f}"
+             + (f", DeLong p={champion['delong']['p_value']:.4f}" if _finite((champion.get('delong') or {})
+                                                                           .get('p_value')) is not None else "")
+             + f"; {counts})")
+    if lower > bound:
+        verdict = f"not worse than the champion by {margin}" if policy == "not_worse" else "better than the champion"
+        return Check("champion", lower, threshold, True, f"{verdict}: {where}", ">")
+    half, n_cl = diff - lower, int(champion.get("n_clusters") or 0)
+    # Too few: even a tie (not_worse) or the observed gain (better) could not clear the bound at this sample size.
+    room = margin if policy == "not_worse" else diff
+    if n_cl and room > 0 and half >= room:
+        return Check("champion", lower, threshold, False,
+                     f"too few to decide: interval half-width {half:.4f} >= {room:.4f}; about "
+                     f"{_needed(n_cl, half, room)} clusters would be needed: {where}", ">")
+    verdict = f"worse than the margin {margin} allows" if policy == "not_worse" else "not shown better"
+    return Check("champion", lower, threshold, False, f"{verdict}: {where}", ">")
 
 
 def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] | None,
@@ -170,7 +192,7 @@ def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] 
         if value is None and drift.get("error"):
             check = Check(check.name, None, check.threshold, False, f"drift report failed: {drift['error']}", "<=")
         checks.append(check)
-    checks.append(champion_check(champion, cfg.champion.policy, cfg.champion.alpha))
+    checks.append(champion_check(champion, cfg.champion.policy, cfg.champion.alpha, cfg.champion.margin))
     failed = [c.name for c in checks if not c.passed]
     return {"passed": not failed, "failed": failed, "checks": [c.to_dict() for c in checks],
             "threshold": metrics.get("threshold"), "split": "test",

@@ -169,10 +169,14 @@ class EnsembleParams(_Section):
 class ChampionParams(_Section):
     """Champion/challenger: the candidate against the current `production` version, on the same test samples."""
 
-    # not_worse: fail only when the candidate's AUC is significantly below the champion's (a retrain on new data
-    # may legitimately tie); better: promote only a significant improvement; off: skip the comparison.
+    # not_worse (non-inferiority): pass only when the one-sided (1 - alpha) lower bound of AUC(candidate) -
+    # AUC(champion) is above -margin (a retrain on new data may legitimately tie, but "not shown worse" on a small
+    # sample is no evidence); better (superiority): only when that bound is above 0; off: skip the comparison.
     policy: Literal["not_worse", "better", "off"] = "not_worse"
-    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired bootstrap test
+    alpha: float = Field(0.05, gt=0, lt=1)  # one-sided level of the cluster bootstrap's lower bound
+    # Largest AUC loss accepted as "not worse": 0.01 is below what a team notices in production and what ~2,000
+    # independent test videos can resolve; smaller splits need a wider margin or they can never decide.
+    margin: float = Field(0.01, ge=0, lt=1)
     bootstrap: int = Field(1000, ge=100)  # resamples: 1000 puts the p-value's own error near 0.01 at alpha 0.05
     seed: int = 1337
     max_crops: int = Field(2000, ge=10)  # the champion is re-scored on CPU: a seeded sample of the test crops
