@@ -96,7 +96,11 @@ def test_invocations_and_version(server, loaded, registered) -> None:
     assert bad.status_code == 400 and "crops" in bad.json()["error"]
     info = httpx.get(f"{url}/version", timeout=10).json()
     assert info["version"] == registered.version and info["alias"] == "production"
-    assert info["tags"].get("git_commit") is not None or info["tags"]
+    from mlflow import MlflowClient
+
+    stored = MlflowClient(registered.tracking_uri).get_model_version(info["name"], registered.version).tags
+    for key in ("git_commit", "params_hash", "dvc_data_hash", "mlflow_run_id"):  # the version's lineage, as stored
+        assert info["tags"][key] == stored[key] and stored[key], key
 
 
 def test_path_list_only_under_path_roots(registered, loaded, media: dict[str, Path], tmp_path: Path) -> None:
