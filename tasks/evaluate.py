@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from dfd.evaluation.adversarial import adversarial_report
+from dfd.evaluation.calibration import apply_post_calibration
 from dfd.evaluation.crops import iter_crop_batches
 from dfd.evaluation.cross_dataset import cross_dataset_table, dataset_row, table_plot
 from dfd.evaluation.drift import drift_report, embedding_columns, image_stats, quality_report
@@ -61,8 +62,11 @@ def robustness(cfg: EvaluateParams, spec: dict[str, Any], checkpoints: dict[str,
         from dfd.serving.differentiable import DifferentiableEnsemble
 
         forward = DifferentiableEnsemble(spec, checkpoints, device)
-        report = adversarial_report(_batches(sample.head(adv.max_crops), crops_root, cfg.batch_size), forward,
-                                    adv.attacks, adv.epsilons, adv.pgd_steps, adv.pgd_step_ratio, threshold, device)
+        post = spec.get("post_calibration")  # metrics on the served scale, judged at the evaluated threshold
+        report = adversarial_report(_batches(sample.head(adv.max_crops), crops_root, cfg.batch_size),
+                                    forward.fused_logit, adv.attacks, adv.epsilons, adv.pgd_steps,
+                                    adv.pgd_step_ratio, threshold, device,
+                                    calibrate=lambda p: apply_post_calibration(post, p), loss=adv.loss)
         out["adversarial_clean"] = report.pop("clean")  # the differentiable path's own clean metrics
         out["adversarial"] = report
     return out

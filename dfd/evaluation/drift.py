@@ -67,34 +67,64 @@ def _run(report: Any, html: Path, what: str, **data: Any) -> Any:
                           "reports") from exc
 
 
+def _triage(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[list[str], dict[str, str], list[str]]:
+    """Split the columns: (compared by Evidently, drifted without a test {column: why}, constant and unchanged).
+
+    A column that collapses to a constant (or to nothing) on one side has no distribution to test, and Evidently's
+    histograms fail on it; yet that collapse is the strongest drift there is, so it counts as drifted rather than
+    leaving the count and the denominator. Equal constants on both sides are a column that did not move.
+    """
+    def flat(col: pd.Series) -> bool:
+        return float(np.nanmax(col) - np.nanmin(col)) <= 1e-6
+
+    compared, forced, unchanged = [], {}, []
+    for c in reference.columns:
+        ref, cur = reference[c], current[c]
+        if ref.isna().all() and cur.isna().all():
+            continue  # no data on either side: nothing was measured (listed as skipped)
+        if ref.isna().all() or cur.isna().all():
+            forced[c] = f"no values in the {'reference' if ref.isna().all() else 'current'} data"
+        elif flat(ref) and flat(cur):
+            if abs(float(np.nanmean(ref)) - float(np.nanmean(cur))) <= 1e-6:
+                unchanged.append(c)
+            else:
+                forced[c] = "constant on both sides, at different values"
+        elif flat(ref) or flat(cur):
+            forced[c] = f"constant in the {'reference' if flat(ref) else 'current'} data only"
+        else:
+            compared.append(c)
+    return compared, forced, unchanged
+
+
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, html: Path) -> dict[str, Any]:
     """Evidently's DataDriftPreset of `current` against `reference` (same numeric columns); writes `html`.
 
     Returns:
-        `drifted_share` and `drifted_columns` (Evidently's DriftedColumnsCount), the per-column drift score with its
-        test, the columns left out because they are constant on one side, and the row counts.
+        `drifted_share` over ALL columns with data (Evidently's drifted count plus the columns drifted without a test,
+        see `_triage`), `drifted_columns`, the per-column drift score with its test, `constant_drifted` (column: why),
+        `constant_unchanged`, `skipped_empty`, and the row counts.
     """
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
-    # A (nearly) constant column has no distribution to compare, and Evidently's histograms fail on it.
-    def spread(col: str) -> float:
-        return min(float(np.nanmax(df[col]) - np.nanmin(df[col])) for df in (reference, current))
-
-    usable = [c for c in reference.columns if reference[c].notna().any() and current[c].notna().any()]
-    columns = [c for c in usable if spread(c) > 1e-6]
+    columns, forced, unchanged = _triage(reference, current)
     if not columns:
         raise ReportError(f"nothing to compare in {html.name}: every column is empty or constant",
                           "check the crops of the evaluation set")
     snapshot = _run(Report([DataDriftPreset()]), html, "data-drift", current_data=current[columns].reset_index(
         drop=True), reference_data=reference[columns].reset_index(drop=True))
+    counted = len(columns) + len(forced) + len(unchanged)
     summary: dict[str, Any] = {"html": html.name, "reference_rows": len(reference), "current_rows": len(current),
-                               "columns": {}, "skipped_constant": sorted(set(reference.columns) - set(columns))}
+                               "columns": {}, "constant_drifted": forced, "constant_unchanged": unchanged,
+                               "skipped_empty": sorted(set(reference.columns) - set(columns) - set(forced)
+                                                       - set(unchanged)),
+                               "columns_counted": counted}
     for metric in snapshot.dict()["metrics"]:
         name, value, config = metric["metric_name"], metric["value"], metric.get("config", {})
         if name.startswith("DriftedColumnsCount"):
-            summary["drifted_columns"] = float(value["count"])
-            summary["drifted_share"] = float(value["share"])
+            summary["evidently_drifted_columns"] = float(value["count"])  # of the columns Evidently compared
+            summary["drifted_columns"] = float(value["count"]) + len(forced)
+            summary["drifted_share"] = summary["drifted_columns"] / counted
         elif name.startswith("ValueDrift"):
             summary["columns"][config["column"]] = {"score": float(value), "method": config.get("method"),
                                                     "threshold": config.get("threshold")}

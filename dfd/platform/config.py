@@ -208,6 +208,9 @@ class AdversarialParams(_Section):
     pgd_steps: int = Field(10, ge=1)  # Madry et al.'s 10 steps of eps/4 reach most of what 100 steps reach
     pgd_step_ratio: float = Field(0.25, gt=0)  # step size as a share of epsilon
     max_crops: int = Field(256, ge=1)  # a sample of the test crops: PGD costs pgd_steps forward+backward passes each
+    # margin: the fused logit pushed towards the wrong class (its gradient never vanishes, even on a saturated
+    # model); bce: cross-entropy with logits (in float64), the textbook FGSM loss.
+    loss: Literal["margin", "bce"] = "margin"
 
 
 class EvalDatasetParams(_Section):

@@ -1,8 +1,8 @@
 """The ensemble as one differentiable torch function (for white-box attacks), and members' penultimate embeddings.
 
 Each member is rebuilt from its checkpoint with its registered preprocessing (input size, mean, std from the
-checkpoint's `model_config`), done in torch so that gradients reach the pixels: resize, normalise, network, sigmoid,
-the member's Platt scaling, then the fusion weights.
+checkpoint's `model_config`), done in torch so that gradients reach the pixels: resize, normalise, network, the
+member's Platt scaling on its logit, then the fusion (in logit/log space, unclamped: see `fused_logit`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class _Member(nn.Module):
 
 
 class DifferentiableEnsemble(nn.Module):
-    """The fused P(fake) of `ensemble.json`, before any monotone post-fusion calibration.
+    """The fused P(fake) of `ensemble.json` (and its logit), before any monotone post-fusion calibration.
 
     Fusions (`spec["fusion"]`, as dfd/evaluation/fusion.py fits them; without it, the weighted average of
     `spec["weights"]`): `weighted_average` (weights), `stacking` (a logistic regression on the members' logits:
@@ -83,18 +83,25 @@ class DifferentiableEnsemble(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)  # gradients flow to the pixels only
 
+    def fused_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (N, 3, H, W) to the logit of the fused P(fake) (N,), computed without any clamp.
+
+        What attacks differentiate: a clamp's gradient is zero outside its range and so is float32 sigmoid's beyond
+        a logit of about 17, so a confident model would hand an attack no gradient. Mixtures of probabilities
+        (weighted average, confidence) are summed in log space (log-sigmoid), which never saturates.
+        """
+        z = self.ab[:, 0] * torch.stack([self.members[m](x) for m in self.names], 1) + self.ab[:, 1]  # (N, M)
+        if self.method == "stacking":  # the logit of a Platt-scaled probability is its own argument: no clip
+            return (z * self.w).sum(1) + self.intercept
+        # confidence: weights |p - 0.5| + eps, differentiated like the rest
+        w = self.w.expand_as(z) if self.method == "weighted_average" else (torch.sigmoid(z) - 0.5).abs() + self.eps
+        log_w = torch.where(w > 0, w.clamp_min(1e-30).log(), torch.full_like(w, -torch.inf))  # a 0 weight: no term
+        return (torch.logsumexp(log_w + F.logsigmoid(z), 1)  # log P(fake)
+                - torch.logsumexp(log_w + F.logsigmoid(-z), 1))  # - log P(real)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] (N, 3, H, W) to the fused P(fake) (N,)."""
-        # Platt on the member's logit, clipped as the numpy calibration clips probabilities at 1e-6.
-        logits = torch.stack([self.members[m](x).clamp(-13.8, 13.8) for m in self.names], 1)  # (N, M)
-        probs = torch.sigmoid(self.ab[:, 0] * logits + self.ab[:, 1])  # (N, M) calibrated member scores
-        if self.method == "weighted_average":
-            return (probs * self.w).sum(1)
-        if self.method == "stacking":
-            p = probs.clamp(1e-6, 1 - 1e-6)
-            return torch.sigmoid((torch.log(p / (1 - p)) * self.w).sum(1) + self.intercept)
-        w = (probs - 0.5).abs() + self.eps
-        return (w * probs).sum(1) / w.sum(1)
+        return torch.sigmoid(self.fused_logit(x))
 
 
 def penultimate_embedder(checkpoint: Path, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:

@@ -44,7 +44,7 @@ def test_the_differentiable_ensemble_scores_as_the_served_one(members: tuple) ->
 
 def test_fgsm_and_pgd_lower_the_auc_of_the_trained_ensemble(members: tuple) -> None:
     spec, checkpoints, crops, labels = members
-    forward = DifferentiableEnsemble(spec, checkpoints)
+    forward = DifferentiableEnsemble(spec, checkpoints).fused_logit
     batches = [(crops[i:i + 8], labels[i:i + 8]) for i in range(0, len(crops), 8)]  # several batches
     report = adversarial_report(batches, forward, ["fgsm", "pgd"], [2.0, 16.0], pgd_steps=3, pgd_step_ratio=0.5,
                                 threshold=0.5)
@@ -62,12 +62,14 @@ def test_attacks_stay_inside_the_budget_and_the_image_range(members: tuple) -> N
     x = torch.from_numpy(crops[:6]).permute(0, 3, 1, 2).float() / 255
     y = torch.as_tensor(labels[:6], dtype=torch.float32)
     eps = 4 / 255
-    for adv in (fgsm(forward, x, y, eps), pgd(forward, x, y, eps, steps=2, step_size=eps / 2)):
+    logit = forward.fused_logit
+    for adv in (fgsm(logit, x, y, eps), pgd(logit, x, y, eps, steps=2, step_size=eps / 2),
+                fgsm(logit, x, y, eps, loss="bce")):
         assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
         assert not torch.equal(adv, x)
     # FGSM moves each crop's score towards the wrong class.
     with torch.no_grad():
-        before, after = forward(x), forward(fgsm(forward, x, y, eps))
+        before, after = forward(x), forward(fgsm(logit, x, y, eps))
     sign = torch.where(y == 1, -1.0, 1.0)
     assert ((after - before) * sign >= -1e-6).float().mean() > 0.8
 
@@ -104,3 +106,31 @@ def test_every_fusion_has_a_differentiable_form_that_matches_numpy(members: tupl
     assert np.abs(ours.numpy() - expected).max() < 0.02
     with pytest.raises(StageError, match="no differentiable form of the 'median' fusion"):
         DifferentiableEnsemble({**spec, "fusion": {"method": "median", "members": names}}, checkpoints)
+
+
+def test_a_saturated_ensemble_still_gives_the_attack_a_gradient(members: tuple) -> None:
+    """One member with its last layer scaled until every logit is beyond 20: the old clamp at 13.8 gave FGSM a zero
+    gradient; the unclamped fused logit moves every crop towards the wrong class."""
+    spec, checkpoints, crops, labels = members
+    name = spec["members"][0]
+    one = {**spec, "members": [name], "weights": {name: 1.0}, "calibration": {name: [1.0, 0.0]},
+           "fusion": {"method": "weighted_average", "members": [name], "weights": {name: 1.0}}}
+    ens = DifferentiableEnsemble(one, {name: checkpoints[name]})
+    x = torch.from_numpy(crops[:8]).permute(0, 3, 1, 2).float() / 255
+    y = torch.as_tensor(labels[:8], dtype=torch.float32)
+    last = [m for m in ens.members[name].net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        scale = 25.0 / float(ens.fused_logit(x).abs().min())
+        last.weight.mul_(scale)
+        last.bias.mul_(scale)
+        z = ens.fused_logit(x)
+    assert z.abs().min() > 20  # every crop beyond the old clamp at 13.8
+    x_req = x.clone().requires_grad_(True)
+    clamped = torch.sigmoid(ens.members[name](x_req).clamp(-13.8, 13.8))  # the old attack path
+    (old_grad,) = torch.autograd.grad(clamped.sum(), x_req)
+    assert torch.count_nonzero(old_grad) == 0
+    adv = fgsm(ens.fused_logit, x, y, 4 / 255)
+    assert (adv - x).abs().amax(dim=(1, 2, 3)).min() > 0  # every crop moved
+    with torch.no_grad():
+        moved = torch.where(y == 1, -1.0, 1.0) * (ens.fused_logit(adv) - z)
+    assert (moved > 0).float().mean() >= 0.75

@@ -24,12 +24,30 @@ def test_the_drift_share_is_read_from_the_report(tmp_path: Path) -> None:
     cur = pd.DataFrame({"brightness": rng.normal(140, 10, 200), "contrast": rng.normal(40, 5, 200),
                         "flat": np.ones(200)})
     out = drift_report(ref, cur, tmp_path / "drift.html")
-    assert out["drifted_share"] == 0.5 and out["drifted_columns"] == 1  # brightness moved, contrast did not
-    assert out["skipped_constant"] == ["flat"]
+    # brightness moved, contrast did not, flat is the same constant on both sides: 1 of 3 columns
+    assert out["drifted_share"] == pytest.approx(1 / 3) and out["drifted_columns"] == 1
+    assert out["constant_unchanged"] == ["flat"] and out["constant_drifted"] == {}
     assert out["columns"]["brightness"]["score"] < out["columns"]["brightness"]["threshold"]  # K-S p-value
-    html = (tmp_path / "drift.html").read_text()
+    html = (tmp_path / "drift.html").read_text()  # Evidently's own count, over the columns it could test
     shown = re.search(r"Drift is detected for ([\d.]+)% of columns \((\d+) out of (\d+)\)", html)
-    assert shown and float(shown[1]) / 100 == out["drifted_share"] and (shown[2], shown[3]) == ("1", "2")
+    assert shown and (shown[2], shown[3]) == ("1", "2") and out["evidently_drifted_columns"] == 1
+
+
+def test_a_column_collapsing_to_a_constant_on_one_side_counts_as_drifted(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    ref = pd.DataFrame({"brightness": rng.normal(100, 10, 300), "contrast": rng.normal(40, 5, 300),
+                        "sharpness": rng.normal(50, 5, 300), "saturation": np.full(300, 7.0),
+                        "emb_0": np.full(300, 1.0), "emb_1": np.full(300, np.nan)})
+    cur = pd.DataFrame({"brightness": rng.normal(100, 10, 200), "contrast": rng.normal(40, 5, 200),
+                        "sharpness": np.zeros(200),  # every crop blurred to nothing: collapsed to a constant
+                        "saturation": rng.normal(90, 5, 200),  # a constant in training that now varies
+                        "emb_0": np.full(200, 1.0), "emb_1": np.full(200, np.nan)})
+    out = drift_report(ref, cur, tmp_path / "drift.html")
+    assert set(out["constant_drifted"]) == {"sharpness", "saturation"}
+    assert "current data only" in out["constant_drifted"]["sharpness"]
+    assert out["constant_unchanged"] == ["emb_0"] and out["skipped_empty"] == ["emb_1"]
+    assert out["columns_counted"] == 5 and out["drifted_columns"] == 2  # brightness and contrast held still
+    assert out["drifted_share"] == pytest.approx(2 / 5)  # before: both dropped, and the share read 0 of 2
 
 
 def test_the_quality_report_holds_its_sections(tmp_path: Path) -> None:
@@ -77,5 +95,6 @@ def test_the_stage_reports_drift_of_the_test_split_against_training(trained_proj
     test = drift["datasets"]["demo"]
     assert drift["reference"] == "train split" and drift["drifted_share"] == test["drifted_share"]
     emb = [c for c in test["columns"] if c.startswith("emb_")]
-    assert {"brightness", "contrast"} <= set(test["columns"]) | set(test["skipped_constant"]) and emb
+    seen = set(test["columns"]) | set(test["constant_drifted"]) | set(test["constant_unchanged"])
+    assert {"brightness", "contrast"} <= seen and emb
     assert "RocAuc" in test["quality"] and (reports / "evidently" / "quality_demo.html").is_file()
