@@ -68,6 +68,23 @@ def fuse(wide: pd.DataFrame, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarr
     return fused, apply_post_calibration(spec.get("post_calibration"), fused)
 
 
+def _fit_post(method: str, oof_fused: np.ndarray | None, in_sample: np.ndarray, y: np.ndarray,
+              cv: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The post-fusion calibration and what it was fitted on.
+
+    On the identity-grouped out-of-fold fused scores when the CV produced them for both classes: a calibration fitted
+    on scores of a fusion fitted on the same rows learns that fusion's in-sample confidence, not the served one's.
+    In-sample (said so) only when there was no CV to draw on (a single validation identity).
+    """
+    if oof_fused is not None:
+        ok = np.isfinite(oof_fused)
+        if ok.any() and len(np.unique(y[ok])) == 2:
+            return (fit_post_calibration(method, oof_fused[ok], y[ok]),
+                    f"out-of-fold fused scores ({int(ok.sum())} of {len(y)} validation frames, {cv['folds']} "
+                    "identity-grouped folds)")
+    return fit_post_calibration(method, in_sample, y), "in-sample fused validation scores (no cross-validation)"
+
+
 def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_dir: Path,
                    on_trial: TrialCallback | None = None, faces_index: Path | None = None,
                    study_db: Path | None = None) -> EnsembleResult:
@@ -95,12 +112,13 @@ def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_d
     study_db.parent.mkdir(parents=True, exist_ok=True)
     ctx = FitContext(cfg, models, f"sqlite:///{study_db}", on_trial)
     cv = cross_validate(cfg.method, cfg.calibration, val[models].to_numpy(), y, _identities(val, faces_index), ctx)
-    oof = cv.pop("oof", None)
+    oof, oof_fused = cv.pop("oof", None), cv.pop("oof_fused", None)
     fusion = fit_fusion(cfg.method, X, y, ctx)
-    post = fit_post_calibration(cfg.calibration, apply_fusion(fusion, X), y)
+    post, post_fit = _fit_post(cfg.calibration, oof_fused, apply_fusion(fusion, X), y, cv)
     spec: dict[str, Any] = {"method": cfg.method, "members": models, "calibration": calibration, "fusion": fusion,
                             "weights": member_weights(fusion), "post_calibration": post,
-                            "aggregation": cfg.aggregation.model_dump(), "objective": cfg.objective, "cv": cv}
+                            "post_calibration_fit": post_fit, "aggregation": cfg.aggregation.model_dump(),
+                            "objective": cfg.objective, "cv": cv}
     wide["prob_fused"], wide["prob"] = fuse(wide, spec)
     val = wide[wide["split"] == "val"]
     val_metrics = binary_metrics(val["label"].to_numpy(), val["prob"].to_numpy())

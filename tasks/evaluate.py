@@ -155,7 +155,12 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     threshold = spec["val_eer_threshold"] if cfg.threshold == "val_eer" else cfg.fixed_threshold
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["sample_id", "dataset", "method"]  # per-dataset and per-method rows of the scorecard
-    samples = pd.read_parquet(faces_index, columns=cols) if faces_index.is_file() else None
+    samples = None
+    if faces_index.is_file():  # + identity, when the index has it: the clusters of the ECE interval
+        import pyarrow.parquet as pq
+
+        names = set(pq.read_schema(faces_index).names)
+        samples = pd.read_parquet(faces_index, columns=[c for c in [*cols, "identity"] if c in names])
     plots = out_dir / "plots"
     card = test_scorecard(preds, spec, threshold, samples, plots)
     ensemble_metrics, members = card.pop("ensemble"), card.pop("members")

@@ -82,9 +82,11 @@ def _fit_weighted(X: np.ndarray, y: np.ndarray, ctx: FitContext) -> dict[str, An
         w = np.array([trial.suggest_float(m, 0.0, 1.0) for m in members])
         if w.sum() <= 1e-9:
             return float("-inf")
-        value = _study_score(ctx.cfg.objective, y, X @ (w / w.sum()))
-        if ctx.on_trial:
-            ctx.on_trial(trial.number, dict(zip(members, w.tolist(), strict=True)), {ctx.cfg.objective: abs(value)})
+        fused = X @ (w / w.sum())
+        value = _study_score(ctx.cfg.objective, y, fused)
+        if ctx.on_trial:  # the objective under its own name; what the study maximises (with its tie-break) apart
+            ctx.on_trial(trial.number, dict(zip(members, w.tolist(), strict=True)),
+                         {ctx.cfg.objective: objective_value(ctx.cfg.objective, y, fused), "study_score": value})
         return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -186,7 +188,8 @@ def cross_validate(method: str, calibration: str, raw: np.ndarray, y: np.ndarray
 
     Each fold fits all three on the other folds (in memory: the stored study is for the final fit) from the members'
     raw probabilities `raw` (frames x members) and scores the objective on its held-out identities. Returns the
-    per-fold values, their mean and std, and the out-of-fold final scores (`oof`, one per row).
+    per-fold values, their mean and std, the out-of-fold final scores (`oof`, one per row) and the out-of-fold fused
+    scores before post-fusion calibration (`oof_fused`: what the final post-fusion calibration is fitted on).
     """
     n_groups = len(np.unique(groups))
     k = min(ctx.cfg.cv_folds, n_groups)
@@ -194,7 +197,7 @@ def cross_validate(method: str, calibration: str, raw: np.ndarray, y: np.ndarray
         return {"folds": 0, "skipped": f"{n_groups} identity in validation: nothing to cross-validate on"}
     folds = identity_folds(groups, k)
     raw = np.asarray(raw, dtype=float)
-    oof = np.full(len(y), np.nan)
+    oof, oof_fused = np.full(len(y), np.nan), np.full(len(y), np.nan)
     values = []
     fold_ctx = FitContext(ctx.cfg, ctx.members)
     for f in range(k):
@@ -206,9 +209,10 @@ def cross_validate(method: str, calibration: str, raw: np.ndarray, y: np.ndarray
         X = np.column_stack([calibrate(raw[:, j], members[m]) for j, m in enumerate(ctx.members)])
         fitted = fit_fusion(method, X[tr], y[tr], fold_ctx)
         post = fit_post_calibration(calibration, apply_fusion(fitted, X[tr]), y[tr])
-        oof[te] = apply_post_calibration(post, apply_fusion(fitted, X[te]))
+        oof_fused[te] = apply_fusion(fitted, X[te])
+        oof[te] = apply_post_calibration(post, oof_fused[te])
         values.append(objective_value(ctx.cfg.objective, y[te], oof[te]))
     finite = [v for v in values if np.isfinite(v)]
     return {"folds": k, "groups": "identity", "n_groups": n_groups, "objective": ctx.cfg.objective,
             "values": values, "mean": float(np.mean(finite)) if finite else float("nan"),
-            "std": float(np.std(finite)) if finite else float("nan"), "oof": oof}
+            "std": float(np.std(finite)) if finite else float("nan"), "oof": oof, "oof_fused": oof_fused}

@@ -1,7 +1,7 @@
 """Detection metrics at frame and video level: AUC, AP, EER, accuracy, log loss, Brier score and ECE.
 
 Scikit-learn computes what it has (AUC, AP, ROC for the EER, log loss, Brier); the expected calibration error is
-computed here over `ECE_BINS` equal-width bins of P(fake) (scikit-learn has no ECE).
+computed here over `ECE_BINS` equal-width bins of P(fake), and over equal-mass bins (scikit-learn has no ECE).
 """
 
 from __future__ import annotations
@@ -28,27 +28,41 @@ def eer(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return float((fpr[i] + fnr[i]) / 2), float(min(thr[i], 1.0))
 
 
-def reliability_bins(labels: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> pd.DataFrame:
-    """Per equal-width bin of P(fake): count, mean predicted P(fake) and observed share of fakes (empty bins kept).
+def reliability_bins(labels: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS,
+                     strategy: str = "uniform") -> pd.DataFrame:
+    """Per bin of P(fake): its edges, count, mean predicted P(fake) and observed share of fakes (empty bins kept).
 
-    Bin b holds scores in [b/bins, (b+1)/bins); the last bin also holds 1.0.
+    `uniform`: equal-width bins, bin b holds scores in [b/bins, (b+1)/bins) and the last also 1.0. `quantile`:
+    equal-mass bins (edges at the scores' quantiles, as scikit-learn's `calibration_curve(strategy="quantile")`),
+    which keep every bin populated when scores crowd near 0 and 1, where equal-width ECE hides miscalibration.
     """
     scores = np.asarray(scores, dtype=float)
     labels = np.asarray(labels, dtype=float)
-    idx = np.clip((scores * bins).astype(int), 0, bins - 1)
+    if strategy == "quantile" and len(scores):
+        edges = np.quantile(scores, np.linspace(0, 1, bins + 1))
+        idx = np.clip(np.searchsorted(edges[1:-1], scores), 0, bins - 1)  # as scikit-learn bins them
+        lower, upper = edges[:-1], edges[1:]
+    elif strategy in ("uniform", "quantile"):
+        idx = np.clip((scores * bins).astype(int), 0, bins - 1)
+        lower, upper = np.arange(bins) / bins, np.arange(1, bins + 1) / bins
+    else:
+        raise ValueError(f"unknown binning strategy '{strategy}' (uniform or quantile)")
     count = np.bincount(idx, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         conf = np.bincount(idx, weights=scores, minlength=bins) / count
         frac = np.bincount(idx, weights=labels, minlength=bins) / count
-    return pd.DataFrame({"lower": np.arange(bins) / bins, "upper": np.arange(1, bins + 1) / bins, "count": count,
-                         "mean_score": conf, "fake_share": frac})
+    return pd.DataFrame({"lower": lower, "upper": upper, "count": count, "mean_score": conf, "fake_share": frac})
 
 
-def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE = sum over bins of (share of frames in the bin) * |observed fake share - mean P(fake)|."""
+def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS,
+                               strategy: str = "uniform") -> float:
+    """ECE = sum over bins of (share of frames in the bin) * |observed fake share - mean P(fake)|.
+
+    `strategy`: "uniform" (equal-width bins) or "quantile" (equal-mass bins), see `reliability_bins`.
+    """
     if len(labels) == 0:
         return float("nan")
-    r = reliability_bins(labels, scores, bins)
+    r = reliability_bins(labels, scores, bins, strategy)
     used = r["count"] > 0
     return float((r.loc[used, "count"] / r["count"].sum() * (r.loc[used, "fake_share"] -
                                                              r.loc[used, "mean_score"]).abs()).sum())
@@ -66,7 +80,8 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     out = {"n": float(n), "accuracy": float(((scores >= threshold) == labels).mean()) if n else float("nan"),
            "threshold": float(threshold),
            "brier": float(brier_score_loss(labels, scores, pos_label=1)) if n else float("nan"),
-           "ece": expected_calibration_error(labels, scores)}
+           "ece": expected_calibration_error(labels, scores),
+           "ece_equal_mass": expected_calibration_error(labels, scores, strategy="quantile")}
     if len(np.unique(labels)) < 2:
         return {**out, "auc": float("nan"), "ap": float("nan"), "eer": float("nan"), "log_loss": float("nan")}
     e, _ = eer(labels, raw)

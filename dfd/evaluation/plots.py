@@ -97,13 +97,19 @@ def confusion_plot(labels: np.ndarray, scores: np.ndarray, threshold: float, pat
 
 def reliability_plot(curves: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
     """Reliability diagram: observed share of fakes against mean P(fake) per bin, one line per named curve
-    (e.g. before and after calibration; frames `dfd.evaluation.metrics.reliability_bins` made), ECE in the legend."""
+    (e.g. before and after calibration; frames `dfd.evaluation.metrics.reliability_bins` made), ECE and the crop
+    count in the legend, each bin's crop count beside its point."""
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect calibration")
     for name, r in curves.items():
         used = r[r["count"] > 0]
         ece = float((used["count"] / used["count"].sum() * (used["fake_share"] - used["mean_score"]).abs()).sum())
-        ax.plot(used["mean_score"], used["fake_share"], marker="o", label=f"{name} (ECE {ece:.3f})")
+        (line,) = ax.plot(used["mean_score"], used["fake_share"], marker="o",
+                          label=f"{name} (ECE {ece:.3f}, {int(used['count'].sum())} crops)")
+        # How many crops each point stands on: a bin of 3 crops says little, and the reader must see it.
+        for x, y, n in zip(used["mean_score"], used["fake_share"], used["count"], strict=True):
+            ax.annotate(f"{int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6,
+                        color=line.get_color())
     ax.set(xlabel="mean predicted P(fake) in bin", ylabel="share of fakes in bin", title=title, xlim=(0, 1),
            ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)

@@ -8,12 +8,33 @@ from typing import Any
 
 import pandas as pd
 
-from dfd.evaluation.metrics import breakdown, eer, frame_and_video_metrics, reliability_bins
+from dfd.evaluation.metrics import (
+    breakdown,
+    eer,
+    expected_calibration_error,
+    frame_and_video_metrics,
+    reliability_bins,
+)
 from dfd.evaluation.plots import confusion_plot, pr_plot, reliability_plot, roc_plot, score_histogram
+from dfd.evaluation.significance import bootstrap_ci, identity_clusters
 from dfd.platform.config import AggregationParams
 
 #: Members are judged on their own P(fake) at 0.5 (the ensemble's threshold lives on the calibrated ensemble scale).
 MEMBER_THRESHOLD = 0.5
+#: Resamples of the ECE interval: 200 put a 95% percentile bound within about 0.005 of its limit on a test split of
+#: a few thousand frames, and ECE is cheap (one bincount per resample).
+ECE_RESAMPLES = 200
+
+
+def ece_interval(test: pd.DataFrame, samples: pd.DataFrame | None, confidence: float = 0.95) -> dict[str, float]:
+    """The test ECE's identity-cluster bootstrap interval (`ece_ci_low`, `ece_ci_high`) and how many clusters."""
+    ident = None
+    if samples is not None and "identity" in samples:
+        ident = test["sample_id"].map(samples.drop_duplicates("sample_id").set_index("sample_id")["identity"])
+    groups = identity_clusters(test["sample_id"].to_numpy(), None if ident is None else ident.to_numpy())
+    _, lo, hi = bootstrap_ci(test["label"].to_numpy(), test["prob"].to_numpy(), expected_calibration_error,
+                             ECE_RESAMPLES, seed=0, confidence=confidence, groups=groups)
+    return {"ece_ci_low": lo, "ece_ci_high": hi, "ece_ci_clusters": float(len(set(groups)))}
 
 
 def test_scorecard(preds: pd.DataFrame, spec: dict[str, Any], threshold: float, samples: pd.DataFrame | None,
@@ -24,7 +45,8 @@ def test_scorecard(preds: pd.DataFrame, spec: dict[str, Any], threshold: float, 
         preds: The ensemble's predictions.parquet (val and test rows; `prob` final, `prob_fused` before calibration).
         spec: ensemble.json.
         threshold: The decision threshold on the final P(fake).
-        samples: Per-sample attributes (`sample_id`, `dataset`, `method`) for the breakdowns; None: none.
+        samples: Per-sample attributes (`sample_id`, `dataset`, `method`, `identity`) for the breakdowns and the
+            ECE interval's clusters; None: none (every sample its own cluster).
         plots_dir: Where the PNGs go.
 
     Returns:
@@ -34,14 +56,15 @@ def test_scorecard(preds: pd.DataFrame, spec: dict[str, Any], threshold: float, 
     agg = AggregationParams(**spec.get("aggregation", {}))
     test = preds[preds["split"] == "test"]
     out: dict[str, Any] = {
-        "ensemble": frame_and_video_metrics(test, threshold, "prob", agg),
+        "ensemble": {**frame_and_video_metrics(test, threshold, "prob", agg), **ece_interval(test, samples)},
         "members": {m: frame_and_video_metrics(test, MEMBER_THRESHOLD, m, agg) for m in members}}
     if "prob_fused" in preds:
         val = preds[preds["split"] == "val"]
         _, fused_threshold = eer(val["label"].to_numpy(), val["prob_fused"].to_numpy())
         out["ensemble_uncalibrated"] = frame_and_video_metrics(test, fused_threshold, "prob_fused", agg)
     if samples is not None:
-        frames = test.merge(samples.drop_duplicates("sample_id"), on="sample_id", how="left")
+        frames = test.merge(samples.drop_duplicates("sample_id").drop(columns=["identity"], errors="ignore"),
+                            on="sample_id", how="left")
         cols = {"ensemble": "prob", **{m: m for m in members}}
         out["by_dataset"] = breakdown(frames, cols, threshold, agg, "dataset")
         out["by_method"] = breakdown(frames, cols, threshold, agg, "method")
