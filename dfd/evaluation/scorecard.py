@@ -16,25 +16,30 @@ from dfd.evaluation.metrics import (
     reliability_bins,
 )
 from dfd.evaluation.plots import confusion_plot, pr_plot, reliability_plot, roc_plot, score_histogram
-from dfd.evaluation.significance import bootstrap_ci, identity_clusters
+from dfd.evaluation.significance import bootstrap_ci, fast_auc, identity_clusters, resample_indices
 from dfd.platform.config import AggregationParams
 
 #: Members are judged on their own P(fake) at 0.5 (the ensemble's threshold lives on the calibrated ensemble scale).
 MEMBER_THRESHOLD = 0.5
-#: Resamples of the ECE interval: 200 put a 95% percentile bound within about 0.005 of its limit on a test split of
-#: a few thousand frames, and ECE is cheap (one bincount per resample).
-ECE_RESAMPLES = 200
+#: Resamples of the test intervals: 200 put a 95% percentile bound within about 0.005 of its limit on a test split
+#: of a few thousand frames, and both metrics are cheap (a rank or a bincount per resample).
+CI_RESAMPLES = 200
 
 
-def ece_interval(test: pd.DataFrame, samples: pd.DataFrame | None, confidence: float = 0.95) -> dict[str, float]:
-    """The test ECE's identity-cluster bootstrap interval (`ece_ci_low`, `ece_ci_high`) and how many clusters."""
+def metric_intervals(test: pd.DataFrame, samples: pd.DataFrame | None, confidence: float = 0.95) -> dict[str, float]:
+    """Identity-cluster bootstrap intervals of the test AUC and ECE (`auc_ci_low`, ..., `ece_ci_high`), frame level,
+    on the same resamples, and how many clusters they drew (`ci_clusters`)."""
     ident = None
     if samples is not None and "identity" in samples:
         ident = test["sample_id"].map(samples.drop_duplicates("sample_id").set_index("sample_id")["identity"])
     groups = identity_clusters(test["sample_id"].to_numpy(), None if ident is None else ident.to_numpy())
-    _, lo, hi = bootstrap_ci(test["label"].to_numpy(), test["prob"].to_numpy(), expected_calibration_error,
-                             ECE_RESAMPLES, seed=0, confidence=confidence, groups=groups)
-    return {"ece_ci_low": lo, "ece_ci_high": hi, "ece_ci_clusters": float(len(set(groups)))}
+    y, p = test["label"].to_numpy(), test["prob"].to_numpy()
+    draws = resample_indices(y, CI_RESAMPLES, seed=0, groups=groups)
+    out = {"ci_clusters": float(len(set(groups)))}
+    for name, fn in (("auc", fast_auc), ("ece", expected_calibration_error)):
+        _, lo, hi = bootstrap_ci(y, p, fn, resamples=draws, confidence=confidence)
+        out.update({f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+    return out
 
 
 def test_scorecard(preds: pd.DataFrame, spec: dict[str, Any], threshold: float, samples: pd.DataFrame | None,
@@ -56,7 +61,7 @@ def test_scorecard(preds: pd.DataFrame, spec: dict[str, Any], threshold: float, 
     agg = AggregationParams(**spec.get("aggregation", {}))
     test = preds[preds["split"] == "test"]
     out: dict[str, Any] = {
-        "ensemble": {**frame_and_video_metrics(test, threshold, "prob", agg), **ece_interval(test, samples)},
+        "ensemble": {**frame_and_video_metrics(test, threshold, "prob", agg), **metric_intervals(test, samples)},
         "members": {m: frame_and_video_metrics(test, MEMBER_THRESHOLD, m, agg) for m in members}}
     if "prob_fused" in preds:
         val = preds[preds["split"] == "val"]

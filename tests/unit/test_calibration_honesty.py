@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from dfd.evaluation.calibration import apply_post_calibration, calibrate, fit_calibration, fit_post_calibration
 from dfd.evaluation.fusion import FitContext, apply_fusion, cross_validate, fit_fusion
 from dfd.evaluation.metrics import binary_metrics, expected_calibration_error, reliability_bins
-from dfd.evaluation.scorecard import ece_interval
+from dfd.evaluation.scorecard import metric_intervals
 from tasks import ensemble
 from tests.helpers import tiny_params
 
@@ -49,7 +49,7 @@ def test_equal_mass_ece_matches_scikit_learn_bins_and_sees_what_equal_width_hide
         reliability_bins(labels, scores, 10, "log")
 
 
-def test_ece_interval_is_a_cluster_bootstrap_around_the_test_ece() -> None:
+def test_metric_intervals_are_a_cluster_bootstrap_around_the_test_ece_and_auc() -> None:
     rng = np.random.default_rng(2)
     n = 600
     test = pd.DataFrame({"sample_id": [f"v{i // 3}" for i in range(n)], "label": rng.integers(0, 2, n)})
@@ -59,11 +59,12 @@ def test_ece_interval_is_a_cluster_bootstrap_around_the_test_ece() -> None:
     shift = rng.normal(0, 0.15, 10)[person]  # ... each miscalibrated their own way: errors shared within a person
     test["prob"] = np.clip(0.2 + 0.5 * test["label"] + shift + rng.normal(0, 0.1, n), 0, 1)
     ece = expected_calibration_error(test["label"], test["prob"])
-    by_person = ece_interval(test, samples)
-    by_video = ece_interval(test, None)
-    assert by_person["ece_ci_clusters"] == 10 and by_video["ece_ci_clusters"] == 200
+    by_person = metric_intervals(test, samples)
+    by_video = metric_intervals(test, None)
+    assert by_person["ci_clusters"] == 10 and by_video["ci_clusters"] == 200
+    auc = roc_auc_score(test["label"], test["prob"])
     for ci in (by_person, by_video):
-        assert ci["ece_ci_low"] <= ece <= ci["ece_ci_high"]
+        assert ci["ece_ci_low"] <= ece <= ci["ece_ci_high"] and ci["auc_ci_low"] <= auc <= ci["auc_ci_high"]
     assert by_person["ece_ci_high"] - by_person["ece_ci_low"] > by_video["ece_ci_high"] - by_video["ece_ci_low"]
 
 
