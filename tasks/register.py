@@ -21,10 +21,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from dfd.data.demo_data import DEMO_MARKER
 from dfd.data.provenance import run_lineage
 from dfd.evaluation.champion import champion_comparison, sample_videos
 from dfd.evaluation.compare import load_crops, score
 from dfd.evaluation.gate import decide
+from dfd.evaluation.model_card import TRAINING_DATA_TAG, CardInputs, model_card
 from dfd.platform.config import AggregationParams, GateParams, Params, RegistryParams
 from dfd.platform.errors import DfdError, StageError
 from dfd.platform.files import read_json, write_json
@@ -139,9 +141,41 @@ def _record(path: Path, res: RegisterResult, tracker: Tracker, tags: dict[str, A
     return res
 
 
+# What the run that registers a version carries besides the model: (file in reports_dir, artifact folder).
+CARD_ARTIFACTS = (("model_card.md", None), ("gate.json", None), ("metrics.json", "reports"),
+                  ("robustness.json", "reports"), ("cross_dataset.json", "reports"), ("plots", "plots"),
+                  ("evidently", "evidently"))
+
+
+def _publish_card(tracker: Tracker, name: str, version: str, run_id: str, reports_dir: Path, inputs: dict[str, Any],
+                  ) -> str:
+    """Write model_card.md, log it with the plots and reports into the run, and set the version's description."""
+    present = [(f, folder) for f, folder in CARD_ARTIFACTS if (reports_dir / f).exists() or f == "model_card.md"]
+    card = CardInputs(model_name=name, version=version, run_id=run_id, experiment_id=tracker.experiment_id,
+                      artifacts=[f"{folder}/{f}" if folder and folder != f else f for f, folder in present],
+                      **inputs)
+    full, description = model_card(card)
+    (reports_dir / "model_card.md").write_text(full, encoding="utf-8")
+    for f, folder in present:
+        tracker.log_artifact(run_id, reports_dir / f, folder)
+    tracker.set_version_description(name, version, description)
+    return description
+
+
+def training_summary(layout: Layout) -> dict[str, Any]:
+    """What the card says about the training data: the ingest report's counts, the manifest's fake methods."""
+    report = read_json(layout.ingest_report) if layout.ingest_report.is_file() else {}
+    methods: dict[str, int] = {}
+    if layout.manifest.is_file():
+        manifest = pd.read_parquet(layout.manifest, columns=["label", "method"])
+        methods = {str(k): int(v) for k, v in manifest.loc[manifest["label"] == 1, "method"].value_counts().items()}
+    return {"per_split": report.get("per_split", {}), "identities": report.get("identities", {}), "methods": methods}
+
+
 def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensemble_dir: Path,
              model_dirs: dict[str, Path], faces_index: Path, tracker: Tracker, run_id: str, tags: dict[str, str],
-             record_path: Path, aggregation: AggregationParams | None = None) -> RegisterResult:
+             record_path: Path, aggregation: AggregationParams | None = None,
+             card: dict[str, Any] | None = None) -> RegisterResult:
     """Register the ensemble, decide the gate, and move the aliases.
 
     Args:
@@ -156,6 +190,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
         tags: Lineage (git commit, DVC data hashes, params hash, flow run id) set on the model version.
         record_path: Where `registry.json` goes.
         aggregation: Frames to videos for the champion comparison (`ensemble.aggregation`; default: its defaults).
+        card: The model card's other inputs (`training`, `synthetic`; see `CardInputs`); None: a card without them.
     """
     spec_path, metrics_path = ensemble_dir / "ensemble.json", reports_dir / "metrics.json"
     for p in (spec_path, metrics_path):
@@ -190,8 +225,10 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
         run_id, MODEL_CODE, artifacts, _input_example(faces_index), _requirements(),
         [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")], cfg.model_name)
     ens = metrics.get("ensemble", {})
+    card = card or {}
     version_tags: dict[str, Any] = {**tags, **_dataset_hashes(reports_dir), "mlflow_run_id": run_id,
                                     "members": ",".join(spec["members"]),
+                                    TRAINING_DATA_TAG: "synthetic" if card.get("synthetic") else "ingested",
                                     **{f"test_{k}": f"{ens[k]:.4f}" for k in ("auc", "video_auc", "eer", "ece")
                                        if isinstance(ens.get(k), int | float)}}
     tracker.set_version_tags(cfg.model_name, version, version_tags)
@@ -221,6 +258,10 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
                                                            "rejected_checks": ",".join(gate["failed"])})
         where = f"@{cfg.alias} stays on version {production['version']}" if production else f"no @{cfg.alias} yet"
         message = f"rejected (failed: {', '.join(gate['failed'])}); {where}"
+    _publish_card(tracker, cfg.model_name, version, run_id, reports_dir, {
+        "gate": gate, "metrics": metrics, "robustness": robustness, "lineage": version_tags,
+        "members": list(spec["members"]), "fusion": str(spec.get("method", "")),
+        "training": card.get("training", {}), "synthetic": bool(card.get("synthetic"))})
     res = RegisterResult(cfg.model_name, version, passed, cfg.alias, record_path, run_id, gate, passed, True,
                          previous, message)
     return _record(record_path, res, tracker, {**version_tags, **outcome})
@@ -252,10 +293,14 @@ def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None 
             tracker.log_metrics(rid, {"test": read_json(metrics_path)["ensemble"]})
         res = register(params.registry, params.evaluate.gate, layout.reports_dir, layout.ensemble_dir,
                        {m: layout.model_dir(m) for m in params.models}, layout.faces_index, tracker, rid, tags,
-                       layout.registry_record, params.ensemble.aggregation)
+                       layout.registry_record, params.ensemble.aggregation,
+                       {"training": training_summary(layout),
+                        # the demo generator's marker in the data root: the model learnt from drawn faces
+                        "synthetic": (layout.resolve(params.data.root) / DEMO_MARKER).is_file()})
         tracker.log_metrics(rid, {"gate_passed": int(res.passed)})
         tracker.set_tags(rid, {"gate_passed": res.passed, "registered": res.registered, "outcome": res.message})
-        tracker.log_artifact(rid, layout.reports_dir / "gate.json")
+        if not res.registered:  # a new version logged gate.json with its card; this run still records its gate
+            tracker.log_artifact(rid, layout.reports_dir / "gate.json")
         return res
 
 

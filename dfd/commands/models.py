@@ -76,6 +76,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     label = f"{model.uri} (version {model.version})" if model.version else model.uri
     if model.precision != "fp32":
         label += f", {model.precision}: P(fake) within {model.precision_error:.4f} of fp32 on the example crops"
+    if model.warning:  # before any score and in the summary, so that no reader takes a demo model's numbers seriously
+        print(f"WARNING: {model.warning}")
+        label += " [SYNTHETIC TRAINING DATA: scores on real media mean nothing]"
     return run_predict(scorer, args.paths, label, Path(args.out) if args.out else None, args.aggregate,
                        Path(args.save_crops) if args.save_crops else None, progress=not args.no_progress)
 

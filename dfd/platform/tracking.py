@@ -264,6 +264,11 @@ class Tracker:
             for k, v in tags.items():
                 self.client.set_model_version_tag(model_name, version, k, str(v))
 
+    def set_version_description(self, model_name: str, version: str, text: str) -> None:
+        """The version's Markdown description (what the MLflow UI shows on the version's page)."""
+        with self._lock:
+            self.client.update_model_version(model_name, version, description=text)
+
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         """Point `alias` at `version`, and mirror it as a registered-model tag (what the registry list shows)."""
         with self._lock:

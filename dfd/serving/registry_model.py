@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfd.evaluation.model_card import SYNTHETIC_WARNING, TRAINING_DATA_TAG
 from dfd.platform.config import Params
 from dfd.platform.errors import DfdError
 
@@ -44,9 +45,15 @@ class LoadedModel:
     precision: str = "fp32"
     precision_error: float = 0.0  # max |P(fake) - fp32 P(fake)| on the model's example crops
 
+    @property
+    def warning(self) -> str | None:
+        """What every answer must say about this model: set when it learnt from the synthetic demo faces."""
+        return SYNTHETIC_WARNING if self.tags.get(TRAINING_DATA_TAG) == "synthetic" else None
+
     def info(self) -> dict[str, Any]:
         return {"uri": self.uri, "name": self.name, "version": self.version, "alias": self.alias, "tags": self.tags,
-                "precision": self.precision, "precision_error": self.precision_error}
+                "precision": self.precision, "precision_error": self.precision_error,
+                **({"warning": self.warning} if self.warning else {})}
 
 
 def default_model_uri(params: Params) -> str:

@@ -124,6 +124,14 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
     slots = asyncio.Semaphore(cfg.max_concurrent)
     roots = [Path(r).resolve() for r in cfg.path_roots]
 
+    @app.middleware("http")
+    async def model_warning(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        """Every response of a model trained on synthetic faces says so (`/version` also in its body)."""
+        response = await call_next(request)
+        if (warning := holder.current.warning) is not None:
+            response.headers["X-Model-Warning"] = warning
+        return response
+
     async def scored(fn: Callable[[], Any]) -> Any:
         """Run CPU-bound scoring in a worker thread, at most `max_concurrent` at once, within the timeout."""
         async with slots:

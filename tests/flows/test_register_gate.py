@@ -67,6 +67,19 @@ def test_gate_aliases_unchanged_lineage_rollback_and_compare(project: Path, caps
     for key in ("git_commit", "dvc_data_hash", "params_hash", "mlflow_run_id"):
         assert tags[key] and tags[key] != "unknown", key
     assert not tags["git_commit"].endswith("-dirty")
+    assert tags["training_data"] == "synthetic"  # the tiny dataset is the demo generator's
+    # The version's description is its model card: the verdict, every check with its value, the lineage.
+    v1 = client.get_model_version(NAME, "1")
+    text = v1.description
+    assert len(text) <= 5000 and "**Gate: PASSED**" in text and "trained on synthetic faces" in text.lower()
+    for c in gate["checks"]:
+        value = "-" if c["value"] is None else f"{c['value']:.4f}"
+        assert f"| {c['name']} | {value} |" in text, c["name"]
+    for key in ("git_commit", "dvc_data_hash", "params_hash"):
+        assert f"| {key} | {tags[key]} |" in text, key
+    logged = {a.path for a in client.list_artifacts(v1.run_id)}
+    assert {"model_card.md", "gate.json", "reports", "plots"} <= logged
+    assert (root / "artifacts" / "reports" / "model_card.md").read_text().startswith(f"# {NAME} v1")
 
     # Same commit, data and params as production: nothing is registered.
     same = _register(root)

@@ -94,7 +94,9 @@ def test_invocations_and_version(server, loaded, registered) -> None:
     assert resp.json()["predictions"] == pytest.approx(loaded.pyfunc.predict(crops).tolist(), abs=1e-6)
     bad = httpx.post(f"{url}/invocations", json={"inputs": [1, 2, 3]}, timeout=10)
     assert bad.status_code == 400 and "crops" in bad.json()["error"]
+    assert resp.headers["X-Model-Warning"].startswith("Trained on synthetic faces")  # every answer says it
     info = httpx.get(f"{url}/version", timeout=10).json()
+    assert "scores on real media mean nothing" in info["warning"]
     assert info["version"] == registered.version and info["alias"] == "production"
     from mlflow import MlflowClient
 
