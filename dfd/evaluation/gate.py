@@ -145,7 +145,7 @@ def champion_check(champion: dict[str, Any] | None, policy: str, alpha: float, m
     conf = round((1 - alpha) * 100)
     where = (f"{champion.get('level', 'frame')} AUC {test['auc_b']:.4f} vs champion v{champion['version']} "
              f"{test['auc_a']:.4f}: diff {diff:+.4f}, one-sided {conf}% lower bound {lower:+.4f} "
-             f"({champion.get('method', 'bootstrap')}; bootstrap p={test.get('p_value', float('nan')):.4f}"
+             f"(cluster bootstrap p={test.get('p_value', float('nan')):.4f}"
              + (f", DeLong p={champion['delong']['p_value']:.4f}" if _finite((champion.get('delong') or {})
                                                                            .get('p_value')) is not None else "")
              + f"; {counts})")
