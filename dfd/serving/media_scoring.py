@@ -150,28 +150,35 @@ class MediaScorer:
         return self.score_found(self.extract(frames, res, check_cancel), res, method, check_cancel)
 
     def prepare_path(self, path: Path, check_cancel: Callable[[], None] | None = None,
-                     ) -> tuple[list[dict[str, Any]], MediaResult]:
-        """Read one file and extract its faces: everything before the models (what `dfd predict` runs ahead)."""
-        frames, res = load_frames(Path(path), self.faces_cfg, self.limits, check_cancel=check_cancel)
+                     limits: ServeParams | None = None) -> tuple[list[dict[str, Any]], MediaResult]:
+        """Read one file and extract its faces: everything before the models (what `dfd predict` runs ahead).
+
+        `limits` (a server's `serve:` params) win over the scorer's own for this call.
+        """
+        frames, res = load_frames(Path(path), self.faces_cfg, limits or self.limits, check_cancel=check_cancel)
         return ([], res) if res.reason else (self.extract(frames, res, check_cancel), res)
 
-    def score_path(self, path: Path, method: str | None = None,
-                   check_cancel: Callable[[], None] | None = None) -> MediaResult:
+    def score_path(self, path: Path, method: str | None = None, check_cancel: Callable[[], None] | None = None,
+                   limits: ServeParams | None = None) -> MediaResult:
         """One file on disk, its kind from its name."""
-        return self.score_found(*self.prepare_path(path, check_cancel), method, check_cancel)
+        return self.score_found(*self.prepare_path(path, check_cancel, limits), method, check_cancel)
 
     def score_upload(self, path: Path, name: str, method: str | None = None,
-                     check_cancel: Callable[[], None] | None = None) -> MediaResult:
+                     check_cancel: Callable[[], None] | None = None, limits: ServeParams | None = None,
+                     ) -> MediaResult:
         """One uploaded file, its kind from its content (an image when Pillow knows its header, else a video).
 
         Args:
             path: Where the upload's bytes are (a private file of the caller's).
             name: The client's file name, reported as the result's `path`.
+            method: An aggregation rule instead of the model's.
+            check_cancel: Called between frames; raises to stop.
+            limits: A server's `serve:` params, over the scorer's own.
         """
         if path.stat().st_size == 0:
             return MediaResult(name, reason="empty", detail="zero bytes")
         kind = sniff_kind(path)
-        frames, res = load_frames(path, self.faces_cfg, self.limits, kind=kind, check_cancel=check_cancel)
+        frames, res = load_frames(path, self.faces_cfg, limits or self.limits, kind=kind, check_cancel=check_cancel)
         res.path = name
         if res.reason == "unreadable" and kind == "video" and media_kind(Path(name)) != "video":
             res.reason, res.detail = "unsupported", "neither a decodable image nor a video"

@@ -229,8 +229,12 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None) 
                     return _refused(exc)
                 except TimeoutError:
                     return _error(408, "upload too slow", "timeout", f"not received in {cfg.request_timeout_s} s")
+
+                def score(check: Callable[[], None]) -> MediaResult:
+                    return scorer.score_upload(up.path, up.filename, aggregate, check, cfg)  # this server's limits
+
                 try:
-                    res = await slots.run(lambda check: scorer.score_upload(up.path, up.filename, aggregate, check))
+                    res = await slots.run(score)
                 except TimeoutError:
                     return _timed_out(cfg)
         status, body = file_result(res, scorer, model)
@@ -262,7 +266,7 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None) 
             out = []
             for p, r in zip(paths, resolved, strict=True):
                 check()  # between files too
-                out.append((p, scorer.score_path(r, aggregate, check)))
+                out.append((p, scorer.score_path(r, aggregate, check, cfg)))
             return out
 
         try:

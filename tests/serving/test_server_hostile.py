@@ -104,7 +104,7 @@ def test_chunked_upload_refused_while_streaming(guarded) -> None:
     assert out.stdout.split() == ["413", "too_large"], out.stdout + out.stderr
     assert written < 1.2 * limit, f"the server wrote {written} bytes refusing a {3 * limit}-byte upload"
     ok = httpx.post(f"{url}/predict", files={"file": ("f.png", b"x" * 10)}, headers=AUTH, timeout=30)
-    assert ok.status_code == 422  # and it keeps serving
+    assert ok.status_code == 415 and ok.json()["reason"] == "unsupported"  # and it keeps serving
 
 
 def _post(url: str, path: str, **kw) -> httpx.Response:
@@ -159,32 +159,38 @@ def test_timed_out_requests_stop_scoring(registered, loaded, media: dict[str, Pa
 
     real_detect = face_extract.detect_downscaled
 
-    def slow_detect(*args, **kwargs):  # the real detector, made slow enough to time out (0.5 s a frame)
-        time.sleep(0.5)
+    slow = 0.6  # seconds a frame: the real detector, made slow enough to time out
+
+    def slow_detect(*args, **kwargs):
+        with lock:
+            calls[threading.get_ident()] = calls.get(threading.get_ident(), 0) + 1
+        time.sleep(slow)
         return real_detect(*args, **kwargs)
 
     monkeypatch.setattr(face_extract, "detect_downscaled", slow_detect)
     scorer = loaded.python_model.scorer
     real_score = scorer.score_upload
-    lock, state, spans = threading.Lock(), {"running": 0, "peak": 0}, []
+    lock, state, spans, calls = threading.Lock(), {"running": 0, "peak": 0}, [], {}
 
     def counted(*args, **kwargs):  # counts scorings where they run: in the worker thread, until they return
         with lock:
             state["running"] += 1
             state["peak"] = max(state["peak"], state["running"])
         t0 = time.monotonic()
+        with lock:
+            calls[threading.get_ident()] = 0
         try:
             return real_score(*args, **kwargs)
         finally:
             with lock:
                 state["running"] -= 1
-                spans.append(time.monotonic() - t0)
+                spans.append((time.monotonic() - t0, calls[threading.get_ident()]))
 
     monkeypatch.setattr(scorer, "score_upload", counted)
     frames = scorer.faces_cfg["frames_per_video"]
-    assert frames >= 3  # uncancelled, a scoring takes >= 1.5 s: three times the timeout
+    assert frames >= 2  # uncancelled, a scoring takes >= 1.2 s: four times the timeout
     holder = ModelHolder(registered.uri, registered.tracking_uri, loader=lambda u, t: loaded)
-    cfg = ServeParams(max_concurrent=2, request_timeout_s=0.5, poll_interval_s=0)
+    cfg = ServeParams(max_concurrent=2, request_timeout_s=0.3, poll_interval_s=0)
     data = media["fake"].read_bytes()
     with _Server(create_app(holder, cfg)) as url:
         codes: list[int] = []
@@ -199,5 +205,6 @@ def test_timed_out_requests_stop_scoring(registered, loaded, media: dict[str, Pa
             time.sleep(0.05)
     assert codes == [504] * 4
     assert state["peak"] <= 2 and state["running"] == 0 and len(spans) == 4
-    # Stopped at the next frame after its timeout, not after all `frames` frames (>= 0.5 s each).
-    assert max(spans) < 0.5 * frames - 0.3, spans
+    # Each stopped at the first check after its timeout (the detector's first load in a worker thread can outlast
+    # the timeout, so that is 0 or 1 frames detected), never all `frames`: (seconds, frames detected) per scoring.
+    assert all(n < frames for _, n in spans), spans
