@@ -101,6 +101,9 @@ class _FilePart:
 
     def headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
+        if b"filename" in options and options.get(b"name") != b"file":  # a file under another name: say so now
+            name = options.get(b"name", b"").decode("utf-8", "replace")[:50]
+            raise BodyError(400, f"a file part named '{name}'", "bad_request", "send the file as the `file` field")
         if options.get(b"name") == b"file" and b"filename" in options:
             if self.filename is not None:
                 raise BodyError(400, "more than one `file` part", "bad_request", "send one file per request")

@@ -137,7 +137,9 @@ def test_bad_inputs_are_4xx(guarded, media: dict[str, Path], tmp_path: Path) -> 
         ("/predict", {"json": {"paths": [str(root / "face.png")], "aggregate": ["x"]}}, 400, "bad_request"),
         ("/predict", {"files": {"file": ("bomb.png", bomb)}}, 413, "too_large"),
         ("/predict", {"files": {"file": ("a.gif", (tmp_path / "a.gif").read_bytes())}}, 415, "unsupported"),
-        ("/predict", {"files": {"other": ("f.png", media["face"].read_bytes())}}, 400, "empty"),
+        ("/predict", {"files": {"other": ("f.png", media["face"].read_bytes())}}, 400, "bad_request"),
+        ("/predict", {"files": {"note": (None, "a field, no file")}}, 400, "empty"),
+        ("/predict", {"data": {"aggregate": "mean"}}, 415, "unsupported"),  # urlencoded, no file
         ("/predict", {"content": b"--x\r\nnonsense", "headers": {"content-type": "multipart/form-data; boundary=x"}},
          400, None),
         ("/predict", {"content": b"raw bytes", "headers": {"content-type": "application/octet-stream"}}, 415,
