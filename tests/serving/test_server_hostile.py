@@ -7,6 +7,7 @@ child process, so that this process's write counters (/proc/self/io) count the s
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -103,8 +104,30 @@ def test_chunked_upload_refused_while_streaming(guarded) -> None:
     written = _written() - before
     assert out.stdout.split() == ["413", "too_large"], out.stdout + out.stderr
     assert written < 1.2 * limit, f"the server wrote {written} bytes refusing a {3 * limit}-byte upload"
+    # Without the token: 401 before the body is read, so nothing of it is written at all.
+    before = _written()
+    out = subprocess.run([sys.executable, "-c", CHUNKED_CLIENT, f"{url}/predict", str(3 * limit), "wrong"],
+                         capture_output=True, text=True, timeout=120)
+    written = _written() - before
+    assert out.stdout.split() == ["401", "unauthorized"] and written < 0.05 * limit, (out.stdout, written)
     ok = httpx.post(f"{url}/predict", files={"file": ("f.png", b"x" * 10)}, headers=AUTH, timeout=30)
     assert ok.status_code == 415 and ok.json()["reason"] == "unsupported"  # and it keeps serving
+
+
+def test_slow_upload_gets_408(registered, loaded) -> None:
+    """A client that stops sending mid-body holds its upload slot only until `request_timeout_s`: then a 408."""
+    holder = ModelHolder(registered.uri, registered.tracking_uri, loader=lambda u, t: loaded)
+    with _Server(create_app(holder, ServeParams(request_timeout_s=0.5, poll_interval_s=0))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                         b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
+                         b"filename=\"a.mp4\"\r\n\r\n0123456789")  # ...and nothing more
+            t0 = time.monotonic()
+            head = sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 408"), head[:200]
+        assert time.monotonic() - t0 < 10
+        assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
 
 
 def _post(url: str, path: str, **kw) -> httpx.Response:
