@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="inference precision (default: serve.precision)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without a token in $serve.auth_token_env (not recommended)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("deploy-model", help="copy the registered model to a folder or s3:// with checksums, "
                                             "and health-check the copy")

@@ -90,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     params = _serve_params(args)
     serve(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()), params.serve,
-          args.host, args.port)
+          args.host, args.port, args.insecure)
     return 0
 
 

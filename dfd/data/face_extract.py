@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,8 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
     return {"sample_id": sid, "frames": rows, "report": report, "skipped": False}
 
 
-def face_crops(frames: list[tuple[int, np.ndarray]], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+def face_crops(frames: list[tuple[int, np.ndarray]], cfg: dict[str, Any],
+               check_cancel: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """The crops `extract_sample` would save for these frames, in memory (what the served model scores).
 
     Same detector, downscaled detection, largest-face or tracked all-faces rule, margin and crop size; no files and
@@ -149,6 +151,8 @@ def face_crops(frames: list[tuple[int, np.ndarray]], cfg: dict[str, Any]) -> lis
     tracker = IouTracker()
     out = []
     for idx, rgb in frames:
+        if check_cancel is not None:  # may raise: a server request that timed out stops between frames
+            check_cancel()
         boxes = detect_downscaled(detector, rgb, cfg["detect_max_side"])
         if not boxes:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -55,10 +56,12 @@ def sample_indices(total: int, n: int) -> list[int]:
     return sorted({round(i) for i in np.linspace(0, total - 1, n)})
 
 
-def sample_video_frames(path: Path, n: int) -> tuple[list[tuple[int, np.ndarray]], str | None]:
+def sample_video_frames(path: Path, n: int, check_cancel: Callable[[], None] | None = None,
+                        ) -> tuple[list[tuple[int, np.ndarray]], str | None]:
     """Read `n` uniformly spaced frames of a video, moving forward with grab() and decoding only what is kept.
 
     Seeking to each frame re-decodes from the previous keyframe every time; one forward pass does not.
+    `check_cancel` is called before each frame and may raise to stop (a server request that timed out).
 
     Returns:
         (frame index, RGB frame) pairs, and a note when the file ended early or frames failed to decode.
@@ -76,9 +79,13 @@ def sample_video_frames(path: Path, n: int) -> tuple[list[tuple[int, np.ndarray]
         pos = 0
         for idx in wanted:
             while pos < idx:
+                if check_cancel is not None:
+                    check_cancel()
                 if not cap.grab():
                     return frames, f"video ended at frame {pos} of {total} (truncated?)"
                 pos += 1
+            if check_cancel is not None:
+                check_cancel()
             ok, bgr = cap.read()
             pos += 1
             if not ok or bgr is None:

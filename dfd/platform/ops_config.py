@@ -111,3 +111,20 @@ class ServeParams(_Section):
     # `POST /predict` with JSON {"paths": [...]}: files on the server's disk, only under these folders. Off when
     # empty: a client must not make the server read arbitrary files.
     path_roots: list[str] = Field(default_factory=list)
+    # `dfd serve` exposed (README "Auth and limits"). The NAME of the environment variable holding the bearer token,
+    # never the token: params are committed and logged.
+    auth_token_env: str = "DFD_SERVE_TOKEN"
+    max_json_bytes: int = Field(32_000_000, ge=1)  # JSON bodies: ~50 crops of 224x224 as MLflow JSON; 413 past it
+    max_paths: int = Field(256, ge=1)  # files per JSON path list: one request must not hold the server for hours
+    # Read from the header before decoding: a 400 KB PNG can claim 20000x20000 (1.2 GB decoded). 50 MP passes any
+    # phone photo; a video frame past DCI 4K (4096x2160) is no camera clip the detectors were trained on.
+    max_image_pixels: int = Field(50_000_000, ge=1)
+    max_video_pixels: int = Field(4096 * 2160, ge=1)
+    # What is decoded at all: image formats (by the header Pillow reads), video containers (by their magic bytes,
+    # before FFmpeg sees the file) and codecs (from the stream header). Every other parser stays out of reach.
+    image_formats: list[Literal["png", "jpeg", "bmp", "webp"]] = Field(
+        default_factory=lambda: ["png", "jpeg", "bmp", "webp"])
+    video_containers: list[Literal["mp4", "matroska", "avi"]] = Field(  # mp4: ISO/QuickTime (.mov); matroska: .webm
+        default_factory=lambda: ["mp4", "matroska", "avi"])
+    video_codecs: list[Literal["h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "mjpeg"]] = Field(
+        default_factory=lambda: ["h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "mjpeg"])

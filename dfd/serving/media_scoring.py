@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 
 from dfd.data.face_extract import face_crops
-from dfd.data.media import decode_image_bytes, media_kind, read_rgb, sample_video_frames, video_info
+from dfd.data.media import IMAGE_EXTS, VIDEO_EXTS, media_kind, read_rgb, sample_video_frames
 from dfd.evaluation.aggregate import aggregate
 from dfd.platform.config import AggregationParams, ServeParams
+from dfd.serving.media_checks import Refusal, check_image, check_video, image_header
 
 # Why a file has no score. `unsupported`: neither an image nor a video; `unreadable`: does not decode;
-# `truncated`: the video ends before its header says; `too_long`: over the serve limits; `no_face`: nothing detected.
-REASONS = ("unsupported", "unreadable", "truncated", "too_long", "no_face", "empty")
+# `truncated`: the video ends before its header says; `too_long`: over the serve length limits; `too_large`: over
+# the pixel limits; `no_face`: nothing detected.
+REASONS = ("unsupported", "unreadable", "truncated", "too_long", "too_large", "no_face", "empty")
 RESULT_COLUMNS = ["path", "p_fake", "label", "frames", "faces", "reason", "detail"]
 
 
@@ -44,9 +46,14 @@ class MediaResult:
         return {k: getattr(self, k) for k in RESULT_COLUMNS}
 
 
-def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams,
-                kind: str | None = None) -> tuple[list[tuple[int, np.ndarray]], MediaResult]:
-    """The frames to score of one file, or a result carrying the reason they cannot be had."""
+def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams, kind: str | None = None,
+                check_cancel: Callable[[], None] | None = None,
+                ) -> tuple[list[tuple[int, np.ndarray]], MediaResult]:
+    """The frames to score of one file, or a result carrying the reason they cannot be had.
+
+    The `serve:` limits (formats, containers, codecs, pixels, length) are checked on the headers before any pixel
+    is decoded (`dfd.serving.media_checks`). `check_cancel` may raise between frames to stop.
+    """
     res = MediaResult(str(path))
     kind = kind or media_kind(path)
     if kind is None:
@@ -55,24 +62,21 @@ def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams,
     if not path.is_file() or path.stat().st_size == 0:
         res.reason, res.detail = ("empty", "zero-byte file") if path.is_file() else ("unreadable", "missing file")
         return [], res
+    try:
+        if kind == "image":
+            check_image(path, limits)
+        else:
+            check_video(path, limits)
+    except Refusal as refused:
+        res.reason, res.detail = refused.reason, refused.detail
+        return [], res
     if kind == "image":
         rgb = read_rgb(path)
         if rgb is None:
             res.reason, res.detail = "unreadable", "the image does not decode"
             return [], res
         return [(0, rgb)], res
-    info = video_info(path)
-    if info is None:
-        res.reason, res.detail = "unreadable", "the video does not open (corrupt, truncated or not a video)"
-        return [], res
-    total, fps = info
-    seconds = total / fps if fps > 0 else 0.0
-    if total > limits.max_video_frames or seconds > limits.max_video_seconds:
-        res.reason = "too_long"
-        res.detail = (f"{total} frames, {seconds:.0f} s; limits {limits.max_video_frames} frames, "
-                      f"{limits.max_video_seconds:.0f} s")
-        return [], res
-    frames, note = sample_video_frames(path, faces_cfg["frames_per_video"])
+    frames, note = sample_video_frames(path, faces_cfg["frames_per_video"], check_cancel)
     if note and "truncated" in note:
         # Frames sampled from what is left would not be the frames the model was evaluated on: no score.
         res.reason, res.detail = "truncated", note
@@ -82,6 +86,14 @@ def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams,
         return [], res
     res.detail = note
     return frames, res
+
+
+def sniff_kind(path: Path) -> str:
+    """'image' when Pillow knows the file's header (whatever its name says), else 'video'."""
+    try:
+        return "image" if image_header(path) is not None else "video"
+    except Refusal:  # an image too large even to describe: load_frames says so
+        return "image"
 
 
 class MediaScorer:
@@ -106,18 +118,22 @@ class MediaScorer:
         """The model's aggregation, or the same constants with another method."""
         return self.aggregation if not method else self.aggregation.model_copy(update={"method": method})
 
-    def extract(self, frames: list[tuple[int, np.ndarray]], res: MediaResult) -> list[dict[str, Any]]:
+    def extract(self, frames: list[tuple[int, np.ndarray]], res: MediaResult,
+                check_cancel: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """Detect and crop the faces of the given frames, as the faces stage does; `res.reason` says when none."""
         res.frames = len(frames)
-        found = face_crops(frames, self.faces_cfg)
+        found = face_crops(frames, self.faces_cfg, check_cancel)
         if not found:
             res.reason = "no_face"
         return found
 
-    def score_found(self, found: list[dict[str, Any]], res: MediaResult, method: str | None = None) -> MediaResult:
+    def score_found(self, found: list[dict[str, Any]], res: MediaResult, method: str | None = None,
+                    check_cancel: Callable[[], None] | None = None) -> MediaResult:
         """Score the extracted face crops and aggregate them into `res` (unchanged when it has a reason)."""
         if res.reason:
             return res
+        if check_cancel is not None:
+            check_cancel()
         scores = np.asarray(self.predictor(np.stack([f["crop"] for f in found]).astype(np.uint8)), dtype=float)
         for f, s in zip(found, scores, strict=True):
             f["p_fake"] = float(s)
@@ -128,34 +144,60 @@ class MediaScorer:
         res.crops = found
         return res
 
-    def score_frames(self, frames: list[tuple[int, np.ndarray]], res: MediaResult,
-                     method: str | None = None) -> MediaResult:
+    def score_frames(self, frames: list[tuple[int, np.ndarray]], res: MediaResult, method: str | None = None,
+                     check_cancel: Callable[[], None] | None = None) -> MediaResult:
         """Detect, crop, score and aggregate the given frames into `res`."""
-        return self.score_found(self.extract(frames, res), res, method)
+        return self.score_found(self.extract(frames, res, check_cancel), res, method, check_cancel)
 
-    def prepare_path(self, path: Path) -> tuple[list[dict[str, Any]], MediaResult]:
-        """Read one file and extract its faces: everything before the models (what `dfd predict` runs ahead)."""
-        frames, res = load_frames(Path(path), self.faces_cfg, self.limits)
-        return ([], res) if res.reason else (self.extract(frames, res), res)
+    def prepare_path(self, path: Path, check_cancel: Callable[[], None] | None = None,
+                     limits: ServeParams | None = None) -> tuple[list[dict[str, Any]], MediaResult]:
+        """Read one file and extract its faces: everything before the models (what `dfd predict` runs ahead).
 
-    def score_path(self, path: Path, method: str | None = None) -> MediaResult:
-        """One file on disk."""
-        return self.score_found(*self.prepare_path(path), method)
+        `limits` (a server's `serve:` params) win over the scorer's own for this call.
+        """
+        frames, res = load_frames(Path(path), self.faces_cfg, limits or self.limits, check_cancel=check_cancel)
+        return ([], res) if res.reason else (self.extract(frames, res, check_cancel), res)
+
+    def score_path(self, path: Path, method: str | None = None, check_cancel: Callable[[], None] | None = None,
+                   limits: ServeParams | None = None) -> MediaResult:
+        """One file on disk, its kind from its name."""
+        return self.score_found(*self.prepare_path(path, check_cancel, limits), method, check_cancel)
+
+    def score_upload(self, path: Path, name: str, method: str | None = None,
+                     check_cancel: Callable[[], None] | None = None, limits: ServeParams | None = None,
+                     ) -> MediaResult:
+        """One uploaded file, its kind from its content (an image when Pillow knows its header, else a video).
+
+        Args:
+            path: Where the upload's bytes are (a private file of the caller's).
+            name: The client's file name, reported as the result's `path`.
+            method: An aggregation rule instead of the model's.
+            check_cancel: Called between frames; raises to stop.
+            limits: A server's `serve:` params, over the scorer's own.
+        """
+        if path.stat().st_size == 0:
+            return MediaResult(name, reason="empty", detail="zero bytes")
+        kind = sniff_kind(path)
+        frames, res = load_frames(path, self.faces_cfg, limits or self.limits, kind=kind, check_cancel=check_cancel)
+        res.path = name
+        if res.reason == "unreadable" and kind == "video" and media_kind(Path(name)) != "video":
+            res.reason, res.detail = "unsupported", "neither a decodable image nor a video"
+        return res if res.reason else self.score_frames(frames, res, method, check_cancel)
 
     def score_bytes(self, data: bytes, name: str = "upload", method: str | None = None) -> MediaResult:
-        """One file's content (an upload): an image when it decodes as one, else tried as a video."""
+        """One file's content (the pyfunc's `content` column): spilled to a private file, then `score_upload`."""
         if not data:
             return MediaResult(name, reason="empty", detail="zero bytes")
-        rgb = decode_image_bytes(data)
-        if rgb is not None:
-            return self.score_frames([(0, rgb)], MediaResult(name), method)
-        # OpenCV decodes video only from a file: spill the bytes to a private temporary one.
-        suffix = Path(name).suffix.lower() if media_kind(Path(name)) == "video" else ".mp4"
         with tempfile.TemporaryDirectory(prefix="dfd-upload-") as tmp:
-            path = Path(tmp) / f"upload{suffix}"
+            path = Path(tmp) / upload_name(name)
             path.write_bytes(data)
-            frames, res = load_frames(path, self.faces_cfg, self.limits, kind="video")
-            res.path = name
-            if res.reason == "unreadable" and media_kind(Path(name)) is None:
-                res.reason, res.detail = "unsupported", "neither a decodable image nor a video"
-            return res if res.reason else self.score_frames(frames, res, method)
+            return self.score_upload(path, name, method)
+
+
+def upload_name(client_name: str) -> str:
+    """A safe local file name for an upload: `upload` plus the client's suffix when it is a media one.
+
+    FFmpeg's probe weighs the extension; anything else from the client (folders, odd characters) is dropped.
+    """
+    suffix = Path(client_name.replace("\\", "/")).suffix.lower()
+    return "upload" + (suffix if suffix in IMAGE_EXTS | VIDEO_EXTS else "")

@@ -3,35 +3,43 @@
 - `POST /predict`: multipart upload (`file`) of one image or video -> P(fake), label, frames, faces, reason; or
   JSON `{"paths": [...]}` naming files on the server's disk, allowed only under `serve.path_roots` (403 otherwise).
 - `POST /invocations`: MLflow's scoring protocol for face crops (`{"inputs": [[[[r, g, b], ...]]]}` or `instances`).
-- `GET /health`, `GET /version` (model name, version, alias, lineage tags).
+- `GET /health` (ok/degraded and the model version; no token needed), `GET /version` (name, version, alias, tags).
 
-Bad input gets a 4xx JSON error `{"error", "reason", "detail"}` and the server keeps serving; a file without a face
-is a 200 with reason `no_face`. The model is swapped without a restart when the alias moves (see `ModelHolder`).
+With a token in `$serve.auth_token_env`, every route but /health needs `Authorization: Bearer <token>` (auth.py).
+Bodies are read as streams under the `serve:` limits, headers are checked before any decode, and a request that
+times out stops its scoring (limits.py, media_checks.py). Bad input gets a 4xx JSON error
+`{"error", "reason", "detail"}` and the server keeps serving; a file without a face is a 200 with reason `no_face`.
+The model is swapped without a restart when the alias moves (see `ModelHolder`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request, UploadFile
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from dfd.evaluation.aggregate import list_aggregations
 from dfd.platform.config import ServeParams
+from dfd.serving.auth import BearerAuth, check_exposure, token_from_env
+from dfd.serving.limits import BodyError, ScoringSlots, receive_json, receive_upload
+from dfd.serving.media_scoring import MediaResult, MediaScorer
 from dfd.serving.registry_model import LoadedModel, load, resolve_version
 
 log = logging.getLogger(__name__)
 
 # A result's reason -> HTTP status: the client's file is at fault (4xx); no face is an answer, not an error.
-STATUS = {"unsupported": 415, "empty": 400, "unreadable": 422, "truncated": 422, "too_long": 413}
+STATUS = {"unsupported": 415, "empty": 400, "unreadable": 422, "truncated": 422, "too_long": 413, "too_large": 413}
 
 
 class ModelHolder:
@@ -92,11 +100,15 @@ def _error(status: int, error: str, reason: str, detail: str | None = None) -> J
     return JSONResponse({"error": error, "reason": reason, "detail": detail}, status_code=status)
 
 
-def _aggregation_error(aggregate: str | None) -> JSONResponse | None:
+def _refused(exc: BodyError) -> JSONResponse:
+    return _error(exc.status, exc.error, exc.reason, exc.detail)
+
+
+def _aggregation_error(aggregate: Any) -> JSONResponse | None:
     """A 400 for an aggregation rule that does not exist; None for a known one or none."""
-    if aggregate is None or aggregate in list_aggregations():
+    if aggregate is None or (isinstance(aggregate, str) and aggregate in list_aggregations()):
         return None
-    return _error(400, f"unknown aggregation '{aggregate}'", "bad_request", ", ".join(list_aggregations()))
+    return _error(400, f"unknown aggregation '{str(aggregate)[:50]}'", "bad_request", ", ".join(list_aggregations()))
 
 
 def _crops_only() -> JSONResponse:
@@ -107,22 +119,82 @@ def _timed_out(cfg: ServeParams) -> JSONResponse:
     return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
 
 
-async def _read_limited(upload: UploadFile, limit: int) -> bytes | None:
-    """The upload's bytes, or None as soon as it exceeds `limit` (never more than limit + 1 MiB in memory)."""
-    chunks, size = [], 0
-    while chunk := await upload.read(1 << 20):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+def file_result(res: MediaResult, scorer: MediaScorer, model: LoadedModel) -> tuple[int, dict[str, Any]]:
+    """The one place a scored file becomes an answer: (HTTP status, body), for an upload or a path-list row."""
+    body = {**res.row(), "threshold": scorer.threshold, "model_version": model.version}
+    if res.reason in STATUS:
+        return STATUS[res.reason], {**body, "error": res.detail or res.reason}
+    return 200, body
 
 
-def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
-    """The HTTP app over `holder`'s current model."""
-    app = FastAPI(title="dfd deepfake detector", version="1")
-    slots = asyncio.Semaphore(cfg.max_concurrent)
+def parse_crops(payload: Any) -> np.ndarray:
+    """MLflow scoring JSON to RGB uint8 crops (N, H, W, 3).
+
+    Raises:
+        BodyError: 400 for a wrong shape or type (floats must be whole numbers), 422 for values outside 0..255.
+    """
+    rows = payload.get("inputs", payload.get("instances")) if isinstance(payload, dict) else None
+    expected = 'expected {"inputs": RGB uint8 crops (N, H, W, 3)}'
+    if rows is None:
+        raise BodyError(400, "body is not MLflow scoring JSON with crops", "bad_request", expected)
+    try:
+        arr = np.asarray(rows)
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged nesting, mixed types
+        raise BodyError(400, "crops are not a regular array", "bad_request", str(exc)[:200]) from None
+    if arr.ndim != 4 or arr.shape[-1] != 3 or 0 in arr.shape:
+        raise BodyError(400, expected, "bad_request", f"got shape {list(arr.shape)}")
+    whole = arr.dtype.kind == "f" and bool(np.isfinite(arr).all() and (arr == np.round(arr)).all())
+    if arr.dtype.kind not in "iu" and not whole:
+        raise BodyError(400, "pixel values must be whole numbers 0..255", "bad_request", f"got dtype {arr.dtype}")
+    if arr.min() < 0 or arr.max() > 255:
+        raise BodyError(422, "pixel values outside 0..255", "out_of_range",
+                        f"min {arr.min():g}, max {arr.max():g}")
+    return arr.astype(np.uint8)
+
+
+def parse_paths(payload: Any, max_paths: int) -> tuple[list[str], Any]:
+    """`{"paths": [...], "aggregate": ...}` checked: (paths, aggregate).
+
+    Raises:
+        BodyError: 400 for a wrong shape, an empty, overlong or NUL-carrying path; 413 past `max_paths`.
+    """
+    paths = payload.get("paths") if isinstance(payload, dict) else None
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+        raise BodyError(400, 'expected JSON {"paths": ["/path/to/file", ...]}', "bad_request",
+                        "`paths` must be a non-empty list of non-empty strings")
+    if len(paths) > max_paths:
+        raise BodyError(413, "too many paths", "too_large", f"{len(paths)}; limit serve.max_paths={max_paths}")
+    if any("\0" in p or len(p) > 4096 for p in paths):
+        raise BodyError(400, "a path holds a NUL byte or is over 4096 characters", "bad_request")
+    return paths, payload.get("aggregate")
+
+
+def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None) -> FastAPI:
+    """The HTTP app over `holder`'s current model; with `token`, every route but /health needs it."""
+    slots = ScoringSlots(cfg.max_concurrent, cfg.request_timeout_s)
+    # Uploads being received at once: each may hold up to max_upload_bytes on disk, so this bounds the disk too.
+    receiving = asyncio.Semaphore(2 * cfg.max_concurrent)
     roots = [Path(r).resolve() for r in cfg.path_roots]
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        slots.shutdown()
+
+    app = FastAPI(title="dfd deepfake detector", version="1", lifespan=lifespan)
+    app.state.slots = slots
+    if token:
+        app.add_middleware(BearerAuth, token=token)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid request", "bad_request", str(exc.errors())[:300])
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client's input: the traceback goes to the log, the client gets no internals.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal error", "internal", "see the server log")
 
     @app.middleware("http")
     async def model_warning(request: Request, call_next: Callable[[Request], Any]) -> Any:
@@ -132,46 +204,49 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
             response.headers["X-Model-Warning"] = warning
         return response
 
-    async def scored(fn: Callable[[], Any]) -> Any:
-        """Run CPU-bound scoring in a worker thread, at most `max_concurrent` at once, within the timeout."""
-        async with slots:
-            return await asyncio.wait_for(run_in_threadpool(fn), cfg.request_timeout_s)
-
     @app.get("/health")
     async def health() -> dict[str, Any]:
         m = holder.current
-        return {"status": "ok", "model": m.name, "version": m.version, "refresh_error": holder.last_error}
+        # Degraded: serving, but the last registry poll failed (why goes to the log: it may name URIs).
+        return {"status": "degraded" if holder.last_error else "ok", "model": m.name, "version": m.version}
 
     @app.get("/version")
     async def version() -> dict[str, Any]:
         return {**holder.current.info(), "swaps": holder.swaps}
 
     @app.post("/predict")
-    async def predict(request: Request, file: UploadFile | None = None, aggregate: str | None = None) -> Any:
-        if file is None and request.headers.get("content-type", "").startswith("application/json"):
+    async def predict(request: Request, aggregate: str | None = None) -> Any:
+        ctype = request.headers.get("content-type", "").lower()
+        if ctype.startswith("application/json"):
             return await predict_paths(request)
-        if file is None:
-            return _error(400, "no file uploaded", "empty", "send multipart/form-data with a `file` field")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cfg.max_upload_bytes + 65536:
-            return _error(413, "upload too large", "too_large", f"limit {cfg.max_upload_bytes} bytes")
-        data = await _read_limited(file, cfg.max_upload_bytes)
-        if data is None:
-            return _error(413, "upload too large", "too_large", f"limit {cfg.max_upload_bytes} bytes")
+        if not ctype.startswith("multipart/form-data"):
+            return _error(415, "send multipart/form-data with a `file` field, or JSON {\"paths\": [...]}",
+                          "unsupported", f"got content-type {ctype[:100] or 'none'}")
         if (bad := _aggregation_error(aggregate)) is not None:
             return bad
         model = holder.current  # this request's model, whatever the poller swaps in meanwhile
         scorer = model.python_model.scorer
         if scorer is None:
             return _crops_only()
-        try:
-            res = await scored(lambda: scorer.score_bytes(data, file.filename or "upload", aggregate))
-        except TimeoutError:
-            return _timed_out(cfg)
-        body = {**res.row(), "threshold": scorer.threshold, "model_version": model.version}
-        if res.reason in STATUS:
-            return JSONResponse({**body, "error": res.detail or res.reason}, status_code=STATUS[res.reason])
-        return body
+        async with receiving:
+            with tempfile.TemporaryDirectory(prefix="dfd-upload-") as tmp:
+                try:
+                    up = await asyncio.wait_for(receive_upload(request, Path(tmp), cfg.max_upload_bytes),
+                                                cfg.request_timeout_s)
+                except BodyError as exc:
+                    return _refused(exc)
+                except TimeoutError:
+                    return _error(408, "upload too slow", "timeout", f"not received in {cfg.request_timeout_s} s")
+
+                def score(check: Callable[[], None]) -> MediaResult:
+                    return scorer.score_upload(up.path, up.filename, aggregate, check, cfg)  # this server's limits
+
+                try:
+                    res = await slots.run(score)
+                except TimeoutError:
+                    return _timed_out(cfg)
+        status, body = file_result(res, scorer, model)
+        return JSONResponse(body, status_code=status)
 
     async def predict_paths(request: Request) -> Any:
         """`{"paths": [...], "aggregate": ...}`: files on the server's disk, under `serve.path_roots` only."""
@@ -179,44 +254,45 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
             return _error(403, "path lists are off on this server", "forbidden",
                           "upload the file, or list the folders it may read in serve.path_roots")
         try:
-            payload = await request.json()
-            paths = payload["paths"]
-            if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-                raise TypeError("`paths` must be a non-empty list of strings")
-        except (ValueError, KeyError, TypeError) as exc:
-            return _error(400, 'expected JSON {"paths": ["/path/to/file", ...]}', "bad_request", str(exc)[:200])
-        aggregate = payload.get("aggregate")
+            paths, aggregate = parse_paths(await receive_json(request, cfg.max_json_bytes), cfg.max_paths)
+            resolved = [Path(p).resolve() for p in paths]  # symlinks and `..` resolved before the check
+        except BodyError as exc:
+            return _refused(exc)
+        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, an unreadable folder on the way
+            return _error(400, "a path does not resolve", "bad_request", type(exc).__name__)
         if (bad := _aggregation_error(aggregate)) is not None:
             return bad
-        resolved = [Path(p).resolve() for p in paths]  # symlinks and `..` resolved before the check
         outside = [p for p, r in zip(paths, resolved, strict=True) if not any(r.is_relative_to(o) for o in roots)]
         if outside:
-            return _error(403, "paths outside serve.path_roots", "forbidden", ", ".join(outside[:5]))
+            return _error(403, "paths outside serve.path_roots", "forbidden", ", ".join(outside[:5])[:500])
         model = holder.current
         scorer = model.python_model.scorer
         if scorer is None:
             return _crops_only()
+
+        def score_all(check: Callable[[], None]) -> list[tuple[str, MediaResult]]:
+            out = []
+            for p, r in zip(paths, resolved, strict=True):
+                check()  # between files too
+                out.append((p, scorer.score_path(r, aggregate, check, cfg)))
+            return out
+
         try:
-            rows = await scored(lambda: [scorer.score_path(r, aggregate).row() | {"path": p}
-                                         for p, r in zip(paths, resolved, strict=True)])
+            results = await slots.run(score_all)
         except TimeoutError:
             return _timed_out(cfg)
+        rows = [file_result(res, scorer, model)[1] | {"path": p} for p, res in results]
         return {"results": rows, "threshold": scorer.threshold, "model_version": model.version}
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Any:
         try:
-            payload = await request.json()
-            rows = payload.get("inputs", payload.get("instances")) if isinstance(payload, dict) else None
-            crops = np.asarray(rows, dtype=np.uint8) if rows is not None else None
-        except (ValueError, TypeError) as exc:
-            return _error(400, "body is not MLflow scoring JSON with crops", "bad_request", str(exc)[:200])
-        if crops is None or crops.ndim != 4 or crops.shape[-1] != 3:
-            shape = None if crops is None else list(crops.shape)
-            return _error(400, "expected {\"inputs\": RGB uint8 crops (N, H, W, 3)}", "bad_request", f"got {shape}")
+            crops = parse_crops(await receive_json(request, cfg.max_json_bytes))
+        except BodyError as exc:
+            return _refused(exc)
         model = holder.current
         try:
-            scores = await scored(lambda: model.pyfunc.predict(crops))
+            scores = await slots.run(lambda check: model.pyfunc.predict(crops))
         except TimeoutError:
             return _timed_out(cfg)
         return {"predictions": np.asarray(scores, dtype=float).tolist()}
@@ -224,15 +300,24 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
     return app
 
 
-def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load the model, start the alias poller, and serve until interrupted."""
+def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1", port: int = 8000,
+          insecure: bool = False) -> None:
+    """Check the exposure rules, load the model, start the alias poller, and serve until interrupted.
+
+    Raises:
+        DfdError: A non-loopback `host` without a token in `$cfg.auth_token_env` (unless `insecure`), or a short
+            token: before anything is loaded.
+    """
     import uvicorn
 
+    token = token_from_env(cfg.auth_token_env)
+    check_exposure(host, token, insecure, cfg.auth_token_env)
     holder = ModelHolder(uri, tracking_uri, partial(load, precision=cfg.precision,
                                                    max_precision_error=cfg.max_precision_error))
     holder.start(cfg.poll_interval_s)
-    log.info("serving %s (version %s) on http://%s:%d", uri, holder.current.version, host, port)
+    log.info("serving %s (version %s) on http://%s:%d, %s", uri, holder.current.version, host, port,
+             f"token from ${cfg.auth_token_env}" if token else "no token")
     try:
-        uvicorn.run(create_app(holder, cfg), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(holder, cfg, token), host=host, port=port, log_level="info")
     finally:
         holder.stop()

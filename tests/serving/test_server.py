@@ -156,14 +156,14 @@ def test_hot_swap_after_alias_move(registered, tmp_path: Path, media: dict[str, 
     # scorer, called through), so the swap happens while it is in flight.
     started, release = threading.Event(), threading.Event()
     old_scorer = holder.current.python_model.scorer
-    real_score = old_scorer.score_bytes
+    real_score = old_scorer.score_upload
 
     def held_score(*args, **kwargs):
         started.set()
         assert release.wait(120)
         return real_score(*args, **kwargs)
 
-    old_scorer.score_bytes = held_score
+    old_scorer.score_upload = held_score
     in_flight: dict[str, httpx.Response] = {}
     with _Server(create_app(holder, ServeParams(poll_interval_s=0.5))) as url:
         holder.start(0.5)
