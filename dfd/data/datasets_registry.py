@@ -67,8 +67,8 @@ def _bring_in(root: Path, name: str, project: Path, move: bool, cache_dir: Path 
     dest = DATASETS_DIR / name
     if (project / dest).exists():
         raise DataError(f"{project / dest} already exists", "choose another --name, or add that folder instead")
+    (project / dest).parent.mkdir(parents=True, exist_ok=True)
     if move:
-        (project / dest).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(root), str(project / dest))  # the user asked for it: the only case we take their folder
         return dest, ["add", dest.as_posix()]
     if cache_dir is not None:
