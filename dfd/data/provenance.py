@@ -12,6 +12,7 @@ import yaml
 from dfd.platform.config import Params
 from dfd.platform.errors import StageError
 from dfd.platform.files import file_digest
+from dfd.platform.stage_cache import FileHasher
 
 
 def git_state(cwd: Path | None = None) -> tuple[str, str | None]:
@@ -38,9 +39,13 @@ def git_commit(cwd: Path | None = None) -> str:
     return git_state(cwd)[0]
 
 
-def file_md5s(root: Path) -> dict[str, str]:
-    """md5 of every file under `root`, by path relative to it (one read of the dataset, shared by checks)."""
-    return {p.relative_to(root).as_posix(): file_digest(p, "md5") for p in sorted(root.rglob("*")) if p.is_file()}
+def file_md5s(root: Path, hasher: FileHasher | None = None) -> dict[str, str]:
+    """md5 of every file under `root`, by path relative to it (one read of the dataset, shared by checks).
+
+    With `hasher` (the project's memo), a file unchanged since it was last hashed is not read again.
+    """
+    digest = hasher.file if hasher is not None else lambda p: file_digest(p, "md5")
+    return {p.relative_to(root).as_posix(): digest(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def tracked_hash(root: Path) -> str | None:

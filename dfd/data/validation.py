@@ -19,7 +19,10 @@ from dfd.data.adapters import Candidate, get_adapter
 from dfd.data.media import check_media
 from dfd.data.provenance import dir_hash, file_md5s
 from dfd.platform.config import DataParams
+from dfd.platform.stage_cache import FileHasher
 
+#: The media check's name in the file memo (bump it when `check_media` changes what it finds).
+MEDIA_PROBE = "media_check/1"
 #: Below this share of the minority class a dataset is reported as badly unbalanced.
 MIN_CLASS_SHARE = 0.1
 
@@ -55,7 +58,8 @@ class ValidationResult:
                 "data_hash": self.data_hash, "warnings": self.warnings, "errors": self.errors}
 
 
-def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = True) -> ValidationResult:
+def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = True,
+             hasher: FileHasher | None = None) -> ValidationResult:
     """Check a dataset through its adapter.
 
     Args:
@@ -63,16 +67,21 @@ def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = Tr
         data: Adapter name and options.
         workers: Threads that open media files (OpenCV decodes outside the GIL).
         progress: Show progress bars.
+        hasher: The project's memo of file contents: md5s and media checks of files unchanged (path, size,
+            mtime, inode) since they were last read come from it, and new ones go into it (saved at the end).
 
     Returns:
         The checks' result; `errors` is non-empty when the dataset must not be trained on as it is.
     """
     candidates = list(get_adapter(data.adapter)(root, data))
-    md5s = file_md5s(root)
+    md5s = file_md5s(root, hasher)
     to_check = [c for c in candidates if c.problem is None]
+    check = check_media if hasher is None else lambda p: hasher.probe(p, MEDIA_PROBE, check_media)
     with ThreadPoolExecutor(workers) as pool:
-        problems = list(tqdm(pool.map(lambda c: check_media(root / c.rel_path), to_check), total=len(to_check),
+        problems = list(tqdm(pool.map(lambda c: check(root / c.rel_path), to_check), total=len(to_check),
                              desc="checking media", unit="file", leave=False, disable=not progress))
+    if hasher is not None:
+        hasher.save()
     good: list[Candidate] = []
     bad = [{"path": c.rel_path, "reason": c.problem} for c in candidates if c.problem is not None]
     for cand, problem in zip(to_check, problems, strict=True):

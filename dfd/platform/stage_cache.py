@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,10 +28,12 @@ from typing import Any, TypeVar
 from dfd.platform.files import file_digest
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where the dfd, tasks, models and flows packages live
 PROJECT_PACKAGES = ("dfd", "tasks", "models", "flows")
 RECORD_DIR = ".stages"
+MEMO_FILE = "hashes.json"
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,13 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class FileHasher:
-    """Content hashes of files and folders, remembered by (size, mtime_ns, inode) across runs."""
+    """What reading a file tells, remembered by (path, size, mtime_ns, inode) across runs: its md5, and the results
+    of other probes of its content (ingest's media check), so that a new process re-reading an unchanged tree
+    opens no file.
+
+    A memo entry is `[size, mtime_ns, inode, md5 or None, {probe: result}]`; a file whose stamp changed loses its
+    whole entry. One memo for every reader (stage fingerprints, ingest's md5s and media checks): one file to keep.
+    """
 
     _lock = threading.Lock()
 
@@ -90,17 +98,46 @@ class FileHasher:
             except (OSError, ValueError):  # a damaged memo only costs a re-read
                 self._memo = {}
 
-    def file(self, path: Path) -> str:
+    def _entry(self, path: Path) -> tuple[str, list[Any], list[Any] | None]:
+        """(key, stamp, the remembered entry when its stamp still matches)."""
         st = path.stat()
-        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino]
+        # abspath, not resolve(): resolving costs an lstat per path component, per file, on every run.
+        key, stamp = os.path.abspath(path), [st.st_size, st.st_mtime_ns, st.st_ino]
         with self._lock:
             known = self._memo.get(key)
-        if known is not None and known[:3] == stamp:
+        return key, stamp, known if known is not None and known[:3] == stamp else None
+
+    def _store(self, key: str, stamp: list[Any], known: list[Any] | None, md5: str | None = None,
+               probe: tuple[str, Any] | None = None) -> None:
+        entry = known or [*stamp, None, {}]
+        entry = [*entry[:4], dict(entry[4]) if len(entry) > 4 else {}]
+        if md5 is not None:
+            entry[3] = md5
+        if probe is not None:
+            entry[4][probe[0]] = probe[1]
+        with self._lock:
+            self._memo[key] = entry
+
+    def file(self, path: Path) -> str:
+        key, stamp, known = self._entry(path)
+        if known is not None and known[3] is not None:
             return str(known[3])
         digest = file_digest(path, "md5")
-        with self._lock:
-            self._memo[key] = [*stamp, digest]
+        self._store(key, stamp, known, md5=digest)
         return digest
+
+    def probe(self, path: Path, name: str, compute: Callable[[Path], T]) -> T:
+        """`compute(path)` (JSON-able), remembered under `name` while the file is unchanged; a file that cannot
+        be stat'ed is computed every time (the probe reports it)."""
+        try:
+            key, stamp, known = self._entry(path)
+        except OSError:
+            return compute(path)
+        if known is not None and len(known) > 4 and name in known[4]:
+            return typing.cast(T, known[4][name])
+        value = compute(path)
+        self._store(key, stamp, known, probe=(name, value))
+        return value
 
     def path(self, path: Path) -> str | None:
         """md5 of a file; for a folder, md5 of its sorted (relative path, md5) listing; None when missing."""
@@ -233,7 +270,15 @@ _HASHERS_LOCK = threading.Lock()
 def shared_hasher(memo_path: Path) -> FileHasher:
     """One hasher per memo file in this process, so that parallel stages neither re-read nor overwrite each other."""
     with _HASHERS_LOCK:
-        return _HASHERS.setdefault(memo_path.resolve(), FileHasher(memo_path))
+        key = memo_path.resolve()
+        if key not in _HASHERS:  # built once: loading a large memo is the cost this avoids
+            _HASHERS[key] = FileHasher(memo_path)
+        return _HASHERS[key]
+
+
+def project_hasher(artifacts: Path) -> FileHasher:
+    """The project's one memo of file contents, `<artifacts>/.stages/hashes.json` (what `StageCache` uses)."""
+    return shared_hasher(artifacts / RECORD_DIR / MEMO_FILE)
 
 
 class StageCache:
@@ -242,7 +287,7 @@ class StageCache:
     def __init__(self, artifacts: Path, root: Path) -> None:
         self.dir = artifacts / RECORD_DIR
         self.root = root.resolve()
-        self.hasher = shared_hasher(self.dir / "hashes.json")
+        self.hasher = shared_hasher(self.dir / MEMO_FILE)
 
     def record_path(self, name: str) -> Path:
         return self.dir / f"{name.replace('@', '_at_').replace('/', '_')}.json"
