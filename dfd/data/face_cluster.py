@@ -35,8 +35,9 @@ def extract_chunk(samples: list[dict[str, Any]], root: str, out_dir: str, cfg: d
 
 
 @contextlib.contextmanager
-def dask_client(address: str | None, n_workers: int) -> Iterator[Any]:
-    """A client of the scheduler at `address`, or of a local cluster of `n_workers` single-threaded processes."""
+def dask_client(address: str | None, n_workers: int, timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[Any]:
+    """A client of the scheduler at `address` (given up after `timeout_s`), or of a local cluster of `n_workers`
+    single-threaded processes."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -44,7 +45,7 @@ def dask_client(address: str | None, n_workers: int) -> Iterator[Any]:
                           "pip install 'dfd[dask]', or set runner.kind: threads") from None
     if address:
         try:
-            client = Client(address, timeout=CONNECT_TIMEOUT_S)
+            client = Client(address, timeout=timeout_s)
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach the Dask scheduler at {address} ({type(exc).__name__})",
                               "start it (`dask scheduler`) or fix runner.address") from None
