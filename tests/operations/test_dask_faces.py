@@ -115,3 +115,24 @@ def test_an_unreachable_scheduler_is_one_line() -> None:
     with pytest.raises(ConfigError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9"), \
             dask_client("tcp://127.0.0.1:9", 1, timeout_s=1):
         pass
+
+
+@pytest.mark.slow
+def test_evaluation_datasets_extract_on_the_cluster(reference: tuple[Path, faces.FacesResult],
+                                                    cluster: object) -> None:
+    from tasks.eval_datasets import eval_layout, prepare
+
+    root, ref = reference
+    params = tiny_params(root, runner={"kind": "dask", "address": cluster.scheduler.address},
+                         evaluate={"datasets": [{"name": "again", "root": str(root / "raw")}]})
+    layout = Layout.from_params(params, root)
+    with distributed.get_task_stream(cluster) as stream:
+        index = prepare(params, layout, params.evaluate.datasets[0])
+    assert any(t["key"].startswith("faces-") for t in stream.data)  # extracted by the workers
+    el = eval_layout(layout, params.evaluate.datasets[0])
+    got = pd.read_parquet(index)
+    assert len(got) == ref.crops and got["dataset"].eq("again").all()
+    # Same source files, so the same crop bytes as the local pool's, under the eval set's own sample ids.
+    want = pd.read_parquet(Layout.from_params(tiny_params(root), root).faces_index)
+    assert sorted((el.faces_index.parent / c).read_bytes() for c in got["crop"]) == \
+        sorted((root / "data" / "faces" / c).read_bytes() for c in want["crop"])
