@@ -7,6 +7,7 @@ counted. Nothing here raises on a bad file: each becomes a row with its reason.
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +59,27 @@ class ValidationResult:
                 "data_hash": self.data_hash, "warnings": self.warnings, "errors": self.errors}
 
 
+def _check_media(root: Path, rels: list[str], workers: int, progress: bool,
+                 hasher: FileHasher | None) -> list[str | None]:
+    """`check_media` of each file, from the memo when it is unchanged (no thread needed), else opened in threads."""
+    known: dict[str, str | None] = {}
+    if hasher is not None:
+        base = os.fspath(root)
+        for rel in rels:
+            found, value = hasher.known(os.path.join(base, rel), MEDIA_PROBE)
+            if found:
+                known[rel] = value
+    todo = [rel for rel in rels if rel not in known]
+    check = check_media if hasher is None else lambda p: hasher.probe(p, MEDIA_PROBE, check_media)
+    with ThreadPoolExecutor(workers) as pool:
+        opened = list(tqdm(pool.map(lambda rel: check(root / rel), todo), total=len(todo),
+                           desc="checking media", unit="file", leave=False, disable=not progress or not todo))
+    known.update(zip(todo, opened, strict=True))
+    if hasher is not None:
+        hasher.save()
+    return [known[rel] for rel in rels]
+
+
 def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = True,
              hasher: FileHasher | None = None) -> ValidationResult:
     """Check a dataset through its adapter.
@@ -76,12 +98,7 @@ def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = Tr
     candidates = list(get_adapter(data.adapter)(root, data))
     md5s = file_md5s(root, hasher)
     to_check = [c for c in candidates if c.problem is None]
-    check = check_media if hasher is None else lambda p: hasher.probe(p, MEDIA_PROBE, check_media)
-    with ThreadPoolExecutor(workers) as pool:
-        problems = list(tqdm(pool.map(lambda c: check(root / c.rel_path), to_check), total=len(to_check),
-                             desc="checking media", unit="file", leave=False, disable=not progress))
-    if hasher is not None:
-        hasher.save()
+    problems = _check_media(root, [c.rel_path for c in to_check], workers, progress, hasher)
     good: list[Candidate] = []
     bad = [{"path": c.rel_path, "reason": c.problem} for c in candidates if c.problem is not None]
     for cand, problem in zip(to_check, problems, strict=True):

@@ -98,9 +98,9 @@ class FileHasher:
             except (OSError, ValueError):  # a damaged memo only costs a re-read
                 self._memo = {}
 
-    def _entry(self, path: Path) -> tuple[str, list[Any], list[Any] | None]:
+    def _entry(self, path: str | Path) -> tuple[str, list[Any], list[Any] | None]:
         """(key, stamp, the remembered entry when its stamp still matches)."""
-        st = path.stat()
+        st = os.stat(path)
         # abspath, not resolve(): resolving costs an lstat per path component, per file, on every run.
         key, stamp = os.path.abspath(path), [st.st_size, st.st_mtime_ns, st.st_ino]
         with self._lock:
@@ -118,13 +118,24 @@ class FileHasher:
         with self._lock:
             self._memo[key] = entry
 
-    def file(self, path: Path) -> str:
+    def file(self, path: str | Path) -> str:
+        """md5 of a file (a str path spares building a Path per file on a rerun over 100,000 files)."""
         key, stamp, known = self._entry(path)
         if known is not None and known[3] is not None:
             return str(known[3])
-        digest = file_digest(path, "md5")
+        digest = file_digest(Path(path), "md5")
         self._store(key, stamp, known, md5=digest)
         return digest
+
+    def known(self, path: str | Path, name: str) -> tuple[bool, Any]:
+        """(True, the remembered result of probe `name`) while the file is unchanged, else (False, None)."""
+        try:
+            _, _, entry = self._entry(path)
+        except OSError:
+            return False, None
+        if entry is not None and len(entry) > 4 and name in entry[4]:
+            return True, entry[4][name]
+        return False, None
 
     def probe(self, path: Path, name: str, compute: Callable[[Path], T]) -> T:
         """`compute(path)` (JSON-able), remembered under `name` while the file is unchanged; a file that cannot
