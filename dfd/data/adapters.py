@@ -82,14 +82,17 @@ def _read_json(path: Path) -> object:
 
 
 def _files(folder: Path, exts: frozenset[str] | None = None) -> list[Path]:
-    """Files under `folder` (not hidden), sorted; os.walk on strings: pathlib per file dominates a rerun."""
+    """Files under `folder` (not hidden), sorted; scandir on strings: pathlib per file dominates a rerun."""
     found = []
-    for top, _, names in os.walk(folder):
-        for n in names:
-            full = os.path.join(top, n)
-            if not n.startswith(".") and (exts is None or os.path.splitext(n)[1].lower() in exts) \
-                    and os.path.isfile(full):
-                found.append(full)
+    todo = [os.fspath(folder)]
+    while todo:
+        with os.scandir(todo.pop()) as entries:  # an entry knows if it is a plain file without a stat
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(e.path)
+                elif not e.name.startswith(".") and (exts is None or os.path.splitext(e.name)[1].lower() in exts) \
+                        and e.is_file():
+                    found.append(e.path)
     return [Path(f) for f in sorted(found)]
 
 
