@@ -1,13 +1,13 @@
 """Reruns that cost what changed: ingest and faces on a first run, an unchanged rerun and a 1% larger dataset.
 
-Ingest: a generated tree of `--files` small, distinct images (`folder` layout). Each run is a fresh process
-(`python -c`, as `dfd stage ingest` is), so an unchanged rerun can only be cheap through the memo on disk
-(`artifacts/.stages/hashes.json`: md5 and media check by path, size, mtime_ns and inode). Baseline: the same
-unchanged rerun without the memo (every file read and opened again, as before). Faces: the drawn-face demo
+Ingest: a generated tree of `--files` small, distinct JPEGs (`--side` pixels square; `folder` layout). Each run
+is a fresh process (`python -c`, as `dfd stage ingest` is), so an unchanged rerun can only be cheap through the
+memo on disk (`artifacts/.stages/hashes.json`: md5 and media check by path, size, mtime_ns and inode). Baseline:
+the same unchanged rerun without the memo (every file read and opened again, as before). Faces: the drawn-face demo
 dataset (`--faces-samples` images), first extraction vs a rerun with nothing new (a stat per crop) vs the same
 rerun decoding every crop (`DFD_VERIFY_CROPS=1`, what every rerun did before).
 
-    python benchmarks/ingest.py [--files 20000] [--faces-samples 400]
+    python benchmarks/ingest.py [--files 20000] [--side 32] [--faces-samples 400]
 
 Prints, per run, the stage's own time (inside the process) and the process's wall time, and the ratios to the
 first run (goal: unchanged <= 5%, 1% added <= 10%). Timings are the machine's of the moment: compare ratios.
@@ -53,14 +53,14 @@ CALLS = {
 }
 
 
-def write_images(root: Path, start: int, count: int, seed: int) -> None:
-    """`count` distinct 32x32 PNGs (random pixels: no two alike), half real, half fake, five per identity."""
+def write_images(root: Path, start: int, count: int, seed: int, side: int = 32) -> None:
+    """`count` distinct side x side JPEGs (random pixels: no two alike), half real, half fake, five per identity."""
     rng = np.random.default_rng([seed, start])
     for i in range(start, start + count):
         label = "real" if i % 2 == 0 else "fake"
-        path = root / label / f"id{i // 10:05d}_{i:06d}.png"
+        path = root / label / f"id{i // 10:05d}_{i:06d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        cv2.imwrite(str(path), rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
 
 
 def run_stage(stage: str, params_file: Path, work: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
@@ -90,14 +90,14 @@ def table(title: str, rows: list[tuple[str, float, float]]) -> None:
         print(f"{name:<44}{stage:>9.2f}{stage / first_stage:>8.1%}{wall:>11.2f}{wall / first_wall:>8.1%}")
 
 
-def bench_ingest(work: Path, files: int) -> list[tuple[str, float, float]]:
+def bench_ingest(work: Path, files: int, side: int) -> list[tuple[str, float, float]]:
     root = work / "raw"
-    write_images(root, 0, files, seed=0)
+    write_images(root, 0, files, seed=0, side=side)
     pf = params_file(work, root, "bench")
     rows = [("first ingest", *run_stage("ingest", pf, work))]
     rows.append(("unchanged re-ingest (memo)", *run_stage("ingest", pf, work)))
     rows.append(("unchanged re-ingest, no memo (before)", *run_stage("ingest_nomemo", pf, work)))
-    write_images(root, files, files // 100, seed=1)  # 1% more files
+    write_images(root, files, files // 100, seed=1, side=side)  # 1% more files
     rows.append((f"re-ingest with 1% added ({files // 100} files)", *run_stage("ingest", pf, work)))
     report = json.loads((work / "data" / "manifests" / "ingest_report.json").read_text())
     assert report["samples"] == files + files // 100, report["samples"]
@@ -120,11 +120,12 @@ def bench_faces(work: Path, samples: int) -> list[tuple[str, float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20_000)
+    parser.add_argument("--side", type=int, default=32, help="image side in pixels (32: ~1 KB files)")
     parser.add_argument("--faces-samples", type=int, default=400)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dfd-bench-ingest-"))
     try:
-        table(f"ingest, {args.files} files", bench_ingest(work, args.files))
+        table(f"ingest, {args.files} files ({args.side}x{args.side} JPEG)", bench_ingest(work, args.files, args.side))
         table(f"faces, {args.faces_samples} images", bench_faces(work, args.faces_samples))
     finally:
         shutil.rmtree(work, ignore_errors=True)

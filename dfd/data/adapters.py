@@ -83,8 +83,8 @@ def _read_json(path: Path) -> object:
 
 def _files(folder: Path, exts: frozenset[str] | None = None) -> list[Path]:
     """Files under `folder` (not hidden), sorted; scandir on strings: pathlib per file dominates a rerun."""
-    found = []
-    todo = [os.fspath(folder)]
+    found: list[str] = []
+    todo = [os.fspath(folder)] if folder.is_dir() else []  # a missing folder holds no file, as with rglob
     while todo:
         with os.scandir(todo.pop()) as entries:  # an entry knows if it is a plain file without a stat
             for e in entries:

@@ -31,7 +31,13 @@ def extract_chunk(samples: list[dict[str, Any]], root: str, out_dir: str, cfg: d
     import cv2
 
     cv2.setNumThreads(1)  # one thread per worker process: the workers already fill the cores
-    return [cached(s, root, out_dir, cfg) or extract_sample(s, root, out_dir, cfg) for s in samples]
+    out = []
+    for sample in samples:
+        done = cached(sample, root, out_dir, cfg)
+        # Every sample sent here was pending when the run started: one already recorded was extracted by an
+        # earlier attempt of this chunk (on a worker that died), so it counts as extracted, not skipped.
+        out.append({**done, "skipped": False} if done else extract_sample(sample, root, out_dir, cfg))
+    return out
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ counted. Nothing here raises on a bad file: each becomes a row with its reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -96,9 +97,10 @@ def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = Tr
         The checks' result; `errors` is non-empty when the dataset must not be trained on as it is.
     """
     candidates = list(get_adapter(data.adapter)(root, data))
-    md5s = file_md5s(root, hasher)
     to_check = [c for c in candidates if c.problem is None]
-    problems = _check_media(root, [c.rel_path for c in to_check], workers, progress, hasher)
+    with hasher.batch() if hasher is not None else contextlib.nullcontext():
+        md5s = file_md5s(root, hasher)
+        problems = _check_media(root, [c.rel_path for c in to_check], workers, progress, hasher)
     good: list[Candidate] = []
     bad = [{"path": c.rel_path, "reason": c.problem} for c in candidates if c.problem is not None]
     for cand, problem in zip(to_check, problems, strict=True):

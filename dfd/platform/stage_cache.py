@@ -13,6 +13,7 @@ as DVC's state database does, so an unchanged run costs a `stat` per file, not a
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,7 +21,7 @@ import os
 import threading
 import time
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,17 +93,34 @@ class FileHasher:
     def __init__(self, memo_path: Path | None = None) -> None:
         self.memo_path = memo_path
         self._memo: dict[str, list[Any]] = {}
+        self._stats: dict[str, list[Any]] | None = None  # stamps taken in the current `batch()`
         if memo_path is not None and memo_path.is_file():
             try:
                 self._memo = json.loads(memo_path.read_text())
             except (OSError, ValueError):  # a damaged memo only costs a re-read
                 self._memo = {}
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Within the block, each file is stat'ed once however many lookups ask about it (ingest asks for its md5
+        and for its media check): one pass over a dataset, not a cache that outlives it."""
+        self._stats = {}
+        try:
+            yield
+        finally:
+            self._stats = None
+
     def _entry(self, path: str | Path) -> tuple[str, list[Any], list[Any] | None]:
         """(key, stamp, the remembered entry when its stamp still matches)."""
-        st = os.stat(path)
         # abspath, not resolve(): resolving costs an lstat per path component, per file, on every run.
-        key, stamp = os.path.abspath(path), [st.st_size, st.st_mtime_ns, st.st_ino]
+        key = os.path.abspath(path)
+        stats = self._stats
+        stamp = stats.get(key) if stats is not None else None
+        if stamp is None:
+            st = os.stat(path)
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+            if stats is not None:
+                stats[key] = stamp
         with self._lock:
             known = self._memo.get(key)
         return key, stamp, known if known is not None and known[:3] == stamp else None

@@ -100,7 +100,7 @@ def test_a_killed_worker_reruns_its_chunk(reference: tuple[Path, faces.FacesResu
     assert not thread.is_alive() and "res" in out
     assert 0 < done_at_kill < samples
     layout, res = out["res"]
-    assert res.crops == ref.crops
+    assert res.crops == ref.crops and res.extracted == samples  # samples of the killed attempt count once
     _same_as(root, layout)
     runs = [t for t in stream.data if t["key"].startswith("faces-")]
     assert len({t["key"] for t in runs}) == 2  # two chunks, both finished (the killed one on a second attempt)
