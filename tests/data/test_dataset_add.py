@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from dfd.data.provenance import dir_hash
+from dfd.data.validation import validate
+from dfd.platform.config import DataParams
 from tests.helpers import PROJECT
 
 DFD = Path(sys.executable).parent / "dfd"
@@ -79,6 +81,18 @@ def test_add_from_another_disk_with_the_cache_there(clone: Path, tiny_dataset: P
     assert "dvc-cache" not in (clone / ".dvc" / "config").read_text()
     assert dir_hash(disk / "mine") == dir_hash(tiny_dataset)  # the original is left as it was
     assert _git_status(clone) == {"data/raw/mine.dvc", "params.yaml"}
+
+    # Across filesystems DVC links by symlink (here one filesystem: force it): ingest takes links into the repo's
+    # own DVC cache as inside the dataset, and still refuses a link to anywhere else.
+    dvc = str(DFD.parent / "dvc")
+    for cmd in (["config", "--local", "cache.type", "symlink"], ["checkout", "--relink", "data/raw/mine.dvc"]):
+        subprocess.run([dvc, *cmd], cwd=clone, env=ENV, check=True, capture_output=True)
+    assert all(p.is_symlink() for p in files)
+    outside = next((disk / "mine" / "real").glob("*.png"))
+    (clone / "data" / "raw" / "mine" / "real" / "stray.png").symlink_to(outside)
+    result = validate(clone / "data" / "raw" / "mine", DataParams(adapter="folder"), progress=False)
+    assert result.bad == [{"path": "real/stray.png", "reason": "path escapes the dataset root (symlink?)"}]
+    assert len(result.good) == sum(p.suffix in (".png", ".mp4") for p in files)
 
 
 def test_add_from_outside_with_move(clone: Path, tiny_dataset: Path, tmp_path: Path) -> None:
