@@ -6,8 +6,9 @@ runs, a record (fingerprint, the inputs in detail, the hashes of its outputs, it
 `<artifacts>/.stages/<stage>.json`. Next time, when the fingerprint matches and the outputs are still as the stage
 left them, the recorded result is returned without running the stage.
 
-File contents are hashed once: md5s are remembered by (size, mtime, inode) in `<artifacts>/.stages/hashes.json`,
-as DVC's state database does, so an unchanged run costs a `stat` per file, not a read of the dataset.
+File contents are hashed once: md5s (and the ingest stage's media checks) are remembered by (path, size, mtime_ns,
+inode) in `<artifacts>/.stages/hashes.json`, as DVC's state database does, so an unchanged run costs a `stat` per
+file, not a read of the dataset.
 """
 
 from __future__ import annotations
