@@ -11,6 +11,7 @@ half-written file is ever trusted.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -58,9 +59,11 @@ def dask_client(address: str | None, n_workers: int, timeout_s: float = CONNECT_
         with client:
             yield client
         return
-    # dashboard on a free port: two local clusters on one machine must not fight over :8787.
-    with LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    # Dashboard on a free port: two local clusters on one machine must not fight over :8787. The cluster's own
+    # start/stop chatter (INFO) would bury the stage's output: warnings and errors only.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    with LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1, dashboard_address=":0",
+                      silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
         yield client
 
 
