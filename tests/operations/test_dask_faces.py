@@ -122,17 +122,24 @@ def test_evaluation_datasets_extract_on_the_cluster(reference: tuple[Path, faces
                                                     cluster: object) -> None:
     from tasks.eval_datasets import eval_layout, prepare
 
-    root, ref = reference
+    root, _ = reference
+    few = root / "few"  # four images of the training set: the same code path, a fraction of the work
+    for rel in [*sorted((root / "raw").glob("real/*.png"))[:2], *sorted((root / "raw").glob("fake/*.png"))[:2]]:
+        (few / rel.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(rel, few / rel.parent.name / rel.name)
     params = tiny_params(root, runner={"kind": "dask", "address": cluster.scheduler.address},
-                         evaluate={"datasets": [{"name": "again", "root": str(root / "raw")}]})
+                         evaluate={"datasets": [{"name": "again", "root": str(few)}]})
     layout = Layout.from_params(params, root)
     with distributed.get_task_stream(cluster) as stream:
         index = prepare(params, layout, params.evaluate.datasets[0])
     assert any(t["key"].startswith("faces-") for t in stream.data)  # extracted by the workers
     el = eval_layout(layout, params.evaluate.datasets[0])
-    got = pd.read_parquet(index)
-    assert len(got) == ref.crops and got["dataset"].eq("again").all()
+    got = pd.read_parquet(index).merge(pd.read_parquet(el.manifest)[["sample_id", "path"]], on="sample_id")
+    ref_layout = Layout.from_params(tiny_params(root), root)
+    want = pd.read_parquet(ref_layout.faces_index).merge(pd.read_parquet(ref_layout.manifest)[["sample_id", "path"]],
+                                                         on="sample_id")
+    assert len(got) == 4 and got["dataset"].eq("again").all()
     # Same source files, so the same crop bytes as the local pool's, under the eval set's own sample ids.
-    want = pd.read_parquet(Layout.from_params(tiny_params(root), root).faces_index)
-    assert sorted((el.faces_index.parent / c).read_bytes() for c in got["crop"]) == \
-        sorted((root / "data" / "faces" / c).read_bytes() for c in want["crop"])
+    for path, crop in zip(got["path"], got["crop"], strict=True):
+        ref_crop = want.loc[want["path"] == path, "crop"].item()
+        assert (el.faces_index.parent / crop).read_bytes() == (ref_layout.faces_index.parent / ref_crop).read_bytes()
