@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--adapter", default="folder")
     p.add_argument("--push", action="store_true", help="also `dvc push` it to the configured remote")
+    p.add_argument("--move", action="store_true", help="a folder outside the project: move it to data/raw/NAME")
+    p.add_argument("--cache-dir", metavar="DIR", help="a folder outside the project: put the DVC cache here (on the "
+                   "dataset's disk) and link the data into data/raw/NAME")
     p.set_defaults(func=cmd_dataset_add)
     p = sub.add_parser("deploy", help="register the weekly and on-demand deployments with the Prefect server")
     p.add_argument("--write-prefect-yaml", nargs="?", const="prefect.yaml", metavar="FILE",

@@ -11,7 +11,8 @@ from pathlib import Path
 from dfd.platform.config import DataParams, EvalDatasetParams, Params
 from dfd.platform.errors import ConfigError
 from dfd.platform.layout import Layout
-from tasks.faces import extract_faces
+from dfd.platform.stage_cache import project_hasher
+from tasks.faces import extract_faces, verify_crops
 from tasks.ingest import ingest
 
 
@@ -30,8 +31,10 @@ def prepare(params: Params, layout: Layout, ds: EvalDatasetParams) -> Path:
     """Ingest and extract faces of one evaluation dataset; returns its faces index."""
     el = eval_layout(layout, ds)
     root = layout.resolve(ds.root)
-    ingest(data_params(params, ds, layout), params.ingest, root, el.manifest, el.ingest_report, params.train.seed)
-    extract_faces(params.faces, el.manifest, root, el.faces_dir, el.faces_index, el.faces_report)
+    ingest(data_params(params, ds, layout), params.ingest, root, el.manifest, el.ingest_report, params.train.seed,
+           project_hasher(layout.artifacts))
+    extract_faces(params.faces, el.manifest, root, el.faces_dir, el.faces_index, el.faces_report, params.runner,
+                  verify_crops())
     return el.faces_index
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +11,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from dfd.data.face_cluster import extract_on_dask
 from dfd.data.face_extract import cached, extract_sample
 from dfd.data.manifest import read_manifest
-from dfd.platform.config import FacesParams, Params
+from dfd.platform.config import FacesParams, Params, RunnerParams
 from dfd.platform.errors import DataError
 from dfd.platform.files import write_json, write_parquet
 from dfd.platform.layout import Layout
@@ -55,7 +57,7 @@ class FacesResult:
 
 
 def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out_dir: Path, index_path: Path,
-                  report_path: Path) -> FacesResult:
+                  report_path: Path, runner: RunnerParams | None = None, verify_crops: bool = False) -> FacesResult:
     """Extract faces of every sample in the manifest, skipping samples already done with the same params.
 
     Samples with no face, undecodable frames or truncated files are recorded in the report with a reason;
@@ -68,17 +70,25 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
         out_dir: Where `<sample_id>/<frame>.png` crops go.
         index_path: The faces index (parquet), one row per crop.
         report_path: The JSON report.
+        runner: With `kind: dask`, samples are extracted by chunks on a Dask cluster (`runner.address`, or a local
+            cluster of `runner.dask_workers` processes) instead of the local process pool.
+        verify_crops: Decode every recorded crop before trusting it, instead of checking its recorded size.
     """
     manifest = read_manifest(manifest_path)
     samples = manifest.to_dict("records")
     opts = cfg.model_dump()
-    args = (str(dataset_root), str(out_dir), opts)
+    args = (str(dataset_root.resolve()), str(out_dir.resolve()), opts)  # absolute: workers may run elsewhere
     # Finished samples are read back here, so a rerun with little new work starts few or no workers.
-    results = [r for r in (cached(s, *args) for s in samples) if r is not None]
+    results = [r for r in (cached(s, *args, decode=verify_crops) for s in samples) if r is not None]
     done = {r["sample_id"] for r in results}
     pending = [s for s in samples if s["sample_id"] not in done]
     bar = tqdm(total=len(pending), desc="faces", unit="sample", leave=False)
-    if cfg.workers > 1 and len(pending) > 1:
+    if runner is not None and runner.kind == "dask" and pending:
+        # Largest files first, as below: the long videos start early.
+        pending.sort(key=lambda s: _size(dataset_root / s["path"]), reverse=True)
+        results += extract_on_dask(pending, *args, address=runner.address, n_workers=runner.dask_workers,
+                                   chunk=runner.faces_chunk, on_done=bar.update)
+    elif cfg.workers > 1 and len(pending) > 1:
         # spawn, not fork: the caller may hold threads (Prefect, torch) that a forked child would inherit locked.
         ctx = multiprocessing.get_context("spawn")
         # Largest files first: the long videos start early instead of leaving one worker alone at the end.
@@ -103,6 +113,8 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
             results.append(extract_sample(sample, *args))
             bar.update(1)
     bar.close()
+    order = {s["sample_id"]: i for i, s in enumerate(samples)}
+    results.sort(key=lambda r: order[r["sample_id"]])  # the report lists samples in manifest order, however run
     by_id = {s["sample_id"]: s for s in samples}
     rows = [{**{k: by_id[r["sample_id"]][k] for k in ("sample_id", "label", "split", "identity", "method",
                                                       "dataset", "media")},
@@ -129,4 +141,9 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
 def run(params: Params, layout: Layout) -> FacesResult:
     """The stage as `dfd stage faces` and the flow call it."""
     return extract_faces(params.faces, layout.manifest, layout.resolve(params.data.root), layout.faces_dir,
-                         layout.faces_index, layout.faces_report)
+                         layout.faces_index, layout.faces_report, params.runner, verify_crops())
+
+
+def verify_crops() -> bool:
+    """`DFD_VERIFY_CROPS=1`: decode every recorded crop on this run (a check on demand; reruns stat them)."""
+    return os.environ.get("DFD_VERIFY_CROPS", "").strip().lower() in ("1", "true", "yes")

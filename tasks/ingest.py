@@ -15,6 +15,7 @@ from dfd.platform.config import DataParams, IngestParams, Params
 from dfd.platform.errors import DataError
 from dfd.platform.files import write_json
 from dfd.platform.layout import Layout
+from dfd.platform.stage_cache import FileHasher, project_hasher
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class IngestResult:
 
 
 def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path, report_path: Path,
-           seed: int) -> IngestResult:
+           seed: int, hasher: FileHasher | None = None) -> IngestResult:
     """Build the manifest of the dataset at `root`.
 
     Every unusable input (missing, zero-byte, unreadable, corrupt, outside the root, a duplicate) becomes a row of
@@ -44,6 +45,8 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
         manifest_path: Where to write the parquet manifest.
         report_path: Where to write the JSON report.
         seed: Split seed.
+        hasher: The project's memo of file contents (`project_hasher`): a rerun on an unchanged tree then reads
+            no file, only stats them; None reads every file.
     """
     if not root.is_dir():
         raise DataError(f"dataset root not found: {root}",
@@ -54,7 +57,7 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
     report_path.unlink(missing_ok=True)  # if even the failure report cannot be written (a full disk), none is left
     report: dict = {"dataset": data.name, "status": "failed"}
     try:
-        return _ingest(data, cfg, root, manifest_path, report_path, seed, report)
+        return _ingest(data, cfg, root, manifest_path, report_path, seed, report, hasher)
     except DataError as exc:
         report.update(status="failed", error=str(exc))
         write_json(report_path, report)
@@ -69,8 +72,8 @@ def _no_match_hint(data: DataParams) -> str:
 
 
 def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path, report_path: Path, seed: int,
-            report: dict) -> IngestResult:
-    checked = validate(root, data)
+            report: dict, hasher: FileHasher | None) -> IngestResult:
+    checked = validate(root, data, hasher=hasher)
     report.update(checked.to_dict())
     if not checked.good and not checked.bad:
         raise DataError(f"no samples found in {root}", _no_match_hint(data))
@@ -109,4 +112,4 @@ def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path
 def run(params: Params, layout: Layout) -> IngestResult:
     """The stage as `dfd stage ingest` and the flow call it."""
     return ingest(params.data, params.ingest, layout.resolve(params.data.root), layout.manifest,
-                  layout.ingest_report, params.train.seed)
+                  layout.ingest_report, params.train.seed, project_hasher(layout.artifacts))

@@ -70,9 +70,10 @@ def cmd_validate_dataset(args: argparse.Namespace) -> int:
 def cmd_dataset_add(args: argparse.Namespace) -> int:
     from dfd.data.datasets_registry import add_dataset
 
-    record = add_dataset(Path(args.path), args.name, args.adapter, Path(args.params), push=args.push)
+    record = add_dataset(Path(args.path), args.name, args.adapter, Path(args.params), push=args.push,
+                         move=args.move, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
     print(f"dataset '{args.name}' tracked by DVC ({record['dvc_file']}, {record['data_hash']}) and set as "
-          f"data.name/data.root in {args.params}")
+          f"data.name/data.root in {args.params}; commit {record['dvc_file']} and {args.params}")
     return 0
 
 

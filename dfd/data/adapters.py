@@ -7,7 +7,9 @@ ingest stage and `dfd validate-dataset` check each file and split the rest by id
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +34,44 @@ class Candidate:
 Adapter = Callable[[Path, DataParams], Iterator[Candidate]]
 
 
-def inside(root: Path, path: Path) -> bool:
-    """Whether `path`, with symlinks resolved, lies under `root`."""
+def inside(root: Path, path: Path, rel: str | None = None) -> bool:
+    """Whether `path`, with symlinks resolved, lies under `root` (or in the DVC cache that `root`'s links point to).
+
+    Ingest asks this of every file on every run: a path below `root` (`rel`, when the caller knows it) with no
+    symlink in its relative part is answered with an lstat per component, without resolving the whole path.
+    """
+    if rel is None:
+        try:
+            rel = path.relative_to(root).as_posix()
+        except ValueError:
+            rel = None
+    if rel is not None:
+        parts = rel.split("/")
+        base = os.fspath(root)
+        if ".." not in parts and not any(os.path.islink(os.path.join(base, *parts[:i + 1]))
+                                         for i in range(len(parts))):
+            return True
+    real, real_root = path.resolve(), root.resolve()
+    if real.is_relative_to(real_root):
+        return True
+    # `dvc add` with a cache on another disk (cache.type symlink) leaves links into that cache: DVC's own files.
+    cache = _dvc_cache(real_root)
+    return cache is not None and real.is_relative_to(cache)
+
+
+@functools.lru_cache(maxsize=16)
+def _dvc_cache(root: Path) -> Path | None:
+    """The cache folder of the DVC repo holding `root`, or None (no DVC, or no repo)."""
     try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
+        from dvc.exceptions import DvcException
+        from dvc.repo import Repo
+    except ImportError:
+        return None
+    try:
+        with Repo(Repo.find_root(str(root))) as repo:
+            return Path(repo.cache.local.path).resolve()
+    except (DvcException, OSError):
+        return None
 
 
 def _read_json(path: Path) -> object:
@@ -49,14 +82,32 @@ def _read_json(path: Path) -> object:
 
 
 def _files(folder: Path, exts: frozenset[str] | None = None) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                  and (exts is None or p.suffix.lower() in exts))
+    """Files under `folder` (not hidden), sorted; scandir on strings: pathlib per file dominates a rerun."""
+    found: list[str] = []
+    todo = [os.fspath(folder)] if folder.is_dir() else []  # a missing folder holds no file, as with rglob
+    while todo:
+        with os.scandir(todo.pop()) as entries:  # an entry knows if it is a plain file without a stat
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(e.path)
+                elif not e.name.startswith(".") and (exts is None or os.path.splitext(e.name)[1].lower() in exts) \
+                        and e.is_file():
+                    found.append(e.path)
+    return [Path(f) for f in sorted(found)]
+
+
+def _rel(root: Path, path: Path) -> str:
+    """`path.relative_to(root).as_posix()`, by string when `path` is spelled below `root` (the usual case)."""
+    base, full = os.fspath(root), os.fspath(path)
+    if full.startswith(base + os.sep):
+        return full[len(base) + 1:].replace(os.sep, "/")
+    return path.relative_to(root).as_posix()
 
 
 def _candidate(root: Path, path: Path, label: int, method: str, identity: str, split: str | None = None) -> Candidate:
-    rel = path.relative_to(root).as_posix()
+    rel = _rel(root, path)
     problem = None
-    if not inside(root, path):
+    if not inside(root, path, rel):
         problem = "path escapes the dataset root (symlink?)"
     elif media_kind(path) is None:
         problem = f"unsupported file type '{path.suffix}'"
@@ -94,7 +145,7 @@ def folder_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
         if not files:
             raise DataError(f"class folder '{cls}/' in {root} is empty", f"put {cls} images or videos in it")
         for path in files:
-            rel = path.relative_to(root).as_posix()
+            rel = _rel(root, path)
             seen.add(rel)
             info = meta.get(rel, {})
             ident = str(info.get("identity") or path.stem.split("_")[0])

@@ -18,7 +18,7 @@ import numpy as np
 
 from dfd.data.face_detect import Box, Detector, IouTracker, Landmarks, create_detector, detect_downscaled, square_crop
 from dfd.data.media import read_rgb, sample_video_frames
-from dfd.platform.files import read_cache_json, write_json
+from dfd.platform.files import atomic_path, read_cache_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,36 @@ def crop_decodes(path: Path) -> bool:
     return path.is_file() and cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None
 
 
-def cached(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The recorded result of a sample already extracted with the same params, with every crop still decodable.
+def crop_intact(path: Path, size: int | None, decode: bool = False) -> bool:
+    """Whether a recorded crop is still as written: its size as recorded at write (a `stat`, the fast path that
+    keeps a rerun over millions of crops cheap), decoded only when no size was recorded (older records) or when
+    `decode` asks for it."""
+    if size is not None and not decode:
+        try:
+            return path.stat().st_size == size
+        except OSError:
+            return False
+    return crop_decodes(path)
 
-    A corrupt `faces.json` is discarded with a warning, and a crop that no longer decodes sends the whole sample
-    back to extraction, so that rerunning the stage repairs the cache instead of trusting it.
+
+def write_crop(path: Path, rgb: np.ndarray) -> int:
+    """Save a crop as PNG (lossless: no new artefacts) atomically, so a killed worker never leaves half a file that
+    a rerun trusts; returns its size in bytes, recorded for `crop_intact`."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"cannot encode a crop as PNG for {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return len(buf)
+
+
+def cached(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[str, Any],
+           decode: bool = False) -> dict[str, Any] | None:
+    """The recorded result of a sample already extracted with the same params, with every crop still intact.
+
+    A corrupt `faces.json` is discarded with a warning, and a crop that is missing or no longer has the size it was
+    written with (`decode`: no longer decodes) sends the whole sample back to extraction, so that rerunning the
+    stage repairs the cache instead of trusting it.
     """
     dest = Path(out_dir) / sample["sample_id"]
     done = dest / DONE_FILE
@@ -67,9 +92,9 @@ def cached(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[str, Any])
     record = read_cache_json(done)
     if not isinstance(record, dict) or record.get("fingerprint") != fp or not isinstance(record.get("frames"), list):
         return None
-    bad = [f["crop"] for f in record["frames"] if not crop_decodes(dest.parent / f["crop"])]
+    bad = [f["crop"] for f in record["frames"] if not crop_intact(dest.parent / f["crop"], f.get("bytes"), decode)]
     if bad:
-        log.warning("sample %s: crop %s is missing or does not decode; extracting the sample again",
+        log.warning("sample %s: crop %s is missing, changed or does not decode; extracting the sample again",
                     sample["sample_id"], dest.parent / bad[0])
         return None
     return {"sample_id": sample["sample_id"], "frames": record["frames"], "report": record["report"], "skipped": True}
@@ -105,6 +130,8 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
     else:
         frames, note = sample_video_frames(src, cfg["frames_per_video"])
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob(".*.tmp"):  # our own temporaries, left by a worker killed mid-write
+        stale.unlink(missing_ok=True)
     rows = []
     tracker = IouTracker()
     for idx, rgb in frames:
@@ -118,9 +145,9 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
         for track, box in kept:
             crop, (x0, y0, side) = square_crop(rgb, box, cfg["margin"], cfg["crop_size"])
             name = f"{idx:05d}_{track}.png" if cfg["all_faces"] else f"{idx:05d}.png"
-            cv2.imwrite(str(dest / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))  # PNG: lossless, no new artefacts
+            size = write_crop(dest / name, crop)
             row: dict[str, Any] = {"frame": idx, "track": track, "crop": f"{dest.name}/{name}", "score": box.score,
-                                   "box": [box.x0, box.y0, box.x1, box.y1]}
+                                   "box": [box.x0, box.y0, box.x1, box.y1], "bytes": size}
             if landmarks is not None:
                 pts = (landmarks(rgb, box) - np.array([x0, y0], np.float32)) * (cfg["crop_size"] / side)
                 row["landmarks"] = pts.round(2).flatten().tolist()

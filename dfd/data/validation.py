@@ -7,6 +7,8 @@ counted. Nothing here raises on a bad file: each becomes a row with its reason.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +21,10 @@ from dfd.data.adapters import Candidate, get_adapter
 from dfd.data.media import check_media
 from dfd.data.provenance import dir_hash, file_md5s
 from dfd.platform.config import DataParams
+from dfd.platform.stage_cache import FileHasher
 
+#: The media check's name in the file memo (bump it when `check_media` changes what it finds).
+MEDIA_PROBE = "media_check/1"
 #: Below this share of the minority class a dataset is reported as badly unbalanced.
 MIN_CLASS_SHARE = 0.1
 
@@ -55,7 +60,29 @@ class ValidationResult:
                 "data_hash": self.data_hash, "warnings": self.warnings, "errors": self.errors}
 
 
-def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = True) -> ValidationResult:
+def _check_media(root: Path, rels: list[str], workers: int, progress: bool,
+                 hasher: FileHasher | None) -> list[str | None]:
+    """`check_media` of each file, from the memo when it is unchanged (no thread needed), else opened in threads."""
+    known: dict[str, str | None] = {}
+    if hasher is not None:
+        base = os.fspath(root)
+        for rel in rels:
+            found, value = hasher.known(os.path.join(base, rel), MEDIA_PROBE)
+            if found:
+                known[rel] = value
+    todo = [rel for rel in rels if rel not in known]
+    check = check_media if hasher is None else lambda p: hasher.probe(p, MEDIA_PROBE, check_media)
+    with ThreadPoolExecutor(workers) as pool:
+        opened = list(tqdm(pool.map(lambda rel: check(root / rel), todo), total=len(todo),
+                           desc="checking media", unit="file", leave=False, disable=not progress or not todo))
+    known.update(zip(todo, opened, strict=True))
+    if hasher is not None:
+        hasher.save()
+    return [known[rel] for rel in rels]
+
+
+def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = True,
+             hasher: FileHasher | None = None) -> ValidationResult:
     """Check a dataset through its adapter.
 
     Args:
@@ -63,16 +90,17 @@ def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = Tr
         data: Adapter name and options.
         workers: Threads that open media files (OpenCV decodes outside the GIL).
         progress: Show progress bars.
+        hasher: The project's memo of file contents: md5s and media checks of files unchanged (path, size,
+            mtime, inode) since they were last read come from it, and new ones go into it (saved at the end).
 
     Returns:
         The checks' result; `errors` is non-empty when the dataset must not be trained on as it is.
     """
     candidates = list(get_adapter(data.adapter)(root, data))
-    md5s = file_md5s(root)
     to_check = [c for c in candidates if c.problem is None]
-    with ThreadPoolExecutor(workers) as pool:
-        problems = list(tqdm(pool.map(lambda c: check_media(root / c.rel_path), to_check), total=len(to_check),
-                             desc="checking media", unit="file", leave=False, disable=not progress))
+    with hasher.batch() if hasher is not None else contextlib.nullcontext():
+        md5s = file_md5s(root, hasher)
+        problems = _check_media(root, [c.rel_path for c in to_check], workers, progress, hasher)
     good: list[Candidate] = []
     bad = [{"path": c.rel_path, "reason": c.problem} for c in candidates if c.problem is not None]
     for cand, problem in zip(to_check, problems, strict=True):

@@ -80,6 +80,9 @@ class RunnerParams(_Section):
     dask_workers: int = Field(2, ge=1)
     # GPUs each training task reserves (Dask resources / Ray num_gpus): 0 on a CPU cluster, 1 gives each model its own.
     gpus_per_task: int = Field(0, ge=0)
+    # dask: samples per face-extraction task. None: about 8 chunks per worker (videos differ tenfold in cost) and at
+    # most 64 samples, so a killed worker costs at most one chunk's rerun.
+    faces_chunk: int | None = Field(None, ge=1)
 
 
 class StorageParams(_Section):

@@ -6,13 +6,15 @@ runs, a record (fingerprint, the inputs in detail, the hashes of its outputs, it
 `<artifacts>/.stages/<stage>.json`. Next time, when the fingerprint matches and the outputs are still as the stage
 left them, the recorded result is returned without running the stage.
 
-File contents are hashed once: md5s are remembered by (size, mtime, inode) in `<artifacts>/.stages/hashes.json`,
-as DVC's state database does, so an unchanged run costs a `stat` per file, not a read of the dataset.
+File contents are hashed once: md5s (and the ingest stage's media checks) are remembered by (path, size, mtime_ns,
+inode) in `<artifacts>/.stages/hashes.json`, as DVC's state database does, so an unchanged run costs a `stat` per
+file, not a read of the dataset.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,7 +22,7 @@ import os
 import threading
 import time
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,10 +30,12 @@ from typing import Any, TypeVar
 from dfd.platform.files import file_digest
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where the dfd, tasks, models and flows packages live
 PROJECT_PACKAGES = ("dfd", "tasks", "models", "flows")
 RECORD_DIR = ".stages"
+MEMO_FILE = "hashes.json"
 
 
 @dataclass(frozen=True)
@@ -77,30 +81,93 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class FileHasher:
-    """Content hashes of files and folders, remembered by (size, mtime_ns, inode) across runs."""
+    """What reading a file tells, remembered by (path, size, mtime_ns, inode) across runs: its md5, and the results
+    of other probes of its content (ingest's media check), so that a new process re-reading an unchanged tree
+    opens no file.
+
+    A memo entry is `[size, mtime_ns, inode, md5 or None, {probe: result}]`; a file whose stamp changed loses its
+    whole entry. One memo for every reader (stage fingerprints, ingest's md5s and media checks): one file to keep.
+    """
 
     _lock = threading.Lock()
 
     def __init__(self, memo_path: Path | None = None) -> None:
         self.memo_path = memo_path
         self._memo: dict[str, list[Any]] = {}
+        self._stats: dict[str, list[Any]] | None = None  # stamps taken in the current `batch()`
         if memo_path is not None and memo_path.is_file():
             try:
                 self._memo = json.loads(memo_path.read_text())
             except (OSError, ValueError):  # a damaged memo only costs a re-read
                 self._memo = {}
 
-    def file(self, path: Path) -> str:
-        st = path.stat()
-        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino]
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Within the block, each file is stat'ed once however many lookups ask about it (ingest asks for its md5
+        and for its media check): one pass over a dataset, not a cache that outlives it."""
+        self._stats = {}
+        try:
+            yield
+        finally:
+            self._stats = None
+
+    def _entry(self, path: str | Path) -> tuple[str, list[Any], list[Any] | None]:
+        """(key, stamp, the remembered entry when its stamp still matches)."""
+        # abspath, not resolve(): resolving costs an lstat per path component, per file, on every run.
+        key = os.path.abspath(path)
+        stats = self._stats
+        stamp = stats.get(key) if stats is not None else None
+        if stamp is None:
+            st = os.stat(path)
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+            if stats is not None:
+                stats[key] = stamp
         with self._lock:
             known = self._memo.get(key)
-        if known is not None and known[:3] == stamp:
-            return str(known[3])
-        digest = file_digest(path, "md5")
+        return key, stamp, known if known is not None and known[:3] == stamp else None
+
+    def _store(self, key: str, stamp: list[Any], known: list[Any] | None, md5: str | None = None,
+               probe: tuple[str, Any] | None = None) -> None:
+        entry = known or [*stamp, None, {}]
+        entry = [*entry[:4], dict(entry[4]) if len(entry) > 4 else {}]
+        if md5 is not None:
+            entry[3] = md5
+        if probe is not None:
+            entry[4][probe[0]] = probe[1]
         with self._lock:
-            self._memo[key] = [*stamp, digest]
+            self._memo[key] = entry
+
+    def file(self, path: str | Path) -> str:
+        """md5 of a file (a str path spares building a Path per file on a rerun over 100,000 files)."""
+        key, stamp, known = self._entry(path)
+        if known is not None and known[3] is not None:
+            return str(known[3])
+        digest = file_digest(Path(path), "md5")
+        self._store(key, stamp, known, md5=digest)
         return digest
+
+    def known(self, path: str | Path, name: str) -> tuple[bool, Any]:
+        """(True, the remembered result of probe `name`) while the file is unchanged, else (False, None)."""
+        try:
+            _, _, entry = self._entry(path)
+        except OSError:
+            return False, None
+        if entry is not None and len(entry) > 4 and name in entry[4]:
+            return True, entry[4][name]
+        return False, None
+
+    def probe(self, path: Path, name: str, compute: Callable[[Path], T]) -> T:
+        """`compute(path)` (JSON-able), remembered under `name` while the file is unchanged; a file that cannot
+        be stat'ed is computed every time (the probe reports it)."""
+        try:
+            key, stamp, known = self._entry(path)
+        except OSError:
+            return compute(path)
+        if known is not None and len(known) > 4 and name in known[4]:
+            return typing.cast(T, known[4][name])
+        value = compute(path)
+        self._store(key, stamp, known, probe=(name, value))
+        return value
 
     def path(self, path: Path) -> str | None:
         """md5 of a file; for a folder, md5 of its sorted (relative path, md5) listing; None when missing."""
@@ -233,7 +300,15 @@ _HASHERS_LOCK = threading.Lock()
 def shared_hasher(memo_path: Path) -> FileHasher:
     """One hasher per memo file in this process, so that parallel stages neither re-read nor overwrite each other."""
     with _HASHERS_LOCK:
-        return _HASHERS.setdefault(memo_path.resolve(), FileHasher(memo_path))
+        key = memo_path.resolve()
+        if key not in _HASHERS:  # built once: loading a large memo is the cost this avoids
+            _HASHERS[key] = FileHasher(memo_path)
+        return _HASHERS[key]
+
+
+def project_hasher(artifacts: Path) -> FileHasher:
+    """The project's one memo of file contents, `<artifacts>/.stages/hashes.json` (what `StageCache` uses)."""
+    return shared_hasher(artifacts / RECORD_DIR / MEMO_FILE)
 
 
 class StageCache:
@@ -242,7 +317,7 @@ class StageCache:
     def __init__(self, artifacts: Path, root: Path) -> None:
         self.dir = artifacts / RECORD_DIR
         self.root = root.resolve()
-        self.hasher = shared_hasher(self.dir / "hashes.json")
+        self.hasher = shared_hasher(self.dir / MEMO_FILE)
 
     def record_path(self, name: str) -> Path:
         return self.dir / f"{name.replace('@', '_at_').replace('/', '_')}.json"

@@ -15,7 +15,6 @@ from dfd.data.adapters import get_adapter
 from dfd.platform.config import DataParams, Params
 from dfd.platform.errors import DataError
 from dfd.platform.layout import Layout
-from dfd.data.provenance import dir_hash
 from dfd.data.validation import validate
 from tasks import faces, ingest
 from tests.helpers import PROJECT, write_clip
@@ -143,22 +142,3 @@ def test_validate_dataset_cli(ffpp_sample: Path, tiny_project: Path, tmp_path: P
     bad = subprocess.run(["dfd", "validate-dataset", str(tiny_project / "raw"), "--report", str(tmp_path / "b.json")],
                          cwd=PROJECT, env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "fake/zero_x_1.png: zero-byte file" in bad.stdout
-
-
-def test_dataset_add_tracks_with_dvc_and_records_the_hash(tiny_dataset: Path, tmp_path: Path) -> None:
-    import shutil
-
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    repo = tmp_path / "repo"
-    shutil.copytree(tiny_dataset, repo / "data" / "raw" / "mine")
-    (repo / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
-    before = dir_hash(repo / "data" / "raw" / "mine")
-    res = subprocess.run(["dfd", "dataset", "add", "data/raw/mine", "--name", "mine"], cwd=repo, env=env,
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    tracked = (repo / "data" / "raw" / "mine.dvc").read_text()
-    assert f"md5: {before}" in tracked  # our hash is DVC's own
-    text = (repo / "params.yaml").read_text()
-    assert "name: mine" in text and "root: data/raw/mine" in text and "# names the manifest" in text
