@@ -15,7 +15,6 @@ from dfd.data.provenance import tracked_hash
 from dfd.platform.config import DataParams
 from dfd.platform.errors import DataError
 
-
 #: Where `dfd dataset add` puts datasets: the project's .gitignore ignores `data/` but keeps the `.dvc` files here
 #: visible to git (DVC refuses to write a `.dvc` file that git ignores).
 DATASETS_DIR = Path("data") / "raw"

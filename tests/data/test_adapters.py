@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from dfd.data.adapters import get_adapter
+from dfd.data.validation import validate
 from dfd.platform.config import DataParams, Params
 from dfd.platform.errors import DataError
 from dfd.platform.layout import Layout
-from dfd.data.validation import validate
 from tasks import faces, ingest
 from tests.helpers import PROJECT, write_clip
 
@@ -67,7 +67,8 @@ def test_celebdf_layout(tmp_path: Path) -> None:
     _celebdf(tmp_path)
     rows = {c.rel_path: c for c in get_adapter("celebdf")(tmp_path, DataParams(adapter="celebdf"))}
     assert rows["YouTube-real/00001.mp4"].label == 0 and rows["YouTube-real/00001.mp4"].split == "test"
-    assert rows["Celeb-synthesis/id2_id0_0000.mp4"].label == 1 and rows["Celeb-synthesis/id2_id0_0000.mp4"].split == "test"
+    fake = rows["Celeb-synthesis/id2_id0_0000.mp4"]
+    assert fake.label == 1 and fake.split == "test"
     assert rows["Celeb-synthesis/id0_id1_0000.mp4"].identity == "id0" and rows["Celeb-real/id0_0000.mp4"].split is None
     assert rows["Celeb-synthesis/id9_id1_0000.mp4"].problem == "named in List_of_testing_videos.txt but missing"
     params = Params.model_validate({"data": {"name": "celebdf", "adapter": "celebdf", "root": str(tmp_path)}})
@@ -98,7 +99,8 @@ def test_dfdc_layout_keeps_fakes_with_their_originals(tmp_path: Path) -> None:
                                     "ingest": {"max_bad_share": 0.5}})
     res = ingest.run(params, Layout.from_params(params, tmp_path / "proj"))
     report = json.loads(res.report.read_text())
-    assert report["bad"] == [{"path": "dfdc_train_part_0/fake_gone.mp4", "reason": "named in metadata.json but missing"}]
+    gone = {"path": "dfdc_train_part_0/fake_gone.mp4", "reason": "named in metadata.json but missing"}
+    assert report["bad"] == [gone]
     manifest = pd.read_parquet(res.manifest)
     split_of = dict(zip(manifest["path"].str.split("/").str[-1], manifest["split"], strict=True))
     assert split_of["fake_a1.mp4"] == split_of["fake_a2.mp4"] == split_of["orig_a.mp4"]

@@ -62,7 +62,7 @@ def test_missing_root_and_empty_class(tiny_project: Path) -> None:
     for p in (tiny_project / "raw" / "fake").iterdir():
         p.unlink()
     params = tiny_params(tiny_project)
-    with pytest.raises(DataError, match="'fake/'.*empty"):
+    with pytest.raises(DataError, match=r"'fake/'.*empty"):
         ingest.run(params, Layout.from_params(params, tiny_project))
 
 

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import imageio_ffmpeg  # a dev dependency (its ffmpeg binary): a broken install must fail, not skip
 import numpy as np
-import pytest
 
 from dfd.data.demo_data import Pose, draw_face, make_identity, write_video
 from dfd.data.face_detect import create_detector, detect_downscaled
 from dfd.data.media import sample_video_frames
-
 
 
 def test_rotation_tag_is_applied_before_detection(tmp_path: Path) -> None:
