@@ -76,6 +76,10 @@ class FacesParams(_Section):
     """Face extraction: frame sampling, detection and cropping."""
 
     detector: str = "dlib_hog"  # by name; dlib's HOG ships with the package, so it works offline
+    # Detectors tried in order on a frame where the ones before found nothing (same chain when serving).
+    fallback: list[str] = Field(default_factory=list)
+    mtcnn_confidence: float = Field(0.9, gt=0, lt=1)  # O-Net probability of a face: 0.9 is the DFDC-winner setting
+    mtcnn_min_face_size: int = Field(20, ge=12)  # px of the detection copy; 12 is P-Net's cell, 20 the paper's
     frames_per_video: int = Field(32, ge=1)  # sampled uniformly over the clip
     detect_max_side: int = Field(640, ge=64)  # detect on a copy downscaled to this, then map boxes back
     upsample: int = Field(1, ge=0, le=3)  # HOG pyramid upsampling: 1 finds faces down to about 40 px
@@ -84,6 +88,9 @@ class FacesParams(_Section):
     landmarks: bool = True  # the 68 points feed alignment and landmark-based augmentations
     all_faces: bool = False  # False: the largest face per frame (the subject); True: every face, tracked by IoU
     workers: int = Field(2, ge=1)  # processes; one per core is right, dlib is single-threaded
+    # The stage fails below this share of sampled frames with a face (a wrong detector or broken footage);
+    # low enough that hard real footage passes (HOG: 69% on hard_faces/); 0 turns it off.
+    min_face_share: float = Field(0.5, ge=0, le=1)
 
 
 class ModelParams(_Section):
@@ -216,6 +223,7 @@ class EvalDatasetParams(_Section):
     methods: list[str] | None = None
     splits_dir: str | None = None
     splits: list[Literal["train", "val", "test"]] | None = None  # None: every sample (the model never saw them)
+    min_face_share: float | None = None  # as faces.min_face_share; None: off (hard test sets may be low)
 
 
 class EvaluateParams(_Section):
