@@ -164,8 +164,9 @@ def main() -> None:
                 off = sum(1 for b, s in zip(boxes, subject, strict=True) if b and s and iou(largest(b), s) < 0.3)
             right, wrong = right + found - off, wrong + false_pos + off
             share = f"{found / with_face:.1%}" if with_face else "-"
+            precision = f"{(found - off) / (found + false_pos):.1%}" if found + false_pos else "-"  # no box at all
             print(f"{name:<18}{set_name:<9}{len(images) / secs:>9.2f}{share:>12}{false_pos:>11}{off:>12}"
-                  f"{(found - off) / max(found + false_pos, 1):>11.1%}")
+                  f"{precision:>11}")
             if args.sheet:
                 args.sheet.mkdir(parents=True, exist_ok=True)
                 sheet(args.sheet / f"{name}_{set_name}.png", images, boxes)
