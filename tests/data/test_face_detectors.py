@@ -101,7 +101,7 @@ def test_the_chain_falls_back_only_where_the_first_found_nothing(tiny_dataset: P
 def test_only_crop_changing_params_enter_the_fingerprint(tmp_path: Path) -> None:
     clip = tmp_path / "a.png"
     clip.write_bytes(b"x")
-    base = FacesParams().model_dump()
+    base = {**FacesParams().model_dump(), "detector": "dlib_hog", "fallback": []}
     fp = fingerprint(base, clip)
     assert fingerprint({**base, "workers": 7, "min_face_share": 0.9}, clip) == fp
     assert fingerprint({**base, "mtcnn_confidence": 0.5}, clip) == fp  # mtcnn is not in a dlib_hog chain
