@@ -161,9 +161,3 @@ def test_serving_requirements_name_every_detector_package() -> None:
     for pkg in needed:
         assert f"{pkg}=={importlib.metadata.version(pkg)}" in _requirements()
 
-
-def test_preflight_names_an_unknown_fallback(tmp_path: Path) -> None:
-    from tasks.preflight import params_problems
-
-    problems = params_problems(tiny_params(tmp_path, faces={"fallback": ["dlib_hog", "retinaface"]}))
-    assert any("faces.fallback" in p and "retinaface" in p for p in problems)
