@@ -22,10 +22,11 @@ from dfd.data.face_detect import (
 from dfd.data.face_extract import face_crops, fingerprint
 from dfd.data.media import read_rgb, sample_video_frames
 from dfd.data.mtcnn import nms
-from dfd.platform.config import FacesParams
+from dfd.platform.config import EvalDatasetParams, FacesParams
 from dfd.platform.errors import DataError, DfdError
 from dfd.platform.layout import Layout
 from tasks import faces, ingest
+from tasks.eval_datasets import prepare
 from tests.helpers import SHARED_DATA, tiny_params
 
 # The shortest FF++ clip to decode
@@ -140,6 +141,11 @@ def test_low_face_share_fails_in_one_line_naming_the_worst_sample(tiny_project: 
     assert "faces.min_face_share" in err.value.message
     res = faces.run(tiny_params(tiny_project, faces={"min_face_share": 0.5}), layout)  # below it: passes
     assert res.samples_without_face == 1 and res.extracted == 0
+    # Evaluation datasets: off unless their own entry sets it.
+    ds = EvalDatasetParams(name="evalset", adapter=params.data.adapter, root=params.data.root)
+    assert prepare(params, layout, ds).is_file()
+    with pytest.raises(DataError, match=r"evaluate\.datasets\[evalset\]\.min_face_share"):
+        prepare(params, layout, ds.model_copy(update={"min_face_share": 0.999}))
 
 
 def test_served_crops_use_the_same_chain_and_old_faces_params(tiny_dataset: Path) -> None:
