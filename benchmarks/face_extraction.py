@@ -3,7 +3,8 @@
 Baseline: for every sampled frame, seek to it (`CAP_PROP_POS_FRAMES`), decode, and run the same detector at full
 resolution. Ours: the faces stage (one forward pass with grab/skip, detection on a copy downscaled to
 `faces.detect_max_side`, boxes mapped back), with 1 and 2 worker processes. Both sample the same frames and use
-the same detector (dlib HOG, upsample 1) and crop; both write PNG crops.
+the same detector (the default `faces.detector`) and crop; both write PNG crops. Detector families side by side
+(speed, face share, precision): benchmarks/face_detectors.py.
 
     python benchmarks/face_extraction.py [--data ../shared/data/ffpp_c23_sample] [--frames 32]
 
@@ -33,7 +34,9 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 def baseline(manifest: list[dict], root: Path, frames: int, out: Path, margin: float, size: int) -> tuple[int, int]:
     """Seek to each sampled frame and detect at full resolution; returns (frames sampled, frames with a face)."""
-    detector = create_detector("dlib_hog", upsample=1)
+    p = Params().faces  # the stage's default detector, so that only the method differs
+    detector = create_detector(p.detector, p.upsample, confidence=p.mtcnn_confidence,
+                               min_face_size=p.mtcnn_min_face_size)
     sampled = found = 0
     for row in manifest:
         cap = cv2.VideoCapture(str(root / row["path"]))

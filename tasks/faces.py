@@ -12,7 +12,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from dfd.data.face_cluster import extract_on_dask
-from dfd.data.face_extract import cached, extract_sample
+from dfd.data.face_extract import cached, detector_chain, extract_sample
 from dfd.data.manifest import read_manifest
 from dfd.platform.config import FacesParams, Params, RunnerParams
 from dfd.platform.errors import DataError
@@ -21,6 +21,9 @@ from dfd.platform.layout import Layout
 
 INDEX_COLUMNS = ["sample_id", "frame", "track", "crop", "label", "split", "identity", "method", "dataset", "media",
                  "score"]
+SAMPLE_COLUMNS = ["sample_id", "dataset", "path", "media", "label", "split", "sampled", "faces", "face_share", "crops",
+                  "note"]
+WORST_NAMED = 5  # samples named in the one-line face-share error; the full list is in faces_samples.parquet
 
 
 def _size(path: Path) -> int:
@@ -54,10 +57,41 @@ class FacesResult:
     samples_without_face: int
     extracted: int
     skipped: int
+    samples: Path | None = None
+
+
+def sample_table(results: list[dict], by_id: dict[str, dict], chain: list[str]) -> pd.DataFrame:
+    """One row per sample: frames sampled, frames with a face, their share, and `by_<detector>`: how many of
+    those frames each detector of the chain found (records written before the chain count as the first one)."""
+    rows = []
+    for r in results:
+        rep, meta = r["report"], by_id[r["sample_id"]]
+        row = {**{k: meta.get(k) for k in ("sample_id", "dataset", "path", "media", "label", "split")},
+               "sampled": rep["sampled"], "faces": rep["faces"], "crops": rep.get("crops", len(r["frames"])),
+               "face_share": rep["faces"] / rep["sampled"] if rep["sampled"] else 0.0, "note": rep["note"]}
+        first = {}
+        for f in r["frames"]:
+            first.setdefault(f["frame"], f.get("detector") or chain[0])
+        for name in chain:
+            row[f"by_{name}"] = sum(d == name for d in first.values())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*SAMPLE_COLUMNS, *(f"by_{n}" for n in chain)])
+
+
+def check_face_share(table: pd.DataFrame, share: float, minimum: float, where: str, samples_path: Path) -> None:
+    """Fail in one line naming the worst samples when the overall face share is below `minimum` (0: off)."""
+    if minimum <= 0 or share >= minimum:
+        return
+    worst = table[table["sampled"] > 0].sort_values(["face_share", "sampled"], ascending=[True, False])
+    named = ", ".join(f"{r.sample_id} ({r.faces}/{r.sampled})" for r in worst.head(WORST_NAMED).itertuples())
+    raise DataError(f"faces found in {share:.1%} of sampled frames, below {where} {minimum:.0%}; worst samples: "
+                    f"{named}", f"see {samples_path}; try another faces.detector or a faces.fallback, or lower {where}")
 
 
 def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out_dir: Path, index_path: Path,
-                  report_path: Path, runner: RunnerParams | None = None, verify_crops: bool = False) -> FacesResult:
+                  report_path: Path, samples_path: Path | None = None, min_face_share: float | None = None,
+                  share_key: str = "faces.min_face_share", runner: RunnerParams | None = None,
+                  verify_crops: bool = False) -> FacesResult:
     """Extract faces of every sample in the manifest, skipping samples already done with the same params.
 
     Samples with no face, undecodable frames or truncated files are recorded in the report with a reason;
@@ -69,7 +103,10 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
         dataset_root: Root the manifest's paths are relative to.
         out_dir: Where `<sample_id>/<frame>.png` crops go.
         index_path: The faces index (parquet), one row per crop.
-        report_path: The JSON report.
+        report_path: The JSON report (the summary that ships with every model version).
+        samples_path: Per-sample face share and detectors (parquet); default: beside the report.
+        min_face_share: Overrides `cfg.min_face_share` (evaluation datasets: off unless set); 0 is off.
+        share_key: The params key the share gate's error names.
         runner: With `kind: dask`, samples are extracted by chunks on a Dask cluster (`runner.address`, or a local
             cluster of `runner.dask_workers` processes) instead of the local process pool.
         verify_crops: Decode every recorded crop before trusting it, instead of checking its recorded size.
@@ -116,32 +153,42 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
     order = {s["sample_id"]: i for i, s in enumerate(samples)}
     results.sort(key=lambda r: order[r["sample_id"]])  # the report lists samples in manifest order, however run
     by_id = {s["sample_id"]: s for s in samples}
+    chain = detector_chain(opts)
     rows = [{**{k: by_id[r["sample_id"]][k] for k in ("sample_id", "label", "split", "identity", "method",
                                                       "dataset", "media")},
              "frame": f["frame"], "track": f.get("track", 0), "crop": f"{out_dir.name}/{f['crop']}",
-             "score": f["score"],
+             "score": f["score"], "detector": f.get("detector") or chain[0],
              "landmarks": f.get("landmarks")}
             for r in results for f in r["frames"]]
     reports = [r["report"] for r in results]
     no_face = [r for r in reports if r["faces"] == 0]
     sampled = sum(r["sampled"] for r in reports)
     with_face = sum(r["faces"] for r in reports)
+    table = sample_table(results, by_id, chain)
+    samples_path = samples_path or report_path.with_name("faces_samples.parquet")
+    write_parquet(table, samples_path)
     report = {"samples": len(samples), "frames_sampled": sampled, "frames_with_face": with_face, "crops": len(rows),
               "face_share": with_face / sampled if sampled else 0.0,
+              "frames_by_detector": {n: int(table[f"by_{n}"].sum()) for n in chain},
               "extracted": sum(not r["skipped"] for r in results), "skipped": sum(r["skipped"] for r in results),
               "problems": [r for r in reports if r["note"]], "params": opts}
     write_json(report_path, report)
     if not rows:
-        raise DataError(f"no face found in any of {len(samples)} samples", f"see {report_path}; try faces.upsample: 2")
-    index = pd.DataFrame(rows)[[*INDEX_COLUMNS, "landmarks"]]
+        raise DataError(f"no face found in any of {len(samples)} samples",
+                        f"see {report_path}; try faces.upsample: 2 or faces.fallback: [mtcnn]")
+    check_face_share(table, report["face_share"], cfg.min_face_share if min_face_share is None else min_face_share,
+                     share_key, samples_path)
+    index = pd.DataFrame(rows)[[*INDEX_COLUMNS, "detector", "landmarks"]]
     write_parquet(index.sort_values(["sample_id", "frame"]).reset_index(drop=True), index_path)
-    return FacesResult(index_path, report_path, len(rows), len(no_face), report["extracted"], report["skipped"])
+    return FacesResult(index_path, report_path, len(rows), len(no_face), report["extracted"], report["skipped"],
+                       samples_path)
 
 
 def run(params: Params, layout: Layout) -> FacesResult:
     """The stage as `dfd stage faces` and the flow call it."""
     return extract_faces(params.faces, layout.manifest, layout.resolve(params.data.root), layout.faces_dir,
-                         layout.faces_index, layout.faces_report, params.runner, verify_crops())
+                         layout.faces_index, layout.faces_report, layout.faces_samples, runner=params.runner,
+                         verify_crops=verify_crops())
 
 
 def verify_crops() -> bool:

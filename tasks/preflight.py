@@ -108,6 +108,7 @@ def params_problems(params: Params) -> list[str]:
 
     problems = _unknown("data.adapter", [params.data.adapter], ADAPTERS, "dataset adapter")
     problems += _unknown("faces.detector", [params.faces.detector], DETECTORS, "face detector")
+    problems += _unknown("faces.fallback", params.faces.fallback, DETECTORS, "face detector")
     problems += _unknown("train.augment", _names(params.train.augment), AUGMENTATIONS, "augmentation")
     problems += _unknown("train.batch_augment", _names(params.train.batch_augment), BATCH_AUGMENTATIONS,
                          "batch augmentation")

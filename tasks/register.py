@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from dfd.data.demo_data import DEMO_MARKER
+from dfd.data.face_detect import DETECTOR_PACKAGES
 from dfd.data.provenance import run_lineage
 from dfd.evaluation.champion import champion_comparison, sample_videos
 from dfd.evaluation.compare import load_crops, score
@@ -37,9 +38,11 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_CODE = PROJECT_ROOT / "dfd" / "serving" / "pyfunc_model.py"  # the served model, logged as code (see that file)
-# What the served model imports, pinned to this environment's versions.
+# What the served model imports, pinned to this environment's versions; the face detectors' packages (every family
+# `faces.detector` and `faces.fallback` may name) because the served model extracts faces from raw media.
 SERVING_PACKAGES = ("torch", "timm", "albumentations", "opencv-python-headless", "numpy", "pandas", "pydantic",
-                    "pyyaml", "scikit-learn", "mlflow")
+                    "pyyaml", "scikit-learn", "mlflow",
+                    *dict.fromkeys(p for pkgs in DETECTOR_PACKAGES.values() for p in pkgs))
 # The lineage that says "same code, same data, same params": equal on a candidate and production = nothing changed.
 LINEAGE_KEYS = ("git_commit", "dvc_data_hash", "params_hash")
 

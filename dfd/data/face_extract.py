@@ -9,15 +9,16 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from dfd.data.face_detect import Box, Detector, IouTracker, Landmarks, create_detector, detect_downscaled, square_crop
+from dfd.data.face_detect import Box, Detector, IouTracker, Landmarks, create_detector, detect_chain, square_crop
 from dfd.data.media import read_rgb, sample_video_frames
+from dfd.platform.config import FacesParams
 from dfd.platform.files import atomic_path, read_cache_json, write_json
 
 log = logging.getLogger(__name__)
@@ -29,20 +30,47 @@ DONE_FILE = "faces.json"  # per-sample record; its fingerprint makes reruns skip
 _WORKER = threading.local()
 
 
+# Faces params that change no crop and no index row: changing them must not re-extract anything.
+NOT_CROP_KEYS = frozenset({"workers", "min_face_share"})
+# Params read by some detector families only: they count only when one of those is in the chain.
+DETECTOR_KEYS = {"upsample": {"dlib_hog", "dlib_cnn"}, "mtcnn_confidence": {"mtcnn"}, "mtcnn_min_face_size": {"mtcnn"}}
+_DEFAULTS = FacesParams().model_dump()  # fills keys missing from the faces params of models registered earlier
+
+
+def with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` with today's defaults under the keys it lacks (a model's faces params from before they existed)."""
+    return {**_DEFAULTS, **cfg}
+
+
+def detector_chain(cfg: dict[str, Any]) -> list[str]:
+    """`faces.detector`, then `faces.fallback`, each name once."""
+    return list(dict.fromkeys([cfg["detector"], *cfg.get("fallback", [])]))
+
+
+def crop_params(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The faces params that decide a sample's crops and rows: none of the pool size, the stage's share gate, or
+    the options of detector families the chain does not use."""
+    chain = set(detector_chain(cfg))
+    return {k: v for k, v in cfg.items()
+            if k not in NOT_CROP_KEYS and (k not in DETECTOR_KEYS or DETECTOR_KEYS[k] & chain)}
+
+
 def fingerprint(cfg: dict[str, Any], path: Path) -> str:
-    """What decides a sample's crops: the face params and the file's size and modification time."""
+    """What decides a sample's crops: the crop-changing face params and the file's size and modification time."""
     st = path.stat()
-    blob = json.dumps({"cfg": cfg, "size": st.st_size, "mtime": int(st.st_mtime)}, sort_keys=True)
+    blob = json.dumps({"cfg": crop_params(cfg), "size": st.st_size, "mtime": int(st.st_mtime)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _models(cfg: dict[str, Any]) -> tuple[Detector, Landmarks | None]:
-    key = f"{cfg['detector']}:{cfg['upsample']}:{cfg['landmarks']}"
+def _models(cfg: dict[str, Any]) -> tuple[list[tuple[str, Detector]], Landmarks | None]:
+    cfg = with_defaults(cfg)
+    opts = {"confidence": cfg["mtcnn_confidence"], "min_face_size": cfg["mtcnn_min_face_size"]}
+    key = json.dumps([detector_chain(cfg), cfg["upsample"], opts, cfg["landmarks"]])
     if getattr(_WORKER, "key", None) != key:
-        _WORKER.det = create_detector(cfg["detector"], cfg["upsample"])
+        _WORKER.chain = [(name, create_detector(name, cfg["upsample"], **opts)) for name in detector_chain(cfg)]
         _WORKER.lm = Landmarks() if cfg["landmarks"] else None
         _WORKER.key = key
-    return _WORKER.det, _WORKER.lm
+    return _WORKER.chain, _WORKER.lm
 
 
 def crop_decodes(path: Path) -> bool:
@@ -123,7 +151,7 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
         return {"sample_id": sid, "frames": [], "skipped": False,
                 "report": {"sample_id": sid, "path": sample["path"], "sampled": 0, "faces": 0,
                            "note": f"cannot read file: {exc.strerror}"}}
-    detector, landmarks = _models(cfg)
+    chain, landmarks = _models(cfg)
     if sample["media"] == "image":
         rgb = read_rgb(src)
         frames, note = ([(0, rgb)], None) if rgb is not None else ([], "unreadable image")
@@ -134,8 +162,8 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
         stale.unlink(missing_ok=True)
     rows = []
     tracker = IouTracker()
-    for idx, rgb in frames:
-        boxes = detect_downscaled(detector, rgb, cfg["detect_max_side"])
+    found_by = detect_chain(chain, [rgb for _, rgb in frames], cfg["detect_max_side"])  # batched over frames
+    for (idx, rgb), (boxes, det_name) in zip(frames, found_by, strict=True):
         if not boxes:
             continue
         if cfg["all_faces"]:
@@ -147,7 +175,7 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
             name = f"{idx:05d}_{track}.png" if cfg["all_faces"] else f"{idx:05d}.png"
             size = write_crop(dest / name, crop)
             row: dict[str, Any] = {"frame": idx, "track": track, "crop": f"{dest.name}/{name}", "score": box.score,
-                                   "box": [box.x0, box.y0, box.x1, box.y1], "bytes": size}
+                                   "box": [box.x0, box.y0, box.x1, box.y1], "bytes": size, "detector": det_name}
             if landmarks is not None:
                 pts = (landmarks(rgb, box) - np.array([x0, y0], np.float32)) * (cfg["crop_size"] / side)
                 row["landmarks"] = pts.round(2).flatten().tolist()
@@ -164,23 +192,38 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
     return {"sample_id": sid, "frames": rows, "report": report, "skipped": False}
 
 
+def _detected(chain: list[tuple[str, Detector]], frames: list[tuple[int, np.ndarray]], max_side: int,
+              check_cancel: Callable[[], None] | None) -> Iterator[tuple[int, np.ndarray, list[Box], str | None]]:
+    """(frame index, frame, boxes, detector name) per frame: batched over all frames, or one frame at a time with a
+    cancel check before each when `check_cancel` is given (a timed-out server request must stop between frames)."""
+    if check_cancel is None:
+        found = detect_chain(chain, [rgb for _, rgb in frames], max_side)
+        for (idx, rgb), (boxes, name) in zip(frames, found, strict=True):
+            yield idx, rgb, boxes, name
+        return
+    for idx, rgb in frames:
+        check_cancel()  # raises when the request was cancelled
+        [(boxes, name)] = detect_chain(chain, [rgb], max_side)
+        yield idx, rgb, boxes, name
+
+
 def face_crops(frames: list[tuple[int, np.ndarray]], cfg: dict[str, Any],
                check_cancel: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """The crops `extract_sample` would save for these frames, in memory (what the served model scores).
 
-    Same detector, downscaled detection, largest-face or tracked all-faces rule, margin and crop size; no files and
-    no landmarks (scoring does not use them).
+    Same detector chain (fallbacks included), downscaled detection, largest-face or tracked all-faces rule, margin
+    and crop size; no files and no landmarks (scoring does not use them). Keys missing from `cfg` (the faces params
+    of a model registered before they existed) take their defaults, which keep the old behaviour.
 
     Returns:
-        One `{"frame", "track", "crop" (RGB uint8 crop_size^2 x 3), "box", "score"}` per kept face, in frame order.
+        One `{"frame", "track", "crop" (RGB uint8 crop_size^2 x 3), "box", "score", "detector"}` per kept face, in
+        frame order.
     """
-    detector, _ = _models({**cfg, "landmarks": False})
+    cfg = with_defaults(cfg)
+    chain, _ = _models({**cfg, "landmarks": False})
     tracker = IouTracker()
     out = []
-    for idx, rgb in frames:
-        if check_cancel is not None:  # may raise: a server request that timed out stops between frames
-            check_cancel()
-        boxes = detect_downscaled(detector, rgb, cfg["detect_max_side"])
+    for idx, rgb, boxes, det_name in _detected(chain, frames, cfg["detect_max_side"], check_cancel):
         if not boxes:
             continue
         kept = (list(zip(tracker.update(boxes), boxes, strict=True)) if cfg["all_faces"]
@@ -188,5 +231,5 @@ def face_crops(frames: list[tuple[int, np.ndarray]], cfg: dict[str, Any],
         for track, box in kept:
             crop, _ = square_crop(rgb, box, cfg["margin"], cfg["crop_size"])
             out.append({"frame": idx, "track": track, "crop": crop, "score": box.score,
-                        "box": [box.x0, box.y0, box.x1, box.y1]})
+                        "box": [box.x0, box.y0, box.x1, box.y1], "detector": det_name})
     return out

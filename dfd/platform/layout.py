@@ -47,6 +47,10 @@ class Layout:
     def faces_report(self) -> Path:
         return self.workdir / "faces" / "faces_report.json"
 
+    @property
+    def faces_samples(self) -> Path:
+        return self.workdir / "faces" / "faces_samples.parquet"
+
     def model_dir(self, name: str) -> Path:
         return self.artifacts / "models" / name
 

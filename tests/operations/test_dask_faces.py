@@ -50,7 +50,7 @@ def _run(root: Path, workdir: str, runner: dict) -> tuple[Layout, faces.FacesRes
     other = Layout(layout.root, root / workdir, layout.artifacts, layout.dataset)
     ref = Layout.from_params(tiny_params(root), root)
     res = faces.extract_faces(params.faces, ref.manifest, layout.resolve(params.data.root), other.faces_dir,
-                              other.faces_index, other.faces_report, params.runner)
+                              other.faces_index, other.faces_report, runner=params.runner)
     return other, res
 
 

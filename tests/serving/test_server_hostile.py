@@ -182,17 +182,17 @@ def test_timed_out_requests_stop_scoring(registered, loaded, media: dict[str, Pa
     """Four requests time out; scorings never exceed max_concurrent and each stops within a frame of its 504."""
     import dfd.data.face_extract as face_extract
 
-    real_detect = face_extract.detect_downscaled
+    real_detect = face_extract.detect_chain
 
     slow = 0.6  # seconds a frame: the real detector, made slow enough to time out
 
-    def slow_detect(*args, **kwargs):
+    def slow_detect(chain, images, max_side):  # counts frames: a cancellable scoring detects one frame a call
         with lock:
-            calls[threading.get_ident()] = calls.get(threading.get_ident(), 0) + 1
-        time.sleep(slow)
-        return real_detect(*args, **kwargs)
+            calls[threading.get_ident()] = calls.get(threading.get_ident(), 0) + len(images)
+        time.sleep(slow * len(images))
+        return real_detect(chain, images, max_side)
 
-    monkeypatch.setattr(face_extract, "detect_downscaled", slow_detect)
+    monkeypatch.setattr(face_extract, "detect_chain", slow_detect)
     scorer = loaded.python_model.scorer
     real_score = scorer.score_upload
     lock, state, spans, calls = threading.Lock(), {"running": 0, "peak": 0}, [], {}
