@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import importlib.metadata
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from dfd.data.provenance import run_lineage
 from dfd.evaluation.compare import load_crops, sample_frames, score
 from dfd.evaluation.gate import decide
 from dfd.evaluation.significance import paired_auc_test
+from dfd.monitoring.reference import REFERENCE_ARTIFACT_DIR, build_reference
 from dfd.platform.config import GateParams, Params, RegistryParams
 from dfd.platform.errors import DfdError, StageError
 from dfd.platform.files import read_json, write_json
@@ -140,7 +142,7 @@ def _record(path: Path, res: RegisterResult, tracker: Tracker, tags: dict[str, A
 
 def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensemble_dir: Path,
              model_dirs: dict[str, Path], faces_index: Path, tracker: Tracker, run_id: str, tags: dict[str, str],
-             record_path: Path) -> RegisterResult:
+             record_path: Path, reference_samples: int = 2000) -> RegisterResult:
     """Register the ensemble, decide the gate, and move the aliases.
 
     Args:
@@ -154,6 +156,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
         run_id: The run the model is logged in.
         tags: Lineage (git commit, DVC data hashes, params hash, flow run id) set on the model version.
         record_path: Where `registry.json` goes.
+        reference_samples: Training samples in the version's monitoring reference (`monitor.reference_max_samples`).
     """
     spec_path, metrics_path = ensemble_dir / "ensemble.json", reports_dir / "metrics.json"
     for p in (spec_path, metrics_path):
@@ -192,6 +195,11 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
                                     "members": ",".join(spec["members"]),
                                     **{f"test_{k}": f"{ens[k]:.4f}" for k in ("auc", "video_auc", "eer", "ece")
                                        if isinstance(ens.get(k), int | float)}}
+    # The statistics `dfd monitor` compares served traffic with, stored with the version they describe.
+    with tempfile.TemporaryDirectory(prefix="dfd-reference-") as tmp:
+        for path in build_reference(faces_index, ensemble_dir, Path(tmp), reference_samples):
+            tracker.log_artifact(run_id, path, REFERENCE_ARTIFACT_DIR)
+    version_tags["monitoring_reference"] = REFERENCE_ARTIFACT_DIR
     tracker.set_version_tags(cfg.model_name, version, version_tags)
     tracker.set_alias(cfg.model_name, cfg.candidate_alias, version)
 
@@ -249,7 +257,7 @@ def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None 
             tracker.log_metrics(rid, {"test": read_json(metrics_path)["ensemble"]})
         res = register(params.registry, params.evaluate.gate, layout.reports_dir, layout.ensemble_dir,
                        {m: layout.model_dir(m) for m in params.models}, layout.faces_index, tracker, rid, tags,
-                       layout.registry_record)
+                       layout.registry_record, params.monitor.reference_max_samples)
         tracker.log_metrics(rid, {"gate_passed": int(res.passed)})
         tracker.set_tags(rid, {"gate_passed": res.passed, "registered": res.registered, "outcome": res.message})
         tracker.log_artifact(rid, layout.reports_dir / "gate.json")

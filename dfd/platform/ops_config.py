@@ -111,3 +111,30 @@ class ServeParams(_Section):
     # `POST /predict` with JSON {"paths": [...]}: files on the server's disk, only under these folders. Off when
     # empty: a client must not make the server read arbitrary files.
     path_roots: list[str] = Field(default_factory=list)
+    # Served-traffic records (`monitor:`) never hold a file name or a client address unless this says so: names
+    # can identify the people in the media.
+    log_names: bool = False
+
+
+class MonitorParams(_Section):
+    """Production monitoring: served-traffic records (`dfd serve`, `dfd predict --log`) and `dfd monitor`."""
+
+    # Where `dfd serve` appends one record per scored file, as Parquet parts under one folder per day; a folder
+    # (relative to the project) or s3://bucket/prefix. None: no records (and `dfd monitor` has nothing to read).
+    log_dir: str | None = "monitoring/traffic"
+    retention_days: int = Field(90, ge=1)  # day folders older than this are deleted by the writer (its own only)
+    flush_interval_s: float = Field(30.0, gt=0)  # a part file at most this often: one per request would flood S3
+    flush_records: int = Field(500, ge=1)  # ...or as soon as this many records wait
+    queue_size: int = Field(10_000, ge=1)  # records waiting for the writer; beyond it they are dropped and counted
+    window: str = "7d"  # `dfd monitor`'s default window (`--since`): the weekly run looks at the week that passed
+    min_records: int = Field(50, ge=1)  # fewer scored files in the window: "too few records", never a verdict
+    # Alert thresholds. Drift share as the gate's `max_drift_share`; PSI 0.25 is the usual "significant shift" mark
+    # (0.1-0.25 moderate); a no-face rate 0.2 above the training data's means the inputs stopped looking like faces.
+    max_drift_share: float = Field(0.5, ge=0, le=1)
+    max_psi: float = Field(0.25, ge=0)
+    max_no_face_increase: float = Field(0.2, ge=0, le=1)
+    reference_max_samples: int = Field(2000, ge=10)  # training samples whose crops make the reference, seeded
+    psi_bins: int = Field(10, ge=2)  # quantile bins of the reference's P(fake)
+    weeks_plotted: int = Field(12, ge=1)  # the weekly series' length
+    # A drifted week runs the training part of the weekly flow even when the dataset has not changed.
+    retrain_on_drift: bool = False

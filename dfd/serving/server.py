@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dfd.evaluation.aggregate import list_aggregations
 from dfd.platform.config import ServeParams
+from dfd.serving.media_scoring import MediaResult
 from dfd.serving.registry_model import LoadedModel, load, resolve_version
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,18 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
-    """The HTTP app over `holder`'s current model."""
+# Called with each scored file's result and the version that scored it, in the scoring thread; returns the result.
+OnResult = Callable[[MediaResult, str | None], MediaResult]
+
+
+def _unobserved(res: MediaResult, version: str | None) -> MediaResult:
+    return res
+
+
+def create_app(holder: ModelHolder, cfg: ServeParams, on_result: OnResult | None = None) -> FastAPI:
+    """The HTTP app over `holder`'s current model; `on_result` sees every scored file (the traffic log's hook)."""
     app = FastAPI(title="dfd deepfake detector", version="1")
+    seen = on_result or _unobserved
     slots = asyncio.Semaphore(cfg.max_concurrent)
     roots = [Path(r).resolve() for r in cfg.path_roots]
 
@@ -157,7 +167,8 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
         if scorer is None:
             return _crops_only()
         try:
-            res = await scored(lambda: scorer.score_bytes(data, file.filename or "upload", aggregate))
+            res = await scored(lambda: seen(scorer.score_bytes(data, file.filename or "upload", aggregate),
+                                            model.version))
         except TimeoutError:
             return _timed_out(cfg)
         body = {**res.row(), "threshold": scorer.threshold, "model_version": model.version}
@@ -189,7 +200,7 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
         if scorer is None:
             return _crops_only()
         try:
-            rows = await scored(lambda: [scorer.score_path(r, aggregate).row() | {"path": p}
+            rows = await scored(lambda: [seen(scorer.score_path(r, aggregate), model.version).row() | {"path": p}
                                          for p, r in zip(paths, resolved, strict=True)])
         except TimeoutError:
             return _timed_out(cfg)
@@ -216,7 +227,8 @@ def create_app(holder: ModelHolder, cfg: ServeParams) -> FastAPI:
     return app
 
 
-def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1", port: int = 8000,
+          on_result: OnResult | None = None) -> None:
     """Load the model, start the alias poller, and serve until interrupted."""
     import uvicorn
 
@@ -225,6 +237,6 @@ def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1"
     holder.start(cfg.poll_interval_s)
     log.info("serving %s (version %s) on http://%s:%d", uri, holder.current.version, host, port)
     try:
-        uvicorn.run(create_app(holder, cfg), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(holder, cfg, on_result), host=host, port=port, log_level="info")
     finally:
         holder.stop()
