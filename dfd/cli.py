@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dataset_remote)
     p = sub.add_parser("monitor", help="drift of the served traffic against the production model's reference; "
                                        "alerts on the thresholds in monitor:")
-    p.add_argument("--since", metavar="WINDOW", help="how far back: 30m, 36h, 7d, 2w (default: monitor.window)")
+    p.add_argument("--since", metavar="WINDOW", help="how far back: 30m, 36h, 7d, 2w, or an ISO time such as "
+                                                     "2026-05-04T03:00:00Z (default: monitor.window)")
+    p.add_argument("--until", metavar="TIME", help="end of the window, an ISO time (default: now)")
     p.set_defaults(func=cmd_monitor)
     p = sub.add_parser("config", help="print the resolved params, or their JSON schema")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of params.yaml")

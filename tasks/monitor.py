@@ -20,7 +20,7 @@ from typing import Any
 from dfd.monitoring.checks import judge, weekly_plot, weekly_series
 from dfd.monitoring.reference import load_reference
 from dfd.monitoring.store import open_store
-from dfd.monitoring.traffic import parse_window, read_records
+from dfd.monitoring.traffic import read_records, window_start
 from dfd.platform.alerts import alert
 from dfd.platform.config import Params
 from dfd.platform.errors import DfdError
@@ -85,18 +85,19 @@ def run(params: Params, layout: Layout, tracker: Tracker, since: str | None = No
     """The stage, as `dfd monitor` and the weekly flow's first step call it."""
     cfg = params.monitor
     since = since or cfg.window
-    window = parse_window(since)
+    now = now or datetime.now(UTC)
+    start = window_start(since, now)
     if not cfg.log_dir:
         raise DfdError("monitor.log_dir is null: no traffic is recorded, so there is nothing to monitor",
                        "set monitor.log_dir (a folder or s3://bucket/prefix) and serve with `dfd serve`")
-    now = now or datetime.now(UTC)
     store = open_store(cfg.log_dir, params.storage, layout.root)
     with tempfile.TemporaryDirectory(prefix="dfd-monitor-") as tmp:
         production, (ref_images, ref_scores, ref_meta) = production_reference(params, tracker, Path(tmp))
     version = production["version"]
-    history = read_records(store, min(now - window, now - timedelta(weeks=cfg.weeks_plotted)), now)
+    history = read_records(store, min(start, now - timedelta(weeks=cfg.weeks_plotted)), now)
+    others = int((history["model_version"] != version).sum())
     history = history[history["model_version"] == version]
-    records = history[history["time"] >= now - window]
+    records = history[history["time"] >= start]
     out_dir = layout.artifacts / "monitoring" / now.strftime("%Y%m%dT%H%M%SZ")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = judge(records, ref_images, ref_scores, ref_meta, cfg, out_dir)
@@ -104,8 +105,9 @@ def run(params: Params, layout: Layout, tracker: Tracker, since: str | None = No
     series.to_csv(out_dir / "weekly.csv", index=False)
     if len(series):
         weekly_plot(series, out_dir / "weekly.png", cfg)
-    summary.update(window=since, since=(now - window).isoformat(), until=now.isoformat(), model_version=version,
-                   log_dir=store.where, reference_rows={"image": len(ref_images), "score": len(ref_scores)})
+    summary.update(window=since, since=start.isoformat(), until=now.isoformat(), model_version=version,
+                   other_versions_records=others, log_dir=store.where,
+                   reference_rows={"image": len(ref_images), "score": len(ref_scores)})
     deliveries: dict[str, str] = {}
     tags = {"model_name": params.registry.model_name, "model_version": version, "monitor_status": summary["status"],
             "monitor_window": since}

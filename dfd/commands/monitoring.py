@@ -9,12 +9,15 @@ from pathlib import Path
 def cmd_monitor(args: argparse.Namespace) -> int:
     """Exit 0 whatever the verdict (a drifted week is an answer), 3 when an enabled alert channel failed."""
     from dfd.commands import params_from_args
+    from dfd.monitoring.traffic import parse_time
     from dfd.platform.layout import Layout
     from dfd.platform.tracking import Tracker
     from tasks.monitor import headline, run
 
     params = params_from_args(args)
-    res = run(params, Layout.from_params(params, Path.cwd()), Tracker.from_params(params, Path.cwd()), args.since)
+    until = parse_time(args.until) if args.until else None
+    res = run(params, Layout.from_params(params, Path.cwd()), Tracker.from_params(params, Path.cwd()), args.since,
+              now=until)
     print(headline(res.summary, res.version, res.summary["window"]))
     print(f"report: {res.out_dir}")
     return 3 if "failed" in res.alerts.values() else 0

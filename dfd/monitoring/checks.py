@@ -2,8 +2,9 @@
 
 Three signals, each with its threshold in `monitor:`: Evidently's share of drifted image columns (the same report as
 the evaluate stage's, `dfd.evaluation.drift.drift_report`), the shift of the P(fake) distribution (population
-stability index over the reference's quantile bins, and the two-sample K-S test), and the no-face rate against the
-training data's. A window with fewer than `monitor.min_records` files gets no verdict, and says so.
+stability index over the reference's quantile bins, alerting only when the two-sample K-S test is significant too),
+and the no-face rate against the training data's. A window with fewer than `monitor.min_records` files gets no
+verdict, and says so.
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ def judge(records: pd.DataFrame, ref_images: pd.DataFrame, ref_scores: pd.DataFr
     out["psi"] = psi(ref_scores["p_fake"].to_numpy(), scored["p_fake"].to_numpy(), cfg.psi_bins)
     ks = ks_2samp(ref_scores["p_fake"].to_numpy(), scored["p_fake"].to_numpy())
     out["ks_statistic"], out["ks_pvalue"] = float(ks.statistic), float(ks.pvalue)
-    if out["psi"] > cfg.max_psi:
+    if out["psi"] > cfg.max_psi and out["ks_pvalue"] < cfg.ks_alpha:
         out["alerts"].append(f"P(fake) distribution shifted: PSI {out['psi']:.3f} > monitor.max_psi {cfg.max_psi} "
-                             f"(K-S {out['ks_statistic']:.3f}, p={out['ks_pvalue']:.2g})")
+                             f"(K-S {out['ks_statistic']:.3f}, p={out['ks_pvalue']:.2g} < {cfg.ks_alpha})")
     try:
         drift = drift_report(ref_images[STAT_COLUMNS], scored[STAT_COLUMNS].astype(float), out_dir / "drift.html")
     except ReportError as exc:  # e.g. every column constant: said, not judged

@@ -208,3 +208,19 @@ def parse_window(text: str) -> timedelta:
     if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) == 0:
         raise ConfigError(f"not a time window: {text!r}", "write it as a number and a unit: 30m, 36h, 7d, 2w")
     return timedelta(**{units[text[-1]]: int(text[:-1])})
+
+
+def window_start(text: str, now: datetime) -> datetime:
+    """The start of a window given as a length before `now` (`7d`) or as an ISO 8601 time (UTC unless zoned)."""
+    return parse_time(text) if text[:1].isdigit() and "-" in text else now - parse_window(text)
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time, UTC unless it names its zone; one clear error otherwise."""
+    from dfd.platform.errors import ConfigError
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"not a time: {text!r}", "write it as 2026-05-04T03:00:00Z (or a length: 7d)") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
