@@ -167,7 +167,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
     gate_path = reports_dir / "gate.json"
     production = tracker.version_by_alias(cfg.model_name, cfg.alias)
 
-    key = comparable_lineage(tags)
+    key = None if tags.get("retrain_trigger") else comparable_lineage(tags)  # a forced retraining is gated anew
     if production and key is not None and key == comparable_lineage(production["tags"]):
         v = production["version"]
         message = f"nothing changed since version {v} (same git commit, data hash and params hash): not registered"
@@ -241,16 +241,19 @@ def check_inputs(params: Params, layout: Layout) -> None:
 
 
 def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None = None,
-        flow_run_id: str | None = None) -> RegisterResult:
+        flow_run_id: str | None = None, retrain_trigger: str | None = None) -> RegisterResult:
     """The stage as `dfd stage register` (its own run) and the flow (a run nested under `parent_id`) call it.
 
     Both paths tag the run and the version with the same lineage, computed by one function from the same files;
-    the flow adds its Prefect flow run id.
+    the flow adds its Prefect flow run id, and `retrain_trigger` when drift forced a retraining on unchanged
+    lineage (`monitor.retrain_on_drift`): the retrained ensemble is then registered and gated, not skipped.
     """
     check_inputs(params, layout)
     tags = run_lineage(params, layout.ingest_report, layout.root)
     if flow_run_id:
         tags["prefect_flow_run_id"] = str(flow_run_id)
+    if retrain_trigger:
+        tags["retrain_trigger"] = retrain_trigger
     with tracker.run("register" if parent_id else "register (dvc)", parent_id, tags) as rid:
         metrics_path = layout.reports_dir / "metrics.json"
         if metrics_path.is_file():
