@@ -181,8 +181,11 @@ def log_overhead(args: argparse.Namespace, work: Path, image: Path, crop: np.nda
                 send()  # warm-up
                 rates[mode].append(load(send, args.requests, 2)[0])
         finally:
-            proc.terminate()
-            proc.wait(30)
+            proc.terminate()  # the log's writer flushes on the way out: give a loaded machine time for it
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     written = sum(1 for _ in (work / "traffic").rglob("*.parquet"))
     off, on = float(np.median(rates["off"])), float(np.median(rates["on"]))
     print(f"image {image.name}, {args.requests} requests x {args.rounds} rounds, 2 clients, one server worker")

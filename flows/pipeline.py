@@ -28,6 +28,7 @@ from dfd.platform.config import OVERRIDE_ENV, AlertParams, Params, load_params
 from dfd.platform.layout import Layout
 from dfd.platform.storage_check import check_storage
 from dfd.platform.tracking import Tracker
+from flows.cancel import cancel_requested, end_cancelled, notify_cancelled, stop_children_on_termination
 from flows.runners import train_all
 from flows.stage_inputs import last_registration
 from flows.stages import (
@@ -39,7 +40,6 @@ from flows.stages import (
     monitor_task,
     register_task,
 )
-from flows.train_process import stop_children_on_sigterm
 from tasks.preflight import check_params
 
 
@@ -101,9 +101,17 @@ def _hook_alert_params(parameters: dict[str, Any]) -> AlertParams:
 
 
 def _on_failure(flow_: Any, flow_run: Any, state: Any) -> None:
-    """Alert on a failed or crashed run (a failed gate is a finished run: the flow body alerts on it)."""
+    """Alert on a failed or crashed run (a failed gate is a finished run: the flow body alerts on it).
+
+    A run that crashed because it was cancelled (a Cancelling state in its history) is ended Cancelled instead,
+    with no crash alert (flows/cancel.py).
+    """
     try:
         cfg = _hook_alert_params(dict(flow_run.parameters))
+        if state.is_crashed() and cancel_requested(str(flow_run.id)):
+            end_cancelled(str(flow_run.id), "Flow run was cancelled.")
+            _on_cancel(flow_, flow_run, state)
+            return
         uri, exp, run = _MLFLOW_RUNS.pop(str(flow_run.id), ("", None, None))
         subject, body = run_failure_message(
             flow_run=flow_run.name, state=state.name, reason=state.message or state.type.value,
@@ -112,6 +120,19 @@ def _on_failure(flow_: Any, flow_run: Any, state: Any) -> None:
         log.warning("flow run %s %s; alerts: %s", flow_run.name, state.name, delivered)
     except Exception as exc:  # a hook must never raise nor replace the run's own failure
         log.error("failure alert for flow run %s not sent: %s", flow_run.name, type(exc).__name__)
+
+
+def _on_cancel(flow: Any, flow_run: Any, state: Any) -> None:
+    """A cancelled run: no crash alert; a `cancelled` notice only with `alerts.on_cancel: true`.
+
+    Prefect's runner calls cancellation hooks with keywords (`flow=`, `flow_run=`, `state=`): keep these names.
+    """
+    try:
+        _MLFLOW_RUNS.pop(str(flow_run.id), None)
+        sent = notify_cancelled(_hook_alert_params(dict(flow_run.parameters)), flow_run)
+        log.warning("flow run %s cancelled%s", flow_run.name, f"; notice: {sent}" if sent else "")
+    except Exception as exc:  # a hook must never raise
+        log.error("cancel notice for flow run %s not sent: %s", flow_run.name, type(exc).__name__)
 
 
 def run_pipeline(params: Params, root: Path, monitor: bool = False) -> PipelineSummary:
@@ -165,7 +186,7 @@ def run_pipeline(params: Params, root: Path, monitor: bool = False) -> PipelineS
 
 
 @flow(name="deepfake-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4), on_failure=[_on_failure],
-      on_crashed=[_on_failure], log_prints=True)
+      on_crashed=[_on_failure], on_cancellation=[_on_cancel], log_prints=True)
 def pipeline(path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
              monitor: bool = False) -> PipelineSummary:
     """Train, evaluate and register the deepfake ensemble.
@@ -179,5 +200,7 @@ def pipeline(path: str = "params.yaml", overrides: list[str] | None = None, root
     params = _load(path, overrides, root)
     check_alert_settings(params.alerts)  # a scheduled run has no CLI preflight: bad alert settings stop it here
     check_params(params)  # every name and device, before any work (deployments start here, not from the CLI)
-    stop_children_on_sigterm()  # SIGTERM stops the training children at once, not after they finish training
-    return run_pipeline(params, Path(root).resolve(), monitor)
+    # SIGTERM (a cancel, `docker stop`, Ctrl-C) stops the training children at once, not after they finish
+    # training; Prefect's SIGTERM handler stays installed, or a cancel from the UI would end the run Crashed.
+    with stop_children_on_termination():
+        return run_pipeline(params, Path(root).resolve(), monitor)

@@ -56,6 +56,8 @@ class AlertParams(_Section):
     timeout_s: float = Field(10.0, gt=0, le=120)  # per attempt: an alert must never hang the run it reports on
     # Base URL of the MLflow UI for links when tracking is not over http (sqlite + `mlflow ui`); None: no link.
     mlflow_ui_url: str | None = None
+    # A cancelled run (UI, `prefect flow-run cancel`) is someone's decision, not a failure: no alert unless asked.
+    on_cancel: bool = False
 
 
 class ScheduleParams(_Section):

@@ -69,7 +69,7 @@ def test_a_cancel_during_faces_ends_cancelled_without_a_crash_alert(prefect_api:
     # dlib's CNN detector at 2x upsampling: a faces stage slow enough (tens of seconds) to be cancelled inside.
     (tmp_path / "local.yaml").write_text(yaml.safe_dump({
         "data": {"root": str(tiny_dataset)}, "faces": {"detector": "dlib_cnn", "upsample": 2, "workers": 2},
-        "alerts": {"slack": {"enabled": True, "webhook_env": "DFD_TEST_WEBHOOK"}, "attempts": 1}}))
+        "alerts": {"slack": {"enabled": True, "webhook_env": "DFD_TEST_WEBHOOK"}, "attempts": 1, "on_cancel": True}}))
     env = _env(PREFECT_API_URL=prefect_api, DFD_TEST_WEBHOOK=url)
     out = subprocess.run([sys.executable, "-m", "dfd.cli", "--params", str(PROJECT / "params.yaml"), "--override",
                           str(tmp_path / "deploy.yaml"), "deploy"], env=env, capture_output=True, text=True,
@@ -101,4 +101,19 @@ def test_a_cancel_during_faces_ends_cancelled_without_a_crash_alert(prefect_api:
     worker_log = (tmp_path / "worker.log").read_text()
     assert state.get("type") == "CANCELLED", f"{state}\n{worker_log[-4000:]}"
     assert (tmp_path / "data" / "manifests" / "ingest_report.json").is_file()  # what finished is kept
-    assert posts == [], posts  # no crash alert for a deliberate cancel (alerts.on_cancel is off)
+    # No crash alert for a deliberate cancel; the one `cancelled` notice alerts.on_cancel asks for.
+    assert [p["text"].splitlines()[0] for p in posts] == [f"*[dfd] pipeline run {run['name']} cancelled*"], posts
+    # The flow run is cancelled, not crashed (the faces task run itself is Crashed: Prefect's task engine reports a
+    # SIGTERM inside a task that way, whatever its cause).
+    assert f"Flow run '{run['name']}' - Crash detected" not in worker_log and "Flow run was cancelled" in worker_log
+
+
+def test_no_cancel_notice_unless_asked() -> None:
+    from types import SimpleNamespace
+
+    from dfd.platform.config import AlertParams
+    from flows.cancel import notify_cancelled
+
+    run = SimpleNamespace(name="calm-otter", id="0")
+    assert notify_cancelled(AlertParams(), run) == {}  # on_cancel off: nothing is sent, on any channel
+    assert notify_cancelled(AlertParams(on_cancel=True), run) == {"email": "off", "slack": "off"}

@@ -104,3 +104,20 @@ def test_served_traffic_drift_is_found_and_alerted(registered, tiny_dataset: Pat
     assert {"brightness", "sharpness"} <= set(second["drift"]["drifted"]), second
     assert (reports[-1].parent / "drift.html").is_file() and (reports[-1].parent / "weekly.png").is_file()
     assert len(posts) == 1 and "drift in served traffic" in posts[0]["text"] and "brightness" in posts[0]["text"]
+
+
+def test_predict_log_records_each_file_without_its_name(registered, media: dict[str, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dfd.monitoring.store import LocalStore
+    from dfd.monitoring.traffic import read_records
+
+    extra = tmp_path / "log.yaml"
+    extra.write_text(yaml.safe_dump({"mlflow": {"tracking_uri": registered.tracking_uri},
+                                     "monitor": {"log_dir": str(tmp_path / "traffic")}}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    files = [media["face"], media["noface"]]
+    assert main(["--params", str(PROJECT / "params.yaml"), "--override", str(extra), "predict",
+                 *map(str, files), "--log", "--no-progress"]) == 1  # the no-face file has no score
+    df = read_records(LocalStore(tmp_path / "traffic"), datetime(2000, 1, 1, tzinfo=UTC))
+    assert len(df) == 2 and set(df["source"]) == {"predict"} and set(df["model_version"]) == {registered.version}
+    assert sorted(df["reason"].fillna("scored")) == ["no_face", "scored"] and df["name"].isna().all()
