@@ -164,10 +164,12 @@ def monitor_task(params: Params, layout: Layout, tracker: Tracker, parent: str) 
 
 
 def force_retrain(params: Params, layout: Layout) -> None:
-    """Forget the training stages' records, so that they run although their inputs did not change."""
+    """Forget the training stages' records and resume points, so that they train anew on unchanged inputs."""
     cache = StageCache(layout.artifacts, layout.root)
     for m in params.models:
         cache.forget(stage_inputs.train(params, layout, m).name)
+        # A finished run's last.pt would be "resumed" at its last epoch: nothing would train.
+        (layout.model_dir(m) / "last.pt").unlink(missing_ok=True)
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=1, retry_condition_fn=_transient)

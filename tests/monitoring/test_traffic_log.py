@@ -119,3 +119,27 @@ def test_judge_finds_the_shift_and_names_columns(tmp_path: Path) -> None:
     assert psi(ref_scores["p_fake"], ref_scores["p_fake"]) == pytest.approx(0.0, abs=1e-9)
     weeks = weekly_series(_records(rng, 30), ref_scores, 10)
     assert len(weeks) == 1 and weeks["records"].iloc[0] == 30
+
+
+def test_force_retrain_forgets_training_records_and_resume_points(tmp_path: Path) -> None:
+    from dfd.platform.layout import Layout
+    from dfd.platform.stage_cache import StageCache
+    from flows import stage_inputs
+    from flows.stages import force_retrain
+    from tests.helpers import tiny_params
+
+    params = tiny_params(tmp_path)
+    layout = Layout.from_params(params, tmp_path)
+    cache = StageCache(layout.artifacts, layout.root)
+    for m in params.models:
+        cache.record_path(stage_inputs.train(params, layout, m).name).parent.mkdir(parents=True, exist_ok=True)
+        cache.record_path(stage_inputs.train(params, layout, m).name).write_text("{}")
+        layout.model_dir(m).mkdir(parents=True)
+        for f in ("last.pt", "best.pt"):
+            (layout.model_dir(m) / f).write_bytes(b"x")
+    cache.record_path("ensemble").write_text("{}")
+    force_retrain(params, layout)
+    for m in params.models:
+        assert not cache.record_path(stage_inputs.train(params, layout, m).name).exists()
+        assert not (layout.model_dir(m) / "last.pt").exists() and (layout.model_dir(m) / "best.pt").is_file()
+    assert cache.record_path("ensemble").is_file()  # downstream stages rerun because their inputs change
