@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -84,12 +85,28 @@ class S3Store:
     def names(self) -> list[str]:
         start = f"{self.prefix}/" if self.prefix else ""
         out = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
-            out += [o["Key"][len(start):] for o in page.get("Contents", [])]
+        with self._reading():
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+                out += [o["Key"][len(start):] for o in page.get("Contents", [])]
         return sorted(n for n in out if PART_RE.match(n))
 
     def get(self, name: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+        with self._reading():
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """S3 failures as one line naming the store (an unreachable endpoint, a missing bucket, no rights)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from dfd.platform.errors import StorageError
+        from dfd.platform.storage import _describe
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"cannot read traffic records at {self.where} ({_describe(exc)})",
+                               "check monitor.log_dir, storage.endpoint_url and the credentials") from None
 
     def delete(self, name: str) -> None:
         if not PART_RE.match(name):

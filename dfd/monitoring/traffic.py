@@ -191,7 +191,10 @@ def read_records(store: RecordStore, since: datetime, until: datetime | None = N
     frames = []
     for name in store.names():
         if first <= day_of(name) <= last:
-            frames.append(pq.read_table(io.BytesIO(store.get(name)), schema=SCHEMA).to_pandas())
+            try:
+                frames.append(pq.read_table(io.BytesIO(store.get(name)), schema=SCHEMA).to_pandas())
+            except (pa.ArrowException, OSError) as exc:  # one damaged part must not hide the week's others
+                log.warning("traffic log: part %s in %s skipped, unreadable: %s", name, store.where, exc)
     if not frames:
         return SCHEMA.empty_table().to_pandas()
     df = pd.concat(frames, ignore_index=True)
