@@ -3,7 +3,8 @@
 Prefect's worker tells the flow process over its control channel that the coming SIGTERM is a cancel, and the
 engine then ends the run Cancelled instead of Crashed, but only while Prefect's own SIGTERM handler is installed
 (the child refuses the cancel otherwise). So the flow never replaces that handler: the training children are
-stopped from the flow body as the termination unwinds it (`stop_children_on_termination`).
+stopped as the termination unwinds the flow body (`stop_children_on_termination`, around the wait for the training
+tasks, inside their task runner: its exit would otherwise wait for children that train to the end).
 
 When a cancel still arrives as a crash (before the control channel is up, or without a worker), the crash hook asks
 the server whether the run had been asked to cancel (a Cancelling state in its history) and, if so, ends it
