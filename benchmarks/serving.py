@@ -11,6 +11,12 @@ the baseline does less work per request (no decode, no detection) but moves a 32
 
 Prints requests/s, p50/p95 latency for each server and concurrency, each server's peak resident memory (the
 process tree's VmHWM), and the ratios.
+
+    python benchmarks/serving.py --log-overhead [--rounds 3]
+
+The cost of the served-traffic records (`monitor.log_dir`): `dfd serve` without and with the traffic log, in
+alternating rounds (so that a neighbour's load hits both alike), and the record hook's own time per call (crop
+statistics and the queue put, what a request pays) on the image's face crop and on a 32-frame video's crops.
 """
 
 from __future__ import annotations
@@ -138,10 +144,65 @@ def load(send, n: int, clients: int) -> tuple[float, float, float]:
     return n / wall, float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
 
 
+def hook_cost_ms(crop: np.ndarray, crops: int, calls: int = 50) -> float:
+    """Mean time of `TrafficLog.record` for a result with `crops` face crops (writer not started: queue put only)."""
+    from dfd.monitoring.store import LocalStore
+    from dfd.monitoring.traffic import TrafficLog
+    from dfd.platform.config import MonitorParams
+    from dfd.serving.media_scoring import MediaResult
+
+    traffic = TrafficLog(LocalStore(Path(tempfile.gettempdir()) / "unused"), MonitorParams(queue_size=calls + 1))
+    res = MediaResult("x", p_fake=0.5, label="real", frames=crops, faces=crops,
+                      crops=[{"frame": i, "crop": crop} for i in range(crops)])
+    t = time.perf_counter()
+    for _ in range(calls):
+        traffic.record(res, "1")
+    return (time.perf_counter() - t) / calls * 1000
+
+
+def log_overhead(args: argparse.Namespace, work: Path, image: Path, crop: np.ndarray, model: str,
+                 env: dict) -> None:
+    """`dfd serve` without and with the traffic log, alternating; prints req/s of each and the ratio."""
+    bindir = Path(sys.executable).parent
+    data = image.read_bytes()
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for mode in ("off", "on") * args.rounds:
+        (work / f"{mode}.yaml").write_text(json.dumps({"monitor": {
+            "log_dir": str(work / "traffic") if mode == "on" else None, "flush_interval_s": 1.0}}))
+        port = _port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start([str(bindir / "dfd"), "--params", str(work / f"{mode}.yaml"), "serve", "--model", model,
+                      "--port", str(port)], env, f"{url}/health", work / f"dfd-{mode}.log")
+        try:
+            with httpx.Client(timeout=300) as client:
+                def send(c=client, u=url):
+                    return c.post(f"{u}/predict", files={"file": (image.name, data)})
+
+                send()  # warm-up
+                rates[mode].append(load(send, args.requests, 2)[0])
+        finally:
+            proc.terminate()  # the log's writer flushes on the way out: give a loaded machine time for it
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    written = sum(1 for _ in (work / "traffic").rglob("*.parquet"))
+    off, on = float(np.median(rates["off"])), float(np.median(rates["on"]))
+    print(f"image {image.name}, {args.requests} requests x {args.rounds} rounds, 2 clients, one server worker")
+    print(f"dfd serve, no traffic log : {off:6.3f} req/s (rounds {', '.join(f'{r:.3f}' for r in rates['off'])})")
+    print(f"dfd serve, traffic log    : {on:6.3f} req/s (rounds {', '.join(f'{r:.3f}' for r in rates['on'])}); "
+          f"{written} part file(s) written")
+    print(f"overhead                  : {(off / on - 1) * 100:+.1f}% time per request (median of rounds)")
+    print(f"record hook per call      : {hook_cost_ms(crop, 1):.2f} ms (1 crop), "
+          f"{hook_cost_ms(crop, 32):.2f} ms (32 crops, a video)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image", type=Path)
     ap.add_argument("--requests", type=int, default=24)
+    ap.add_argument("--log-overhead", action="store_true", help="measure the traffic log's cost instead")
+    ap.add_argument("--rounds", type=int, default=3, help="--log-overhead: alternating rounds of each")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dfd-bench-serve-"))
     try:
@@ -155,6 +216,9 @@ def main() -> None:
         bindir = Path(sys.executable).parent
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(PROJECT),
                "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        if args.log_overhead:
+            log_overhead(args, work, image, crop, model, env)
+            return
         data = image.read_bytes()
         body = json.dumps({"inputs": crop[None].tolist()})
         results = {}

@@ -19,8 +19,31 @@ from dfd.commands import STAGES
 from dfd.commands.data import cmd_config, cmd_dataset_add, cmd_dataset_remote, cmd_demo_data, cmd_validate_dataset
 from dfd.commands.interrupts import Interrupted, on_signal
 from dfd.commands.models import cmd_compare, cmd_deploy_model, cmd_predict, cmd_rollback, cmd_serve
+from dfd.commands.monitoring import cmd_monitor
 from dfd.commands.pipeline import cmd_demo, cmd_deploy, cmd_run, cmd_stage
 from dfd.platform.errors import DfdError
+
+
+def version_line() -> str:
+    """`dfd <package version> (git <commit>)`: the commit of the checkout the package runs from (editable install)."""
+    import importlib.metadata
+    from pathlib import Path
+
+    from dfd.data.provenance import git_commit
+
+    try:
+        version = importlib.metadata.version("dfd")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"dfd {version} (git {git_commit(Path(__file__).resolve().parent)})"
+
+
+class _Version(argparse.Action):
+    """`--version`: computed only when asked (it runs git), then exit 0."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(version_line())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--override", action="append", default=[], metavar="FILE",
                         help="a params file merged on top (repeatable), e.g. configs/demo.yaml")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=_Version, nargs=0, help="package version and git commit, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run the whole pipeline as a Prefect flow")
     p.set_defaults(func=cmd_run)
@@ -88,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="inference precision (default: serve.precision); reduced ones are checked against fp32")
+    p.add_argument("--log", action="store_true", help="record one traffic record per file under monitor.log_dir")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("serve", help="serve the registered ensemble over HTTP (FastAPI)")
     p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>)")
@@ -109,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="S3-compatible endpoint URL (MinIO); leave out for AWS")
     p.add_argument("--name", default="storage", help="remote name (default: storage)")
     p.set_defaults(func=cmd_dataset_remote)
+    p = sub.add_parser("monitor", help="drift of the served traffic against the production model's reference; "
+                                       "alerts on the thresholds in monitor:")
+    p.add_argument("--since", metavar="WINDOW", help="how far back: 30m, 36h, 7d, 2w, or an ISO time such as "
+                                                     "2026-05-04T03:00:00Z (default: monitor.window)")
+    p.add_argument("--until", metavar="TIME", help="end of the window, an ISO time (default: now)")
+    p.set_defaults(func=cmd_monitor)
     p = sub.add_parser("config", help="print the resolved params, or their JSON schema")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of params.yaml")
     p.set_defaults(func=cmd_config)

@@ -46,9 +46,10 @@ def deployment_specs(params: Params, project_dir: str) -> list[dict[str, Any]]:
         return {"entrypoint": ENTRYPOINT, "parameters": dict(parameters), "work_pool": {"name": s.work_pool},
                 "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": project_dir}}]}
     weekly = {"name": "weekly",
-              "description": f"Retrain, evaluate and (on a passing gate) promote the ensemble: cron '{s.cron}' "
-                             f"in {s.timezone}.",
+              "description": f"Judge the week's served traffic, then retrain, evaluate and (on a passing gate) "
+                             f"promote the ensemble: cron '{s.cron}' in {s.timezone}.",
               **common(), "schedules": [{"cron": s.cron, "timezone": s.timezone}]}
+    weekly["parameters"]["monitor"] = True  # the week's served traffic is judged first (`dfd monitor`)
     on_demand = {"name": "on-demand", "description": f"The same flow without a schedule: `prefect deployment run "
                                                     f"{FLOW_NAME}/on-demand`.", **common()}
     return [weekly, on_demand]

@@ -28,10 +28,18 @@ from dfd.platform.config import OVERRIDE_ENV, AlertParams, Params, load_params
 from dfd.platform.layout import Layout
 from dfd.platform.storage_check import check_storage
 from dfd.platform.tracking import Tracker
+from flows.cancel import cancel_requested, end_cancelled, notify_cancelled, stop_children_on_termination
 from flows.runners import train_all
 from flows.stage_inputs import last_registration
-from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task
-from flows.train_process import stop_children_on_sigterm
+from flows.stages import (
+    ensemble_task,
+    evaluate_task,
+    faces_task,
+    force_retrain,
+    ingest_task,
+    monitor_task,
+    register_task,
+)
 from tasks.preflight import check_params
 
 
@@ -52,6 +60,7 @@ class PipelineSummary:
     registered: bool = True  # False: nothing changed since the production version (`message` says which)
     message: str = ""
     unchanged: bool = False  # no stage had anything new to do: `version` is the one registered before
+    monitor_status: str = ""  # the first step of the weekly run: ok | drift | too_few_records; "" when not run
 
 
 log = logging.getLogger(__name__)
@@ -92,9 +101,17 @@ def _hook_alert_params(parameters: dict[str, Any]) -> AlertParams:
 
 
 def _on_failure(flow_: Any, flow_run: Any, state: Any) -> None:
-    """Alert on a failed or crashed run (a failed gate is a finished run: the flow body alerts on it)."""
+    """Alert on a failed or crashed run (a failed gate is a finished run: the flow body alerts on it).
+
+    A run that crashed because it was cancelled (a Cancelling state in its history) is ended Cancelled instead,
+    with no crash alert (flows/cancel.py).
+    """
     try:
         cfg = _hook_alert_params(dict(flow_run.parameters))
+        if state.is_crashed() and cancel_requested(str(flow_run.id)):
+            end_cancelled(str(flow_run.id), "Flow run was cancelled.")
+            _on_cancel(flow_, flow_run, state)
+            return
         uri, exp, run = _MLFLOW_RUNS.pop(str(flow_run.id), ("", None, None))
         subject, body = run_failure_message(
             flow_run=flow_run.name, state=state.name, reason=state.message or state.type.value,
@@ -105,8 +122,21 @@ def _on_failure(flow_: Any, flow_run: Any, state: Any) -> None:
         log.error("failure alert for flow run %s not sent: %s", flow_run.name, type(exc).__name__)
 
 
-def run_pipeline(params: Params, root: Path) -> PipelineSummary:
-    """The DAG on already-loaded params; the body of the Prefect flow."""
+def _on_cancel(flow: Any, flow_run: Any, state: Any) -> None:
+    """A cancelled run: no crash alert; a `cancelled` notice only with `alerts.on_cancel: true`.
+
+    Prefect's runner calls cancellation hooks with keywords (`flow=`, `flow_run=`, `state=`): keep these names.
+    """
+    try:
+        _MLFLOW_RUNS.pop(str(flow_run.id), None)
+        sent = notify_cancelled(_hook_alert_params(dict(flow_run.parameters)), flow_run)
+        log.warning("flow run %s cancelled%s", flow_run.name, f"; notice: {sent}" if sent else "")
+    except Exception as exc:  # a hook must never raise
+        log.error("cancel notice for flow run %s not sent: %s", flow_run.name, type(exc).__name__)
+
+
+def run_pipeline(params: Params, root: Path, monitor: bool = False) -> PipelineSummary:
+    """The DAG on already-loaded params; the body of the Prefect flow (`monitor`: the served traffic first)."""
     check_storage(params, root)  # before any stage: an unreachable bucket fails here, in seconds
     layout = Layout.from_params(params, root)
     tracker = Tracker.from_params(params, root)
@@ -118,15 +148,21 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
             _MLFLOW_RUNS[flow_run_id] = (tracker.tracking_uri, tracker.experiment_id, parent)
             tracker.set_tags(parent, {"prefect_flow_run_id": flow_run_id})
         tracker.log_params(parent, params.model_dump(mode="json"))
+        watched = monitor_task(params, layout, tracker, parent) if monitor else None
         ingest_task(params, layout, tracker, parent)
         tracker.set_tags(parent, run_lineage(params, layout.ingest_report, root))
         faces_task(params, layout, tracker, parent)
         # The four detectors train in parallel on the runner params choose (threads, Dask, Ray); each is its own
         # task with its own nested run and retries, and its own GPU (flows/runners.py).
+        trigger = None
+        if watched is not None and watched.drifted and params.monitor.retrain_on_drift:
+            trigger = f"drift in served traffic (monitor run {watched.run_id})"
+            print(f"monitor.retrain_on_drift: retraining although the data did not change: {watched.message}")
+            force_retrain(params, layout)
         train_all(params, layout, tracker, parent)
         ensemble_task(params, layout, tracker, parent)
         ev = evaluate_task(params, layout, tracker, parent)
-        reg = register_task(params, layout, tracker, parent)
+        reg = register_task(params, layout, tracker, parent, trigger)
         gate = reg.gate  # the gate dict (format D), decided by the register stage
         tracker.log_metrics(parent, {"test": ev.metrics["ensemble"], "gate_passed": int(reg.passed)})
         tracker.set_tags(parent, {"gate_passed": reg.passed, "model_version": reg.version})
@@ -146,21 +182,25 @@ def run_pipeline(params: Params, root: Path) -> PipelineSummary:
     _MLFLOW_RUNS.pop(flow_run_id or "", None)
     return PipelineSummary(parent, reg.model_name, reg.version, reg.promoted, reg.alias, gate,
                            ev.metrics["ensemble"], tracker.tracking_uri, alerts, reg.registered, reg.message,
-                           unchanged)
+                           unchanged, watched.status if watched else "")
 
 
 @flow(name="deepfake-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4), on_failure=[_on_failure],
-      on_crashed=[_on_failure], log_prints=True)
-def pipeline(path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".") -> PipelineSummary:
+      on_crashed=[_on_failure], on_cancellation=[_on_cancel], log_prints=True)
+def pipeline(path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
+             monitor: bool = False) -> PipelineSummary:
     """Train, evaluate and register the deepfake ensemble.
 
     Args:
         path: The params file.
         overrides: Files merged on top of it (e.g. configs/demo.yaml).
         root: Project root that relative paths in params are resolved against.
+        monitor: Judge the served traffic first (`dfd monitor`); the weekly deployment sets it.
     """
     params = _load(path, overrides, root)
     check_alert_settings(params.alerts)  # a scheduled run has no CLI preflight: bad alert settings stop it here
     check_params(params)  # every name and device, before any work (deployments start here, not from the CLI)
-    stop_children_on_sigterm()  # SIGTERM stops the training children at once, not after they finish training
-    return run_pipeline(params, Path(root).resolve())
+    # SIGTERM (a cancel, `docker stop`, Ctrl-C) stops the training children at once, not after they finish
+    # training; Prefect's SIGTERM handler stays installed, or a cancel from the UI would end the run Crashed.
+    with stop_children_on_termination():
+        return run_pipeline(params, Path(root).resolve(), monitor)

@@ -19,6 +19,7 @@ from dfd.platform.config import Params, RunnerParams
 from dfd.platform.errors import ConfigError
 from dfd.platform.layout import Layout
 from dfd.platform.tracking import Tracker
+from flows.cancel import stop_children_on_termination
 from flows.stages import train_task
 from tasks.train import TrainResult
 
@@ -73,4 +74,6 @@ def train_all(params: Params, layout: Layout, tracker: Tracker, parent: str) -> 
             gpu = i % local_gpus if local_gpus > 1 else None
             futures.append(runner.submit(train_task, parameters={"params": params, "layout": layout, "tracker": tracker,
                                                            "parent": parent, "model": model, "gpu": gpu}))
-        return [fut.result() for fut in futures]
+        # Stop the children here, before the runner's exit waits on threads blocked on them until they finish.
+        with stop_children_on_termination():
+            return [fut.result() for fut in futures]

@@ -57,11 +57,13 @@ def register(params: Params, layout: Layout, tracking_uri: str) -> StageInputs:
     # Not reports/gate.json: the register stage writes it once the gate moves there, and a stage's own output
     # must not be its input. The gate is a function of metrics.json, robustness.json and the gate params.
     reports = layout.reports_dir
-    slice_ = {**_dump(params, "registry", "mlflow", "evaluate", "gate"), "tracking_uri": tracking_uri}
+    slice_ = {**_dump(params, "registry", "mlflow", "evaluate", "gate"), "tracking_uri": tracking_uri,
+              "monitor.reference_max_samples": params.monitor.reference_max_samples}
     return StageInputs("register", slice_,
                        (reports / "metrics.json", reports / "robustness.json", layout.ensemble_dir,
                         *_model_dirs(params, layout), layout.faces_index),
-                       ("tasks.register", "dfd.serving.pyfunc_model"), outs=(layout.registry_record,))
+                       ("tasks.register", "dfd.serving.pyfunc_model", "dfd.monitoring.reference"),
+                       outs=(layout.registry_record,))
 
 
 def last_registration(layout: Layout) -> str | None:

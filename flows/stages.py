@@ -21,7 +21,7 @@ from dfd.platform.stage_cache import StageCache, StageInputs
 from dfd.platform.tracking import Tracker
 from flows import stage_inputs
 from flows.train_process import train_in_process
-from tasks import ensemble, evaluate, faces, ingest, register, train
+from tasks import ensemble, evaluate, faces, ingest, monitor, register, train
 
 R = TypeVar("R")
 
@@ -151,8 +151,30 @@ def evaluate_task(params: Params, layout: Layout, tracker: Tracker, parent: str)
                        compute)
 
 
+@task(name="monitor", cache_policy=NO_CACHE)
+def monitor_task(params: Params, layout: Layout, tracker: Tracker, parent: str) -> monitor.MonitorResult | None:
+    """The week's served traffic against production's reference; None (said why) when there is nothing to judge."""
+    try:
+        res = monitor.run(params, layout, tracker, parent_id=parent)
+    except DfdError as exc:  # no production model yet, no reference, no log: the retraining must still run
+        print(f"monitor: not run: {exc}")
+        return None
+    print(f"monitor: {res.status}: {res.message}")
+    return res
+
+
+def force_retrain(params: Params, layout: Layout) -> None:
+    """Forget the training stages' records and resume points, so that they train anew on unchanged inputs."""
+    cache = StageCache(layout.artifacts, layout.root)
+    for m in params.models:
+        cache.forget(stage_inputs.train(params, layout, m).name)
+        # A finished run's last.pt would be "resumed" at its last epoch: nothing would train.
+        (layout.model_dir(m) / "last.pt").unlink(missing_ok=True)
+
+
 @task(name="register", cache_policy=NO_CACHE, retries=1, retry_condition_fn=_transient)
-def register_task(params: Params, layout: Layout, tracker: Tracker, parent: str) -> register.RegisterResult:
+def register_task(params: Params, layout: Layout, tracker: Tracker, parent: str,
+                  retrain_trigger: str | None = None) -> register.RegisterResult:
     # register.run opens its own nested run; when nothing it depends on changed, the version it registered last
     # time is the answer, and a small nested run says so.
     cache = StageCache(layout.artifacts, layout.root)
@@ -169,6 +191,6 @@ def register_task(params: Params, layout: Layout, tracker: Tracker, parent: str)
     start = time.perf_counter()
     from prefect.runtime import flow_run  # the flow run id goes on the model version as lineage
 
-    res = register.run(params, layout, tracker, parent, flow_run.id)
+    res = register.run(params, layout, tracker, parent, flow_run.id, retrain_trigger)
     cache.save(check, inputs, res, res.run_id, round(time.perf_counter() - start, 3))
     return res

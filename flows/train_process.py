@@ -15,14 +15,13 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import yaml
 
@@ -57,27 +56,6 @@ def _remove_stale_temp_dirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
         except PermissionError:
             pass
-
-
-def stop_children_on_sigterm() -> None:
-    """Chain a SIGTERM handler that stops the training children before the one installed now (Prefect's) runs.
-
-    Called at the start of the flow body: the flow engine replaces the SIGTERM handler with one raising
-    TerminationSignal, and its task runner then waits for every task, each blocked on a child that would train to
-    the end. Stopping the children first lets the run end within seconds. Only possible in the main thread.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: Any) -> None:
-        stop_all_children()
-        if callable(previous):
-            previous(signum, frame)
-        else:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def stop_all_children(grace_s: float = STOP_GRACE_S) -> int:

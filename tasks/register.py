@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import importlib.metadata
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from dfd.evaluation.champion import champion_comparison, sample_videos
 from dfd.evaluation.compare import load_crops, score
 from dfd.evaluation.gate import decide
 from dfd.evaluation.model_card import TRAINING_DATA_TAG, CardInputs, model_card
+from dfd.monitoring.reference import REFERENCE_ARTIFACT_DIR, build_reference
 from dfd.platform.config import AggregationParams, GateParams, Params, RegistryParams
 from dfd.platform.errors import DfdError, StageError
 from dfd.platform.files import read_json, write_json
@@ -178,7 +180,7 @@ def training_summary(layout: Layout) -> dict[str, Any]:
 def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensemble_dir: Path,
              model_dirs: dict[str, Path], faces_index: Path, tracker: Tracker, run_id: str, tags: dict[str, str],
              record_path: Path, aggregation: AggregationParams | None = None,
-             card: dict[str, Any] | None = None) -> RegisterResult:
+             card: dict[str, Any] | None = None, reference_samples: int = 2000) -> RegisterResult:
     """Register the ensemble, decide the gate, and move the aliases.
 
     Args:
@@ -194,6 +196,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
         record_path: Where `registry.json` goes.
         aggregation: Frames to videos for the champion comparison (`ensemble.aggregation`; default: its defaults).
         card: The model card's other inputs (`training`, `synthetic`; see `CardInputs`); None: a card without them.
+        reference_samples: Training samples in the version's monitoring reference (`monitor.reference_max_samples`).
     """
     spec_path, metrics_path = ensemble_dir / "ensemble.json", reports_dir / "metrics.json"
     for p in (spec_path, metrics_path):
@@ -204,7 +207,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
     gate_path = reports_dir / "gate.json"
     production = tracker.version_by_alias(cfg.model_name, cfg.alias)
 
-    key = comparable_lineage(tags)
+    key = None if tags.get("retrain_trigger") else comparable_lineage(tags)  # a forced retraining is gated anew
     if production and key is not None and key == comparable_lineage(production["tags"]):
         v = production["version"]
         message = f"nothing changed since version {v} (same git commit, data hash and params hash): not registered"
@@ -234,6 +237,11 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
                                     TRAINING_DATA_TAG: "synthetic" if card.get("synthetic") else "ingested",
                                     **{f"test_{k}": f"{ens[k]:.4f}" for k in ("auc", "video_auc", "eer", "ece")
                                        if isinstance(ens.get(k), int | float)}}
+    # The statistics `dfd monitor` compares served traffic with, stored with the version they describe.
+    with tempfile.TemporaryDirectory(prefix="dfd-reference-") as tmp:
+        for path in build_reference(faces_index, ensemble_dir, Path(tmp), reference_samples):
+            tracker.log_artifact(run_id, path, REFERENCE_ARTIFACT_DIR)
+    version_tags["monitoring_reference"] = REFERENCE_ARTIFACT_DIR
     tracker.set_version_tags(cfg.model_name, version, version_tags)
     tracker.set_alias(cfg.model_name, cfg.candidate_alias, version)
 
@@ -280,16 +288,19 @@ def check_inputs(params: Params, layout: Layout) -> None:
 
 
 def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None = None,
-        flow_run_id: str | None = None) -> RegisterResult:
+        flow_run_id: str | None = None, retrain_trigger: str | None = None) -> RegisterResult:
     """The stage as `dfd stage register` (its own run) and the flow (a run nested under `parent_id`) call it.
 
     Both paths tag the run and the version with the same lineage, computed by one function from the same files;
-    the flow adds its Prefect flow run id.
+    the flow adds its Prefect flow run id, and `retrain_trigger` when drift forced a retraining on unchanged
+    lineage (`monitor.retrain_on_drift`): the retrained ensemble is then registered and gated, not skipped.
     """
     check_inputs(params, layout)
     tags = run_lineage(params, layout.ingest_report, layout.root)
     if flow_run_id:
         tags["prefect_flow_run_id"] = str(flow_run_id)
+    if retrain_trigger:
+        tags["retrain_trigger"] = retrain_trigger
     with tracker.run("register" if parent_id else "register (dvc)", parent_id, tags) as rid:
         metrics_path = layout.reports_dir / "metrics.json"
         if metrics_path.is_file():
@@ -299,7 +310,8 @@ def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None 
                        layout.registry_record, params.ensemble.aggregation,
                        {"training": training_summary(layout),
                         # the demo generator's marker in the data root: the model learnt from drawn faces
-                        "synthetic": (layout.resolve(params.data.root) / DEMO_MARKER).is_file()})
+                        "synthetic": (layout.resolve(params.data.root) / DEMO_MARKER).is_file()},
+                       params.monitor.reference_max_samples)
         tracker.log_metrics(rid, {"gate_passed": int(res.passed)})
         tracker.set_tags(rid, {"gate_passed": res.passed, "registered": res.registered, "outcome": res.message})
         if not res.registered:  # a new version logged gate.json with its card; this run still records its gate

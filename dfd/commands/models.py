@@ -79,8 +79,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if model.warning:  # before any score and in the summary, so that no reader takes a demo model's numbers seriously
         print(f"WARNING: {model.warning}")
         label += " [SYNTHETIC TRAINING DATA: scores on real media mean nothing]"
-    return run_predict(scorer, args.paths, label, Path(args.out) if args.out else None, args.aggregate,
-                       Path(args.save_crops) if args.save_crops else None, progress=not args.no_progress)
+    traffic = _traffic_log(params, "predict") if args.log else None
+    if args.log and traffic is None:
+        raise DfdError("--log: monitor.log_dir is null, so there is nowhere to record", "set monitor.log_dir")
+    try:
+        return run_predict(scorer, args.paths, label, Path(args.out) if args.out else None, args.aggregate,
+                           Path(args.save_crops) if args.save_crops else None, progress=not args.no_progress,
+                           on_result=(lambda res: traffic.record(res, model.version)) if traffic else None)
+    finally:
+        if traffic:
+            traffic.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -89,9 +97,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dfd.serving.server import serve
 
     params = _serve_params(args)
-    serve(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()), params.serve,
-          args.host, args.port, args.insecure)
+    traffic = _traffic_log(params, "serve")
+    try:
+        serve(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()), params.serve,
+              args.host, args.port, args.insecure, traffic.record if traffic else None)
+    finally:
+        if traffic:
+            traffic.close()
     return 0
+
+
+def _traffic_log(params: Params, source: str) -> Any:
+    """The started traffic log `monitor.log_dir` names, or None when recording is off."""
+    from dfd.monitoring.traffic import TrafficLog
+
+    traffic = TrafficLog.from_params(params.monitor, params.storage, source, params.serve.log_names, Path.cwd())
+    return traffic.start() if traffic else None
 
 
 def cmd_deploy_model(args: argparse.Namespace) -> int:

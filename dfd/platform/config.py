@@ -22,6 +22,7 @@ from dfd.platform.ops_config import (  # noqa: F401  (re-exported: one import pa
     AlertParams,
     EmailAlertParams,
     MlflowParams,
+    MonitorParams,
     RunnerParams,
     ScheduleParams,
     ServeParams,
@@ -301,6 +302,7 @@ class Params(_Section):
     runner: RunnerParams = RunnerParams()
     storage: StorageParams = StorageParams()
     serve: ServeParams = ServeParams()
+    monitor: MonitorParams = MonitorParams()
     artifacts: str = "artifacts"  # models/, ensemble/, reports/ are written under it
 
     def digest(self) -> str:

@@ -56,6 +56,8 @@ class AlertParams(_Section):
     timeout_s: float = Field(10.0, gt=0, le=120)  # per attempt: an alert must never hang the run it reports on
     # Base URL of the MLflow UI for links when tracking is not over http (sqlite + `mlflow ui`); None: no link.
     mlflow_ui_url: str | None = None
+    # A cancelled run (UI, `prefect flow-run cancel`) is someone's decision, not a failure: no alert unless asked.
+    on_cancel: bool = False
 
 
 class ScheduleParams(_Section):
@@ -131,3 +133,33 @@ class ServeParams(_Section):
         default_factory=lambda: ["mp4", "matroska", "avi"])
     video_codecs: list[Literal["h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "mjpeg"]] = Field(
         default_factory=lambda: ["h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "mjpeg"])
+    # Served-traffic records (`monitor:`) never hold a file name or a client address unless this says so: names
+    # can identify the people in the media.
+    log_names: bool = False
+
+
+class MonitorParams(_Section):
+    """Production monitoring: served-traffic records (`dfd serve`, `dfd predict --log`) and `dfd monitor`."""
+
+    # Where `dfd serve` appends one record per scored file, as Parquet parts under one folder per day; a folder
+    # (relative to the project) or s3://bucket/prefix. None: no records (and `dfd monitor` has nothing to read).
+    log_dir: str | None = "monitoring/traffic"
+    retention_days: int = Field(90, ge=1)  # day folders older than this are deleted by the writer (its own only)
+    flush_interval_s: float = Field(30.0, gt=0)  # a part file at most this often: one per request would flood S3
+    flush_records: int = Field(500, ge=1)  # ...or as soon as this many records wait
+    queue_size: int = Field(10_000, ge=1)  # records waiting for the writer; beyond it they are dropped and counted
+    window: str = "7d"  # `dfd monitor`'s default window (`--since`): the weekly run looks at the week that passed
+    min_records: int = Field(50, ge=1)  # fewer scored files in the window: "too few records", never a verdict
+    # Alert thresholds. Drift share as the gate's `max_drift_share`; PSI 0.25 is the usual "significant shift" mark
+    # (0.1-0.25 moderate); a no-face rate 0.2 above the training data's means the inputs stopped looking like faces.
+    max_drift_share: float = Field(0.5, ge=0, le=1)
+    max_psi: float = Field(0.25, ge=0)
+    # ...and only when the K-S test says the shift is not chance: PSI over a few dozen files is noisy (0.4 measured
+    # on 40 unshifted demo images, K-S p=0.19); over a week's thousands any real shift is significant anyway.
+    ks_alpha: float = Field(0.05, gt=0, le=1)
+    max_no_face_increase: float = Field(0.2, ge=0, le=1)
+    reference_max_samples: int = Field(2000, ge=10)  # training samples whose crops make the reference, seeded
+    psi_bins: int = Field(10, ge=2)  # quantile bins of the reference's P(fake)
+    weeks_plotted: int = Field(12, ge=1)  # the weekly series' length
+    # A drifted week runs the training part of the weekly flow even when the dataset has not changed.
+    retrain_on_drift: bool = False

@@ -230,6 +230,12 @@ class Tracker:
             elif path.is_file():
                 self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def download_artifacts(self, run_id: str, path: str, dst: Path) -> Path:
+        """Copy a run's artifact (file or folder) into `dst`; returns the local path."""
+        dst.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
     def log_pyfunc_model(self, run_id: str, python_model: Path, artifacts: dict[str, str], input_example: Any,
                          pip_requirements: list[str], code_paths: list[str], registered_model_name: str) -> str:
         """Log a models-from-code pyfunc into `run_id`, register it, and return the new version.

@@ -8,7 +8,7 @@ dlib and torch release the GIL).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -104,8 +104,12 @@ def summary(rows: list[dict[str, Any]], model: str, threshold: float, method: st
 
 
 def run_predict(scorer: MediaScorer, paths: list[str], model_uri: str, out: Path | None = None,
-                method: str | None = None, crops_dir: Path | None = None, progress: bool = True) -> int:
-    """The command: score, write, summarise. Returns the exit code (0 all scored, 1 some not)."""
+                method: str | None = None, crops_dir: Path | None = None, progress: bool = True,
+                on_result: Callable[[MediaResult], object] | None = None) -> int:
+    """The command: score, write, summarise. Returns the exit code (0 all scored, 1 some not).
+
+    `on_result` sees each file's result with its crops (`--log`: the traffic log).
+    """
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise UsageError(f"--out must end in .csv or .json: {out}")
     files = collect(paths)
@@ -113,6 +117,8 @@ def run_predict(scorer: MediaScorer, paths: list[str], model_uri: str, out: Path
     for i, res in enumerate(score_files(scorer, files, method, progress=progress)):
         if crops_dir is not None and res.crops:
             save_crops(res, crops_dir, i)
+        if on_result is not None:
+            on_result(res)
         rows.append(res.row())
     if out is not None:
         write_table(rows, out)

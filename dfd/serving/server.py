@@ -169,8 +169,21 @@ def parse_paths(payload: Any, max_paths: int) -> tuple[list[str], Any]:
     return paths, payload.get("aggregate")
 
 
-def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None) -> FastAPI:
-    """The HTTP app over `holder`'s current model; with `token`, every route but /health needs it."""
+# Called with each scored file's result and the version that scored it, in the scoring thread; returns the result.
+OnResult = Callable[[MediaResult, str | None], MediaResult]
+
+
+def _unobserved(res: MediaResult, version: str | None) -> MediaResult:
+    return res
+
+
+def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None,
+               on_result: OnResult | None = None) -> FastAPI:
+    """The HTTP app over `holder`'s current model.
+
+    With `token`, every route but /health needs it; `on_result` sees every scored file (the traffic log's hook).
+    """
+    seen = on_result or _unobserved
     slots = ScoringSlots(cfg.max_concurrent, cfg.request_timeout_s)
     # Uploads being received at once: each may hold up to max_upload_bytes on disk, so this bounds the disk too.
     receiving = asyncio.Semaphore(2 * cfg.max_concurrent)
@@ -239,7 +252,8 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None) 
                     return _error(408, "upload too slow", "timeout", f"not received in {cfg.request_timeout_s} s")
 
                 def score(check: Callable[[], None]) -> MediaResult:
-                    return scorer.score_upload(up.path, up.filename, aggregate, check, cfg)  # this server's limits
+                    # this server's limits; the result goes by the traffic log in this (the scoring) thread
+                    return seen(scorer.score_upload(up.path, up.filename, aggregate, check, cfg), model.version)
 
                 try:
                     res = await slots.run(score)
@@ -274,7 +288,7 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None) 
             out = []
             for p, r in zip(paths, resolved, strict=True):
                 check()  # between files too
-                out.append((p, scorer.score_path(r, aggregate, check, cfg)))
+                out.append((p, seen(scorer.score_path(r, aggregate, check, cfg), model.version)))
             return out
 
         try:
@@ -301,8 +315,10 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None) 
 
 
 def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1", port: int = 8000,
-          insecure: bool = False) -> None:
+          insecure: bool = False, on_result: OnResult | None = None) -> None:
     """Check the exposure rules, load the model, start the alias poller, and serve until interrupted.
+
+    `on_result` sees every scored file (the traffic log's hook).
 
     Raises:
         DfdError: A non-loopback `host` without a token in `$cfg.auth_token_env` (unless `insecure`), or a short
@@ -318,6 +334,6 @@ def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1"
     log.info("serving %s (version %s) on http://%s:%d, %s", uri, holder.current.version, host, port,
              f"token from ${cfg.auth_token_env}" if token else "no token")
     try:
-        uvicorn.run(create_app(holder, cfg, token), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(holder, cfg, token, on_result), host=host, port=port, log_level="info")
     finally:
         holder.stop()

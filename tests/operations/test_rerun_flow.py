@@ -52,7 +52,8 @@ def three_runs(prefect_server: None, tmp_path_factory: pytest.TempPathFactory, t
                                 ("third", ["tiny.yaml", "local.yaml", "lr.yaml"])):
             before = _stamps(root) if name != "first" else {}
             start = time.perf_counter()
-            summary = pipeline(path="params.yaml", overrides=overrides, root=str(root))
+            # The second run is the weekly deployment's: it judges the served traffic first (none was served).
+            summary = pipeline(path="params.yaml", overrides=overrides, root=str(root), monitor=name == "second")
             out[name] = {"summary": summary, "seconds": time.perf_counter() - start, "before": before,
                          "after": _stamps(root), "children": _children(root, summary.run_id)}
     finally:
@@ -78,7 +79,9 @@ def test_nothing_changed_runs_nothing_and_registers_nothing(three_runs: dict[str
     summary = second["summary"]
     assert summary.unchanged and summary.version == "1"
     assert summary.gate == first["summary"].gate and summary.metrics == first["summary"].metrics
-    flags = _up_to_date(second)
+    assert summary.monitor_status == "too_few_records" and not first["summary"].monitor_status
+    assert second["children"]["monitor"].data.tags["model_version"] == "1"
+    flags = {k: v for k, v in _up_to_date(second).items() if k != "monitor"}
     assert set(flags) == {"ingest", "faces", *(f"train@{m}" for m in MODELS), "ensemble", "evaluate", "register"}
     assert all(flags.values()), flags
     assert second["after"] == second["before"]  # no training child process touched a checkpoint
