@@ -56,6 +56,9 @@ class AlertParams(_Section):
     timeout_s: float = Field(10.0, gt=0, le=120)  # per attempt: an alert must never hang the run it reports on
     # Base URL of the MLflow UI for links when tracking is not over http (sqlite + `mlflow ui`); None: no link.
     mlflow_ui_url: str | None = None
+    # Off: SMTP login without TLS (`security: plain` with a username) and http:// webhooks are refused, because both
+    # send the secret in clear. On only for a relay or receiver on a trusted network (or a test on loopback).
+    allow_insecure: bool = False
 
 
 class ScheduleParams(_Section):

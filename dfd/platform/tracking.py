@@ -17,6 +17,7 @@ from typing import Any
 
 from dfd.platform.config import Params
 from dfd.platform.errors import DfdError, TrackingError
+from dfd.platform.uris import safe_uri
 
 # Registering a model downloads its artifacts back once per file, each with a progress bar: noise in a pipeline log.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -157,7 +158,7 @@ class Tracker:
             location = artifact_root.resolve().as_uri() if artifact_root else None
             return self.client.create_experiment(name, artifact_location=location)
         except Exception as exc:  # MLflow raises several types for an unreachable store
-            raise DfdError(f"MLflow tracking store unreachable at {self.tracking_uri}: {type(exc).__name__}",
+            raise DfdError(f"MLflow tracking store unreachable at {safe_uri(self.tracking_uri)}: {type(exc).__name__}",
                            "start the server (mlflow/start_server.sh) or set MLFLOW_TRACKING_URI") from None
 
     def start_run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> str:
@@ -293,7 +294,7 @@ class Tracker:
             mv = self.client.get_model_version(model_name, str(version))
         except MlflowException:
             raise DfdError(f"model version not found: {model_name} v{version}",
-                           f"list versions in the MLflow UI ({self.tracking_uri})") from None
+                           f"list versions in the MLflow UI ({safe_uri(self.tracking_uri)})") from None
         return {"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags or {}),
                 "aliases": list(mv.aliases or []), "source": mv.source}
 
@@ -380,7 +381,7 @@ class Tracker:
                 return mlflow.pyfunc.load_model(model_uri)
         except MlflowException as exc:
             raise DfdError(f"cannot load model {model_uri}: {exc.message.splitlines()[0]}",
-                           f"check the URI against the registry at {self.tracking_uri}") from None
+                           f"check the URI against the registry at {safe_uri(self.tracking_uri)}") from None
 
 
 # Promotions against a remote server from threads of one process (the lock file covers local stores).
