@@ -17,7 +17,7 @@ from typing import Any
 
 from dfd.platform.config import Params
 from dfd.platform.errors import DfdError, TrackingError
-from dfd.platform.uris import safe_uri
+from dfd.platform.uris import safe_uri, strip_credentials
 
 # Registering a model downloads its artifacts back once per file, each with a progress bar: noise in a pipeline log.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -163,7 +163,7 @@ class Tracker:
 
     def start_run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> str:
         """Create a run (nested under `parent_id` when given) and return its id."""
-        all_tags = {NAME_TAG: name, **(tags or {})}
+        all_tags = {NAME_TAG: name, **{k: strip_credentials(str(v)) for k, v in (tags or {}).items()}}
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
         with self._lock:
@@ -202,7 +202,8 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        # A URI in params (a tracking or S3 URI with a user:password in it) is stored without its credentials.
+        items = [Param(k, strip_credentials(str(v))[:6000]) for k, v in flatten(params).items()]
         with self._lock:
             for i in range(0, len(items), 100):  # MLflow's batch limit
                 self.client.log_batch(run_id, params=items[i:i + 100])
@@ -222,7 +223,7 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         with self._lock:
             for k, v in tags.items():
-                self.client.set_tag(run_id, k, str(v))
+                self.client.set_tag(run_id, k, strip_credentials(str(v)))
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         with self._lock:

@@ -226,3 +226,18 @@ def test_unreachable_s3_fails_clearly(registered) -> None:
     cfg = StorageParams(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2, connect_timeout_s=1.0)
     with pytest.raises(StorageError, match=f"127.0.0.1:{port}"):
         deploy_model(registered.uri, registered.tracking_uri, "s3://models/x", cfg)
+
+
+def test_the_tracker_stores_tags_and_params_without_credentials(registered) -> None:
+    """Through the real MLflow service object (the registered project's store): what a run records names hosts,
+    never keys."""
+    from dfd.platform.tracking import Tracker
+
+    tracker = Tracker(registered.tracking_uri, "uris", registered.root / "mlruns")
+    run = tracker.start_run("r", tags={"source": "http://bob:hunter2@mlflow:5000/x"})
+    tracker.set_tags(run, {"remote": "s3://k:hunter2@minio:9000/b"})
+    tracker.log_params(run, {"mlflow": {"tracking_uri": "postgresql://dfd:hunter2@db/mlflow"}})
+    data = tracker.client.get_run(run).data
+    recorded = [*data.tags.values(), *data.params.values()]
+    assert "http://mlflow:5000/x" in recorded and "postgresql://db/mlflow" in recorded
+    assert not [v for v in recorded if "hunter2" in v or "bob" in v]

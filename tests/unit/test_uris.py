@@ -27,3 +27,4 @@ def test_strip_credentials_in_free_text_and_links() -> None:
     assert strip_credentials(text) == "cannot reach http://h:5000/x; retry postgresql://db/m"
     assert "p4ss" not in mlflow_run_link("http://u:p4ss@mlflow:5000", "1", "r", None)
     assert mlflow_run_link("sqlite:///m.db", "1", "r", "https://u:p4ss@ui") == "https://ui/#/experiments/1/runs/r"
+
