@@ -21,7 +21,7 @@ import numpy as np
 from dfd.platform.config import StorageParams
 from dfd.platform.files import file_digest
 from dfd.platform.storage import check_writable
-from dfd.platform.uris import safe_uri
+from dfd.platform.uris import safe_uri, strip_credentials
 from dfd.serving.deploy_store import (
     MANIFEST,
     POINTER,
@@ -114,8 +114,8 @@ def _download_model(uri: str, tracking_uri: str, dest: Path) -> dict[str, Any]:
     name, version, alias, tags = resolve_version(uri, tracking_uri)
     mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest),
                                         tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return {"uri": uri, "name": name, "version": version, "alias": alias, "tags": tags,
-            "tracking_uri": safe_uri(tracking_uri)}
+    return {"uri": uri, "name": name, "version": version, "alias": alias,
+            "tags": {k: strip_credentials(str(v)) for k, v in tags.items()}, "tracking_uri": safe_uri(tracking_uri)}
 
 
 def _with_version(store: Store, local: Path, manifest: dict[str, Any], scratch: Path,
