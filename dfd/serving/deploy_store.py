@@ -137,6 +137,9 @@ class FolderStore:
         dirs = set()
         for rel in rels:
             path = self.root / rel
+            # A manifest names the files; a tampered one (`/etc/x`, `../x`, a symlinked folder) must not reach out.
+            if not path.resolve().is_relative_to(self.root) or path.resolve() != path.absolute():
+                continue
             if path.is_file() and not path.is_symlink():
                 path.unlink()
                 dirs.update(path.parents)
@@ -252,5 +255,5 @@ def version_files(store: Store, vid: str) -> list[str]:
         return []
     if not isinstance(files, dict):
         return []
-    return [f"{VERSIONS}/{vid}/{rel}" for rel in files if ".." not in rel.split("/")] + \
+    return [f"{VERSIONS}/{vid}/{rel}" for rel in files if ".." not in rel.split("/") and not rel.startswith("/")] + \
         [f"{VERSIONS}/{vid}/{MANIFEST}"]
