@@ -130,19 +130,15 @@ def test_deploy_to_s3_keeps_unrelated_objects_and_refuses_foreign_prefixes(regis
         deploy_model(registered.uri, registered.tracking_uri, "s3://team/data", cfg)
     first = deploy_model(registered.uri, registered.tracking_uri, "s3://team/models/prod", cfg)
     assert first["health_check"]["scores"] and first["source"]["version"] == registered.version
-    # A file of the user's inside an old version's folder survives pruning: only manifest-listed files go.
-    client.put_object(Bucket="team", Key=f"models/prod/versions/{first['version_id']}/README.md", Body=b"mine")
-    ids = [first["version_id"], deploy_model(registered.uri, registered.tracking_uri, "s3://team/models/prod", cfg,
-                                             keep=1)["version_id"]]
+    vid = first["version_id"]
     pointer = json.loads(client.get_object(Bucket="team", Key=f"models/prod/{POINTER}")["Body"].read())
-    assert pointer["current"] == ids[1] and pointer["history"] == [ids[1]]
-    assert _version_keys(client, "team", "models/prod", ids[0]) == {"README.md"}
-    assert _version_keys(client, "team", "models/prod", ids[1]) >= {MANIFEST, "MLmodel"}
+    assert pointer["current"] == vid and pointer["history"] == [vid]
+    assert _version_keys(client, "team", "models/prod", vid) == {*first["files"], MANIFEST}
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="team")["Contents"]}
     assert {"notes.txt", "models/other/x.bin", "data/keep.csv"} <= keys
     assert not [k for k in keys if ".staging-" in k or ".dfd-probe-" in k]
-    assert check_deployment("s3://team/models/prod", cfg)["version_id"] == ids[1]
-    key = f"models/prod/versions/{ids[1]}/MLmodel"
+    assert check_deployment("s3://team/models/prod", cfg)["version_id"] == vid
+    key = f"models/prod/versions/{vid}/MLmodel"
     client.put_object(Bucket="team", Key=key, Body=b"tampered")
     with pytest.raises(DeployError, match="checksum mismatch"):
         check_deployment("s3://team/models/prod", cfg)
@@ -152,11 +148,12 @@ def test_a_reader_of_the_pointer_sees_the_old_or_the_new_set_never_a_mix(registe
                                                                           distinct: list[int]) -> None:
     """The deploy pauses after files it writes (every 40th, and the manifest, written last before the pointer); at
     each pause a reader resolves the pointer and finds every file that version's manifest lists (the old version
-    until the pointer moves)."""
+    until the pointer moves). Then `keep=1` prunes the old version, except a file dfd did not write."""
     client = _s3(s3_server)
     client.create_bucket(Bucket="atomic")
     cfg = StorageParams(endpoint_url=s3_server, max_attempts=2)
     old = deploy_model(registered.uri, registered.tracking_uri, "s3://atomic/m", cfg)["version_id"]
+    client.put_object(Bucket="atomic", Key=f"m/versions/{old}/README.md", Body=b"the user's note")
     paused, resume = threading.Event(), threading.Event()
     seen: list[str] = []
 
@@ -179,7 +176,7 @@ def test_a_reader_of_the_pointer_sees_the_old_or_the_new_set_never_a_mix(registe
 
     result: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: result.update(
-        deploy_model(registered.uri, registered.tracking_uri, "s3://atomic/m", cfg, on_file=hook)))
+        deploy_model(registered.uri, registered.tracking_uri, "s3://atomic/m", cfg, keep=1, on_file=hook)))
     worker.start()
     while worker.is_alive() or paused.is_set():
         if paused.wait(0.2):
@@ -189,7 +186,8 @@ def test_a_reader_of_the_pointer_sees_the_old_or_the_new_set_never_a_mix(registe
     worker.join()
     new = result["version_id"]
     assert new != old and len(seen) >= 3 and set(seen) == {old}  # written while the old set was named
-    assert read_complete_set() == new
+    assert read_complete_set() == new and result["removed"] == [old]
+    assert _version_keys(client, "atomic", "m", old) == {"README.md"}  # only manifest-listed files were pruned
 
 
 def test_serve_from_loads_a_checked_private_copy(registered, tmp_path: Path, monkeypatch, capsys) -> None:
