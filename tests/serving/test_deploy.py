@@ -238,3 +238,24 @@ def test_the_tracker_stores_tags_and_params_without_credentials(registered) -> N
     recorded = [*data.tags.values(), *data.params.values()]
     assert "http://mlflow:5000/x" in recorded and "postgresql://db/mlflow" in recorded
     assert not [v for v in recorded if "hunter2" in v or "bob" in v]
+
+
+def test_an_old_layout_s3_deployment_is_refused_then_migrated(registered, s3_server: str, tmp_path: Path) -> None:
+    from dfd.platform.storage import upload_dir
+    from dfd.serving.deploy import migrate
+
+    client = _s3(s3_server)
+    client.create_bucket(Bucket="legacy")
+    cfg = StorageParams(endpoint_url=s3_server, max_attempts=2)
+    local = tmp_path / "m"
+    deploy._download_model(registered.uri, registered.tracking_uri, local)
+    files = write_manifest(local, {"uri": registered.uri, "name": "m", "version": "1", "alias": None})["files"]
+    upload_dir(local, "s3://legacy/prod", cfg)  # today's layout: files and manifest straight under the prefix
+    client.put_object(Bucket="legacy", Key="prod/notes.txt", Body=b"the user's")
+    with pytest.raises(DeployError, match="--migrate"):
+        deploy_model(registered.uri, registered.tracking_uri, "s3://legacy/prod", cfg)
+    assert migrate("s3://legacy/prod", cfg)["version_id"] == version_id(files)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="legacy", Prefix="prod/")
+    top = {o["Key"].split("/")[1] for page in pages for o in page.get("Contents", [])}
+    assert top == {"notes.txt", POINTER, "versions"}  # the old files moved; the user's stayed
+    assert check_deployment("s3://legacy/prod", cfg)["version_id"] == version_id(files)
