@@ -35,6 +35,7 @@ from dfd.platform.errors import DfdError, StageError
 from dfd.platform.files import read_json, write_json
 from dfd.platform.layout import Layout
 from dfd.platform.tracking import Tracker
+from dfd.platform.uris import safe_uri
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def _record(path: Path, res: RegisterResult, tracker: Tracker, tags: dict[str, A
     write_json(path, {"model_name": res.model_name, "version": res.version, "registered": res.registered,
                       "promoted": res.promoted, "passed": res.passed, "alias": res.alias, "previous": res.previous,
                       "message": res.message, "model_uri": f"models:/{res.model_name}/{res.version}",
-                      "run_id": res.run_id, "tags": tags, "tracking_uri": tracker.tracking_uri,
+                      "run_id": res.run_id, "tags": tags, "tracking_uri": safe_uri(tracker.tracking_uri),
                       "failed": res.gate.get("failed", [])})
     return res
 

@@ -97,10 +97,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dfd.serving.server import serve
 
     params = _serve_params(args)
+    if args.model and getattr(args, "from_deployment", None):
+        raise DfdError("--model and --from name two models", "give one of them")
     traffic = _traffic_log(params, "serve")
+    on_result = traffic.record if traffic else None
     try:
-        serve(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()), params.serve,
-              args.host, args.port, args.insecure, traffic.record if traffic else None)
+        if not getattr(args, "from_deployment", None):
+            serve(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()), params.serve,
+                  args.host, args.port, args.insecure, on_result)
+            return 0
+        import tempfile
+
+        from dfd.serving.deploy import private_copy
+
+        # The copy lives as long as the server: loaded from a folder only this process writes, checked before loading.
+        with tempfile.TemporaryDirectory(prefix="dfd-serve-") as tmp:
+            copy = Path(tmp) / "model"
+            manifest = private_copy(args.from_deployment, params.storage, copy)
+            print(f"serving {args.from_deployment} version {manifest['version_id']}: {len(manifest['files'])} files "
+                  "match their SHA-256 manifest")
+            serve(str(copy), resolve_tracking_uri(params, Path.cwd()), params.serve, args.host, args.port,
+                  args.insecure, on_result)
     finally:
         if traffic:
             traffic.close()
@@ -117,7 +134,7 @@ def _traffic_log(params: Params, source: str) -> Any:
 
 def cmd_deploy_model(args: argparse.Namespace) -> int:
     from dfd.platform.tracking import resolve_tracking_uri
-    from dfd.serving.deploy import deploy_model
+    from dfd.serving.deploy import KEEP, deploy_model
     from dfd.serving.registry_model import default_model_uri
 
     params = params_from_args(args) if Path(args.params).is_file() else Params()
@@ -128,8 +145,16 @@ def cmd_deploy_model(args: argparse.Namespace) -> int:
         print(f"{args.to}: {len(manifest['files'])} files match their checksums; health check passed "
               f"(scores {manifest['health_check']['scores']})")
         return 0
+    if args.migrate:
+        from dfd.serving.deploy import migrate
+
+        manifest = migrate(args.to, params.storage)
+        print(f"migrated {args.to} to versions/{manifest['version_id']}/ (health check passed)")
+        return 0
     manifest = deploy_model(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()),
-                            args.to, params.storage)
-    print(f"deployed {manifest['source']['uri']} (version {manifest['source']['version']}) to {args.to}: "
-          f"{len(manifest['files'])} files, health check passed (scores {manifest['health_check']['scores']})")
+                            args.to, params.storage, keep=KEEP if args.keep is None else args.keep)
+    where = f"{args.to.rstrip('/')}/versions/{manifest['version_id']}"
+    print(f"deployed {manifest['source']['uri']} (version {manifest['source']['version']}) to {where}: "
+          f"{len(manifest['files'])} files, health check passed (scores {manifest['health_check']['scores']})"
+          + (f"; removed old versions {', '.join(manifest['removed'])}" if manifest["removed"] else ""))
     return 0

@@ -13,6 +13,7 @@ from dfd.commands.data import cmd_demo_data
 from dfd.commands.interrupts import interrupt_signal, stop_now
 from dfd.platform.config import Params
 from dfd.platform.errors import DfdError
+from dfd.platform.uris import safe_uri
 
 
 def _epoch_logger(path: str | None) -> Callable[[int, dict[str, float]], None] | None:
@@ -103,7 +104,7 @@ def print_summary(summary: Any, root: Path) -> None:
         print(f"  registered model: {summary.model_name} version {summary.version}, {status}")
     print()
     print("See the results:")
-    print(f"  MLflow UI:  mlflow ui --backend-store-uri {summary.tracking_uri}   (then http://127.0.0.1:5000)")
+    print(f"  MLflow UI:  mlflow ui --backend-store-uri {safe_uri(summary.tracking_uri)}   (then http://127.0.0.1:5000)")
     print("  Prefect UI: prefect server start   (then http://127.0.0.1:4200)")
     print(f"  Reports:    {root / 'artifacts' / 'reports'}")
 

@@ -8,6 +8,7 @@ channel is logged and reported as "failed", so it can neither hide the failure i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from tenacity import Retrying, stop_after_attempt, wait_fixed
 
 from dfd.platform.config import AlertParams, EmailAlertParams, SlackAlertParams
 from dfd.platform.errors import ConfigError
+from dfd.platform.uris import safe_uri, strip_credentials
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,22 @@ def _send_email(cfg: EmailAlertParams, password: str | None, subject: str, body:
         smtp.send_message(msg)
 
 
-def _check_webhook(url: str, source: str) -> None:
+def _check_webhook(url: str, source: str, allow_insecure: bool = False) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         # Never echo the value: it is the secret.
         raise ConfigError(f"alerts.slack: the webhook URL from {source} is not an http(s) URL (value not shown)",
                           "it must look like https://hooks.slack.com/services/...")
+    if parts.scheme == "http" and not allow_insecure:
+        # The URL is the credential: over http anyone on the path can read it and post as the team.
+        raise ConfigError(f"alerts.slack: the webhook URL from {source} is http://, which sends it in clear",
+                          "use its https:// URL, or set alerts.allow_insecure: true for a trusted network")
+
+
+def _check_smtp_security(cfg: EmailAlertParams, allow_insecure: bool) -> None:
+    if cfg.security == "plain" and cfg.username and not allow_insecure:
+        raise ConfigError("alerts.email: security: plain with a username would send the SMTP password in clear",
+                          "use security: starttls or ssl, or set alerts.allow_insecure: true for a trusted relay")
 
 
 def _post_slack(url: str, text: str, timeout: float) -> None:
@@ -122,7 +134,11 @@ def send_email(cfg: AlertParams, subject: str, body: str) -> Delivery:
     if not email.enabled:
         return "off"
     try:
+        _check_smtp_security(email, cfg.allow_insecure)
         password = resolve_secret(email.password_env, email.password_block) if email.username else None
+    except ConfigError as exc:
+        log.error("alert email failed: %s", exc)
+        return "failed"
     except Exception as exc:  # an unreadable Secret block is a failed channel, not a crash
         log.error("alert email failed: cannot read %s: %s", _source(email.password_env, email.password_block),
                   type(exc).__name__)
@@ -140,7 +156,7 @@ def send_slack(cfg: AlertParams, text: str) -> Delivery:
         url = resolve_secret(slack.webhook_env, slack.webhook_block)
         if not url:
             raise ConfigError(f"alerts.slack: {_source(slack.webhook_env, slack.webhook_block)} is not set")
-        _check_webhook(url, _source(slack.webhook_env, slack.webhook_block))
+        _check_webhook(url, _source(slack.webhook_env, slack.webhook_block), cfg.allow_insecure)
     except Exception as exc:
         log.error("alert slack failed: %s", redact(f"{type(exc).__name__}: {exc}", [url]))
         return "failed"
@@ -150,11 +166,26 @@ def send_slack(cfg: AlertParams, text: str) -> Delivery:
 def alert(cfg: AlertParams, subject: str, body: str) -> dict[str, Delivery]:
     """Send `subject`/`body` on every enabled channel, each independently; which delivered, failed or is off.
 
-    The text is redacted first: a failure message quoting a secret must not carry it to the other channel.
+    The text is redacted first: a failure message quoting a secret (from the environment or a Prefect Secret block)
+    or a URI with credentials must not carry it to any channel.
     """
-    known = [os.environ.get(cfg.email.password_env), os.environ.get(cfg.slack.webhook_env)]
-    subject, body = redact(subject, known), redact(body, known)
+    known = known_secrets(cfg)
+    subject, body = redact(strip_credentials(subject), known), redact(strip_credentials(body), known)
     return {"email": send_email(cfg, subject, body), "slack": send_slack(cfg, f"*{subject}*\n{body}")}
+
+
+def known_secrets(cfg: AlertParams) -> list[str | None]:
+    """Every alert secret this configuration can reach: both environment variables and any named Secret block.
+
+    A block that cannot be read contributes nothing (its channel reports the failure); the values are only used to
+    redact, never shown.
+    """
+    known: list[str | None] = [os.environ.get(cfg.email.password_env), os.environ.get(cfg.slack.webhook_env)]
+    for block in (cfg.email.password_block, cfg.slack.webhook_block):
+        if block:
+            with contextlib.suppress(Exception):  # unreadable: the channel using it fails and says so
+                known.append(resolve_secret("", block))
+    return known
 
 
 def check_alert_settings(cfg: AlertParams) -> None:
@@ -171,6 +202,7 @@ def check_alert_settings(cfg: AlertParams) -> None:
             raise ConfigError("alerts.email.to must list at least one address (name@domain)")
         if email.ca_file and not Path(email.ca_file).is_file():
             raise ConfigError(f"alerts.email.ca_file not found: {email.ca_file}")
+        _check_smtp_security(email, cfg.allow_insecure)
         if email.username and not email.password_block and not os.environ.get(email.password_env):
             raise ConfigError(f"alerts.email.username is set but ${email.password_env} is empty",
                               "export the SMTP password there, or name a Prefect Secret block in password_block")
@@ -183,7 +215,7 @@ def check_alert_settings(cfg: AlertParams) -> None:
         if not url:
             raise ConfigError(f"alerts.slack is enabled but {source} is empty",
                               "set it to the incoming-webhook URL, or disable alerts.slack")
-        _check_webhook(url, source)
+        _check_webhook(url, source, cfg.allow_insecure)
 
 
 def params_alerts_fallback(files: list[Path]) -> AlertParams:
@@ -228,8 +260,8 @@ def mlflow_run_link(tracking_uri: str, experiment_id: str | None, run_id: str | 
         return "no MLflow run was started"
     base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else ui_url
     if base and experiment_id:
-        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"run {run_id} in {tracking_uri}"
+        return f"{safe_uri(base).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run {run_id} in {safe_uri(tracking_uri)}"
 
 
 def _num(value: Any) -> str:

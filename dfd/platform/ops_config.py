@@ -58,6 +58,9 @@ class AlertParams(_Section):
     mlflow_ui_url: str | None = None
     # A cancelled run (UI, `prefect flow-run cancel`) is someone's decision, not a failure: no alert unless asked.
     on_cancel: bool = False
+    # Off: SMTP login without TLS (`security: plain` with a username) and http:// webhooks are refused, because both
+    # send the secret in clear. On only for a relay or receiver on a trusted network (or a test on loopback).
+    allow_insecure: bool = False
 
 
 class ScheduleParams(_Section):

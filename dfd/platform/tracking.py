@@ -17,6 +17,7 @@ from typing import Any
 
 from dfd.platform.config import Params
 from dfd.platform.errors import DfdError, TrackingError
+from dfd.platform.uris import safe_uri, strip_credentials
 
 # Registering a model downloads its artifacts back once per file, each with a progress bar: noise in a pipeline log.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -157,12 +158,12 @@ class Tracker:
             location = artifact_root.resolve().as_uri() if artifact_root else None
             return self.client.create_experiment(name, artifact_location=location)
         except Exception as exc:  # MLflow raises several types for an unreachable store
-            raise DfdError(f"MLflow tracking store unreachable at {self.tracking_uri}: {type(exc).__name__}",
+            raise DfdError(f"MLflow tracking store unreachable at {safe_uri(self.tracking_uri)}: {type(exc).__name__}",
                            "start the server (mlflow/start_server.sh) or set MLFLOW_TRACKING_URI") from None
 
     def start_run(self, name: str, parent_id: str | None = None, tags: dict[str, str] | None = None) -> str:
         """Create a run (nested under `parent_id` when given) and return its id."""
-        all_tags = {NAME_TAG: name, **(tags or {})}
+        all_tags = {NAME_TAG: name, **{k: strip_credentials(str(v)) for k, v in (tags or {}).items()}}
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
         with self._lock:
@@ -201,7 +202,8 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        # A URI in params (a tracking or S3 URI with a user:password in it) is stored without its credentials.
+        items = [Param(k, strip_credentials(str(v))[:6000]) for k, v in flatten(params).items()]
         with self._lock:
             for i in range(0, len(items), 100):  # MLflow's batch limit
                 self.client.log_batch(run_id, params=items[i:i + 100])
@@ -221,7 +223,7 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         with self._lock:
             for k, v in tags.items():
-                self.client.set_tag(run_id, k, str(v))
+                self.client.set_tag(run_id, k, strip_credentials(str(v)))
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         with self._lock:
@@ -304,7 +306,7 @@ class Tracker:
             mv = self.client.get_model_version(model_name, str(version))
         except MlflowException:
             raise DfdError(f"model version not found: {model_name} v{version}",
-                           f"list versions in the MLflow UI ({self.tracking_uri})") from None
+                           f"list versions in the MLflow UI ({safe_uri(self.tracking_uri)})") from None
         return {"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags or {}),
                 "aliases": list(mv.aliases or []), "source": mv.source}
 
@@ -391,7 +393,7 @@ class Tracker:
                 return mlflow.pyfunc.load_model(model_uri)
         except MlflowException as exc:
             raise DfdError(f"cannot load model {model_uri}: {exc.message.splitlines()[0]}",
-                           f"check the URI against the registry at {self.tracking_uri}") from None
+                           f"check the URI against the registry at {safe_uri(self.tracking_uri)}") from None
 
 
 # Promotions against a remote server from threads of one process (the lock file covers local stores).

@@ -1,38 +1,45 @@
 """`dfd deploy-model`: copy the registered model folder to a directory or an S3 prefix, with checksums, and prove it.
 
-The copy carries `dfd-manifest.json`: the source (URI, name, version, alias, lineage tags) and the SHA-256 of every
-file. A deployment is written to a temporary place, checked there (checksums, load, score the model's input
-example), and only then made visible:
-- a folder: written beside the target and renamed onto it (the previous deployment is replaced whole);
-- S3: uploaded to a staging prefix, downloaded back and checked, copied server-side to the target prefix with the
-  manifest written last (readers treat a prefix without a manifest as incomplete), then the staging prefix is removed.
-A failed check leaves the target as it was and removes what was staged.
+The copy carries `dfd-manifest.json`: the source (URI without credentials, name, version, alias, lineage tags) and
+the SHA-256 of every file. It goes to `versions/<id>/` under the target (see `deploy_store` for the layout), is checked
+where it lives (checksums, load, score the model's input example; S3: downloaded back first), and only then named by
+the pointer, written last. A failed check leaves the pointer as it was and removes exactly the files it wrote.
+A target that holds anything dfd did not write is refused; the last `--keep` versions stay.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dfd.platform.config import StorageParams
-from dfd.platform.errors import DfdError
 from dfd.platform.files import file_digest
-from dfd.platform.storage import check_writable, download_dir, parse_s3_uri, s3_client, upload_dir
+from dfd.platform.storage import check_writable
+from dfd.platform.uris import safe_uri, strip_credentials
+from dfd.serving.deploy_store import (
+    MANIFEST,
+    POINTER,
+    DeployError,
+    OnFile,
+    Store,
+    new_pointer,
+    open_store,
+    read_pointer,
+    version_files,
+    version_id,
+)
 from dfd.serving.registry_model import resolve_version
 
-MANIFEST = "dfd-manifest.json"
-
-
-class DeployError(DfdError):
-    """The copied model is incomplete, altered, or does not load and score."""
+# Versions kept by default: the current one and two to roll back to by hand, without keeping every week forever.
+KEEP = 3
+__all__ = ["KEEP", "MANIFEST", "DeployError", "check", "check_deployment", "deploy_model", "migrate",
+           "private_copy", "verify_checksums", "write_manifest"]
 
 
 def sha256(path: Path) -> str:
@@ -107,97 +114,156 @@ def _download_model(uri: str, tracking_uri: str, dest: Path) -> dict[str, Any]:
     name, version, alias, tags = resolve_version(uri, tracking_uri)
     mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest),
                                         tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return {"uri": uri, "name": name, "version": version, "alias": alias, "tags": tags, "tracking_uri": tracking_uri}
+    return {"uri": uri, "name": name, "version": version, "alias": alias,
+            "tags": {k: strip_credentials(str(v)) for k, v in tags.items()}, "tracking_uri": safe_uri(tracking_uri)}
 
 
-def _commit_folder(staged: Path, target: Path) -> None:
-    """Put `staged` at `target` by renames (same filesystem), replacing a previous deployment whole."""
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    if target.exists():
-        if not (target / MANIFEST).is_file() and any(target.iterdir()):
-            raise DeployError(f"{target} exists and is not a dfd deployment", "choose an empty or new folder")
-        target.rename(old)
-    staged.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+def _with_version(store: Store, local: Path, manifest: dict[str, Any], scratch: Path,
+                  on_file: OnFile | None) -> tuple[str, dict[str, Any]]:
+    """Put `local` in `store` as a version unless it is already there, and check it where it lives.
 
-
-def _s3_delete_prefix(client: Any, bucket: str, prefix: str) -> None:
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
-
-
-def _commit_s3(staging: str, target: str, manifest: dict[str, Any], cfg: StorageParams) -> None:
-    """Copy the staged objects to `target` server-side (manifest last), drop stale ones, remove the staging prefix."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    client = s3_client(cfg)
-    sb, sp = parse_s3_uri(staging)
-    tb, tp = parse_s3_uri(target)
-
-    def key(prefix: str, rel: str) -> str:
-        return f"{prefix}/{rel}".lstrip("/")
-
+    Returns its id and the check's result; on any failure, removes exactly the files this call wrote.
+    """
+    vid = version_id(manifest["files"])
+    written: list[str] = []
     try:
-        for rel in [*sorted(manifest["files"]), MANIFEST]:
-            client.copy_object(Bucket=tb, Key=key(tp, rel), CopySource={"Bucket": sb, "Key": key(sp, rel)})
-        keep = {key(tp, rel) for rel in [*manifest["files"], MANIFEST]}
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=tb, Prefix=f"{tp}/" if tp else ""):
-            stale = [{"Key": o["Key"]} for o in page.get("Contents", []) if o["Key"] not in keep
-                     and not o["Key"].startswith(f"{sp}/")]
-            if stale:
-                client.delete_objects(Bucket=tb, Delete={"Objects": stale})
-        _s3_delete_prefix(client, sb, sp)
-    except (BotoCoreError, ClientError) as exc:
-        raise DeployError(f"committing the deployment to {target} failed ({type(exc).__name__}: {exc})") from None
+        if not store.has_version(vid):  # the same files deploy to the same id: never rewritten once there
+            store.put_version(local, vid, written, on_file)
+        result = check(store.version_path(vid, scratch / "back"))
+        if version_id(result["files"]) != vid:
+            raise DeployError(f"{store.where}: version {vid} holds a different file list than its id says")
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error is what the user needs to see
+            store.delete(written)
+        raise
+    return vid, result
 
 
-def deploy_model(uri: str, tracking_uri: str, to: str, storage: StorageParams) -> dict[str, Any]:
-    """Copy the model `uri` to `to` (a folder or s3://bucket/prefix), checked; returns the manifest and the scores.
+def _point(store: Store, vid: str, source: dict[str, Any], keep: int) -> list[str]:
+    """Write the pointer naming `vid` (last), then remove versions beyond `keep`; the ids removed."""
+    old = read_pointer(store)["history"] if store.read(POINTER) is not None else []
+    history = [vid, *(v for v in old if v != vid)]
+    store.write_pointer(new_pointer(vid, history[:keep], source))
+    for gone in history[keep:]:
+        store.delete(version_files(store, gone))  # only what its own manifest lists
+    return history[keep:]
+
+
+def deploy_model(uri: str, tracking_uri: str, to: str, storage: StorageParams, keep: int = KEEP,
+                 on_file: OnFile | None = None) -> dict[str, Any]:
+    """Copy the model `uri` to `to` (a folder or s3://bucket/prefix) as a new version, checked, and point at it.
+
+    Args:
+        uri: The registered model (`models:/name@alias` or `models:/name/N`).
+        tracking_uri: The registry.
+        to: The target: empty, or an earlier deployment in this layout.
+        storage: S3 settings (endpoint, retries).
+        keep: Versions kept, the new one included (older ones are removed file by file).
+        on_file: Called after each file of a new version is written (tests pause a deploy there).
+
+    Returns:
+        The manifest with the health check's scores, `version_id` and `removed` (version ids pruned).
 
     Raises:
-        DeployError: The check failed (the target is left as it was).
+        DeployError: The target is not ours, is in the old layout, or the check failed (the pointer is unchanged).
         StorageError: S3 is unreachable or refuses the write (after the client's bounded retries).
     """
+    if keep < 1:
+        raise DeployError(f"--keep {keep}: at least the current version must be kept")
     if to.startswith("s3://"):
+        open_store(to, storage)  # an empty prefix is refused before anything is written
         check_writable(to, storage)  # fail in seconds on a wrong endpoint, before downloading anything
+    store = open_store(to, storage)
+    if store.kind() == "legacy":
+        raise DeployError(f"{store.where} holds a deployment in the old single-folder layout",
+                          f"run `dfd deploy-model --to {store.where} --migrate` first, then deploy again")
     with tempfile.TemporaryDirectory(prefix="dfd-deploy-") as tmp:
         local = Path(tmp) / "model"
         source = _download_model(uri, tracking_uri, local)
         manifest = write_manifest(local, source)
-        if not to.startswith("s3://"):
-            target = Path(to).resolve()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staged = target.with_name(f".{target.name}.staging-{uuid.uuid4().hex[:8]}")
-            shutil.copytree(local, staged)
-            try:
-                result = check(staged)  # checked where it will live, not in the temp copy
-                _commit_folder(staged, target)
-            except BaseException:
-                shutil.rmtree(staged, ignore_errors=True)
-                raise
-            return result
-        bucket, prefix = parse_s3_uri(to)
-        # A sibling prefix: invisible to readers of `to`, and removed whatever happens.
-        staging = f"s3://{bucket}/{prefix or ''}.staging-{uuid.uuid4().hex[:8]}"
-        try:
-            upload_dir(local, staging, storage)
-            back = Path(tmp) / "back"
-            download_dir(staging, back, storage)
-            result = check(back)
-            _commit_s3(staging, to, manifest, storage)
-        except BaseException:
-            with contextlib.suppress(Exception):  # the original error is what the user needs to see
-                _s3_delete_prefix(s3_client(storage), bucket, parse_s3_uri(staging)[1])
-            raise
-        return result
+        vid, result = _with_version(store, local, manifest, Path(tmp), on_file)
+        removed = _point(store, vid, {k: source[k] for k in ("uri", "name", "version", "alias")}, keep)
+    return {**result, "version_id": vid, "removed": removed}
+
+
+def migrate(to: str, storage: StorageParams) -> dict[str, Any]:
+    """Move an old single-folder deployment at `to` into this layout: copy it to `versions/<id>/`, check it, point
+    at it, then remove the old copy's files (only those its manifest lists).
+
+    Raises:
+        DeployError: `to` is not an old-layout deployment, or the copy fails its check (then nothing is removed).
+    """
+    store = open_store(to, storage)
+    if store.kind() != "legacy":
+        raise DeployError(f"{store.where} is not a deployment in the old layout: nothing to migrate")
+    with tempfile.TemporaryDirectory(prefix="dfd-migrate-") as tmp:
+        local = Path(tmp) / "old"
+        if to.startswith("s3://"):
+            _download_legacy(to, local, storage)
+        else:
+            _copy_legacy(Path(store.where), local)
+        old = verify_checksums(local)
+        vid, result = _with_version(store, local, old, Path(tmp), None)
+        store.write_pointer(new_pointer(vid, [vid], {k: old["source"].get(k) for k in ("uri", "name", "version",
+                                                                                           "alias")}))
+        store.delete([*old["files"], MANIFEST])
+    return {**result, "version_id": vid, "removed": []}
+
+
+def _download_legacy(to: str, dest: Path, storage: StorageParams) -> None:
+    """The old deployment's files only (its manifest and what it lists), not anything else under the prefix."""
+    from dfd.platform.storage import download_dir
+
+    download_dir(to, dest, storage)
+    manifest = json.loads((dest / MANIFEST).read_text())
+    listed = {*manifest["files"], MANIFEST}
+    for path in [p for p in dest.rglob("*") if p.is_file()]:
+        if path.relative_to(dest).as_posix() not in listed:
+            path.unlink()
+
+
+def _copy_legacy(folder: Path, dest: Path) -> None:
+    import shutil
+
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for rel in [*manifest["files"], MANIFEST]:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(folder / rel, dest / rel)
+
+
+def private_copy(location: str, storage: StorageParams, dest: Path) -> dict[str, Any]:
+    """Copy the deployment at `location` (folder or s3://) into `dest`, then check the copy's files against its
+    SHA-256 manifest and the pointer's id: what is loaded is what was checked, out of reach of later writes.
+
+    Returns:
+        The manifest (with `version_id`).
+
+    Raises:
+        DeployError: Not a deployment, or the copy does not match its manifest.
+    """
+    store = open_store(location, storage)
+    vid = read_pointer(store)["current"]
+    store.version_copy(vid, dest)
+    manifest = verify_checksums(dest)
+    if version_id(manifest["files"]) != vid:
+        raise DeployError(f"{location}: the manifest of version {vid} lists other files than the pointer names",
+                          "the deployment was altered: deploy again")
+    return {**manifest, "version_id": vid}
 
 
 def check_deployment(location: str, storage: StorageParams) -> dict[str, Any]:
-    """Verify an existing deployment (folder or s3://): checksums, load, score."""
-    if not location.startswith("s3://"):
-        return check(Path(location))
+    """Verify an existing deployment (folder or s3://): its current version's checksums, load, score.
+
+    A folder that is itself one version (a `versions/<id>/` or an old-layout deployment) is checked as it is.
+    """
     with tempfile.TemporaryDirectory(prefix="dfd-check-") as tmp:
-        download_dir(location, Path(tmp), storage)
-        return check(Path(tmp))
+        if not location.startswith("s3://") and (Path(location) / MANIFEST).is_file():
+            return check(Path(location))
+        store = open_store(location, storage)
+        if store.kind() == "legacy":
+            from dfd.platform.storage import download_dir
+
+            download_dir(location, Path(tmp), storage)
+            return check(Path(tmp))
+        vid = read_pointer(store)["current"]
+        return {**check(store.version_path(vid, Path(tmp) / "back")), "version_id": vid}

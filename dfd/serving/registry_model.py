@@ -16,6 +16,7 @@ from typing import Any
 from dfd.evaluation.model_card import SYNTHETIC_WARNING, TRAINING_DATA_TAG
 from dfd.platform.config import Params
 from dfd.platform.errors import DfdError
+from dfd.platform.uris import safe_uri
 
 # Registering downloads artifacts back once per file, each with a progress bar: noise in a CLI.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -80,7 +81,7 @@ def resolve_version(uri: str, tracking_uri: str) -> tuple[str, str, str | None, 
         client = _client(tracking_uri)
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except Exception as exc:  # MLflow raises RestException, MlflowException, OperationalError ...
-        raise ModelNotFoundError(f"model {uri} not found in {tracking_uri} ({type(exc).__name__})",
+        raise ModelNotFoundError(f"model {uri} not found in {safe_uri(tracking_uri)} ({type(exc).__name__})",
                                  "run the pipeline (`dfd run`) or pass --model") from None
     return name, str(mv.version), alias, dict(mv.tags)
 

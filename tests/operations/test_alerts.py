@@ -109,7 +109,7 @@ def _alerts_section(s: Servers) -> dict[str, Any]:
                       "security": "starttls", "username": "dfd-bot", "password_env": "DFD_TEST_SMTP_PASSWORD",
                       "ca_file": str(s.ca_file)},
             "slack": {"enabled": True, "webhook_env": "DFD_TEST_SLACK"}, "attempts": 2, "timeout_s": 5,
-            "mlflow_ui_url": "http://127.0.0.1:5000"}
+            "mlflow_ui_url": "http://127.0.0.1:5000", "allow_insecure": True}  # the receiver is http on loopback
 
 
 def _project(root: Path, s: Servers) -> Path:
@@ -227,7 +227,7 @@ def test_a_failing_channel_is_logged_redacted_and_does_not_block_the_other(
     for url in (dead, dead.removeprefix("http://")):
         monkeypatch.setenv("DFD_TEST_DEAD", url)
         cfg = AlertParams(email=email, slack=SlackAlertParams(enabled=True, webhook_env="DFD_TEST_DEAD"), attempts=2,
-                          timeout_s=2)
+                          timeout_s=2, allow_insecure=True)
         assert alert(cfg, "s", f"quoting {url} and {PASSWORD}") == {"email": "delivered", "slack": "failed"}
     assert len(servers.mails) == 2 and "[secret redacted]" in _text(servers.mails[0])
     assert "alert slack failed" in caplog.text
@@ -280,7 +280,7 @@ def test_the_webhook_can_come_from_a_prefect_secret_block(prefect_server: None, 
     servers.clear()
     Secret(value=servers.webhook).save("dfd-test-webhook", overwrite=True)
     cfg = AlertParams(slack=SlackAlertParams(enabled=True, webhook_env="DFD_UNSET_HOOK",
-                                             webhook_block="dfd-test-webhook"))
+                                             webhook_block="dfd-test-webhook"), allow_insecure=True)
     check_alert_settings(cfg)
     assert send_slack(cfg, "from a block") == "delivered"
     assert servers.posts == [{"path": f"/services/{TOKEN}", "text": "from a block"}]
@@ -311,3 +311,79 @@ def test_the_message_names_each_failed_check_and_links_both_runs() -> None:
     assert "brave-fox" in subject and "m v4" in subject
     assert "  auc: 0.8123 (threshold 0.9000) - test split" in body and "eer" not in body
     assert link in body and "http://prefect:4200/runs/flow-run/f1" in body
+
+
+def test_http_webhooks_are_refused_unless_allowed(servers: Servers, caplog: pytest.LogCaptureFixture) -> None:
+    """The webhook URL is the credential: over http:// it travels in clear, so it is refused before any request."""
+    servers.clear()
+    cfg = AlertParams(slack=SlackAlertParams(enabled=True, webhook_env="DFD_TEST_SLACK"), attempts=1, timeout_s=2)
+    with pytest.raises(ConfigError, match=r"http://, which sends it in clear"):
+        check_alert_settings(cfg)
+    assert send_slack(cfg, "not sent") == "failed" and servers.posts == []
+    allowed = cfg.model_copy(update={"allow_insecure": True})
+    check_alert_settings(allowed)
+    assert send_slack(allowed, "sent") == "delivered" and len(servers.posts) == 1
+    _secrets_absent(caplog.text)
+
+
+def test_plaintext_smtp_login_is_refused_unless_allowed(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A real SMTP server that accepts AUTH without TLS: dfd never logs in there unless `allow_insecure` says so."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    logins: list[str] = []
+    mails: list[bytes] = []
+
+    class Collect:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            mails.append(envelope.content)
+            return "250 OK"
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        logins.append(data.login.decode())
+        return AuthResult(success=data.password.decode() == PASSWORD)
+
+    port = _free_port()
+    smtp = Controller(Collect(), hostname="127.0.0.1", port=port, authenticator=authenticate,
+                      auth_require_tls=False)
+    smtp.start()
+    try:
+        monkeypatch.setenv("DFD_TEST_PLAIN_PW", PASSWORD)
+        email = EmailAlertParams(enabled=True, to=["a@example.org"], host="127.0.0.1", port=port, security="plain",
+                                 username="dfd-bot", password_env="DFD_TEST_PLAIN_PW")
+        cfg = AlertParams(email=email, attempts=1, timeout_s=5)
+        with pytest.raises(ConfigError, match="password in clear"):
+            check_alert_settings(cfg)
+        assert send_email(cfg, "s", "b") == "failed" and logins == [] and mails == []
+        assert send_email(cfg.model_copy(update={"allow_insecure": True}), "s", "b") == "delivered"
+        assert logins == ["dfd-bot"] and len(mails) == 1
+        # Without a login there is no secret to expose: plain stays allowed for an anonymous relay.
+        anonymous = AlertParams(email=email.model_copy(update={"username": None}), attempts=1, timeout_s=5)
+        check_alert_settings(anonymous)
+        assert send_email(anonymous, "s", "b") == "delivered" and len(mails) == 2
+    finally:
+        smtp.stop()
+    _secrets_absent(caplog.text)
+
+
+def test_secrets_from_prefect_blocks_are_redacted_from_every_channel(prefect_server: None, servers: Servers,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The SMTP password lives in a Secret block (not the environment): a message quoting it, or quoting a URI with
+    credentials, reaches the webhook redacted."""
+    from prefect.blocks.system import Secret
+
+    servers.clear()
+    block_pw = PASSWORD  # the SMTP server's password, here only in the block ($DFD_SMTP_PASSWORD is not it)
+    Secret(value=block_pw).save("dfd-test-smtp-pw", overwrite=True)
+    email = EmailAlertParams(enabled=True, to=["a@example.org"], host="127.0.0.1", port=servers.smtp_port,
+                             username="dfd-bot", password_block="dfd-test-smtp-pw", ca_file=str(servers.ca_file))
+    cfg = AlertParams(email=email, slack=SlackAlertParams(enabled=True, webhook_env="DFD_TEST_SLACK"), attempts=1,
+                      timeout_s=5, allow_insecure=True)
+    body = f"the run logged {block_pw} and http://alice:{block_pw}x@mlflow:5000/#/runs/1"
+    assert alert(cfg, "s", body) == {"email": "delivered", "slack": "delivered"}
+    (post,), (mail,) = servers.posts, servers.mails
+    for text in (post["text"], _text(mail)):
+        assert block_pw not in text and "alice" not in text
+        assert "[secret redacted]" in text and "http://mlflow:5000/#/runs/1" in text
+    assert block_pw not in caplog.text

@@ -1,8 +1,10 @@
 """Deployments: prefect.yaml agrees with params, and `dfd deploy` against a real `prefect server start` and a real
-`prefect worker start` registers a weekly schedule and runs the pipeline on tiny data through the worker."""
+`prefect worker start` registers a weekly schedule and runs the pipeline on tiny data through the worker. The server
+requires an API auth string, as in the compose stack: the CLI and the worker send it."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import itertools
 import json
@@ -26,6 +28,7 @@ from flows.deploy import prefect_yaml
 from tests.helpers import PROJECT, TINY
 
 PREFECT = Path(sys.executable).parent / "prefect"
+AUTH = "dfd:prefect-auth-test-secret"  # PREFECT_SERVER_API_AUTH_STRING of the test server
 
 
 def _free_port() -> int:
@@ -34,9 +37,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _api(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def _api(url: str, path: str, body: dict[str, Any] | None = None, auth: str | None = AUTH) -> Any:
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
     req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+                                 headers=headers, method="GET" if body is None else "POST")
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -90,7 +96,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)], stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True,
         env=_env(PREFECT_HOME=str(home), PREFECT_UI_ENABLED="false",
-                 PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2"))
+                 PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_SERVER_API_AUTH_STRING=AUTH))
     url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.time() + 180
@@ -109,13 +115,27 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.mark.slow
+def test_the_prefect_api_refuses_clients_without_the_auth_string(prefect_api: str) -> None:
+    """Who reaches the API could register a deployment whose pull step runs a shell on the worker: only /health is
+    open."""
+    import urllib.error
+
+    assert _api(prefect_api, "/health", auth=None) is True
+    for auth in (None, "dfd:wrong", "prefect-auth-test-secret"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _api(prefect_api, "/deployments/filter", {}, auth=auth)
+        assert err.value.code == 401
+    assert isinstance(_api(prefect_api, "/deployments/filter", {}), list)  # the right string opens it
+
+
+@pytest.mark.slow
 def test_dfd_deploy_schedules_weekly_and_a_worker_runs_the_pipeline(prefect_api: str, tiny_dataset: Path,
                                                                      tmp_path: Path) -> None:
     tz = "America/New_York"  # not UTC, and with DST: "7 days apart" must hold on the local clock
     (tmp_path / "deploy.yaml").write_text(yaml.safe_dump(
         {"schedule": {"timezone": tz, "project_dir": str(PROJECT), "work_pool": "dfd-test-pool"}}))
     (tmp_path / "local.yaml").write_text(yaml.safe_dump({"data": {"root": str(tiny_dataset)}}))
-    env = _env(PREFECT_API_URL=prefect_api)
+    env = _env(PREFECT_API_URL=prefect_api, PREFECT_API_AUTH_STRING=AUTH)  # the CLI and the worker send it
     out = subprocess.run([sys.executable, "-m", "dfd.cli", "--params", str(PROJECT / "params.yaml"), "--override",
                           str(tmp_path / "deploy.yaml"), "deploy"], env=env, capture_output=True, text=True,
                          timeout=180)

@@ -129,3 +129,52 @@ def test_the_build_context_leaves_out_environments_data_stores_and_history() -> 
     for path in ("pyproject.toml", "dfd/cli.py", "flows/pipeline.py", "params.yaml", "docker/mlflow/basic_auth.ini",
                  "mlflow/start_server.sh"):
         assert not ignored(path), path
+
+
+def _env_of(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    return dict(env) if isinstance(env, dict) else dict(e.split("=", 1) for e in env)
+
+
+def _db_user(url: str) -> str:
+    return url.split("://", 1)[1].split(":", 1)[0]
+
+
+def test_the_stack_grants_least_privilege(compose: dict[str, Any]) -> None:
+    """What the README's "Security" section promises, read from compose.yaml itself."""
+    services = compose["services"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} on every interface"
+    # Prefect: the server requires an auth string; every client of its API sends the same one.
+    server_auth = _env_of(services["prefect-server"])["PREFECT_SERVER_API_AUTH_STRING"]
+    assert VARIABLE.fullmatch(server_auth)
+    clients = [n for n, svc in services.items() if "PREFECT_API_URL" in _env_of(svc)]
+    assert clients
+    for name in clients:
+        assert VARIABLE.findall(_env_of(services[name]).get("PREFECT_API_AUTH_STRING", "")) == \
+            VARIABLE.findall(server_auth), name
+    # The model server: no S3 key, a read-only MLflow login created before it starts, the network MLflow is on.
+    model = services["model-server"]
+    env = _env_of(model)
+    assert not [k for k in env if k.startswith(("AWS_", "MINIO_")) or k == "MLFLOW_S3_ENDPOINT_URL"]
+    assert not [v for v in env.values() if "MINIO_ROOT" in str(v) or "MLFLOW_ADMIN" in str(v)]
+    assert set(_names(model["networks"])) & set(_names(services["mlflow"]["networks"]))
+    init = services["mlflow-init"]
+    assert model["depends_on"]["mlflow-init"]["condition"] == "service_completed_successfully"
+    assert "mlflow/create_reader.py" in init["entrypoint"]
+    assert env["MLFLOW_TRACKING_USERNAME"] == _env_of(init)["MLFLOW_READER_USERNAME"].replace(
+        ":?set it in docker/.env", "")
+    assert env["MLFLOW_TRACKING_USERNAME"] != _env_of(services["worker"])["MLFLOW_TRACKING_USERNAME"]
+    assert "default_permission = READ" in (DOCKER / "mlflow" / "basic_auth.ini").read_text()
+    assert "--serve-artifacts" in (PROJECT / "mlflow" / "start_server.sh").read_text()
+    assert "DFD_SERVE_TOKEN" in env
+    assert model["mem_limit"] and int(model["pids_limit"]) > 0
+    # MLflow and Prefect log in to PostgreSQL as two users, neither the superuser; the init script creates both.
+    mlflow_user = _db_user(_env_of(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"])
+    prefect_user = _db_user(_env_of(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"])
+    superuser = _env_of(services["postgres"])["POSTGRES_USER"]
+    assert len({mlflow_user, prefect_user, superuser}) == 3
+    script = (DOCKER / "postgres" / "init-databases.sh").read_text()
+    for user in (mlflow_user, prefect_user):
+        assert f"CREATE ROLE {user} LOGIN" in script and f"OWNER {user};" in script

@@ -142,13 +142,23 @@ def test_mlflow_server_keeps_artifacts_and_models_in_s3(s3_server: str, trained_
 
     _bucket(s3_server, "team-mlflow")
     port = _free_port()
+    # The compose setup: basic auth from docker/mlflow/basic_auth.ini (its user store moved into tmp_path).
+    ini = (PROJECT / "docker" / "mlflow" / "basic_auth.ini").read_text().replace(
+        "sqlite:////var/lib/mlflow-auth/basic_auth.db", f"sqlite:///{tmp_path / 'auth.db'}")
+    (tmp_path / "basic_auth.ini").write_text(ini)
+    admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "admin-pw-1234567"}
     server = subprocess.Popen(
         ["bash", str(PROJECT / "mlflow" / "start_server.sh")], cwd=tmp_path, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
         env=_env(MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path / 'server.db'}",
                  MLFLOW_ARTIFACTS_DESTINATION="s3://team-mlflow/artifacts", MLFLOW_S3_ENDPOINT_URL=s3_server,
-                 MLFLOW_PORT=str(port), MLFLOW_WORKERS="1"))
+                 MLFLOW_PORT=str(port), MLFLOW_WORKERS="1", MLFLOW_SERVER_EXTRA_ARGS="--app-name basic-auth",
+                 MLFLOW_AUTH_CONFIG_PATH=str(tmp_path / "basic_auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="csrf-key",
+                 MLFLOW_AUTH_ADMIN_USERNAME=admin["MLFLOW_TRACKING_USERNAME"],
+                 MLFLOW_AUTH_ADMIN_PASSWORD=admin["MLFLOW_TRACKING_PASSWORD"]))
     url = f"http://127.0.0.1:{port}"
+    for name, value in admin.items():
+        monkeypatch.setenv(name, value)  # the pipeline logs in as the admin (the compose worker does)
     try:
         wait_until_up(f"{url}/health", server, what="mlflow server")
 
@@ -174,6 +184,38 @@ def test_mlflow_server_keeps_artifacts_and_models_in_s3(s3_server: str, trained_
                           for c in index["crop"]])
         scores = np.asarray(model.predict(crops))
         assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
+
+        # The compose model server: the read-only user created at start-up, and no S3 keys at all.
+        reader = {"MLFLOW_READER_USERNAME": "model-server", "MLFLOW_READER_PASSWORD": "reader-pw-7654321"}
+        made = _sh([sys.executable, str(PROJECT / "mlflow" / "create_reader.py")], tmp_path,
+                   MLFLOW_TRACKING_URI=url, **admin, **reader)
+        assert made.returncode == 0 and "read-only user 'model-server' created" in made.stdout, made.stderr
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", reader["MLFLOW_READER_USERNAME"])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", reader["MLFLOW_READER_PASSWORD"])
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")  # a one-worker server on a busy CI machine
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        from dfd.serving.registry_model import resolve_version
+        from mlflow import MlflowClient
+
+        # What the model server does: resolve the alias, then read the version's files through MLflow (one file
+        # here: the full load above already proved the folder; this proves the reader's rights without S3 keys).
+        assert resolve_version(f"models:/{res.model_name}@{res.alias}", url)[1] == res.version
+        client = MlflowClient(url, url)
+        source = client.get_model_version_download_uri(res.model_name, res.version).rstrip("/")
+        mlmodel = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/MLmodel", tracking_uri=url,
+                                                      dst_path=str(tmp_path / "reader"))
+        assert "python_function" in Path(mlmodel).read_text()
+        with pytest.raises(MlflowException, match=r"PERMISSION_DENIED|Permission denied"):
+            client.set_registered_model_alias(res.model_name, "production", "1")
+        with pytest.raises(MlflowException, match=r"PERMISSION_DENIED|Permission denied"):
+            client.log_metric(res.run_id, "tampered", 1.0)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        with pytest.raises(MlflowException, match=r"401|Unauthorized|UNAUTHENTICATED"):
+            client.get_registered_model(res.model_name)
     finally:
         server.terminate()
         try:
