@@ -34,6 +34,9 @@ def _unknown(where: str, names: Iterable[str], known: Iterable[str], what: str) 
 
 
 def _model_problems(params: Params) -> list[str]:
+    from dfd.training.augment import AUGMENTATIONS
+    from dfd.training.batch_augment import BATCH_AUGMENTATIONS
+    from dfd.training.datasets import FACE_OPS
     from models import list_models
     from models.registry import model_factory
 
@@ -43,6 +46,11 @@ def _model_problems(params: Params) -> list[str]:
         if arch not in list_models():
             problems += _unknown(f"models.{key}.arch", [arch], list_models(), "architecture")
             continue
+        if spec.augment is not None:  # the model's own recipe names augmentations too
+            problems += _unknown(f"models.{key}.augment", spec.augment, [*AUGMENTATIONS, *FACE_OPS], "augmentation")
+        if spec.batch_augment is not None:
+            problems += _unknown(f"models.{key}.batch_augment", spec.batch_augment, BATCH_AUGMENTATIONS,
+                                 "batch augmentation")
         sig = inspect.signature(model_factory(arch))
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
         allowed = [n for n, p in sig.parameters.items() if n != "input_size"
@@ -108,7 +116,10 @@ def params_problems(params: Params) -> list[str]:
 
     problems = _unknown("data.adapter", [params.data.adapter], ADAPTERS, "dataset adapter")
     problems += _unknown("faces.detector", [params.faces.detector], DETECTORS, "face detector")
-    problems += _unknown("train.augment", _names(params.train.augment), AUGMENTATIONS, "augmentation")
+    from dfd.training.datasets import FACE_OPS
+
+    # sbi and landmark_cutout are landmark-based augmentations (FACE_OPS), applied before the albumentations ones.
+    problems += _unknown("train.augment", _names(params.train.augment), [*AUGMENTATIONS, *FACE_OPS], "augmentation")
     problems += _unknown("train.batch_augment", _names(params.train.batch_augment), BATCH_AUGMENTATIONS,
                          "batch augmentation")
     problems += _unknown("evaluate.robustness", _names(params.evaluate.robustness), PERTURBATIONS, "perturbation")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dfd.platform.config_base import _Section
 from dfd.platform.errors import ConfigError
@@ -96,6 +96,30 @@ class ModelParams(_Section):
     lr: float | None = None  # overrides train.lr for this model
     batch_size: int | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)  # extra constructor arguments
+    # The model's own training recipe: each field left None takes the value under `train:` (see `recipe`).
+    # all: real and fake crops as labelled; real_only: real crops only, the positives made on the fly by SBI (its
+    # paper trains on reals alone), so a team with far more real footage than labelled fakes can still train.
+    train_on: Literal["all", "real_only"] = "all"
+    epochs: int | None = Field(None, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd", "sam"] | None = None
+    weight_decay: float | None = Field(None, ge=0)
+    scheduler: Literal["cosine", "step", "plateau", "none"] | None = None
+    warmup_epochs: float | None = Field(None, ge=0)
+    augment: list[str] | None = None
+    sbi_prob: float | None = Field(None, ge=0, le=1)
+    cutout_prob: float | None = Field(None, ge=0, le=1)
+    batch_augment: list[str] | None = None
+    balanced_sampling: bool | None = None
+    grad_accum_steps: int | None = Field(None, ge=1)
+    early_stop_patience: int | None = Field(None, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    sam_rho: float | None = Field(None, gt=0)
+
+
+#: ModelParams fields that override the same-named `train:` field (the per-model training recipe).
+RECIPE_KEYS = ("lr", "batch_size", "epochs", "optimizer", "weight_decay", "scheduler", "warmup_epochs", "augment",
+               "sbi_prob", "cutout_prob", "batch_augment", "balanced_sampling", "grad_accum_steps",
+               "early_stop_patience", "max_steps_per_epoch", "sam_rho")
 
 
 class TrainParams(_Section):
@@ -105,7 +129,9 @@ class TrainParams(_Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-4, gt=0)  # AdamW at 2e-4 is the DeepfakeBench default for these backbones
     weight_decay: float = Field(1e-4, ge=0)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    # sam: sharpness-aware minimisation (Foret et al. 2021) around SGD with momentum, as the SBI paper trains.
+    optimizer: Literal["adamw", "adam", "sgd", "sam"] = "adamw"
+    sam_rho: float = Field(0.05, gt=0)  # SAM's neighbourhood radius: the paper's default for SGD
     scheduler: Literal["cosine", "step", "plateau", "none"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up: fresh heads on big batches diverge at full rate
     step_epochs: int = Field(5, ge=1)  # step schedule: multiply by gamma every this many epochs
@@ -130,6 +156,15 @@ class TrainParams(_Section):
     device: str = "auto"  # "auto" picks CUDA when present
     torch_threads: int | None = None  # per task; None leaves torch's default
     seed: int = 1337
+
+
+def recipe(cfg: TrainParams, spec: ModelParams) -> TrainParams:
+    """The training params of one model: `train:` with the model's own recipe fields laid over it (validated)."""
+    over = {k: getattr(spec, k) for k in RECIPE_KEYS if getattr(spec, k) is not None}
+    if spec.train_on == "real_only" and "sbi" not in (over.get("augment") or cfg.augment):
+        # Without SBI a real-only model would see one class: SBI makes its positives.
+        over["augment"] = [*(over.get("augment") or cfg.augment), "sbi"]
+    return TrainParams.model_validate({**cfg.model_dump(), **over}) if over else cfg
 
 
 class AggregationParams(_Section):
@@ -244,6 +279,9 @@ class EvaluateParams(_Section):
     drift_embedding_dims: int = Field(8, ge=1)  # PCA components of the embeddings, fitted on the reference
     # Cross-dataset evaluation: further datasets, each ingested and face-extracted with the training set's code.
     datasets: list[EvalDatasetParams] = Field(default_factory=list)
+    # Without real fakes (test split or evaluate.datasets) the gate would judge SBI pseudo-fakes only, which a
+    # real-only model was trained on: refused unless asked for, and then the model card says so.
+    allow_synthetic_test: bool = False
 
     @model_validator(mode="after")
     def _unique_dataset_names(self) -> EvaluateParams:
@@ -272,7 +310,8 @@ class Params(_Section):
     models: dict[str, ModelParams] = Field(
         # The papers' input sizes; EfficientNet-B4 at 224 as the seed project did (380 is the DFDC winner's).
         default_factory=lambda: {"mesonet": ModelParams(input_size=256), "xception": ModelParams(input_size=299),
-                                 "efficientnet": ModelParams(input_size=224), "f3net": ModelParams(input_size=299)}
+                                 "efficientnet": ModelParams(input_size=224), "f3net": ModelParams(input_size=299),
+                                 "sbi": ModelParams(arch="efficientnet", input_size=380, train_on="real_only")}
     )
     train: TrainParams = TrainParams()
     ensemble: EnsembleParams = EnsembleParams()
@@ -285,6 +324,22 @@ class Params(_Section):
     storage: StorageParams = StorageParams()
     serve: ServeParams = ServeParams()
     artifacts: str = "artifacts"  # models/, ensemble/, reports/ are written under it
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _drop_removed_models(cls, value: Any) -> Any:
+        # `models: {sbi: null}` in an override removes a member the files above it define.
+        return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _models_trainable(self) -> Params:
+        if not self.models:
+            raise ValueError("models: no model left to train (every member removed)")
+        real_only = [k for k, m in self.models.items() if m.train_on == "real_only"]
+        if real_only and not self.faces.landmarks:
+            raise ValueError(f"models {real_only} train real_only (SBI needs the face landmarks) but "
+                             "faces.landmarks is false: set it true, or train_on: all")
+        return self
 
     def digest(self) -> str:
         """A short stable hash of the resolved params, for provenance tags."""

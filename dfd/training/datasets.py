@@ -73,13 +73,23 @@ class FaceCrops(Dataset):
             return None
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
+    def _blends(self, rng: np.random.Generator, label: float, j: int) -> bool:
+        """Whether row `j` becomes a self-blended fake (the first draw of its generator)."""
+        return ("sbi" in self.face_ops and label == 0 and self.landmarks[j] is not None
+                and rng.random() < self.sbi_prob)
+
+    def labels_after_sbi(self) -> np.ndarray:
+        """The labels the items of the current epoch carry: 1 for a real crop that SBI blends (same draws)."""
+        return np.array([1.0 if self._blends(np.random.default_rng([self.seed, self.epoch, j]), y, j) else y
+                         for j, y in enumerate(self.labels)], dtype=np.float32)
+
     def _face_ops(self, rgb: np.ndarray, label: float, j: int) -> tuple[np.ndarray, float]:
         points = self.landmarks[j]
         if not self.face_ops or points is None:
             return rgb, label
         rng = np.random.default_rng([self.seed, self.epoch, j])
         pts = np.asarray(points, dtype=np.float32).reshape(68, 2)
-        if "sbi" in self.face_ops and label == 0 and rng.random() < self.sbi_prob:
+        if self._blends(rng, label, j):
             rgb, _ = self_blend(rgb, pts, rng)
             label = 1.0
         if "landmark_cutout" in self.face_ops and rng.random() < self.cutout_prob:
