@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from dfd.evaluation.calibration import calibrate
+from dfd.platform.config import load_params
 from dfd.platform.errors import StageError
 from dfd.platform.layout import Layout
 from models.checkpoint import load_checkpoint
 from tasks import ensemble, evaluate, train
-from tests.helpers import tiny_params
+from tests.helpers import PROJECT, TINY, tiny_params
 
-MODELS = ["mesonet", "xception", "efficientnet", "f3net"]
+MODELS = list(load_params(PROJECT / "params.yaml", [TINY]).models)  # follows `models:`, never a hand-written list
 
 
 @pytest.fixture(scope="module")
