@@ -398,6 +398,8 @@ def _format_validation_error(exc: ValidationError, layers: list[tuple[Path, dict
         where = _file_holding(err["loc"], layers)
         if err["type"] == "extra_forbidden":
             problems.append(f"{where}: unknown key '{key}'")
+        elif not err["loc"]:  # a check across sections: its message names the keys; the input is the whole file
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
         else:
             problems.append(f"{where}: '{key}': {err['msg']} (got {err.get('input')!r})")
     return "; ".join(problems)

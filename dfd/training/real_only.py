@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import albumentations as A
+import numpy as np
 import pandas as pd
 
 from dfd.platform.errors import StageError
@@ -18,7 +19,7 @@ from dfd.training.datasets import FaceCrops
 
 #: Offset of the seed of SBI-made evaluation fakes from `train.seed`: never the draws of a training epoch.
 EVAL_SBI_SEED_OFFSET = 7919
-#: The paper blends half of the reals: half the evaluation reals become fakes.
+#: The paper blends half of the reals: half the evaluation samples become fakes.
 EVAL_SBI_PROB = 0.5
 
 
@@ -55,6 +56,17 @@ def eval_split(rows: pd.DataFrame, root: Path, transform: A.Compose, seed: int,
     if not real_only or (rows["label"] == 1).any():
         return FaceCrops(rows, root, transform, substitute_unreadable=False), rows, "real"
     eval_seed = seed + EVAL_SBI_SEED_OFFSET
-    ds = FaceCrops(rows, root, transform, ["sbi"], EVAL_SBI_PROB, 0.0, eval_seed, substitute_unreadable=False)
+    # Half of the samples (whole videos, not single frames: a video has one label), drawn once with a fixed seed, so
+    # that the split always holds both classes; every frame of a chosen sample is blended.
+    rows = rows.reset_index(drop=True)
+    samples = sorted(rows.loc[rows["landmarks"].notna(), "sample_id"].unique()) if "landmarks" in rows else []
+    if not samples:
+        raise StageError("a real-only model's evaluation split has no real fake and no landmarks to make SBI fakes",
+                         "set faces.landmarks: true and rerun the faces stage, or add fake samples")
+    n = min(max(1, round(len(samples) * EVAL_SBI_PROB)), max(1, len(samples) - 1))
+    chosen = set(np.random.default_rng(eval_seed).permutation(samples)[:n])
+    blend = {i for i, sid in enumerate(rows["sample_id"]) if sid in chosen}
+    ds = FaceCrops(rows, root, transform, ["sbi"], EVAL_SBI_PROB, 0.0, eval_seed, substitute_unreadable=False,
+                   sbi_rows=blend)
     # Never `set_epoch` on this dataset: its generators stay at epoch 0, so every pass yields the same images.
     return ds, rows.assign(label=ds.labels_after_sbi().astype(rows["label"].dtype)), f"sbi(seed={eval_seed})"
