@@ -125,6 +125,21 @@ def score_dataset(predictor: Any, index_path: Path, splits: list[str] | None, ba
     return frames.reset_index(drop=True).assign(prob=np.concatenate(probs))
 
 
+def _test_fakes(cfg: EvaluateParams, faces_index: Path, test: pd.DataFrame) -> str:
+    """`real` when the test split holds real fakes, else `sbi` (made by real-only members), or a one-line error when
+    nothing would judge the gate on real fakes: never a gate judged on SBI fakes alone unless asked for."""
+    if not faces_index.is_file():
+        return "real"  # the faces index is checked where it is read
+    index = pd.read_parquet(faces_index, columns=["split", "label"])
+    if ((index["split"] == "test") & (index["label"] == 1)).any():
+        return "real"
+    if cfg.datasets or (cfg.allow_synthetic_test and (test["label"] == 1).any()):
+        return "sbi"
+    raise StageError("no real fake to judge the ensemble on: the test split has none and evaluate.datasets is empty",
+                     "add fake samples to the dataset or an evaluate.datasets entry with fakes; "
+                     "evaluate.allow_synthetic_test: true judges on SBI fakes (the model version says so)")
+
+
 def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path], faces_index: Path,
              out_dir: Path, eval_sets: dict[str, Path] | None = None, train_name: str = "train") -> EvaluateResult:
     """Score the ensemble and each member on the test split (and further datasets), and write reports and plots.
@@ -146,6 +161,7 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     spec = read_json(spec_path)
     preds = pd.read_parquet(pred_path)
     test = preds[preds["split"] == "test"]
+    test_fakes = _test_fakes(cfg, faces_index, test)
     if test.empty or test["label"].nunique() < 2:
         raise StageError("the test split is empty or holds one class only", "add identities or raise ingest.test_share")
     threshold = spec["val_eer_threshold"] if cfg.threshold == "val_eer" else cfg.fixed_threshold
@@ -168,7 +184,10 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     (out_dir / "evidently").mkdir(parents=True)
     device = _device(cfg.device)
     predictor = EnsemblePredictor.from_spec(spec, checkpoints, device)
-    robust = robustness(cfg, spec, checkpoints, predictor, test_frames, crops_root, threshold, device)
+    # SBI-made test fakes exist only in memory (the crops on disk are the reals): perturbing those crops under the
+    # fake labels would measure nothing true, so robustness and attacks are not measured (the gate says so).
+    robust = (robustness(cfg, spec, checkpoints, predictor, test_frames, crops_root, threshold, device)
+              if test_fakes == "real" else {"skipped": "the test fakes are SBI-made: not on disk to perturb"})
     write_json(out_dir / "robustness.json", robust)
     if robust.get("perturbed"):
         robustness_plot(robust, plots / "robustness.png")
@@ -203,7 +222,15 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
                                                                                                {}).items()},
                "cross_dataset": {name: {k: row[k] for k in ("auc", "eer", "video_auc") if k in row}
                                  for name, row in rows.items()},
-               "drift": drift_summary}
+               "drift": drift_summary, "test_fakes": test_fakes}
+    if test_fakes != "real" and len(rows) > 1:
+        # The gate judges real fakes: the first further dataset's, not the test split's SBI-made ones.
+        judge = next(n for n in rows if n != train_name)
+        metrics["ensemble_test_split"], metrics["ensemble"] = ensemble_metrics, {
+            k: v for k, v in rows[judge].items() if isinstance(v, int | float)}
+        metrics["gate_judged_on"] = f"evaluate.datasets '{judge}' (the test split has no real fake)"
+    elif test_fakes != "real":
+        metrics["gate_judged_on"] = "SBI-made fakes of the test split (evaluate.allow_synthetic_test: true)"
     write_json(out_dir / "metrics.json", metrics)
     return EvaluateResult(out_dir, metrics)
 

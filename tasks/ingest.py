@@ -29,7 +29,7 @@ class IngestResult:
 
 
 def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path, report_path: Path,
-           seed: int) -> IngestResult:
+           seed: int, real_only: bool = False) -> IngestResult:
     """Build the manifest of the dataset at `root`.
 
     Every unusable input (missing, zero-byte, unreadable, corrupt, outside the root, a duplicate) becomes a row of
@@ -44,6 +44,7 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
         manifest_path: Where to write the parquet manifest.
         report_path: Where to write the JSON report.
         seed: Split seed.
+        real_only: Every model trains `train_on: real_only`: a dataset without fakes is accepted (and said so).
     """
     if not root.is_dir():
         raise DataError(f"dataset root not found: {root}",
@@ -54,7 +55,7 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
     report_path.unlink(missing_ok=True)  # if even the failure report cannot be written (a full disk), none is left
     report: dict = {"dataset": data.name, "status": "failed"}
     try:
-        return _ingest(data, cfg, root, manifest_path, report_path, seed, report)
+        return _ingest(data, cfg, root, manifest_path, report_path, seed, report, real_only)
     except DataError as exc:
         report.update(status="failed", error=str(exc))
         write_json(report_path, report)
@@ -69,8 +70,8 @@ def _no_match_hint(data: DataParams) -> str:
 
 
 def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path, report_path: Path, seed: int,
-            report: dict) -> IngestResult:
-    checked = validate(root, data)
+            report: dict, real_only: bool = False) -> IngestResult:
+    checked = validate(root, data, real_only=real_only)
     report.update(checked.to_dict())
     if not checked.good and not checked.bad:
         raise DataError(f"no samples found in {root}", _no_match_hint(data))
@@ -94,9 +95,14 @@ def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path
                         f"unusable ({checked.bad_share:.0%} > ingest.max_bad_share={cfg.max_bad_share:.0%})",
                         f"see the reasons in {report_path}")
     for label, name in ((0, "real"), (1, "fake")):
+        if label == 1 and real_only and not (df["label"] == 1).any():
+            # A team's new footage is mostly real: real-only models (SBI) train on it alone.
+            report["reals_only"] = "no fake samples: accepted, every model trains real_only"
+            continue
         if (df["label"] == label).sum() < cfg.min_per_class:
+            hint = " (or train every model `train_on: real_only`)" if label == 1 else ""
             raise DataError(f"only {(df['label'] == label).sum()} usable {name} samples in {root}",
-                            f"ingest.min_per_class is {cfg.min_per_class}")
+                            f"ingest.min_per_class is {cfg.min_per_class}{hint}")
     conflicts = [e for e in checked.errors if "labelled both" in e]
     if conflicts:
         raise DataError(conflicts[0], f"fix the labels; see {report_path}")
@@ -109,4 +115,9 @@ def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path
 def run(params: Params, layout: Layout) -> IngestResult:
     """The stage as `dfd stage ingest` and the flow call it."""
     return ingest(params.data, params.ingest, layout.resolve(params.data.root), layout.manifest,
-                  layout.ingest_report, params.train.seed)
+                  layout.ingest_report, params.train.seed, all_real_only(params))
+
+
+def all_real_only(params: Params) -> bool:
+    """Whether every model trains `train_on: real_only` (then a training set without fakes is usable)."""
+    return all(m.train_on == "real_only" for m in params.models.values())

@@ -190,6 +190,10 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
     ens = metrics.get("ensemble", {})
     version_tags: dict[str, Any] = {**tags, **_dataset_hashes(reports_dir), "mlflow_run_id": run_id,
                                     "members": ",".join(spec["members"]),
+                                    # What the gate judged when the test split had no real fake (tasks/evaluate.py).
+                                    **({"test_fakes": metrics["test_fakes"],
+                                        "gate_judged_on": metrics.get("gate_judged_on", "")}
+                                       if metrics.get("test_fakes", "real") != "real" else {}),
                                     **{f"test_{k}": f"{ens[k]:.4f}" for k in ("auc", "video_auc", "eer", "ece")
                                        if isinstance(ens.get(k), int | float)}}
     tracker.set_version_tags(cfg.model_name, version, version_tags)
