@@ -32,7 +32,7 @@ from flows.runners import train_all
 from flows.stage_inputs import last_registration
 from flows.stages import ensemble_task, evaluate_task, faces_task, ingest_task, register_task
 from flows.train_process import stop_children_on_sigterm
-from tasks.preflight import check_params
+from tasks.preflight import check_params, check_weights
 
 
 @dataclass(frozen=True)
@@ -162,5 +162,6 @@ def pipeline(path: str = "params.yaml", overrides: list[str] | None = None, root
     params = _load(path, overrides, root)
     check_alert_settings(params.alerts)  # a scheduled run has no CLI preflight: bad alert settings stop it here
     check_params(params)  # every name and device, before any work (deployments start here, not from the CLI)
+    check_weights(params)  # ImageNet starts (`pretrained: hub`) missing offline: one line before any stage
     stop_children_on_sigterm()  # SIGTERM stops the training children at once, not after they finish training
     return run_pipeline(params, Path(root).resolve())

@@ -61,6 +61,40 @@ def _model_problems(params: Params) -> list[str]:
     return problems
 
 
+def hub_weights(params: Params, models: list[str] | None = None) -> dict[str, list[str]]:
+    """The timm weights each `pretrained: hub` model needs ({model key: [timm name, ...]}), read from the models
+    built on the meta device (no memory, no download)."""
+    import torch
+
+    from models import create_model, list_models
+    from models.hub_cache import hub_names
+
+    needs = {}
+    for key, spec in params.models.items():
+        arch = spec.arch or key
+        if spec.pretrained == "hub" and arch in list_models() and (models is None or key in models):
+            with torch.device("meta"):
+                needs[key] = hub_names(create_model(arch, input_size=spec.input_size or 64, **spec.kwargs))
+    return needs
+
+
+def weights_problem(params: Params, models: list[str] | None = None) -> str | None:
+    """One line naming the ImageNet weights that `pretrained: hub` needs and no local cache holds, when the hub
+    cannot be reached either (offline): checked before any stage runs, not after hours of the others' training."""
+    from models.hub_cache import cache_dir, hub_reachable, missing
+
+    needs = hub_weights(params, models)
+    absent = {key: missing(names) for key, names in needs.items()}
+    absent = {key: names for key, names in absent.items() if names}
+    if not absent or hub_reachable():
+        return None
+    names = sorted({n for ns in absent.values() for n in ns})
+    return (f"models {sorted(absent)} start from ImageNet (pretrained: hub) but weights {names} are not in the local "
+            f"cache {cache_dir()} and the hub is unreachable: run `dfd weights fetch` on a machine with network and "
+            f"copy that folder here (or point $DFD_WEIGHTS_DIR at it), or set models.<key>.pretrained to a local file "
+            f"or null")
+
+
 def check_device(name: str) -> str | None:
     """Why `train.device` cannot be used on this machine, or None when it can."""
     import torch
@@ -150,3 +184,11 @@ def check_params(params: Params) -> None:
     problems = params_problems(params)
     if problems:
         raise ConfigError("; ".join(problems), "fix params.yaml (or the override), then rerun")
+
+
+def check_weights(params: Params, models: list[str] | None = None) -> None:
+    """Before training (`dfd run`, the flow, `dfd stage train`): raise one ConfigError when `pretrained: hub` weights
+    are missing offline. Not part of `check_params`: scoring and registry commands need no ImageNet weights."""
+    problem = weights_problem(params, models)
+    if problem:
+        raise ConfigError(problem)

@@ -138,6 +138,19 @@ def _record(path: Path, res: RegisterResult, tracker: Tracker, tags: dict[str, A
     return res
 
 
+def _weights_tags(model_dirs: dict[str, Path], members: list[str]) -> dict[str, str]:
+    """Each member's pretrained start (weights name and sha256, from its metrics.json), for the version's lineage."""
+    tags = {}
+    for m in members:
+        path = model_dirs[m] / "metrics.json"
+        start = (read_json(path).get("pretrained") if path.is_file() else None) or {}
+        weights = start.get("weights") or ([{"name": start["source"], "sha256": start.get("sha256")}]
+                                           if start.get("source") else [])
+        if weights:
+            tags[f"weights_{m}"] = ",".join(f"{w['name']}@sha256:{w.get('sha256') or 'unknown'}" for w in weights)
+    return tags
+
+
 def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensemble_dir: Path,
              model_dirs: dict[str, Path], faces_index: Path, tracker: Tracker, run_id: str, tags: dict[str, str],
              record_path: Path) -> RegisterResult:
@@ -189,7 +202,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
         [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")], cfg.model_name)
     ens = metrics.get("ensemble", {})
     version_tags: dict[str, Any] = {**tags, **_dataset_hashes(reports_dir), "mlflow_run_id": run_id,
-                                    "members": ",".join(spec["members"]),
+                                    "members": ",".join(spec["members"]), **_weights_tags(model_dirs, spec["members"]),
                                     # What the gate judged when the test split had no real fake (tasks/evaluate.py).
                                     **({"test_fakes": metrics["test_fakes"],
                                         "gate_judged_on": metrics.get("gate_judged_on", "")}

@@ -160,20 +160,22 @@ def _load_data(name: str, cfg: TrainParams, spec: ModelParams, mcfg: ModelConfig
 
 
 def _build_model(name: str, arch: str, spec: ModelParams, cfg: TrainParams, mcfg: ModelConfig,
-                 device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The seeded model with its opt-in pretrained weights, and the arguments that rebuild it from a checkpoint."""
+                 device: torch.device) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    """The seeded model with its opt-in pretrained weights, the arguments that rebuild it from a checkpoint, and the
+    weights' lineage (name, file, sha256, share of parameters loaded; None from scratch)."""
     torch.manual_seed(cfg.seed)
     model_kwargs = {"input_size": mcfg.input_size, **spec.kwargs}
     model = create_model(arch, **model_kwargs).to(device)
+    weights = None
     if spec.pretrained:
         from models.weights import load_pretrained
 
-        load_pretrained(model, spec.pretrained)
+        weights = load_pretrained(model, spec.pretrained)
     else:
         log.info("%s: no pretrained weights (models.%s.pretrained): training from scratch", name, name)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model, model_kwargs
+    return model, model_kwargs, weights
 
 
 def _resume(name: str, last_path: Path, progress: _Progress, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -199,7 +201,8 @@ def _resume(name: str, last_path: Path, progress: _Progress, model: nn.Module, o
 
 
 def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Data, progress: _Progress,
-            cfg: TrainParams, world: int, device: torch.device, out_dir: Path) -> TrainResult:
+            cfg: TrainParams, world: int, device: torch.device, out_dir: Path,
+            weights: dict[str, Any] | None = None) -> TrainResult:
     """Reload the best weights, write val/test predictions and the metrics summary."""
     best_path = out_dir / "best.pt"
     best = load_checkpoint(best_path)
@@ -226,7 +229,7 @@ def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Da
                "parameters": sum(p.numel() for p in model.parameters()), "bad_crops": bad_crops,
                "train_on": data.train_on, "train_samples": int(data.train_ds.index["sample_id"].nunique()),
                "train_fake_samples": int((data.train_ds.labels == 1).sum()), "eval_fakes": data.fakes,
-               "recipe": cfg.model_dump(mode="json"),
+               "recipe": cfg.model_dump(mode="json"), "pretrained": weights,
                "val": frame_and_video_metrics(preds[preds["split"] == "val"], 0.5)}
     if (preds["split"] == "test").any():
         summary["test"] = frame_and_video_metrics(preds[preds["split"] == "test"], 0.5)
@@ -262,7 +265,7 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     data = _load_data(name, cfg, spec, mcfg, index_path, device)
-    model, model_kwargs = _build_model(name, arch, spec, cfg, mcfg, device)
+    model, model_kwargs, weights = _build_model(name, arch, spec, cfg, mcfg, device)
 
     lr = spec.lr or cfg.lr
     optimizer = build_optimizer(cfg, model.parameters(), lr)
@@ -330,7 +333,7 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     if rank != 0:
         return TrainResult(name, out_dir, best_path, last_path, out_dir / "metrics.json",
                            out_dir / "predictions.parquet", {})
-    return _export(name, arch, mcfg, model, data, state, cfg, world, device, out_dir)
+    return _export(name, arch, mcfg, model, data, state, cfg, world, device, out_dir, weights)
 
 
 def model_spec(params: Params, name: str) -> ModelParams:

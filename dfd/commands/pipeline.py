@@ -48,6 +48,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
         if not args.model:
             raise DfdError("`dfd stage train` needs --model", f"one of {', '.join(params.models)}")
+        from tasks.preflight import check_weights
+
+        check_weights(params, [args.model])  # offline ImageNet starts: one line now, not a traceback mid-stage
         res = train.run(params, layout, args.model, _epoch_logger(args.epoch_log), progress=not args.no_progress)
         if res.summary:  # under torchrun only rank 0 evaluates and reports
             print(f"train@{args.model}: best val AUC {res.summary['best_val_auc']:.4f} -> {res.best}")
@@ -128,6 +131,9 @@ def preflight(params: Params, root: Path) -> None:
     from dfd.platform.storage_check import check_storage
 
     check_storage(params, root)  # every S3 bucket in use is writable (bounded retries: seconds when down)
+    from tasks.preflight import check_weights
+
+    check_weights(params)  # `pretrained: hub` weights missing offline: named now, before any stage runs
 
 
 def cmd_run(args: argparse.Namespace) -> int:
