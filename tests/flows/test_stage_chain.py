@@ -32,7 +32,8 @@ def test_training_outputs_follow_the_contract(chained: tuple[Path, Layout]) -> N
         d = layout.model_dir(m)
         assert {"best.pt", "last.pt", "metrics.json", "predictions.parquet"} <= {p.name for p in d.iterdir()}
         ckpt = load_checkpoint(d / "best.pt")
-        assert ckpt["arch"] == m and "input_size" in ckpt["model_kwargs"]
+        spec = load_params(PROJECT / "params.yaml", [TINY]).models[m]
+        assert ckpt["arch"] == (spec.arch or m) and "input_size" in ckpt["model_kwargs"]
         preds = pd.read_parquet(d / "predictions.parquet")
         assert set(preds["split"]) == {"val", "test"} and preds["prob"].between(0, 1).all()
         assert json.loads((d / "metrics.json").read_text())["history"]
