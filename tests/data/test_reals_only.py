@@ -64,19 +64,36 @@ def test_evaluate_without_real_fakes_fails_with_one_line(trained_project: Path, 
     assert not (tmp_path / "reports").exists()  # failed before writing anything
 
 
-def test_cli_validate_dataset_follows_the_models_in_params(reals_only: Path) -> None:
-    import subprocess
-    import sys
-
+def test_cli_validate_dataset_follows_the_models_in_params(reals_only: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
+
+    from dfd.cli import main
 
     override = reals_only / "real_only.yaml"
     override.write_text(yaml.safe_dump({"models": ALL_REAL_ONLY}))
-    base = [sys.executable, "-m", "dfd.cli", "--params", str(PROJECT / "params.yaml"),
-            "--override", str(PROJECT / "tests" / "params.tiny.yaml")]
-    ok = subprocess.run([*base, "--override", str(override), "validate-dataset", str(reals_only / "raw"),
-                         "--report", str(reals_only / "v.json")], capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0 and "no fake samples: accepted" in ok.stdout, ok.stdout + ok.stderr
-    refused = subprocess.run([*base, "validate-dataset", str(reals_only / "raw"), "--report",
-                              str(reals_only / "v.json")], capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 1 and "error: no usable fake samples" in refused.stdout
+    base = ["--params", str(PROJECT / "params.yaml"), "--override", str(PROJECT / "tests" / "params.tiny.yaml")]
+    check = ["validate-dataset", str(reals_only / "raw"), "--report", str(reals_only / "v.json")]
+    assert main([*base, "--override", str(override), *check]) == 0
+    assert "no fake samples: accepted" in capsys.readouterr().out
+    assert main([*base, *check]) == 1
+    assert "error: no usable fake samples" in capsys.readouterr().out
+
+
+def test_a_reals_only_run_end_to_end_judges_sbi_fakes_only_when_allowed(reals_only: Path) -> None:
+    from tasks import ensemble, faces, train
+
+    only_sbi = {"models": {k: None for k in ("mesonet", "xception", "efficientnet", "f3net")}}
+    params = tiny_params(reals_only, **only_sbi)
+    layout = Layout.from_params(params, reals_only)
+    ingest.run(params, layout)
+    faces.run(params, layout)
+    res = train.run(params, layout, "sbi", progress=False)
+    assert res.summary["eval_fakes"]["val"].startswith("sbi(seed=")  # no real fake anywhere: SBI-made, fixed
+    ensemble.run(params, layout)
+    with pytest.raises(StageError, match="no real fake to judge the ensemble on"):
+        evaluate.run(params, layout)
+    allowed = tiny_params(reals_only, **only_sbi, evaluate={"allow_synthetic_test": True})
+    metrics = evaluate.run(allowed, layout).metrics
+    assert metrics["test_fakes"] == "sbi" and "allow_synthetic_test" in metrics["gate_judged_on"]
+    assert metrics["robustness"] == {} and metrics["adversarial"] == {}  # SBI fakes are not on disk to perturb
