@@ -121,8 +121,13 @@ def score_dataset(predictor: Any, index_path: Path, splits: list[str] | None, ba
     if frames.empty or frames["label"].nunique() < 2:
         raise StageError(f"evaluation dataset {index_path.parent.parent.name}: no crops of both classes"
                          f"{f' in splits {splits}' if splits else ''}", "check its ingest and faces reports")
-    probs = [predictor(crops) for crops, _ in _batches(frames, index_path.parent, batch_size)]
-    return frames.reset_index(drop=True).assign(prob=np.concatenate(probs))
+    probs, members = [], []
+    for crops, _ in _batches(frames, index_path.parent, batch_size):
+        scores = predictor.member_scores(crops)  # each member's own score too: the table's member_auc
+        members.append(scores)
+        probs.append(predictor.combine(scores))
+    per_member = {m: np.concatenate([b[m] for b in members]) for m in members[0]} if members else {}
+    return frames.reset_index(drop=True).assign(prob=np.concatenate(probs), **per_member)
 
 
 def _test_fakes(cfg: EvaluateParams, faces_index: Path, test: pd.DataFrame) -> str:
@@ -200,7 +205,8 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
         sets[name] = (score_dataset(predictor, path, spec_ds.splits if spec_ds else None, cfg.batch_size),
                       path.parent)
     aggregation = AggregationParams(**spec["aggregation"]) if spec.get("aggregation") else None
-    rows = {name: dataset_row(frames, threshold, "test split" if name == train_name else "cross-dataset", aggregation)
+    rows = {name: dataset_row(frames, threshold, "test split" if name == train_name else "cross-dataset", aggregation,
+                              list(spec["members"]))
             for name, (frames, _) in sets.items()}
     table = cross_dataset_table(rows)
     # Rows as a list: the training set's test split first, then `evaluate.datasets` in their order.
