@@ -123,8 +123,10 @@ def preflight(params: Params, root: Path) -> None:
     if not data_root.is_dir():
         raise DataError(f"dataset root not found: {data_root}",
                         "run `dfd demo-data`, or point data.root in params.yaml at your dataset")
-    for _ in get_adapter(params.data.adapter)(data_root, params.data):  # raises on a missing or empty class folder
-        pass
+    labels = {c.label for c in get_adapter(params.data.adapter)(data_root, params.data)}  # raises on a missing class
+    if 1 not in labels and not all(m.train_on == "real_only" for m in params.models.values()):
+        raise DataError(f"no fake sample in {data_root} (for the folder layout: 'fake/' is empty or missing)",
+                        "add fakes, or train every model `train_on: real_only` (SBI makes the fakes)")
     from dfd.platform.alerts import check_alert_settings
 
     check_alert_settings(params.alerts)  # a bad webhook URL is found now, not after training (never echoed)
