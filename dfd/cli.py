@@ -18,7 +18,7 @@ import threading
 from dfd.commands import STAGES
 from dfd.commands.data import cmd_config, cmd_dataset_add, cmd_dataset_remote, cmd_demo_data, cmd_validate_dataset
 from dfd.commands.interrupts import Interrupted, on_signal
-from dfd.commands.models import cmd_compare, cmd_deploy_model, cmd_predict, cmd_rollback, cmd_serve
+from dfd.commands.models import cmd_compare, cmd_deploy_model, cmd_predict, cmd_rollback, cmd_serve, cmd_weights_fetch
 from dfd.commands.monitoring import cmd_monitor
 from dfd.commands.pipeline import cmd_demo, cmd_deploy, cmd_run, cmd_stage
 from dfd.platform.errors import DfdError
@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "2026-05-04T03:00:00Z (default: monitor.window)")
     p.add_argument("--until", metavar="TIME", help="end of the window, an ISO time (default: now)")
     p.set_defaults(func=cmd_monitor)
+    p = sub.add_parser("weights", help="the local cache of ImageNet weights (`pretrained: hub`) for offline runs")
+    wsub = p.add_subparsers(dest="action", required=True)
+    p = wsub.add_parser("fetch", help="download the weights the params' models need into the cache; say where it is")
+    p.add_argument("--name", action="append", default=[], help="a timm model name (default: what params need)")
+    p.add_argument("--mirror", help="a URL holding <name>.pth files, instead of the hub")
+    p.set_defaults(func=cmd_weights_fetch)
     p = sub.add_parser("config", help="print the resolved params, or their JSON schema")
     p.add_argument("--schema", action="store_true", help="print the JSON schema of params.yaml")
     p.set_defaults(func=cmd_config)

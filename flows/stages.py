@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from dfd.platform.config import Params
+from dfd.platform.config import Params, recipe
 from dfd.platform.errors import DfdError
 from dfd.platform.layout import Layout
 from dfd.platform.stage_cache import StageCache, StageInputs
@@ -95,7 +95,8 @@ def train_task(params: Params, layout: Layout, tracker: Tracker, parent: str, mo
     # Each model trains in its own process (flows/train_process.py says why); a retry resumes from last.pt, so a
     # crashed or killed child costs at most one epoch.
     with tracker.run(f"train@{model}", parent, {"model": model}) as rid:
-        tracker.log_params(rid, {"model": params.models[model].model_dump(), "train": params.train.model_dump()})
+        tracker.log_params(rid, {"model": params.models[model].model_dump(),
+                                 "train": recipe(params.train, params.models[model]).model_dump()})
 
         def compute() -> train.TrainResult:
             with tracker.system_metrics(rid):

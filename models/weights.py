@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,38 +68,57 @@ def load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: str
     return counts
 
 
-def load_hub(model: nn.Module) -> None:
-    """Seed every timm backbone in `model` (modules tagged `hub_name`) with timm's pretrained weights."""
+def load_hub(model: nn.Module) -> list[dict[str, Any]]:
+    """Seed every timm backbone in `model` (modules tagged `hub_name`) with timm's pretrained weights.
+
+    Weights come from dfd's cache when it holds them (`dfd weights fetch`: models/hub_cache.py), else from timm
+    (its caches, then the network). Returns each backbone's lineage: name, file, sha256 and the share loaded.
+    """
     import timm
+
+    from models.hub_cache import cached_file, manifest, sha256
 
     backbones = [m for m in model.modules() if getattr(m, "hub_name", None)]
     if not backbones:
         raise ConfigError(f"{type(model).__name__} has no hub backbone", "give a local weights file instead")
+    lineage = []
     for module in backbones:
         expected = _HUB_FEATURES.get(module.hub_name)
         if expected is not None and getattr(module, "num_features", expected) != expected:
             raise ConfigError(f"hub weights for '{module.hub_name}' exist only at the paper's width",
                               "set the model's `width` kwarg to 1.0, or train from scratch")
         in_chans = next(p for p in module.parameters() if p.dim() == 4).shape[1]
+        local = cached_file(module.hub_name)
+        overlay = {"pretrained_cfg_overlay": {"file": str(local)}} if local else {}
         try:
             # timm adapts the first convolution when in_chans differs (F3Net's 12- and 6-channel streams).
-            ref = timm.create_model(module.hub_name, pretrained=True, num_classes=0, in_chans=in_chans)
+            ref = timm.create_model(module.hub_name, pretrained=True, num_classes=0, in_chans=in_chans, **overlay)
         except Exception as exc:  # network, hub or cache errors all mean the same to the user
             raise ConfigError(f"could not fetch pretrained '{module.hub_name}' weights from the hub "
                               f"({type(exc).__name__}: offline?)",
-                              "give a local weights file in models.<key>.pretrained, or remove it") from None
-        load_matching(module, ref.state_dict(), f"hub:{module.hub_name}")
+                              "run `dfd weights fetch` where there is network and copy its cache here, give a "
+                              "local weights file in models.<key>.pretrained, or remove it") from None
+        counts = load_matching(module, ref.state_dict(), f"hub:{module.hub_name}")
+        known = manifest().get(module.hub_name, {})
+        digest = known.get("sha256") if local and known.get("file") == local.name else None
+        lineage.append({"name": module.hub_name, "file": str(local) if local else "timm cache",
+                        "sha256": digest or (sha256(local) if local else None),
+                        "loaded_share": counts["loaded_share"]})
+    return lineage
 
 
-def load_pretrained(model: nn.Module, source: str) -> dict[str, int | float] | None:
+def load_pretrained(model: nn.Module, source: str) -> dict[str, Any]:
     """Load `source` into `model`: `hub`, or a local state dict / dfd checkpoint (loaded with weights_only=True).
 
     Keys whose shapes differ (a classifier with another number of classes) keep their initial values and are
     listed in the log, so that a backbone checkpoint can seed a detector.
+
+    Returns:
+        The lineage of what was loaded: `{"source": "hub", "weights": [{name, file, sha256, loaded_share}]}`, or
+        a local file's path, sha256 and match counts.
     """
     if source == HUB:
-        load_hub(model)
-        return None
+        return {"source": HUB, "weights": load_hub(model)}
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"pretrained weights not found: {path}", "give a local .pt/.pth file, `hub`, or remove it")
@@ -111,4 +131,6 @@ def load_pretrained(model: nn.Module, source: str) -> dict[str, int | float] | N
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ConfigError(f"pretrained weights {path} hold no state dict", "give a file saved from model.state_dict()")
-    return load_matching(model, state, str(path))
+    from models.hub_cache import sha256
+
+    return {"source": str(path), "sha256": sha256(path), **load_matching(model, state, str(path))}

@@ -36,11 +36,21 @@ def load_predictions(paths: dict[str, Path]) -> tuple[pd.DataFrame, int]:
     that some members scored and others did not (an excluded unreadable crop): those are left out, not guessed."""
     wide: pd.DataFrame | None = None
     rows: set[tuple] = set()
+    labels: dict[tuple, tuple[str, int]] = {}
     for name, path in paths.items():
         if not path.is_file():
             raise StageError(f"predictions of model '{name}' not found: {path}",
                              f"run `dfd stage train --model {name}`")
         df = pd.read_parquet(path)[[*KEYS, "prob"]].rename(columns={"prob": name})
+        # Members are fused on the same rows with the same labels: a real-only member's SBI-made validation fakes
+        # (dfd/training/real_only.py) must never meet another member's real labels for the same crop.
+        for key, label in zip(df[KEYS[:3]].itertuples(index=False, name=None), df["label"], strict=True):
+            first = labels.setdefault(key, (name, int(label)))
+            if first[1] != int(label):
+                raise StageError(f"members '{first[0]}' and '{name}' label sample {key[0]} (frame {key[1]}, "
+                                 f"{key[2]}) differently: their {key[2]} fakes are not the same",
+                                 "retrain both on the same faces index (a real-only member uses SBI fakes only "
+                                 "when the split has no real fake)")
         rows |= set(df[KEYS].itertuples(index=False, name=None))
         wide = df if wide is None else wide.merge(df, on=KEYS, how="inner")
     if wide is None or wide.empty:

@@ -125,8 +125,28 @@ def score_dataset(predictor: Any, index_path: Path, splits: list[str] | None, ba
     if frames.empty or frames["label"].nunique() < 2:
         raise StageError(f"evaluation dataset {index_path.parent.parent.name}: no crops of both classes"
                          f"{f' in splits {splits}' if splits else ''}", "check its ingest and faces reports")
-    probs = [predictor(crops) for crops, _ in _batches(frames, index_path.parent, batch_size)]
-    return frames.reset_index(drop=True).assign(prob=np.concatenate(probs))
+    probs, members = [], []
+    for crops, _ in _batches(frames, index_path.parent, batch_size):
+        scores = predictor.member_scores(crops)  # each member's own score too: the table's member_auc
+        members.append(scores)
+        probs.append(predictor.combine(scores))
+    per_member = {m: np.concatenate([b[m] for b in members]) for m in members[0]} if members else {}
+    return frames.reset_index(drop=True).assign(prob=np.concatenate(probs), **per_member)
+
+
+def _test_fakes(cfg: EvaluateParams, faces_index: Path, test: pd.DataFrame) -> str:
+    """`real` when the test split holds real fakes, else `sbi` (made by real-only members), or a one-line error when
+    nothing would judge the gate on real fakes: never a gate judged on SBI fakes alone unless asked for."""
+    if not faces_index.is_file():
+        return "real"  # the faces index is checked where it is read
+    index = pd.read_parquet(faces_index, columns=["split", "label"])
+    if ((index["split"] == "test") & (index["label"] == 1)).any():
+        return "real"
+    if cfg.datasets or (cfg.allow_synthetic_test and (test["label"] == 1).any()):
+        return "sbi"
+    raise StageError("no real fake to judge the ensemble on: the test split has none and evaluate.datasets is empty",
+                     "add fake samples to the dataset or an evaluate.datasets entry with fakes; "
+                     "evaluate.allow_synthetic_test: true judges on SBI fakes (the model version says so)")
 
 
 def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path], faces_index: Path,
@@ -150,6 +170,7 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     spec = read_json(spec_path)
     preds = pd.read_parquet(pred_path)
     test = preds[preds["split"] == "test"]
+    test_fakes = _test_fakes(cfg, faces_index, test)
     if test.empty or test["label"].nunique() < 2:
         raise StageError("the test split is empty or holds one class only", "add identities or raise ingest.test_share")
     threshold = spec["val_eer_threshold"] if cfg.threshold == "val_eer" else cfg.fixed_threshold
@@ -177,7 +198,10 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     (out_dir / "evidently").mkdir(parents=True)
     device = _device(cfg.device)
     predictor = EnsemblePredictor.from_spec(spec, checkpoints, device)
-    robust = robustness(cfg, spec, checkpoints, predictor, test_frames, crops_root, threshold, device)
+    # SBI-made test fakes exist only in memory (the crops on disk are the reals): perturbing those crops under the
+    # fake labels would measure nothing true, so robustness and attacks are not measured (the gate says so).
+    robust = (robustness(cfg, spec, checkpoints, predictor, test_frames, crops_root, threshold, device)
+              if test_fakes == "real" else {"skipped": "the test fakes are SBI-made: not on disk to perturb"})
     write_json(out_dir / "robustness.json", robust)
     if robust.get("perturbed"):
         robustness_plot(robust, plots / "robustness.png")
@@ -190,7 +214,8 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
         sets[name] = (score_dataset(predictor, path, spec_ds.splits if spec_ds else None, cfg.batch_size),
                       path.parent)
     aggregation = AggregationParams(**spec["aggregation"]) if spec.get("aggregation") else None
-    rows = {name: dataset_row(frames, threshold, "test split" if name == train_name else "cross-dataset", aggregation)
+    rows = {name: dataset_row(frames, threshold, "test split" if name == train_name else "cross-dataset", aggregation,
+                              list(spec["members"]))
             for name, (frames, _) in sets.items()}
     table = cross_dataset_table(rows)
     # Rows as a list: the training set's test split first, then `evaluate.datasets` in their order.
@@ -212,7 +237,15 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
                                                                                                {}).items()},
                "cross_dataset": {name: {k: row[k] for k in ("auc", "eer", "video_auc") if k in row}
                                  for name, row in rows.items()},
-               "drift": drift_summary}
+               "drift": drift_summary, "test_fakes": test_fakes}
+    if test_fakes != "real" and len(rows) > 1:
+        # The gate judges real fakes: the first further dataset's, not the test split's SBI-made ones.
+        judge = next(n for n in rows if n != train_name)
+        metrics["ensemble_test_split"], metrics["ensemble"] = ensemble_metrics, {
+            k: v for k, v in rows[judge].items() if isinstance(v, int | float)}
+        metrics["gate_judged_on"] = f"evaluate.datasets '{judge}' (the test split has no real fake)"
+    elif test_fakes != "real":
+        metrics["gate_judged_on"] = "SBI-made fakes of the test split (evaluate.allow_synthetic_test: true)"
     write_json(out_dir / "metrics.json", metrics)
     return EvaluateResult(out_dir, metrics)
 

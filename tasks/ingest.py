@@ -30,7 +30,7 @@ class IngestResult:
 
 
 def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path, report_path: Path,
-           seed: int, hasher: FileHasher | None = None) -> IngestResult:
+           seed: int, hasher: FileHasher | None = None, real_only: bool = False) -> IngestResult:
     """Build the manifest of the dataset at `root`.
 
     Every unusable input (missing, zero-byte, unreadable, corrupt, outside the root, a duplicate) becomes a row of
@@ -47,6 +47,7 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
         seed: Split seed.
         hasher: The project's memo of file contents (`project_hasher`): a rerun on an unchanged tree then reads
             no file, only stats them; None reads every file.
+        real_only: Every model trains `train_on: real_only`: a dataset without fakes is accepted (and said so).
     """
     if not root.is_dir():
         raise DataError(f"dataset root not found: {root}",
@@ -57,7 +58,7 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
     report_path.unlink(missing_ok=True)  # if even the failure report cannot be written (a full disk), none is left
     report: dict = {"dataset": data.name, "status": "failed"}
     try:
-        return _ingest(data, cfg, root, manifest_path, report_path, seed, report, hasher)
+        return _ingest(data, cfg, root, manifest_path, report_path, seed, report, hasher, real_only)
     except DataError as exc:
         report.update(status="failed", error=str(exc))
         write_json(report_path, report)
@@ -72,8 +73,8 @@ def _no_match_hint(data: DataParams) -> str:
 
 
 def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path, report_path: Path, seed: int,
-            report: dict, hasher: FileHasher | None) -> IngestResult:
-    checked = validate(root, data, hasher=hasher)
+            report: dict, hasher: FileHasher | None, real_only: bool = False) -> IngestResult:
+    checked = validate(root, data, hasher=hasher, real_only=real_only)
     report.update(checked.to_dict())
     if not checked.good and not checked.bad:
         raise DataError(f"no samples found in {root}", _no_match_hint(data))
@@ -97,9 +98,14 @@ def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path
                         f"unusable ({checked.bad_share:.0%} > ingest.max_bad_share={cfg.max_bad_share:.0%})",
                         f"see the reasons in {report_path}")
     for label, name in ((0, "real"), (1, "fake")):
+        if label == 1 and real_only and not (df["label"] == 1).any():
+            # A team's new footage is mostly real: real-only models (SBI) train on it alone.
+            report["reals_only"] = "no fake samples: accepted, every model trains real_only"
+            continue
         if (df["label"] == label).sum() < cfg.min_per_class:
+            hint = " (or train every model `train_on: real_only`)" if label == 1 else ""
             raise DataError(f"only {(df['label'] == label).sum()} usable {name} samples in {root}",
-                            f"ingest.min_per_class is {cfg.min_per_class}")
+                            f"ingest.min_per_class is {cfg.min_per_class}{hint}")
     conflicts = [e for e in checked.errors if "labelled both" in e]
     if conflicts:
         raise DataError(conflicts[0], f"fix the labels; see {report_path}")
@@ -112,4 +118,9 @@ def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path
 def run(params: Params, layout: Layout) -> IngestResult:
     """The stage as `dfd stage ingest` and the flow call it."""
     return ingest(params.data, params.ingest, layout.resolve(params.data.root), layout.manifest,
-                  layout.ingest_report, params.train.seed, project_hasher(layout.artifacts))
+                  layout.ingest_report, params.train.seed, project_hasher(layout.artifacts), all_real_only(params))
+
+
+def all_real_only(params: Params) -> bool:
+    """Whether every model trains `train_on: real_only` (then a training set without fakes is usable)."""
+    return all(m.train_on == "real_only" for m in params.models.values())

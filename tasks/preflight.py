@@ -34,6 +34,9 @@ def _unknown(where: str, names: Iterable[str], known: Iterable[str], what: str) 
 
 
 def _model_problems(params: Params) -> list[str]:
+    from dfd.training.augment import AUGMENTATIONS
+    from dfd.training.batch_augment import BATCH_AUGMENTATIONS
+    from dfd.training.datasets import FACE_OPS
     from models import list_models
     from models.registry import model_factory
 
@@ -43,6 +46,11 @@ def _model_problems(params: Params) -> list[str]:
         if arch not in list_models():
             problems += _unknown(f"models.{key}.arch", [arch], list_models(), "architecture")
             continue
+        if spec.augment is not None:  # the model's own recipe names augmentations too
+            problems += _unknown(f"models.{key}.augment", spec.augment, [*AUGMENTATIONS, *FACE_OPS], "augmentation")
+        if spec.batch_augment is not None:
+            problems += _unknown(f"models.{key}.batch_augment", spec.batch_augment, BATCH_AUGMENTATIONS,
+                                 "batch augmentation")
         sig = inspect.signature(model_factory(arch))
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
         allowed = [n for n, p in sig.parameters.items() if n != "input_size"
@@ -51,6 +59,40 @@ def _model_problems(params: Params) -> list[str]:
             problems += [f"models.{key}.kwargs: '{arch}' takes no argument '{k}' (it takes: "
                          f"{', '.join(allowed) or 'none'})" for k in spec.kwargs if k not in allowed]
     return problems
+
+
+def hub_weights(params: Params, models: list[str] | None = None) -> dict[str, list[str]]:
+    """The timm weights each `pretrained: hub` model needs ({model key: [timm name, ...]}), read from the models
+    built on the meta device (no memory, no download)."""
+    import torch
+
+    from models import create_model, list_models
+    from models.hub_cache import hub_names
+
+    needs = {}
+    for key, spec in params.models.items():
+        arch = spec.arch or key
+        if spec.pretrained == "hub" and arch in list_models() and (models is None or key in models):
+            with torch.device("meta"):
+                needs[key] = hub_names(create_model(arch, input_size=spec.input_size or 64, **spec.kwargs))
+    return needs
+
+
+def weights_problem(params: Params, models: list[str] | None = None) -> str | None:
+    """One line naming the ImageNet weights that `pretrained: hub` needs and no local cache holds, when the hub
+    cannot be reached either (offline): checked before any stage runs, not after hours of the others' training."""
+    from models.hub_cache import cache_dir, hub_reachable, missing
+
+    needs = hub_weights(params, models)
+    absent = {key: missing(names) for key, names in needs.items()}
+    absent = {key: names for key, names in absent.items() if names}
+    if not absent or hub_reachable():
+        return None
+    names = sorted({n for ns in absent.values() for n in ns})
+    return (f"models {sorted(absent)} start from ImageNet (pretrained: hub) but weights {names} are not in the local "
+            f"cache {cache_dir()} and the hub is unreachable: run `dfd weights fetch` on a machine with network and "
+            f"copy that folder here (or point $DFD_WEIGHTS_DIR at it), or set models.<key>.pretrained to a local file "
+            f"or null")
 
 
 def check_device(name: str) -> str | None:
@@ -109,7 +151,10 @@ def params_problems(params: Params) -> list[str]:
     problems = _unknown("data.adapter", [params.data.adapter], ADAPTERS, "dataset adapter")
     problems += _unknown("faces.detector", [params.faces.detector], DETECTORS, "face detector")
     problems += _unknown("faces.fallback", params.faces.fallback, DETECTORS, "face detector")
-    problems += _unknown("train.augment", _names(params.train.augment), AUGMENTATIONS, "augmentation")
+    from dfd.training.datasets import FACE_OPS
+
+    # sbi and landmark_cutout are landmark-based augmentations (FACE_OPS), applied before the albumentations ones.
+    problems += _unknown("train.augment", _names(params.train.augment), [*AUGMENTATIONS, *FACE_OPS], "augmentation")
     problems += _unknown("train.batch_augment", _names(params.train.batch_augment), BATCH_AUGMENTATIONS,
                          "batch augmentation")
     problems += _unknown("evaluate.robustness", _names(params.evaluate.robustness), PERTURBATIONS, "perturbation")
@@ -140,3 +185,11 @@ def check_params(params: Params) -> None:
     problems = params_problems(params)
     if problems:
         raise ConfigError("; ".join(problems), "fix params.yaml (or the override), then rerun")
+
+
+def check_weights(params: Params, models: list[str] | None = None) -> None:
+    """Before training (`dfd run`, the flow, `dfd stage train`): raise one ConfigError when `pretrained: hub` weights
+    are missing offline. Not part of `check_params`: scoring and registry commands need no ImageNet weights."""
+    problem = weights_problem(params, models)
+    if problem:
+        raise ConfigError(problem)

@@ -176,6 +176,17 @@ def training_summary(layout: Layout) -> dict[str, Any]:
         manifest = pd.read_parquet(layout.manifest, columns=["label", "method"])
         methods = {str(k): int(v) for k, v in manifest.loc[manifest["label"] == 1, "method"].value_counts().items()}
     return {"per_split": report.get("per_split", {}), "identities": report.get("identities", {}), "methods": methods}
+def _weights_tags(model_dirs: dict[str, Path], members: list[str]) -> dict[str, str]:
+    """Each member's pretrained start (weights name and sha256, from its metrics.json), for the version's lineage."""
+    tags = {}
+    for m in members:
+        path = model_dirs[m] / "metrics.json"
+        start = (read_json(path).get("pretrained") if path.is_file() else None) or {}
+        weights = start.get("weights") or ([{"name": start["source"], "sha256": start.get("sha256")}]
+                                           if start.get("source") else [])
+        if weights:
+            tags[f"weights_{m}"] = ",".join(f"{w['name']}@sha256:{w.get('sha256') or 'unknown'}" for w in weights)
+    return tags
 
 
 def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensemble_dir: Path,
@@ -234,8 +245,12 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
     ens = metrics.get("ensemble", {})
     card = card or {}
     version_tags: dict[str, Any] = {**tags, **_dataset_hashes(reports_dir), "mlflow_run_id": run_id,
-                                    "members": ",".join(spec["members"]),
+                                    "members": ",".join(spec["members"]), **_weights_tags(model_dirs, spec["members"]),
                                     TRAINING_DATA_TAG: "synthetic" if card.get("synthetic") else "ingested",
+                                    # What the gate judged when the test split had no real fake (tasks/evaluate.py).
+                                    **({"test_fakes": metrics["test_fakes"],
+                                        "gate_judged_on": metrics.get("gate_judged_on", "")}
+                                       if metrics.get("test_fakes", "real") != "real" else {}),
                                     **{f"test_{k}": f"{ens[k]:.4f}" for k in ("auc", "video_auc", "eer", "ece")
                                        if isinstance(ens.get(k), int | float)}}
     # The statistics `dfd monitor` compares served traffic with, stored with the version they describe.

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dfd.evaluation.metrics import binary_metrics, frame_and_video_metrics
-from dfd.platform.config import ModelParams, Params, TrainParams
+from dfd.platform.config import ModelParams, Params, TrainParams, recipe
 from dfd.platform.errors import StageError
 from dfd.platform.files import write_json, write_parquet
 from dfd.platform.layout import Layout
@@ -34,6 +34,7 @@ from dfd.training.batch_augment import check_names
 from dfd.training.datasets import FACE_OPS, FaceCrops, epoch_order
 from dfd.training.engine import Stepper, train_epoch
 from dfd.training.optim import LrSchedule, build_optimizer
+from dfd.training.real_only import eval_split, real_training_rows
 from models import ModelConfig, create_model, model_config
 from models.checkpoint import load_checkpoint
 
@@ -112,6 +113,8 @@ class _Data:
     eval_loaders: dict[str, DataLoader]
     loader_kw: dict[str, Any]
     batch: int
+    fakes: dict[str, str] = field(default_factory=dict)  # per evaluation split: `real`, or `sbi(seed=N)`
+    train_on: str = "all"
 
 
 @dataclass
@@ -126,7 +129,7 @@ class _Progress:
     step: int = 0
 
 
-def _load_data(cfg: TrainParams, spec: ModelParams, mcfg: ModelConfig, index_path: Path,
+def _load_data(name: str, cfg: TrainParams, spec: ModelParams, mcfg: ModelConfig, index_path: Path,
                device: torch.device) -> _Data:
     """Read the faces index, split it, and build the training dataset and the val/test loaders."""
     index = pd.read_parquet(index_path)
@@ -135,8 +138,10 @@ def _load_data(cfg: TrainParams, spec: ModelParams, mcfg: ModelConfig, index_pat
         if splits[s].empty:
             raise StageError(f"the faces index has no '{s}' crops", "add identities or change ingest split shares")
     root = index_path.parent
+    real_only = spec.train_on == "real_only"
+    train_rows = real_training_rows(splits["train"], index, name) if real_only else splits["train"]
     face_ops = [a for a in cfg.augment if a in FACE_OPS]
-    train_ds = FaceCrops(splits["train"], root, build_transform([a for a in cfg.augment if a not in FACE_OPS],
+    train_ds = FaceCrops(train_rows, root, build_transform([a for a in cfg.augment if a not in FACE_OPS],
                                                                 train=True, **mcfg.preprocessing()),
                          face_ops, cfg.sbi_prob, cfg.cutout_prob, cfg.seed)
     eval_tf = build_transform([], train=False, **mcfg.preprocessing())
@@ -145,27 +150,32 @@ def _load_data(cfg: TrainParams, spec: ModelParams, mcfg: ModelConfig, index_pat
                                  "pin_memory": device.type == "cuda"}
     # Validation and test only: the ensemble is fitted on validation and judged on test. No substitution of an
     # unreadable crop here: it would score a neighbour under the bad row's name (it is excluded in _export).
-    eval_loaders = {s: DataLoader(FaceCrops(splits[s], root, eval_tf, substitute_unreadable=False), shuffle=False,
-                                  **loader_kw)
-                    for s in ("val", "test") if not splits[s].empty}
-    return _Data(splits, train_ds, eval_loaders, loader_kw, batch)
+    # A real-only model's split without real fakes gets SBI fakes made with a fixed seed (dfd/training/real_only.py).
+    eval_loaders, fakes = {}, {}
+    for s in ("val", "test"):
+        if not splits[s].empty:
+            ds, splits[s], fakes[s] = eval_split(splits[s], root, eval_tf, cfg.seed, real_only)
+            eval_loaders[s] = DataLoader(ds, shuffle=False, **loader_kw)
+    return _Data(splits, train_ds, eval_loaders, loader_kw, batch, fakes, spec.train_on)
 
 
 def _build_model(name: str, arch: str, spec: ModelParams, cfg: TrainParams, mcfg: ModelConfig,
-                 device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The seeded model with its opt-in pretrained weights, and the arguments that rebuild it from a checkpoint."""
+                 device: torch.device) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    """The seeded model with its opt-in pretrained weights, the arguments that rebuild it from a checkpoint, and the
+    weights' lineage (name, file, sha256, share of parameters loaded; None from scratch)."""
     torch.manual_seed(cfg.seed)
     model_kwargs = {"input_size": mcfg.input_size, **spec.kwargs}
     model = create_model(arch, **model_kwargs).to(device)
+    weights = None
     if spec.pretrained:
         from models.weights import load_pretrained
 
-        load_pretrained(model, spec.pretrained)
+        weights = load_pretrained(model, spec.pretrained)
     else:
         log.info("%s: no pretrained weights (models.%s.pretrained): training from scratch", name, name)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model, model_kwargs
+    return model, model_kwargs, weights
 
 
 def _resume(name: str, last_path: Path, progress: _Progress, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -191,7 +201,8 @@ def _resume(name: str, last_path: Path, progress: _Progress, model: nn.Module, o
 
 
 def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Data, progress: _Progress,
-            cfg: TrainParams, world: int, device: torch.device, out_dir: Path) -> TrainResult:
+            cfg: TrainParams, world: int, device: torch.device, out_dir: Path,
+            weights: dict[str, Any] | None = None) -> TrainResult:
     """Reload the best weights, write val/test predictions and the metrics summary."""
     best_path = out_dir / "best.pt"
     best = load_checkpoint(best_path)
@@ -216,6 +227,9 @@ def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Da
                "best_val_auc": best["best_auc"], "epochs_run": len(history), "epochs": cfg.epochs,
                "stopped_early": len(history) < cfg.epochs, "history": history, "world_size": world,
                "parameters": sum(p.numel() for p in model.parameters()), "bad_crops": bad_crops,
+               "train_on": data.train_on, "train_samples": int(data.train_ds.index["sample_id"].nunique()),
+               "train_fake_samples": int((data.train_ds.labels == 1).sum()), "eval_fakes": data.fakes,
+               "recipe": cfg.model_dump(mode="json"), "pretrained": weights,
                "val": frame_and_video_metrics(preds[preds["split"] == "val"], 0.5)}
     if (preds["split"] == "test").any():
         summary["test"] = frame_and_video_metrics(preds[preds["split"] == "test"], 0.5)
@@ -242,6 +256,7 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     """
     if not index_path.is_file():
         raise StageError(f"faces index not found: {index_path}", "run the faces stage first (`dfd stage faces`)")
+    cfg = recipe(cfg, spec)  # the model's own recipe over `train:`
     check_names(cfg.batch_augment)
     rank, world, local_rank = _distributed()
     arch = spec.arch or name
@@ -249,8 +264,8 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     device = pick_device(cfg.device, local_rank)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    data = _load_data(cfg, spec, mcfg, index_path, device)
-    model, model_kwargs = _build_model(name, arch, spec, cfg, mcfg, device)
+    data = _load_data(name, cfg, spec, mcfg, index_path, device)
+    model, model_kwargs, weights = _build_model(name, arch, spec, cfg, mcfg, device)
 
     lr = spec.lr or cfg.lr
     optimizer = build_optimizer(cfg, model.parameters(), lr)
@@ -318,7 +333,7 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     if rank != 0:
         return TrainResult(name, out_dir, best_path, last_path, out_dir / "metrics.json",
                            out_dir / "predictions.parquet", {})
-    return _export(name, arch, mcfg, model, data, state, cfg, world, device, out_dir)
+    return _export(name, arch, mcfg, model, data, state, cfg, world, device, out_dir, weights)
 
 
 def model_spec(params: Params, name: str) -> ModelParams:

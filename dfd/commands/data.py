@@ -39,12 +39,15 @@ def cmd_validate_dataset(args: argparse.Namespace) -> int:
     from dfd.platform.errors import DataError
     from dfd.platform.files import write_json
 
-    base = load_params(args.params, args.override).data if Path(args.params).is_file() else DataParams()
+    params = load_params(args.params, args.override) if Path(args.params).is_file() else None
+    base = params.data if params else DataParams()
     data = base.model_copy(update={"adapter": args.adapter or base.adapter})
     root = Path(args.path)
     if not root.is_dir():
         raise DataError(f"dataset root not found: {root}")
-    result = validate(root, data)
+    # A dataset of reals only is usable when every model in params trains real_only (SBI).
+    real_only = params is not None and all(m.train_on == "real_only" for m in params.models.values())
+    result = validate(root, data, real_only=real_only)
     # Beside the dataset's other reports (data.workdir/manifests, where ingest writes), never the current folder.
     report = Path(args.report) if args.report else Path(base.workdir) / "manifests" / f"{root.name}.validation.json"
     summary = result.to_dict()

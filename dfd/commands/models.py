@@ -158,3 +158,23 @@ def cmd_deploy_model(args: argparse.Namespace) -> int:
           f"{len(manifest['files'])} files, health check passed (scores {manifest['health_check']['scores']})"
           + (f"; removed old versions {', '.join(manifest['removed'])}" if manifest["removed"] else ""))
     return 0
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    """`dfd weights fetch`: fill the ImageNet weights cache on a machine with network, for a cluster without."""
+    from dfd.platform.config import load_params
+    from models.hub_cache import cache_dir, fetch
+    from tasks.preflight import hub_weights
+
+    names = list(args.name)
+    if not names:
+        params = load_params(args.params, args.override) if Path(args.params).is_file() else Params()
+        names = sorted({n for ns in hub_weights(params).values() for n in ns})
+    if not names:
+        print("no model in params starts from ImageNet (pretrained: hub): nothing to fetch")
+        return 0
+    for name, info in fetch(names, args.mirror).items():
+        print(f"{name:<24}{info['sha256'][:16]}  <- {info['source']}")
+    print(f"cache: {cache_dir()} (copy this folder to the same path on the offline machine, or point "
+          f"$DFD_WEIGHTS_DIR at it)")
+    return 0

@@ -49,6 +49,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
         if not args.model:
             raise DfdError("`dfd stage train` needs --model", f"one of {', '.join(params.models)}")
+        from tasks.preflight import check_weights
+
+        check_weights(params, [args.model])  # offline ImageNet starts: one line now, not a traceback mid-stage
         res = train.run(params, layout, args.model, _epoch_logger(args.epoch_log), progress=not args.no_progress)
         if res.summary:  # under torchrun only rank 0 evaluates and reports
             print(f"train@{args.model}: best val AUC {res.summary['best_val_auc']:.4f} -> {res.best}")
@@ -121,14 +124,19 @@ def preflight(params: Params, root: Path) -> None:
     if not data_root.is_dir():
         raise DataError(f"dataset root not found: {data_root}",
                         "run `dfd demo-data`, or point data.root in params.yaml at your dataset")
-    for _ in get_adapter(params.data.adapter)(data_root, params.data):  # raises on a missing or empty class folder
-        pass
+    labels = {c.label for c in get_adapter(params.data.adapter)(data_root, params.data)}  # raises on a missing class
+    if 1 not in labels and not all(m.train_on == "real_only" for m in params.models.values()):
+        raise DataError(f"no fake sample in {data_root} (for the folder layout: 'fake/' is empty or missing)",
+                        "add fakes, or train every model `train_on: real_only` (SBI makes the fakes)")
     from dfd.platform.alerts import check_alert_settings
 
     check_alert_settings(params.alerts)  # a bad webhook URL is found now, not after training (never echoed)
     from dfd.platform.storage_check import check_storage
 
     check_storage(params, root)  # every S3 bucket in use is writable (bounded retries: seconds when down)
+    from tasks.preflight import check_weights
+
+    check_weights(params)  # `pretrained: hub` weights missing offline: named now, before any stage runs
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -139,6 +139,9 @@ def folder_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
     seen = set()
     for cls, label in (("real", 0), ("fake", 1)):
         folder = root / cls
+        if cls == "fake" and not any(folder.iterdir() if folder.is_dir() else ()):
+            # A dataset of reals only (real-only models, SBI): the class count decides (dfd/data/validation.py).
+            continue
         if not folder.is_dir():
             raise DataError(f"class folder '{cls}/' not found in {root}", "the folder layout needs real/ and fake/")
         files = _files(folder)

@@ -82,7 +82,7 @@ def _check_media(root: Path, rels: list[str], workers: int, progress: bool,
 
 
 def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = True,
-             hasher: FileHasher | None = None) -> ValidationResult:
+             hasher: FileHasher | None = None, real_only: bool = False) -> ValidationResult:
     """Check a dataset through its adapter.
 
     Args:
@@ -92,6 +92,7 @@ def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = Tr
         progress: Show progress bars.
         hasher: The project's memo of file contents: md5s and media checks of files unchanged (path, size,
             mtime, inode) since they were last read come from it, and new ones go into it (saved at the end).
+        real_only: Every model trains `train_on: real_only`, so a dataset without fakes is usable (said in a warning).
 
     Returns:
         The checks' result; `errors` is non-empty when the dataset must not be trained on as it is.
@@ -127,10 +128,14 @@ def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = Tr
     result.good = [c for c in good if c.rel_path not in dropped]
     classes = result.classes
     for name, n in classes.items():
-        if n == 0:
-            result.errors.append(f"no usable {name} samples")
+        if n == 0 and name == "fake" and real_only and classes["real"]:
+            result.warnings.append("no fake samples: accepted, every model trains real_only (SBI makes the fakes); "
+                                   "the gate still needs real fakes (an evaluate.datasets entry)")
+        elif n == 0:
+            result.errors.append(f"no usable {name} samples" + (" (a dataset of reals only is usable when every "
+                                 "model trains `train_on: real_only`)" if name == "fake" else ""))
     total = sum(classes.values())
-    if total and min(classes.values()) / total < MIN_CLASS_SHARE:
+    if total and min(classes.values()) and min(classes.values()) / total < MIN_CLASS_SHARE:
         result.warnings.append(f"badly unbalanced classes: {classes['real']} real vs {classes['fake']} fake")
     if duplicates:
         result.warnings.append(f"{len(duplicates)} group(s) of files with identical content")

@@ -15,10 +15,11 @@ COLUMNS = ["n", "auc", "ap", "eer", "accuracy", "log_loss", "video_n", "video_au
 
 
 def dataset_row(frames: pd.DataFrame, threshold: float, role: str,
-                aggregation: AggregationParams | None = None) -> dict[str, Any]:
+                aggregation: AggregationParams | None = None, members: list[str] | None = None) -> dict[str, Any]:
     """Metrics of one dataset's scored frames (`sample_id`, `label`, `prob`), with the dataset's class counts.
 
-    Video-level columns aggregate frames with `aggregation` (the ensemble's rule, as served).
+    Video-level columns aggregate frames with `aggregation` (the ensemble's rule, as served). `members`: columns of
+    `frames` holding each member's P(fake), reported as `member_auc` (which member generalises to this dataset).
     """
     m = frame_and_video_metrics(frames, threshold, aggregation=aggregation)
     row = {"role": role, **{k: m[k] for k in COLUMNS if k in m}, **{k: v for k, v in m.items() if k not in COLUMNS}}
@@ -26,7 +27,18 @@ def dataset_row(frames: pd.DataFrame, threshold: float, role: str,
     row["fake_frames"] = int((frames["label"] == 1).sum())
     if "method" in frames.columns:
         row["method_auc"] = method_auc(frames)
+    if members:
+        row["member_auc"] = member_auc(frames, members)
     return row
+
+
+def member_auc(frames: pd.DataFrame, members: list[str]) -> dict[str, float]:
+    """Frame AUC of each member's own column (NaN where a column is missing or the frames hold one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    both = frames["label"].nunique() == 2
+    return {m: float(roc_auc_score(frames["label"], frames[m])) if both and m in frames else float("nan")
+            for m in members}
 
 
 def method_auc(frames: pd.DataFrame) -> dict[str, float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dfd.platform.config_base import _Section
 from dfd.platform.errors import ConfigError
@@ -29,6 +29,7 @@ from dfd.platform.ops_config import (  # noqa: F401  (re-exported: one import pa
     SlackAlertParams,
     StorageParams,
 )
+from dfd.platform.recipe_config import RECIPE_KEYS, TrainRecipe, recipe  # noqa: F401  (re-exported)
 
 #: Environment variable naming extra override files (os.pathsep-separated), applied after `params.yaml`.
 OVERRIDE_ENV = "DFD_PARAMS_OVERRIDE"
@@ -96,8 +97,9 @@ class FacesParams(_Section):
     min_face_share: float = Field(0.5, ge=0, le=1)
 
 
-class ModelParams(_Section):
-    """One detector to train; every field left empty falls back to the architecture's registered config."""
+class ModelParams(TrainRecipe):
+    """One detector to train; every field left empty falls back to the architecture's registered config, and every
+    training-recipe field (`TrainRecipe`: epochs, optimizer, augment, ...) left None to `train:`."""
 
     arch: str | None = None  # registry name; defaults to the key under `models:`
     input_size: int | None = None  # None: the size from the model's registered config
@@ -115,7 +117,9 @@ class TrainParams(_Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-4, gt=0)  # AdamW at 2e-4 is the DeepfakeBench default for these backbones
     weight_decay: float = Field(1e-4, ge=0)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    # sam: sharpness-aware minimisation (Foret et al. 2021) around SGD with momentum, as the SBI paper trains.
+    optimizer: Literal["adamw", "adam", "sgd", "sam"] = "adamw"
+    sam_rho: float = Field(0.05, gt=0)  # SAM's neighbourhood radius: the paper's default for SGD
     scheduler: Literal["cosine", "step", "plateau", "none"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up: fresh heads on big batches diverge at full rate
     step_epochs: int = Field(5, ge=1)  # step schedule: multiply by gamma every this many epochs
@@ -262,6 +266,9 @@ class EvaluateParams(_Section):
     drift_embedding_dims: int = Field(8, ge=1)  # PCA components of the embeddings, fitted on the reference
     # Cross-dataset evaluation: further datasets, each ingested and face-extracted with the training set's code.
     datasets: list[EvalDatasetParams] = Field(default_factory=list)
+    # Without real fakes (test split or evaluate.datasets) the gate would judge SBI pseudo-fakes only, which a
+    # real-only model was trained on: refused unless asked for, and then the model card says so.
+    allow_synthetic_test: bool = False
 
     @model_validator(mode="after")
     def _unique_dataset_names(self) -> EvaluateParams:
@@ -288,9 +295,17 @@ class Params(_Section):
     ingest: IngestParams = IngestParams()
     faces: FacesParams = FacesParams()
     models: dict[str, ModelParams] = Field(
-        # The papers' input sizes; EfficientNet-B4 at 224 as the seed project did (380 is the DFDC winner's).
-        default_factory=lambda: {"mesonet": ModelParams(input_size=256), "xception": ModelParams(input_size=299),
-                                 "efficientnet": ModelParams(input_size=224), "f3net": ModelParams(input_size=299)}
+        # The papers' input sizes; EfficientNet-B4 at 224 as the seed project did (380 is the DFDC winner's). Real runs
+        # start from ImageNet where weights exist (not MesoNet): from scratch, these backbones need far more data.
+        # sbi: the Self-Blended Images recipe (Shiohara and Yamasaki, CVPR 2022): EfficientNet-B4 at 380 px on real
+        # faces only, SAM around SGD at lr 1e-3 for 100 epochs.
+        default_factory=lambda: {
+            "mesonet": ModelParams(input_size=256), "xception": ModelParams(input_size=299, pretrained="hub"),
+            "efficientnet": ModelParams(input_size=224, pretrained="hub"),
+            "f3net": ModelParams(input_size=299, pretrained="hub"),
+            "sbi": ModelParams(arch="efficientnet", input_size=380, pretrained="hub", train_on="real_only",
+                               augment=["hflip", "color_jitter", "jpeg", "sbi"], sbi_prob=0.5, optimizer="sam",
+                               lr=0.001, epochs=100)}
     )
     train: TrainParams = TrainParams()
     ensemble: EnsembleParams = EnsembleParams()
@@ -304,6 +319,22 @@ class Params(_Section):
     serve: ServeParams = ServeParams()
     monitor: MonitorParams = MonitorParams()
     artifacts: str = "artifacts"  # models/, ensemble/, reports/ are written under it
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _drop_removed_models(cls, value: Any) -> Any:
+        # `models: {sbi: null}` in an override removes a member the files above it define.
+        return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _models_trainable(self) -> Params:
+        if not self.models:
+            raise ValueError("models: no model left to train (every member removed)")
+        real_only = [k for k, m in self.models.items() if m.train_on == "real_only"]
+        if real_only and not self.faces.landmarks:
+            raise ValueError(f"models {real_only} train real_only (SBI needs the face landmarks) but "
+                             "faces.landmarks is false: set it true, or train_on: all")
+        return self
 
     def digest(self) -> str:
         """A short stable hash of the resolved params, for provenance tags."""
@@ -362,6 +393,8 @@ def _format_validation_error(exc: ValidationError, layers: list[tuple[Path, dict
         where = _file_holding(err["loc"], layers)
         if err["type"] == "extra_forbidden":
             problems.append(f"{where}: unknown key '{key}'")
+        elif not err["loc"]:  # a check across sections: its message names the keys; the input is the whole file
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
         else:
             problems.append(f"{where}: '{key}': {err['msg']} (got {err.get('input')!r})")
     return "; ".join(problems)

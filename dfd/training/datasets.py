@@ -39,11 +39,12 @@ class FaceCrops(Dataset):
         cutout_prob: Chance that a crop loses one face part.
         seed: Base seed of the landmark augmentations.
         substitute_unreadable: Replace an unreadable crop by the next readable one (training only, see above).
+        sbi_rows: When given, exactly these rows (positions) are self-blended, instead of a `sbi_prob` draw each.
     """
 
     def __init__(self, index: pd.DataFrame, crops_root: Path, transform: A.Compose, face_ops: list[str] | None = None,
                  sbi_prob: float = 0.5, cutout_prob: float = 0.3, seed: int = 0,
-                 substitute_unreadable: bool = True) -> None:
+                 substitute_unreadable: bool = True, sbi_rows: set[int] | None = None) -> None:
         self.index = index.reset_index(drop=True)
         self.root = crops_root
         self.transform = transform
@@ -55,6 +56,7 @@ class FaceCrops(Dataset):
         self.sbi_prob, self.cutout_prob, self.seed, self.epoch = sbi_prob, cutout_prob, seed, 0
         self.bad: set[int] = set()
         self.substitute_unreadable = substitute_unreadable
+        self.sbi_rows = sbi_rows
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the per-sample augmentations (and albumentations) for `epoch`."""
@@ -73,13 +75,24 @@ class FaceCrops(Dataset):
             return None
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
+    def _blends(self, rng: np.random.Generator, label: float, j: int) -> bool:
+        """Whether row `j` becomes a self-blended fake (the first draw of its generator)."""
+        if "sbi" not in self.face_ops or label != 0 or self.landmarks[j] is None:
+            return False
+        return j in self.sbi_rows if self.sbi_rows is not None else bool(rng.random() < self.sbi_prob)
+
+    def labels_after_sbi(self) -> np.ndarray:
+        """The labels the items of the current epoch carry: 1 for a real crop that SBI blends (same draws)."""
+        return np.array([1.0 if self._blends(np.random.default_rng([self.seed, self.epoch, j]), y, j) else y
+                         for j, y in enumerate(self.labels)], dtype=np.float32)
+
     def _face_ops(self, rgb: np.ndarray, label: float, j: int) -> tuple[np.ndarray, float]:
         points = self.landmarks[j]
         if not self.face_ops or points is None:
             return rgb, label
         rng = np.random.default_rng([self.seed, self.epoch, j])
         pts = np.asarray(points, dtype=np.float32).reshape(68, 2)
-        if "sbi" in self.face_ops and label == 0 and rng.random() < self.sbi_prob:
+        if self._blends(rng, label, j):
             rgb, _ = self_blend(rgb, pts, rng)
             label = 1.0
         if "landmark_cutout" in self.face_ops and rng.random() < self.cutout_prob:

@@ -20,6 +20,7 @@ from dfd.platform.config import TrainParams
 from dfd.platform.errors import TrainingError
 from dfd.training.batch_augment import mix_batch
 from dfd.training.optim import LrSchedule
+from dfd.training.sam import ascend, descend, frozen_norm_stats
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -59,16 +60,16 @@ class Stepper:
         # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 has fp32's range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.memory_format = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        # SAM replays the accumulation group's micro-batches at the perturbed weights (dfd/training/sam.py).
+        self.sam = self.cfg.optimizer == "sam"
+        self._group: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def micro_batch(self, x: torch.Tensor, y: torch.Tensor, last_of_step: bool) -> float:
-        """Forward and backward of one micro-batch; steps the optimiser when `last_of_step`. Returns the loss."""
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        y = y.to(self.device, non_blocking=True)
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, last_of_step: bool) -> torch.Tensor:
         no_sync = getattr(self.model, "no_sync", None)
         # Under DDP, gradients are all-reduced only on the micro-batch that ends an accumulation step.
         sync = contextlib.nullcontext() if last_of_step or no_sync is None else no_sync()
@@ -79,7 +80,29 @@ class Stepper:
                 raise TrainingError(f"loss is {loss.item()} at optimiser step {self.step + 1}",
                                     "lower the learning rate or check the inputs; last.pt holds the previous epoch")
             self.scaler.scale(loss / self.cfg.grad_accum_steps).backward()
+        return loss
+
+    def _sam_second_pass(self) -> None:
+        """Replace the group's gradient by the one at w + rho * g / ||g||, taken over the same micro-batches."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        offsets = ascend(params, self.cfg.sam_rho)
+        self.optimizer.zero_grad(set_to_none=True)
+        with frozen_norm_stats(self.model):
+            for k, (gx, gy) in enumerate(self._group):
+                self._backward(gx, gy, last_of_step=k == len(self._group) - 1)
+        descend(params, offsets)
+        self._group.clear()
+
+    def micro_batch(self, x: torch.Tensor, y: torch.Tensor, last_of_step: bool) -> float:
+        """Forward and backward of one micro-batch; steps the optimiser when `last_of_step`. Returns the loss."""
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        y = y.to(self.device, non_blocking=True)
+        loss = self._backward(x, y, last_of_step)
+        if self.sam:
+            self._group.append((x, y))
         if last_of_step:
+            if self.sam:
+                self._sam_second_pass()
             self.schedule.apply(self.optimizer, self.base_lrs, self.step)
             if self.cfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)

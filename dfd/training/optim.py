@@ -15,7 +15,10 @@ from dfd.platform.config import TrainParams
 
 
 def build_optimizer(cfg: TrainParams, params: Any, lr: float) -> torch.optim.Optimizer:
-    """AdamW, Adam or SGD (Nesterov momentum 0.9) by `cfg.optimizer`."""
+    """AdamW, Adam or SGD (Nesterov momentum 0.9) by `cfg.optimizer`; `sam` steps SGD with momentum 0.9 (the SBI
+    paper's base optimiser) with the gradients the engine takes at the perturbed weights (dfd/training/sam.py)."""
+    if cfg.optimizer == "sam":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":

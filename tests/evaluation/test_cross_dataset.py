@@ -62,6 +62,8 @@ def test_two_datasets_give_one_table(trained_project: Path, second_demo: Path, t
     assert rows["demo2"]["n"] == len(index)  # every sample of a foreign dataset is scored
     for row in rows.values():
         assert 0 <= row["auc"] <= 1 and 0 <= row["video_auc"] <= 1
+        # Each member (the real-only sbi among them) has its own AUC on every dataset: who generalises.
+        assert set(row["member_auc"]) == set(params.models) and all(0 <= a <= 1 for a in row["member_auc"].values())
     assert res.metrics["cross_dataset"]["demo2"]["auc"] == rows["demo2"]["auc"]
     assert (reports / "plots" / "cross_dataset.png").stat().st_size > 1000
     # The foreign set has its own drift and quality reports against the training crops.

@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from dfd.platform.config import load_params
 from tests.helpers import PROJECT, TINY
 
 pytestmark = pytest.mark.slow
 
-STAGES = {"ingest", "faces", "train@mesonet", "train@xception", "train@efficientnet", "train@f3net", "ensemble",
+# One training child per member of the tiny params (no hand-written list: `models:` decides).
+STAGES = {"ingest", "faces", *(f"train@{m}" for m in load_params(PROJECT / "params.yaml", [TINY]).models), "ensemble",
           "evaluate", "register"}
 
 
@@ -86,8 +88,15 @@ def test_pipeline_runs_logs_registers_and_gates(prefect_server: None, tiny_proje
     scores = model.predict(crops)
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
 
-    # A failing gate registers a version but leaves the alias where it was.
-    failed = pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml", "strict.yaml"], root=str(root))
+    # A failing gate registers a version but leaves the alias where it was. The same run removes a member by
+    # override (`models: {sbi: null}`): the flow trains, fuses and registers the rest.
+    (root / "drop.yaml").write_text(yaml.safe_dump({"models": {"sbi": None}}))
+    failed = pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml", "strict.yaml", "drop.yaml"],
+                      root=str(root))
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{failed.run_id}'", max_results=100)
+    assert {r.data.tags["mlflow.runName"] for r in runs} == STAGES - {"train@sbi"}
+    members = yaml.safe_load((root / "artifacts" / "ensemble" / "ensemble.json").read_text())["members"]
+    assert set(members) == {s.removeprefix("train@") for s in STAGES if s.startswith("train@")} - {"sbi"}
     assert failed.version == "2" and not failed.promoted and failed.gate["failed"] == ["min_auc"]
     assert str(client.get_model_version_by_alias("deepfake-ensemble", "production").version) == "1"
     v2 = client.get_model_version("deepfake-ensemble", "2").tags

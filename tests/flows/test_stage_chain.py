@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from dfd.evaluation.calibration import calibrate
+from dfd.platform.config import load_params
 from dfd.platform.errors import StageError
 from dfd.platform.layout import Layout
 from models.checkpoint import load_checkpoint
 from tasks import ensemble, evaluate, train
-from tests.helpers import tiny_params
+from tests.helpers import PROJECT, TINY, tiny_params
 
-MODELS = ["mesonet", "xception", "efficientnet", "f3net"]
+MODELS = list(load_params(PROJECT / "params.yaml", [TINY]).models)  # follows `models:`, never a hand-written list
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def test_training_outputs_follow_the_contract(chained: tuple[Path, Layout]) -> N
         d = layout.model_dir(m)
         assert {"best.pt", "last.pt", "metrics.json", "predictions.parquet"} <= {p.name for p in d.iterdir()}
         ckpt = load_checkpoint(d / "best.pt")
-        assert ckpt["arch"] == m and "input_size" in ckpt["model_kwargs"]
+        spec = load_params(PROJECT / "params.yaml", [TINY]).models[m]
+        assert ckpt["arch"] == (spec.arch or m) and "input_size" in ckpt["model_kwargs"]
         preds = pd.read_parquet(d / "predictions.parquet")
         assert set(preds["split"]) == {"val", "test"} and preds["prob"].between(0, 1).all()
         assert json.loads((d / "metrics.json").read_text())["history"]

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
+from dfd.platform.config import load_params
 from tests.helpers import PROJECT, TINY
 
 pytestmark = pytest.mark.slow
 
-MODELS = ("mesonet", "xception", "efficientnet", "f3net")
+MODELS = tuple(load_params(PROJECT / "params.yaml", [TINY]).models)  # every member the tiny params train
 
 
 def _stamps(root: Path) -> dict[str, int]:
