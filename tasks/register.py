@@ -185,7 +185,10 @@ def _weights_tags(model_dirs: dict[str, Path], members: list[str]) -> dict[str, 
         weights = start.get("weights") or ([{"name": start["source"], "sha256": start.get("sha256")}]
                                            if start.get("source") else [])
         if weights:
-            tags[f"weights_{m}"] = ",".join(f"{w['name']}@sha256:{w.get('sha256') or 'unknown'}" for w in weights)
+            # No hash only when timm loaded from its own cache: say where it came from instead of inventing one.
+            tags[f"weights_{m}"] = ",".join(f"{w['name']}@" + (f"sha256:{w['sha256']}" if w.get("sha256")
+                                                              else f"{w.get('file', 'timm cache')} (not hashed)")
+                                            for w in weights)
     return tags
 
 

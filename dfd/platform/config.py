@@ -18,6 +18,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dfd.platform.config_base import _Section
 from dfd.platform.errors import ConfigError
+from dfd.platform.eval_config import (  # noqa: F401  (re-exported: one import path for every section)
+    AdversarialParams,
+    ChampionParams,
+    EvalDatasetParams,
+    EvaluateParams,
+    GateParams,
+)
 from dfd.platform.ops_config import (  # noqa: F401  (re-exported: one import path for every section)
     AlertParams,
     EmailAlertParams,
@@ -178,104 +185,6 @@ class EnsembleParams(_Section):
     # Identity-grouped k-fold CV of fusion + calibration on validation (fewer folds when fewer identities).
     cv_folds: int = Field(5, ge=2)
     aggregation: AggregationParams = AggregationParams()  # recorded in ensemble.json: the served model uses it
-
-
-class ChampionParams(_Section):
-    """Champion/challenger: the candidate against the current `production` version, on the same test samples."""
-
-    # not_worse (non-inferiority): pass only when the one-sided (1 - alpha) lower bound of AUC(candidate) -
-    # AUC(champion) is above -margin (a retrain on new data may legitimately tie, but "not shown worse" on a small
-    # sample is no evidence); better (superiority): only when that bound is above 0; off: skip the comparison.
-    policy: Literal["not_worse", "better", "off"] = "not_worse"
-    alpha: float = Field(0.05, gt=0, lt=1)  # one-sided level of the cluster bootstrap's lower bound
-    # Largest AUC loss accepted as "not worse": 0.01 is below what a team notices in production and what ~2,000
-    # independent test videos can resolve; smaller splits need a wider margin or they can never decide.
-    margin: float = Field(0.01, ge=0, lt=1)
-    bootstrap: int = Field(1000, ge=100)  # resamples: 1000 puts the p-value's own error near 0.01 at alpha 0.05
-    seed: int = 1337
-    max_crops: int = Field(2000, ge=10)  # the champion is re-scored on CPU: a seeded sample of the test crops
-
-
-class GateParams(_Section):
-    """What a candidate must meet to be promoted (checked by the register stage); every check is off when None."""
-
-    min_auc: float | None = 0.90
-    min_video_auc: float | None = 0.90
-    max_eer: float | None = 0.15
-    min_accuracy: float | None = 0.80
-    max_ece: float | None = 0.10  # the served P(fake) must mean what it says (expected calibration error, test)
-    # Largest AUC drop allowed under a perturbation, over every level of it: by name (adversarial fgsm/pgd too) ...
-    max_auc_drop: dict[str, float] = Field(default_factory=dict)
-    # ... and for every other non-adversarial perturbation measured (white-box attacks are built to break a model:
-    # bound them by name when wanted).
-    max_auc_drop_default: float | None = 0.15
-    max_drift_share: float | None = 0.5  # share of drifted columns, training data vs test (Evidently)
-    champion: ChampionParams = ChampionParams()
-
-
-class AdversarialParams(_Section):
-    """White-box attacks on the differentiable ensemble (dfd/evaluation/adversarial.py)."""
-
-    attacks: list[Literal["fgsm", "pgd"]] = Field(default_factory=lambda: ["fgsm", "pgd"])  # [] turns them off
-    # L-inf budgets in 8-bit pixel steps (x/255): 1-2 are invisible, 8 is the usual "strong" benchmark budget.
-    epsilons: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
-    pgd_steps: int = Field(10, ge=1)  # Madry et al.'s 10 steps of eps/4 reach most of what 100 steps reach
-    pgd_step_ratio: float = Field(0.25, gt=0)  # step size as a share of epsilon
-    max_crops: int = Field(256, ge=1)  # a sample of the test crops: PGD costs pgd_steps forward+backward passes each
-    # margin: the fused logit pushed towards the wrong class (its gradient never vanishes, even on a saturated
-    # model); bce: cross-entropy with logits (in float64), the textbook FGSM loss.
-    loss: Literal["margin", "bce"] = "margin"
-
-
-class EvalDatasetParams(_Section):
-    """A further dataset the ensemble is scored on (cross-dataset evaluation): ingested like the training set."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names its folder: <data.workdir>/eval/<name>/
-    adapter: str = "folder"  # dataset layout adapter, as `data.adapter`
-    root: str  # dataset root
-    compression: str = "c23"  # adapter options, as in `data:`
-    methods: list[str] | None = None
-    splits_dir: str | None = None
-    splits: list[Literal["train", "val", "test"]] | None = None  # None: every sample (the model never saw them)
-    min_face_share: float | None = None  # as faces.min_face_share; None: off (hard test sets may be low)
-
-
-class EvaluateParams(_Section):
-    """Evaluation of the ensemble on the test split, on further datasets, under perturbations and attacks."""
-
-    gate: GateParams = GateParams()
-    threshold: Literal["val_eer", "fixed"] = "val_eer"  # decision threshold: EER point on validation
-    fixed_threshold: float = 0.5
-    device: str = "auto"  # where robustness, attacks and embeddings run; "auto" picks CUDA when present
-    batch_size: int = Field(64, ge=1)  # crops held in memory at once (plus one perturbed copy)
-    # Perturbations of the test crops, each at several levels; [] turns one off (dfd/evaluation/robustness.py).
-    robustness: dict[str, list[float]] = Field(default_factory=lambda: {
-        "jpeg": [90, 70, 50, 30],  # JPEG quality
-        "gauss_noise": [4, 8, 16],  # noise sigma in 8-bit steps
-        "gauss_blur": [0.5, 1.0, 2.0],  # blur sigma in pixels of the crop
-        "brightness": [20, 40, 60],  # added to every pixel (8-bit steps)
-        "contrast": [0.8, 0.6, 0.4],  # scale of the deviations from the mean
-        "downscale": [0.75, 0.5, 0.25],  # resized to this share of the side and back
-    })
-    robustness_max_crops: int = Field(2000, ge=1)  # a sample of the test crops keeps the stage minutes long
-    adversarial: AdversarialParams = AdversarialParams()
-    # Evidently reports: training crops (reference) vs each evaluation set (current), and classification quality.
-    drift_report: bool = True
-    drift_max_crops: int = Field(2000, ge=1)  # per side; statistics and embeddings of a sample are enough to compare
-    drift_member: str | None = None  # whose penultimate layer gives the embeddings; None: the heaviest member
-    drift_embedding_dims: int = Field(8, ge=1)  # PCA components of the embeddings, fitted on the reference
-    # Cross-dataset evaluation: further datasets, each ingested and face-extracted with the training set's code.
-    datasets: list[EvalDatasetParams] = Field(default_factory=list)
-    # Without real fakes (test split or evaluate.datasets) the gate would judge SBI pseudo-fakes only, which a
-    # real-only model was trained on: refused unless asked for, and then the model card says so.
-    allow_synthetic_test: bool = False
-
-    @model_validator(mode="after")
-    def _unique_dataset_names(self) -> EvaluateParams:
-        names = [d.name for d in self.datasets]
-        if len(set(names)) != len(names):
-            raise ValueError(f"evaluate.datasets names must be unique (got {names})")
-        return self
 
 
 class RegistryParams(_Section):

@@ -62,8 +62,14 @@ def test_missing_root_and_empty_class(tiny_project: Path) -> None:
     for p in (tiny_project / "raw" / "fake").iterdir():
         p.unlink()
     params = tiny_params(tiny_project)
-    with pytest.raises(DataError, match=r"'fake/'.*empty"):
+    # metadata.json still names the deleted fakes: each is a missing file, and half the dataset missing stops ingest
+    with pytest.raises(DataError, match=r"unusable.*max_bad_share"):
         ingest.run(params, Layout.from_params(params, tiny_project))
+    (tiny_project / "raw" / "metadata.json").unlink()
+    # an empty fake/ is a dataset of reals only: refused unless every model trains real_only, and the error says so
+    with pytest.raises(DataError, match=r"only 0 usable fake samples") as err:
+        ingest.run(params, Layout.from_params(params, tiny_project))
+    assert "real_only" in err.value.hint
 
 
 def test_faces_extracts_then_skips_on_rerun(tiny_project: Path) -> None:

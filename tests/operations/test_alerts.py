@@ -266,7 +266,9 @@ def test_the_summary_says_which_channels_delivered_and_a_lost_alert_exits_3(
                                              "sqlite:///mlflow.db", alerts)
     monkeypatch.setattr(flows.pipeline, "pipeline", lambda **_: summary)
     (tiny_project / "p.yaml").write_text(yaml.safe_dump({"data": {"root": str(tiny_project / "raw")}}))
-    assert main(["--params", str(tiny_project / "p.yaml"), "run"]) == code
+    # Test sizes (no ImageNet starts: the run's preflight would stop offline before the stand-in flow)
+    assert main(["--params", str(PROJECT / "params.yaml"), "--override", str(TINY), "--override",
+                 str(tiny_project / "p.yaml"), "run"]) == code
     out = capsys.readouterr().out
     assert "gate: FAILED (auc)" in out
     assert ("alerts: email delivered, slack FAILED (see the log above)" if code else

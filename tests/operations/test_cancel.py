@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.helpers import PROJECT, TINY
-from tests.operations.test_deploy import PREFECT, _api, _env, _stop, prefect_api  # noqa: F401  (the module server)
+from tests.operations.test_deploy import AUTH, PREFECT, _api, _env, _stop, prefect_api  # noqa: F401  (the module server)
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +69,9 @@ def test_a_cancel_during_faces_ends_cancelled_without_a_crash_alert(prefect_api:
     # dlib's CNN detector at 2x upsampling: a faces stage slow enough (tens of seconds) to be cancelled inside.
     (tmp_path / "local.yaml").write_text(yaml.safe_dump({
         "data": {"root": str(tiny_dataset)}, "faces": {"detector": "dlib_cnn", "upsample": 2, "workers": 2},
-        "alerts": {"slack": {"enabled": True, "webhook_env": "DFD_TEST_WEBHOOK"}, "attempts": 1, "on_cancel": True}}))
-    env = _env(PREFECT_API_URL=prefect_api, DFD_TEST_WEBHOOK=url)
+        "alerts": {"slack": {"enabled": True, "webhook_env": "DFD_TEST_WEBHOOK"}, "attempts": 1, "on_cancel": True,
+                   "allow_insecure": True}}))  # the receiver is http:// on loopback
+    env = _env(PREFECT_API_URL=prefect_api, PREFECT_API_AUTH_STRING=AUTH, DFD_TEST_WEBHOOK=url)
     out = subprocess.run([sys.executable, "-m", "dfd.cli", "--params", str(PROJECT / "params.yaml"), "--override",
                           str(tmp_path / "deploy.yaml"), "deploy"], env=env, capture_output=True, text=True,
                          timeout=180)

@@ -147,8 +147,10 @@ def test_mlflow_server_keeps_artifacts_and_models_in_s3(s3_server: str, trained_
         "sqlite:////var/lib/mlflow-auth/basic_auth.db", f"sqlite:///{tmp_path / 'auth.db'}")
     (tmp_path / "basic_auth.ini").write_text(ini)
     admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "admin-pw-1234567"}
+    # Its log goes to a file: a pipe nobody reads fills up (64 KB of access lines) and blocks the server mid-request.
+    server_log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
-        ["bash", str(PROJECT / "mlflow" / "start_server.sh")], cwd=tmp_path, stdout=subprocess.PIPE,
+        ["bash", str(PROJECT / "mlflow" / "start_server.sh")], cwd=tmp_path, stdout=server_log,
         stderr=subprocess.STDOUT, text=True,
         env=_env(MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path / 'server.db'}",
                  MLFLOW_ARTIFACTS_DESTINATION="s3://team-mlflow/artifacts", MLFLOW_S3_ENDPOINT_URL=s3_server,
@@ -222,3 +224,4 @@ def test_mlflow_server_keeps_artifacts_and_models_in_s3(s3_server: str, trained_
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+        server_log.close()

@@ -199,7 +199,7 @@ def test_serve_from_loads_a_checked_private_copy(registered, tmp_path: Path, mon
     vid = deploy_model(registered.uri, registered.tracking_uri, str(target), StorageParams())["version_id"]
     got: list[tuple[str, list[str]]] = []
 
-    def fake_serve(uri: str, tracking_uri: str, cfg: Any, host: str, port: int) -> None:
+    def fake_serve(uri: str, tracking_uri: str, cfg: Any, host: str, port: int, *rest: Any) -> None:
         copy = Path(uri)
         got.append((uri, sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())))
 

@@ -66,7 +66,8 @@ def test_served_traffic_drift_is_found_and_alerted(registered, tiny_dataset: Pat
         "serve": {"poll_interval_s": 0},
         "monitor": {"log_dir": str(tmp_path / "traffic"), "flush_interval_s": 0.5, "min_records": 10,
                     "psi_bins": 4},
-        "alerts": {"slack": {"enabled": True, "webhook_env": "DFD_TEST_WEBHOOK"}, "attempts": 1}}))
+        "alerts": {"slack": {"enabled": True, "webhook_env": "DFD_TEST_WEBHOOK"}, "attempts": 1,
+                   "allow_insecure": True}}))  # the receiver is http:// on loopback
     args = ["--params", str(PROJECT / "params.yaml"), "--override", str(TINY), "--override", str(extra)]
     monkeypatch.setenv("DFD_TEST_WEBHOOK", url)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
