@@ -6,13 +6,9 @@ The run must end Cancelled (not Crashed), keep what finished (ingest's manifest)
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,26 +18,6 @@ from tests.helpers import PROJECT, TINY
 from tests.operations.test_deploy import AUTH, PREFECT, _api, _env, _stop, prefect_api  # noqa: F401  (the module server)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    posts: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    http = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{http.server_port}/services/hook", posts
-    http.shutdown()
-    http.server_close()
 
 
 def _wait_state(api: str, run_id: str, types: tuple[str, ...], timeout_s: float) -> dict:

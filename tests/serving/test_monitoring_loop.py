@@ -11,10 +11,7 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import cv2
@@ -24,28 +21,6 @@ import yaml
 
 from dfd.cli import main
 from tests.helpers import PROJECT, TINY, wait_until_up
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    """A webhook receiver on a free loopback port; yields its URL and the JSON bodies it got."""
-    posts: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    http = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{http.server_port}/services/hook", posts
-    http.shutdown()
-    http.server_close()
 
 
 def _shifted(png: bytes) -> bytes:
