@@ -37,6 +37,7 @@ import sys, time
 from pathlib import Path
 from dfd.platform.config import load_params
 from dfd.platform.layout import Layout
+from flows.cli_stages import ingest_cached
 from tasks import {stage}
 params = load_params(sys.argv[1])
 layout = Layout.from_params(params, Path(sys.argv[2]))
@@ -45,7 +46,7 @@ start = time.perf_counter()
 print(time.perf_counter() - start)
 """
 CALLS = {
-    "ingest": "ingest.run(params, layout)",
+    "ingest": "ingest_cached(params, layout)",  # what `dfd stage ingest` runs
     # Without the memo: what ingest cost on every run before it (hasher=None reads and opens every file).
     "ingest_nomemo": "ingest.ingest(params.data, params.ingest, layout.resolve(params.data.root), layout.manifest, "
                      "layout.ingest_report, params.train.seed)",

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the model to train (train stage)")
     p.add_argument("--epoch-log", metavar="FILE", help="train: append each epoch's metrics to FILE as JSON lines")
     p.add_argument("--no-progress", action="store_true", help="train: no per-step progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="ingest: run even when its inputs (data, params, code) are unchanged since its last run")
     p.set_defaults(func=cmd_stage)
     p = sub.add_parser("rollback", help="move the production alias back (to @previous unless --to)")
     p.add_argument("--to", metavar="VERSION", help="the version to restore (default: the @previous version)")

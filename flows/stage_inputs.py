@@ -12,6 +12,7 @@ from pathlib import Path
 from dfd.platform.config import Params
 from dfd.platform.layout import Layout
 from dfd.platform.stage_cache import StageInputs
+from tasks.ingest import all_real_only
 
 
 def _dump(params: Params, *names: str) -> dict[str, object]:
@@ -21,7 +22,9 @@ def _dump(params: Params, *names: str) -> dict[str, object]:
 
 
 def ingest(params: Params, layout: Layout) -> StageInputs:
-    return StageInputs("ingest", {**_dump(params, "data", "ingest"), "train.seed": params.train.seed},
+    # Whether every model trains on reals only decides whether a dataset without fakes is accepted.
+    return StageInputs("ingest", {**_dump(params, "data", "ingest"), "train.seed": params.train.seed,
+                                  "real_only": all_real_only(params)},
                        (layout.resolve(params.data.root),), ("tasks.ingest",))
 
 

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from dfd.platform.config import Params, recipe
 from dfd.platform.errors import DfdError
 from dfd.platform.layout import Layout
-from dfd.platform.stage_cache import StageCache, StageInputs
+from dfd.platform.stage_cache import Check, StageCache, StageInputs, describe, run_cached
 from dfd.platform.tracking import Tracker
 from flows import stage_inputs
 from flows.train_process import train_in_process
@@ -29,21 +29,17 @@ R = TypeVar("R")
 def _cached(layout: Layout, tracker: Tracker, rid: str, inputs: StageInputs, cls: type[R],
             compute: Callable[[], R]) -> R:
     """Run `compute` unless the stage is up to date; record the result for the next run when it ran."""
-    cache = StageCache(layout.artifacts, layout.root)
-    check = cache.check(inputs, cls)
-    tracker.set_tags(rid, {"up_to_date": str(check.up_to_date).lower(), "stage_fingerprint": check.fingerprint})
-    if check.up_to_date:
-        since = check.record.get("finished_at", "?")
-        print(f"{inputs.name}: up to date (inputs unchanged since {since}); not run")
-        tracker.set_tags(rid, {"reused_from_run": str(check.record.get("run_id")), "reused_since": since})
-        return check.result
-    print(f"{inputs.name}: running ({check.reason})")
-    tracker.set_tags(rid, {"rerun_reason": check.reason[:4000]})
-    cache.forget(inputs.name)
-    start = time.perf_counter()
-    result = compute()
-    cache.save(check, inputs, result, rid, round(time.perf_counter() - start, 3))
-    return result
+
+    def announce(check: Check) -> None:
+        print(describe(check))
+        tracker.set_tags(rid, {"up_to_date": str(check.up_to_date).lower(), "stage_fingerprint": check.fingerprint})
+        if check.up_to_date:
+            tracker.set_tags(rid, {"reused_from_run": str(check.record.get("run_id")),
+                                   "reused_since": check.record.get("finished_at", "?")})
+        else:
+            tracker.set_tags(rid, {"rerun_reason": check.reason[:4000]})
+
+    return run_cached(StageCache(layout.artifacts, layout.root), inputs, cls, compute, announce, rid)[0]
 
 
 def _transient(task_: Any, task_run: Any, state: Any) -> bool:

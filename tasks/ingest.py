@@ -13,9 +13,10 @@ from dfd.data.media import media_kind
 from dfd.data.validation import validate
 from dfd.platform.config import DataParams, IngestParams, Params
 from dfd.platform.errors import DataError
+from dfd.platform.file_memo import FileHasher
 from dfd.platform.files import write_json
 from dfd.platform.layout import Layout
-from dfd.platform.stage_cache import FileHasher, project_hasher
+from dfd.platform.stage_cache import project_hasher
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path
     if not checked.good:
         raise DataError(f"no usable samples in {root}: all {len(checked.bad)} files are bad", f"see {report_path}")
     df = pd.DataFrame([{"sample_id": sample_id(data.name, c.rel_path), "dataset": data.name, "path": c.rel_path,
-                        "media": media_kind(Path(c.rel_path)), "label": c.label, "method": c.method,
+                        "media": media_kind(c.rel_path), "label": c.label, "method": c.method,
                         "identity": c.identity, "official_split": c.split} for c in checked.good])
     official = df["official_split"].notna()
     has_official_test = (df.loc[official, "official_split"] == "test").any()

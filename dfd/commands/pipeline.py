@@ -35,9 +35,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
     layout = Layout.from_params(params, Path.cwd())
     name = args.name
     if name == "ingest":
-        from tasks import ingest
+        from flows.cli_stages import ingest_cached
 
-        res: Any = ingest.run(params, layout)
+        res: Any = ingest_cached(params, layout, force=args.force)
         print(f"ingest: {res.samples} samples, {res.bad} bad -> {res.manifest}")
     elif name == "faces":
         from tasks import faces

@@ -11,17 +11,16 @@ import functools
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from dfd.data.media import VIDEO_EXTS, media_kind
 from dfd.platform.config import DataParams
 from dfd.platform.errors import DataError
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One sample as the dataset describes it, before its file is checked."""
+class Candidate(NamedTuple):
+    """One sample as the dataset describes it, before its file is checked (a tuple: one per file per rerun)."""
 
     rel_path: str
     label: int
@@ -81,36 +80,46 @@ def _read_json(path: Path) -> object:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def _files(folder: Path, exts: frozenset[str] | None = None) -> list[Path]:
-    """Files under `folder` (not hidden), sorted; scandir on strings: pathlib per file dominates a rerun."""
-    found: list[str] = []
+def _stem(path: str) -> str:
+    """`Path(path).stem` without building a Path (once per file on every rerun)."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _files(root: Path, folder: Path, exts: frozenset[str] | None = None) -> list[tuple[str, str, bool]]:
+    """Files under `folder` (not hidden), sorted: (path, its posix path relative to `root`, whether it is known to
+    lie inside `root` without resolving it).
+
+    scandir on strings: pathlib and an lstat per path component, per file, dominate a rerun over 100,000 files.
+    The walk does not descend into symlinked folders, so a file that is no symlink itself, below a `folder` with
+    no symlink between it and `root`, lies inside `root`; any other file is resolved by `inside`.
+    """
+    found: list[tuple[str, bool]] = []
     todo = [os.fspath(folder)] if folder.is_dir() else []  # a missing folder holds no file, as with rglob
     while todo:
-        with os.scandir(todo.pop()) as entries:  # an entry knows if it is a plain file without a stat
+        with os.scandir(todo.pop()) as entries:  # an entry knows if it is a plain file or a link without a stat
             for e in entries:
                 if e.is_dir(follow_symlinks=False):
                     todo.append(e.path)
                 elif not e.name.startswith(".") and (exts is None or os.path.splitext(e.name)[1].lower() in exts) \
                         and e.is_file():
-                    found.append(e.path)
-    return [Path(f) for f in sorted(found)]
+                    found.append((e.path, not e.is_symlink()))
+    found.sort()
+    base = os.fspath(root) + os.sep
+    folder_plain = os.fspath(folder).startswith(base) and inside(root, folder)
+    return [(full, full[len(base):].replace(os.sep, "/"), plain and folder_plain) if full.startswith(base)
+            else (full, Path(full).relative_to(root).as_posix(), False) for full, plain in found]
 
 
-def _rel(root: Path, path: Path) -> str:
-    """`path.relative_to(root).as_posix()`, by string when `path` is spelled below `root` (the usual case)."""
-    base, full = os.fspath(root), os.fspath(path)
-    if full.startswith(base + os.sep):
-        return full[len(base) + 1:].replace(os.sep, "/")
-    return path.relative_to(root).as_posix()
-
-
-def _candidate(root: Path, path: Path, label: int, method: str, identity: str, split: str | None = None) -> Candidate:
-    rel = _rel(root, path)
+def _candidate(root: Path, path: str | Path, label: int, method: str, identity: str, split: str | None = None,
+               rel: str | None = None, plain: bool = False) -> Candidate:
+    """A candidate row; `rel` and `plain` when `_files` already knows them (see there)."""
+    if rel is None:
+        rel = Path(path).relative_to(root).as_posix()
     problem = None
-    if not inside(root, path, rel):
+    if not plain and not inside(root, Path(path), rel):
         problem = "path escapes the dataset root (symlink?)"
-    elif media_kind(path) is None:
-        problem = f"unsupported file type '{path.suffix}'"
+    elif media_kind(rel) is None:
+        problem = f"unsupported file type '{Path(path).suffix}'"
     return Candidate(rel, label, method, identity, problem, split)
 
 
@@ -144,16 +153,15 @@ def folder_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
             continue
         if not folder.is_dir():
             raise DataError(f"class folder '{cls}/' not found in {root}", "the folder layout needs real/ and fake/")
-        files = _files(folder)
+        files = _files(root, folder)
         if not files:
             raise DataError(f"class folder '{cls}/' in {root} is empty", f"put {cls} images or videos in it")
-        for path in files:
-            rel = _rel(root, path)
+        for path, rel, plain in files:
             seen.add(rel)
             info = meta.get(rel, {})
-            ident = str(info.get("identity") or path.stem.split("_")[0])
+            ident = str(info.get("identity") or _stem(path).split("_")[0])
             method = str(info.get("method") or ("real" if label == 0 else "unknown"))
-            yield _candidate(root, path, int(info.get("label", label)), method, ident)
+            yield _candidate(root, path, int(info.get("label", label)), method, ident, None, rel, plain)
     for rel in sorted(set(meta) - seen):
         info = meta[rel]
         bad = _listed_but_missing(root, rel, int(info.get("label", -1)), str(info.get("method", "unknown")),
@@ -193,22 +201,21 @@ def ffpp_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
     for method_dir in sorted(p for p in manip.iterdir() if p.is_dir()) if manip.is_dir() else []:
         if data.methods and method_dir.name not in data.methods:
             continue
-        for path in _files(method_dir / data.compression / "videos", VIDEO_EXTS):
-            ids = path.stem.split("_")
+        for path, rel, plain in _files(root, method_dir / data.compression / "videos", VIDEO_EXTS):
+            ids = _stem(path).split("_")
             if len(ids) != 2:
-                yield Candidate(path.relative_to(root).as_posix(), 1, method_dir.name, path.stem,
-                                "file name is not <target>_<source>")
+                yield Candidate(rel, 1, method_dir.name, _stem(path), "file name is not <target>_<source>")
                 continue
             pair = "_".join(sorted(ids))
             pair_of.setdefault(ids[0], pair)
             pair_of.setdefault(ids[1], pair)
-            fakes.append((path, method_dir.name, pair, splits.get(ids[0])))
+            fakes.append((path, rel, plain, method_dir.name, pair, splits.get(ids[0])))
     for source in sorted(p for p in orig.iterdir() if p.is_dir()) if orig.is_dir() else []:
-        for path in _files(source / data.compression / "videos", VIDEO_EXTS):
-            vid = path.stem
-            yield _candidate(root, path, 0, "original", pair_of.get(vid, vid), splits.get(vid))
-    for path, method, pair, split in fakes:
-        yield _candidate(root, path, 1, method, pair, split)
+        for path, rel, plain in _files(root, source / data.compression / "videos", VIDEO_EXTS):
+            vid = _stem(path)
+            yield _candidate(root, path, 0, "original", pair_of.get(vid, vid), splits.get(vid), rel, plain)
+    for path, rel, plain, method, pair, split in fakes:
+        yield _candidate(root, path, 1, method, pair, split, rel, plain)
 
 
 def celebdf_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
@@ -232,12 +239,11 @@ def celebdf_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
                 raise DataError(f"{listing}:{n}: expected '<0|1> <path>', got {line.strip()!r}")
     seen = set()
     for folder, label in folders.items():
-        for path in _files(root / folder, VIDEO_EXTS) if (root / folder).is_dir() else []:
-            rel = path.relative_to(root).as_posix()
+        for path, rel, plain in _files(root, root / folder, VIDEO_EXTS):
             seen.add(rel)
-            ident = path.stem.split("_")[0] if folder != "YouTube-real" else f"yt{path.stem}"
+            ident = _stem(path).split("_")[0] if folder != "YouTube-real" else f"yt{_stem(path)}"
             method = "real" if label == 0 else "celeb-synthesis"
-            yield _candidate(root, path, label, method, ident, "test" if rel in test else None)
+            yield _candidate(root, path, label, method, ident, "test" if rel in test else None, rel, plain)
     for rel in sorted(set(test) - seen):
         bad = _listed_but_missing(root, rel, test[rel], "unknown", Path(rel).stem.split("_")[0],
                                   "List_of_testing_videos.txt")

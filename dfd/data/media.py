@@ -12,9 +12,11 @@ IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
 
 
-def media_kind(path: Path) -> str | None:
+def media_kind(path: str | Path) -> str | None:
     """'image', 'video', or None for a file that is neither."""
-    ext = path.suffix.lower()
+    name = path.rpartition("/")[2] if isinstance(path, str) else path.name  # str: no Path per file on a rerun
+    dot = name.rfind(".")
+    ext = name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # as Path.suffix: not ".png" nor "a."
     return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None
 
 

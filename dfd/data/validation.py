@@ -21,7 +21,7 @@ from dfd.data.adapters import Candidate, get_adapter
 from dfd.data.media import check_media
 from dfd.data.provenance import dir_hash, file_md5s
 from dfd.platform.config import DataParams
-from dfd.platform.stage_cache import FileHasher
+from dfd.platform.file_memo import FileHasher, Stamp, walk_files
 
 #: The media check's name in the file memo (bump it when `check_media` changes what it finds).
 MEDIA_PROBE = "media_check/1"
@@ -60,16 +60,19 @@ class ValidationResult:
                 "data_hash": self.data_hash, "warnings": self.warnings, "errors": self.errors}
 
 
-def _check_media(root: Path, rels: list[str], workers: int, progress: bool,
-                 hasher: FileHasher | None) -> list[str | None]:
-    """`check_media` of each file, from the memo when it is unchanged (no thread needed), else opened in threads."""
+def _check_media(root: Path, rels: list[str], workers: int, progress: bool, hasher: FileHasher | None,
+                 walked: dict[str, tuple[str, Stamp]]) -> list[str | None]:
+    """`check_media` of each file, from the memo when it is unchanged (no thread needed), else opened in threads.
+
+    `walked` holds the (path, stamp) of each file the walk found, by relative path: no second stat.
+    """
     known: dict[str, str | None] = {}
     if hasher is not None:
-        base = os.fspath(root)
         for rel in rels:
-            found, value = hasher.known(os.path.join(base, rel), MEDIA_PROBE)
-            if found:
-                known[rel] = value
+            if (seen := walked.get(rel)) is not None:
+                found, value = hasher.known(seen[0], MEDIA_PROBE, seen[1])
+                if found:
+                    known[rel] = value
     todo = [rel for rel in rels if rel not in known]
     check = check_media if hasher is None else lambda p: hasher.probe(p, MEDIA_PROBE, check_media)
     with ThreadPoolExecutor(workers) as pool:
@@ -99,9 +102,12 @@ def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = Tr
     """
     candidates = list(get_adapter(data.adapter)(root, data))
     to_check = [c for c in candidates if c.problem is None]
-    with hasher.batch() if hasher is not None else contextlib.nullcontext():
-        md5s = file_md5s(root, hasher)
-        problems = _check_media(root, [c.rel_path for c in to_check], workers, progress, hasher)
+    with hasher.batch(root) if hasher is not None else contextlib.nullcontext():
+        # once: md5s and media checks share its stamps (the stage check's own walk, when it just took one)
+        walked = hasher.walk(root) if hasher is not None else walk_files(os.path.abspath(root))
+        md5s = file_md5s(root, hasher, walked)
+        problems = _check_media(root, [c.rel_path for c in to_check], workers, progress, hasher,
+                                {rel: (path, stamp) for rel, path, stamp in walked})
     good: list[Candidate] = []
     bad = [{"path": c.rel_path, "reason": c.problem} for c in candidates if c.problem is not None]
     for cand, problem in zip(to_check, problems, strict=True):

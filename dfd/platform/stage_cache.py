@@ -7,14 +7,13 @@ runs, a record (fingerprint, the inputs in detail, the hashes of its outputs, it
 left them, the recorded result is returned without running the stage.
 
 File contents are hashed once: md5s (and the ingest stage's media checks) are remembered by (path, size, mtime_ns,
-inode) in `<artifacts>/.stages/hashes.json`, as DVC's state database does, so an unchanged run costs a `stat` per
-file, not a read of the dataset.
+inode) in `<artifacts>/.stages/hashes.sqlite` (`dfd.platform.file_memo`), as DVC's state database does, so an
+unchanged run costs a `stat` per file, not a read of the dataset.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -22,12 +21,12 @@ import os
 import threading
 import time
 import typing
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dfd.platform.files import file_digest
+from dfd.platform.file_memo import FileHasher
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -35,7 +34,7 @@ T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where the dfd, tasks, models and flows packages live
 PROJECT_PACKAGES = ("dfd", "tasks", "models", "flows")
 RECORD_DIR = ".stages"
-MEMO_FILE = "hashes.json"
+MEMO_FILE = "hashes.sqlite"
 
 
 @dataclass(frozen=True)
@@ -80,113 +79,6 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)  # a reader sees the old record or the new one, never half of one
 
 
-class FileHasher:
-    """What reading a file tells, remembered by (path, size, mtime_ns, inode) across runs: its md5, and the results
-    of other probes of its content (ingest's media check), so that a new process re-reading an unchanged tree
-    opens no file.
-
-    A memo entry is `[size, mtime_ns, inode, md5 or None, {probe: result}]`; a file whose stamp changed loses its
-    whole entry. One memo for every reader (stage fingerprints, ingest's md5s and media checks): one file to keep.
-    """
-
-    _lock = threading.Lock()
-
-    def __init__(self, memo_path: Path | None = None) -> None:
-        self.memo_path = memo_path
-        self._memo: dict[str, list[Any]] = {}
-        self._stats: dict[str, list[Any]] | None = None  # stamps taken in the current `batch()`
-        if memo_path is not None and memo_path.is_file():
-            try:
-                self._memo = json.loads(memo_path.read_text())
-            except (OSError, ValueError):  # a damaged memo only costs a re-read
-                self._memo = {}
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Within the block, each file is stat'ed once however many lookups ask about it (ingest asks for its md5
-        and for its media check): one pass over a dataset, not a cache that outlives it."""
-        self._stats = {}
-        try:
-            yield
-        finally:
-            self._stats = None
-
-    def _entry(self, path: str | Path) -> tuple[str, list[Any], list[Any] | None]:
-        """(key, stamp, the remembered entry when its stamp still matches)."""
-        # abspath, not resolve(): resolving costs an lstat per path component, per file, on every run.
-        key = os.path.abspath(path)
-        stats = self._stats
-        stamp = stats.get(key) if stats is not None else None
-        if stamp is None:
-            st = os.stat(path)
-            stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
-            if stats is not None:
-                stats[key] = stamp
-        with self._lock:
-            known = self._memo.get(key)
-        return key, stamp, known if known is not None and known[:3] == stamp else None
-
-    def _store(self, key: str, stamp: list[Any], known: list[Any] | None, md5: str | None = None,
-               probe: tuple[str, Any] | None = None) -> None:
-        entry = known or [*stamp, None, {}]
-        entry = [*entry[:4], dict(entry[4]) if len(entry) > 4 else {}]
-        if md5 is not None:
-            entry[3] = md5
-        if probe is not None:
-            entry[4][probe[0]] = probe[1]
-        with self._lock:
-            self._memo[key] = entry
-
-    def file(self, path: str | Path) -> str:
-        """md5 of a file (a str path spares building a Path per file on a rerun over 100,000 files)."""
-        key, stamp, known = self._entry(path)
-        if known is not None and known[3] is not None:
-            return str(known[3])
-        digest = file_digest(Path(path), "md5")
-        self._store(key, stamp, known, md5=digest)
-        return digest
-
-    def known(self, path: str | Path, name: str) -> tuple[bool, Any]:
-        """(True, the remembered result of probe `name`) while the file is unchanged, else (False, None)."""
-        try:
-            _, _, entry = self._entry(path)
-        except OSError:
-            return False, None
-        if entry is not None and len(entry) > 4 and name in entry[4]:
-            return True, entry[4][name]
-        return False, None
-
-    def probe(self, path: Path, name: str, compute: Callable[[Path], T]) -> T:
-        """`compute(path)` (JSON-able), remembered under `name` while the file is unchanged; a file that cannot
-        be stat'ed is computed every time (the probe reports it)."""
-        try:
-            key, stamp, known = self._entry(path)
-        except OSError:
-            return compute(path)
-        if known is not None and len(known) > 4 and name in known[4]:
-            return typing.cast(T, known[4][name])
-        value = compute(path)
-        self._store(key, stamp, known, probe=(name, value))
-        return value
-
-    def path(self, path: Path) -> str | None:
-        """md5 of a file; for a folder, md5 of its sorted (relative path, md5) listing; None when missing."""
-        if path.is_file():
-            return self.file(path)
-        if not path.is_dir():
-            return None
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        listing = [[p.relative_to(path).as_posix(), self.file(p)] for p in files]
-        return hashlib.md5(json.dumps(listing).encode()).hexdigest() + ".dir"
-
-    def save(self) -> None:
-        if self.memo_path is None:
-            return
-        with self._lock:
-            text = json.dumps(self._memo)
-        _write_atomic(self.memo_path, text)
-
-
 def _module_file(name: str, root: Path) -> Path | None:
     base = root.joinpath(*name.split("."))
     for cand in (base.with_suffix(".py"), base / "__init__.py"):
@@ -216,9 +108,10 @@ def _imports(path: Path, module: str) -> set[str]:
 
 
 def code_files(modules: Iterable[str], root: Path = PROJECT_ROOT,
-               packages: tuple[str, ...] = PROJECT_PACKAGES) -> list[Path]:
+               packages: tuple[str, ...] = PROJECT_PACKAGES, hasher: FileHasher | None = None) -> list[Path]:
     """The project source files that running `modules` executes: each module, its packages' `__init__.py`, and
-    every project module they import, transitively (third-party imports are not followed)."""
+    every project module they import, transitively (third-party imports are not followed). With `hasher`, each
+    file's imports are remembered while it is unchanged (parsing ~100 modules is most of an unchanged check)."""
     seen: dict[str, Path] = {}
     todo = list(modules)
     while todo:
@@ -231,14 +124,19 @@ def code_files(modules: Iterable[str], root: Path = PROJECT_ROOT,
         seen[name] = path
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # importing a.b.c runs a and a.b
-        todo.extend(_imports(path, name))
+        if hasher is None:
+            todo.extend(_imports(path, name))
+        else:
+            todo.extend(hasher.probe(path, f"imports/{name}", lambda p, n=name: sorted(_imports(p, n))))
     return sorted(set(seen.values()))
 
 
 def code_hash(modules: Iterable[str], hasher: FileHasher, root: Path = PROJECT_ROOT,
               packages: tuple[str, ...] = PROJECT_PACKAGES) -> str:
     """One hash of the source files `code_files` finds (paths relative to `root`)."""
-    listing = [[p.relative_to(root).as_posix(), hasher.file(p)] for p in code_files(modules, root, packages)]
+    for package in packages:  # one query for the memo rows of each package, not one per module
+        hasher.preload(root / package)
+    listing = [[p.relative_to(root).as_posix(), hasher.file(p)] for p in code_files(modules, root, packages, hasher)]
     return hashlib.md5(json.dumps(listing).encode()).hexdigest()
 
 
@@ -307,7 +205,7 @@ def shared_hasher(memo_path: Path) -> FileHasher:
 
 
 def project_hasher(artifacts: Path) -> FileHasher:
-    """The project's one memo of file contents, `<artifacts>/.stages/hashes.json` (what `StageCache` uses)."""
+    """The project's one memo of file contents, `<artifacts>/.stages/hashes.sqlite` (what `StageCache` uses)."""
     return shared_hasher(artifacts / RECORD_DIR / MEMO_FILE)
 
 
@@ -380,3 +278,38 @@ class StageCache:
         path = self.record_path(check.name)
         _write_atomic(path, json.dumps(rec, indent=1, default=str))
         return path
+
+
+def run_cached(cache: StageCache, inputs: StageInputs, cls: type[R], compute: Callable[[], R],
+               announce: Callable[[Check], None] | None = None, run_id: str | None = None,
+               force: bool = False) -> tuple[R, Check]:
+    """`compute()` unless the stage is up to date (then its recorded result); records the result when it ran.
+
+    Args:
+        cache: The project's stage records.
+        inputs: What decides the stage's outputs.
+        cls: The result's dataclass (to decode a recorded result).
+        compute: Runs the stage.
+        announce: Told the check's outcome before anything runs (the console line, the run's tags).
+        run_id: The MLflow run the record names.
+        force: Run even when up to date.
+    """
+    check = cache.check(inputs, cls)
+    if force and check.up_to_date:
+        check.result, check.reason = None, "forced (--force)"
+    if announce is not None:
+        announce(check)
+    if check.up_to_date:
+        return check.result, check
+    cache.forget(inputs.name)  # a run that fails halfway must not leave the old record beside new outputs
+    start = time.perf_counter()
+    result = compute()
+    cache.save(check, inputs, result, run_id, round(time.perf_counter() - start, 3))
+    return result, check
+
+
+def describe(check: Check) -> str:
+    """The console line for a stage's check: up to date since when, or running and why."""
+    if check.up_to_date:
+        return f"{check.name}: up to date (inputs unchanged since {check.record.get('finished_at', '?')}); not run"
+    return f"{check.name}: running ({check.reason})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,13 +106,15 @@ def test_stage_reruns_on_params_data_or_missing_outputs_only(tmp_path: Path) -> 
 def test_hash_memo_survives_a_new_process_view(tmp_path: Path) -> None:
     f = tmp_path / "big.bin"
     f.write_bytes(b"0" * 1000)
-    memo = tmp_path / "hashes.json"
+    memo = tmp_path / "hashes.sqlite"
     h = FileHasher(memo)
     digest = h.file(f)
     h.save()
     # A fresh hasher trusts the remembered md5 while size, mtime and inode are unchanged (it does not re-read:
     # a planted digest comes back)...
-    memo.write_text(memo.read_text().replace(digest, "planted"))
+    with sqlite3.connect(memo) as con:
+        assert con.execute("UPDATE files SET md5 = 'planted' WHERE md5 = ?", (digest,)).rowcount == 1
+    con.close()
     assert FileHasher(memo).file(f) == "planted"
     # ...and reads the file again when they change.
     f.write_bytes(b"1" * 1000)

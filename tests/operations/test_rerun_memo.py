@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from dfd.data.provenance import dir_hash
+from dfd.platform.file_memo import FileHasher
 from dfd.platform.layout import Layout
-from dfd.platform.stage_cache import FileHasher, StageCache
+from dfd.platform.stage_cache import MEMO_FILE, StageCache
 from tasks import faces, ingest
 from tests.helpers import tiny_params
 
@@ -38,7 +40,7 @@ def test_unchanged_reingest_reads_no_file_and_keeps_dvcs_hash(tiny_project: Path
     params = tiny_params(tiny_project)
     layout = Layout.from_params(params, tiny_project)
     raw = tiny_project / "raw"
-    memo = StageCache(layout.artifacts, tiny_project).dir / "hashes.json"  # the stage cache's own memo
+    memo = StageCache(layout.artifacts, tiny_project).dir / MEMO_FILE  # the stage cache's own memo
     first = _ingest(params, layout, memo)
     assert first["data_hash"] == dir_hash(raw) and not first["bad"]  # DVC's hash, computed through the memo
     # Every medium's bytes replaced by garbage of the same size, stamp kept: a run that read any would see corrupt
@@ -55,7 +57,9 @@ def test_unchanged_reingest_reads_no_file_and_keeps_dvcs_hash(tiny_project: Path
     assert third["data_hash"] != first["data_hash"]
     # The stage cache reads the same memo: its dep hash of the dataset costs no read either.
     assert StageCache(layout.artifacts, tiny_project).hasher.path(raw) is not None
-    assert json.loads(memo.read_text())[os.path.abspath(files[1])][3] is not None
+    with sqlite3.connect(memo) as con:
+        assert con.execute("SELECT md5 FROM files WHERE path = ?", (os.path.abspath(files[1]),)).fetchone()[0]
+    con.close()
 
 
 def test_faces_rerun_trusts_recorded_sizes_and_decodes_on_demand(tiny_project: Path,
@@ -80,3 +84,61 @@ def test_faces_rerun_trusts_recorded_sizes_and_decodes_on_demand(tiny_project: P
     shutil.rmtree(layout.faces_dir / index["sample_id"].iloc[-1])
     monkeypatch.delenv("DFD_VERIFY_CROPS")
     assert faces.run(params, layout).extracted == 1
+
+
+def test_folder_digest_is_remembered_by_the_stamps_of_its_files(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        (folder / "sub" / f"{i}.bin").write_bytes(bytes([i]) * 10)
+    memo = tmp_path / MEMO_FILE
+    h = FileHasher(memo)
+    digest = h.path(folder)
+    h.save()
+    with sqlite3.connect(memo) as con:  # a planted digest comes back: unchanged stamps, no lookup per file
+        assert con.execute("UPDATE trees SET digest = 'planted' WHERE path = ?", (str(folder),)).rowcount == 1
+    con.close()
+    assert FileHasher(memo).path(folder) == "planted"
+    f = folder / "sub" / "1.bin"
+    _plant(f, b"\1" * 9 + b"\2")  # content changed behind the stamp: still trusted, as DVC's state does
+    assert FileHasher(memo).path(folder) == "planted"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # the stamp moves: hashed again
+    again = FileHasher(memo).path(folder)
+    assert again not in ("planted", digest) and again.endswith(".dir")
+    (folder / "sub" / "3.bin").write_bytes(b"new")
+    assert FileHasher(memo).path(folder) != again  # a new file changes the digest
+
+
+def test_damaged_memo_costs_a_rehash_not_the_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"abc")
+    memo = tmp_path / MEMO_FILE
+    memo.write_bytes(b"this is not a database" * 100)
+    h = FileHasher(memo)
+    assert h.file(f) == "900150983cd24fb0d6963f7d28e17f72"  # md5("abc"), read from the file
+    h.save()
+    assert memo.read_bytes().startswith(b"this is not a database")  # not the product's to delete
+    assert "unusable" in caplog.text or "unreadable" in caplog.text
+
+
+def test_stage_ingest_skips_an_unchanged_dataset_and_reruns_on_a_new_file(tiny_project: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """What `dfd stage ingest` runs (flows.cli_stages.ingest_cached): the flow's stage check, without Prefect."""
+    from flows.cli_stages import ingest_cached
+
+    params = tiny_params(tiny_project)
+    layout = Layout.from_params(params, tiny_project)
+    first = ingest_cached(params, layout)
+    written = layout.manifest.stat().st_mtime_ns
+    assert "ingest: running (no record" in capsys.readouterr().out
+    second = ingest_cached(params, layout)
+    assert "ingest: up to date" in capsys.readouterr().out
+    assert second == first and layout.manifest.stat().st_mtime_ns == written  # nothing rewritten
+    forced = ingest_cached(params, layout, force=True)
+    assert "forced (--force)" in capsys.readouterr().out and forced.samples == first.samples
+    real = sorted((tiny_project / "raw" / "real").iterdir())[0]
+    shutil.copy(real, real.with_name("idnew_0.png" if real.suffix == ".png" else f"idnew_0{real.suffix}"))
+    third = ingest_cached(params, layout)
+    assert "ingest: running (changed: dep raw)" in capsys.readouterr().out
+    # the copy has the same content: reported as a duplicate, and the manifest rewritten
+    assert third.bad == first.bad + 1 and layout.manifest.stat().st_mtime_ns != written
