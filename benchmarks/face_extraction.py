@@ -2,9 +2,10 @@
 
 Baseline: for every sampled frame, seek to it (`CAP_PROP_POS_FRAMES`), decode, and run the same detector at full
 resolution. Ours: the faces stage (one forward pass with grab/skip, detection on a copy downscaled to
-`faces.detect_max_side`, boxes mapped back), with 1 and 2 worker processes. Both sample the same frames and use
-the same detector (the default `faces.detector`) and crop; both write PNG crops. Detector families side by side
-(speed, face share, precision): benchmarks/face_detectors.py.
+`faces.detect_max_side`, boxes mapped back), with 1 and 2 local worker processes, and on a Dask LocalCluster of
+1 and 2 worker processes (`runner.kind: dask`, chunks of samples per task; `--no-dask` skips them). All sample
+the same frames and use the same detector (the default `faces.detector`) and crop; all write PNG crops. Detector
+families side by side (speed, face share, precision): benchmarks/face_detectors.py.
 
     python benchmarks/face_extraction.py [--data ../shared/data/ffpp_c23_sample] [--frames 32]
 
@@ -57,9 +58,11 @@ def baseline(manifest: list[dict], root: Path, frames: int, out: Path, margin: f
     return sampled, found
 
 
-def ours(data: Path, frames: int, workers: int, work: Path) -> tuple[float, int, int]:
+def ours(data: Path, frames: int, workers: int, work: Path, dask_address: str | None = None) -> tuple[float, int, int]:
+    """The faces stage with `workers` local processes, or on the Dask scheduler at `dask_address`."""
+    runner = {"kind": "dask", "address": dask_address} if dask_address else {}
     params = Params.model_validate({"data": {"name": "bench", "adapter": "ffpp", "root": str(data)},
-                                    "faces": {"frames_per_video": frames, "workers": workers}})
+                                    "faces": {"frames_per_video": frames, "workers": workers}, "runner": runner})
     layout = Layout.from_params(params, work)
     ingest.run(params, layout)
     start = time.perf_counter()
@@ -69,10 +72,26 @@ def ours(data: Path, frames: int, workers: int, work: Path) -> tuple[float, int,
     return elapsed, report["frames_sampled"], report["frames_with_face"]
 
 
+def dask_rows(data: Path, frames: int, work: Path) -> list[tuple[str, float, int, int]]:
+    """The faces stage on a LocalCluster of 1 and 2 single-threaded worker processes, each started before the
+    timing (its start-up is printed apart: a cluster serves many runs)."""
+    from distributed import LocalCluster
+
+    rows = []
+    for n in (1, 2):
+        start = time.perf_counter()
+        with LocalCluster(n_workers=n, processes=True, threads_per_worker=1, dashboard_address=":0") as cluster:
+            print(f"Dask LocalCluster of {n} worker process(es) up in {time.perf_counter() - start:.1f} s")
+            elapsed, sampled, found = ours(data, frames, 1, work / f"dask{n}", cluster.scheduler_address)
+        rows.append((f"faces stage on Dask, {n} worker process(es)", elapsed, sampled, found))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=PROJECT.parent / "shared" / "data" / "ffpp_c23_sample")
     parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--no-dask", action="store_true", help="skip the Dask rows")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"benchmark data not found: {args.data}")
@@ -81,7 +100,9 @@ def main() -> None:
         rows = []
         for workers in (1, 2):
             elapsed, sampled, found = ours(args.data, args.frames, workers, work / f"ours{workers}")
-            rows.append((f"faces stage, {workers} worker(s)", elapsed, sampled, found))
+            rows.append((f"faces stage, {workers} local worker(s)", elapsed, sampled, found))
+        if not args.no_dask:
+            rows += dask_rows(args.data, args.frames, work)
         manifest = __import__("pandas").read_parquet(work / "ours1" / "data" / "manifests" / "bench.parquet")
         p = Params().faces
         (work / "base").mkdir()
@@ -91,13 +112,18 @@ def main() -> None:
         rows.append(("baseline: seek + full-res detect", time.perf_counter() - start, sampled, found))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{'method':<36}{'seconds':>9}{'frames':>8}{'fps':>8}{'face share':>12}")
+    print(f"{'method':<46}{'seconds':>9}{'frames':>8}{'fps':>8}{'face share':>12}")
     for name, elapsed, sampled, found in rows:
-        print(f"{name:<36}{elapsed:>9.2f}{sampled:>8}{sampled / elapsed:>8.2f}{found / max(sampled, 1):>12.1%}")
-    base_fps = rows[2][2] / rows[2][1]
+        print(f"{name:<46}{elapsed:>9.2f}{sampled:>8}{sampled / elapsed:>8.2f}{found / max(sampled, 1):>12.1%}")
+    fps = {name: sampled / elapsed for name, elapsed, sampled, _ in rows}
+    base_fps = rows[-1][2] / rows[-1][1]
     one, two = rows[0][2] / rows[0][1], rows[1][2] / rows[1][1]
     print(f"\nspeed-up over baseline: {one / base_fps:.2f}x (1 worker), {two / base_fps:.2f}x (2 workers)")
-    print(f"scaling 1 -> 2 workers: {two / one:.2f}x")
+    print(f"scaling 1 -> 2 local workers: {two / one:.2f}x")
+    dask = [v for k, v in fps.items() if k.startswith("faces stage on Dask")]
+    if len(dask) == 2:
+        print(f"scaling 1 -> 2 Dask worker processes: {dask[1] / dask[0]:.2f}x; Dask (2) vs local pool (2): "
+              f"{dask[1] / two:.2f}x")
 
 
 if __name__ == "__main__":
