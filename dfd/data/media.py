@@ -99,19 +99,3 @@ def sample_video_frames(path: Path, n: int, check_cancel: Callable[[], None] | N
     finally:
         cap.release()
 
-
-def decode_image_bytes(data: bytes) -> np.ndarray | None:
-    """Encoded image bytes (PNG, JPEG, ...) as RGB uint8 (H, W, 3), or None when they are not a decodable image."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def video_info(path: Path) -> tuple[int, float] | None:
-    """(frame count, frames per second) from the container's header, or None when the video does not open."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            return None
-        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    finally:
-        cap.release()
