@@ -200,6 +200,10 @@ class FileHasher:
             return last[2]
         return walk_files(key)
 
+    def drop_walk(self) -> None:
+        """Forget the last walk (a folder of millions of crops is a large list to keep for nothing)."""
+        self._last_walk = None
+
     @contextlib.contextmanager
     def batch(self, root: Path | None = None) -> Iterator[None]:
         """Within the block, each file is stat'ed once however many lookups ask about it (ingest asks for its md5

@@ -300,10 +300,14 @@ def run_cached(cache: StageCache, inputs: StageInputs, cls: type[R], compute: Ca
     if announce is not None:
         announce(check)
     if check.up_to_date:
+        cache.hasher.drop_walk()
         return check.result, check
     cache.forget(inputs.name)  # a run that fails halfway must not leave the old record beside new outputs
     start = time.perf_counter()
-    result = compute()
+    try:
+        result = compute()  # may reuse the check's walk of its dataset (`FileHasher.walk`)
+    finally:
+        cache.hasher.drop_walk()
     cache.save(check, inputs, result, run_id, round(time.perf_counter() - start, 3))
     return result, check
 
