@@ -2,7 +2,8 @@
 
 Ingest: a generated tree of `--files` small, distinct JPEGs (`--side` pixels square; `folder` layout). Each run
 is a fresh process (`python -c`, as `dfd stage ingest` is), so an unchanged rerun can only be cheap through the
-memo on disk (`artifacts/.stages/hashes.json`: md5 and media check by path, size, mtime_ns and inode). Baseline:
+memo on disk (`artifacts/.stages/hashes.sqlite`: md5 and media check by path, size, mtime_ns and inode; the
+folder by the stamps of all its files), through what `dfd stage ingest` runs (the flow's stage check). Baseline:
 the same unchanged rerun without the memo (every file read and opened again, as before). Faces: the drawn-face demo
 dataset (`--faces-samples` images), first extraction vs a rerun with nothing new (a stat per crop) vs the same
 rerun decoding every crop (`DFD_VERIFY_CROPS=1`, what every rerun did before).
