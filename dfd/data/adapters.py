@@ -81,8 +81,10 @@ def _read_json(path: Path) -> object:
 
 
 def _stem(path: str) -> str:
-    """`Path(path).stem` without building a Path (once per file on every rerun)."""
-    return os.path.splitext(os.path.basename(path))[0]
+    """`Path(path).stem` of a str path, without a Path or splitext (once per file on every rerun)."""
+    name = path.rpartition(os.sep)[2]
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
 
 
 def _files(root: Path, folder: Path, exts: frozenset[str] | None = None) -> list[tuple[str, str, bool]]:
