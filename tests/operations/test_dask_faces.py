@@ -143,3 +143,36 @@ def test_evaluation_datasets_extract_on_the_cluster(reference: tuple[Path, faces
     for path, crop in zip(got["path"], got["crop"], strict=True):
         ref_crop = want.loc[want["path"] == path, "crop"].item()
         assert (el.faces_index.parent / crop).read_bytes() == (ref_layout.faces_index.parent / ref_crop).read_bytes()
+
+
+@pytest.mark.slow
+def test_the_flows_faces_task_extracts_on_the_cluster(reference: tuple[Path, faces.FacesResult], cluster: object,
+                                                      prefect_server: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The faces stage as `dfd run` calls it (its Prefect task, its MLflow run, the stage check) with
+    `runner.kind: dask`: the samples whose crops are gone are extracted by the workers, to the same bytes."""
+    from prefect import flow
+
+    from dfd.platform.tracking import Tracker
+    from flows.stages import faces_task
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root, ref = reference
+    params = tiny_params(root, runner={"kind": "dask", "address": cluster.scheduler.address})
+    layout, tracker = Layout.from_params(params, root), Tracker.from_params(params, root)
+    index = pd.read_parquet(layout.faces_index)
+    gone = sorted(index["sample_id"].unique())[:3]
+    kept = {c: (layout.faces_index.parent / c).read_bytes() for c in index["crop"] if c.split("/")[0] in gone}
+    for sample in gone:
+        shutil.rmtree(layout.faces_dir / sample)
+
+    @flow(name="dask-faces")
+    def faces_flow() -> faces.FacesResult:
+        with tracker.run("pipeline") as parent:
+            return faces_task(params, layout, tracker, parent)
+
+    with distributed.get_task_stream(cluster) as stream:
+        res = faces_flow()
+    assert res.extracted == len(gone) and res.skipped == ref.extracted - len(gone) and res.crops == ref.crops
+    assert any(t["key"].startswith("faces-") for t in stream.data)  # extracted by the cluster's workers
+    assert all((layout.faces_index.parent / c).read_bytes() == b for c, b in kept.items())
+    pd.testing.assert_frame_equal(pd.read_parquet(layout.faces_index), index)
