@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 
 import yaml
@@ -74,9 +75,14 @@ def dir_hash(root: Path, md5s: dict[str, str] | None = None) -> str:
     if tracked:
         return tracked
     md5s = md5s if md5s is not None else file_md5s(root)
-    entries = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(md5s.items())]
-    blob = json.dumps(entries, sort_keys=True).encode()
-    return hashlib.md5(blob).hexdigest() + ".dir"
+    return hashlib.md5(dvc_listing(md5s).encode()).hexdigest() + ".dir"
+
+
+def dvc_listing(md5s: dict[str, str]) -> str:
+    """DVC's directory listing, `json.dumps([{"md5": ..., "relpath": ...}, ...], sort_keys=True)` sorted by path,
+    written directly: the same bytes at a fraction of the cost (a dict per file of a 100,000-file dataset)."""
+    q = encode_basestring_ascii  # what json.dumps quotes a str with (ensure_ascii)
+    return "[" + ", ".join(f'{{"md5": {q(md5)}, "relpath": {q(rel)}}}' for rel, md5 in sorted(md5s.items())) + "]"
 
 
 def run_lineage(params: Params, ingest_report: Path, root: Path) -> dict[str, str]:

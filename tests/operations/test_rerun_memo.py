@@ -142,3 +142,12 @@ def test_stage_ingest_skips_an_unchanged_dataset_and_reruns_on_a_new_file(tiny_p
     assert "ingest: running (changed: dep raw)" in capsys.readouterr().out
     # the copy has the same content: reported as a duplicate, and the manifest rewritten
     assert third.bad == first.bad + 1 and layout.manifest.stat().st_mtime_ns != written
+
+
+def test_dvc_listing_is_the_bytes_json_dumps_writes() -> None:
+    """The dataset hash must stay exactly DVC's: the listing written directly equals json.dumps's, escapes included."""
+    from dfd.data.provenance import dvc_listing
+
+    md5s = {"a/b.png": "0" * 32, 'é/ü"q\\.mp4': "1" * 32, "z": "2" * 32, "a-b": "3" * 32, "日本/\t.jpg": "4" * 32}
+    want = json.dumps([{"md5": m, "relpath": r} for r, m in sorted(md5s.items())], sort_keys=True)
+    assert dvc_listing(md5s) == want and dvc_listing({}) == json.dumps([])
