@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 
 from models import create_model
 from models.checkpoint import load_checkpoint
-from tests.helpers import PROJECT, TINY, extracted
+from tests.helpers import PROJECT, TINY
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +26,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_agree_with_one(tiny_project: Path) -> None:
+def test_ddp_two_processes_agree_with_one(tiny_project: Path, trained_project: Path) -> None:
     root = tiny_project
-    extracted(root)
+    # ingest and faces on the tiny dataset: the session's trained project already ran them, with the same params.
+    shutil.copytree(trained_project / "data", root / "data")
     common = {"data": {"root": str(root / "raw")},
               "models": {"mesonet": {"input_size": 64, "kwargs": {"dropout": 0.0}}},
               "train": {"epochs": 2, "max_steps_per_epoch": None, "augment": [], "balanced_sampling": False,

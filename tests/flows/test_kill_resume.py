@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 import yaml
 
 from models.checkpoint import load_checkpoint
-from tests.helpers import PROJECT, TINY, extracted
+from tests.helpers import PROJECT, TINY
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +27,10 @@ def _epoch_on_disk(path: Path) -> int:
         return -1
 
 
-def test_sigkill_mid_training_then_resume(tiny_project: Path) -> None:
+def test_sigkill_mid_training_then_resume(tiny_project: Path, trained_project: Path) -> None:
     root = tiny_project
-    extracted(root)
+    # ingest and faces on the tiny dataset: the session's trained project already ran them, with the same params.
+    shutil.copytree(trained_project / "data", root / "data")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     train_cfg = {"epochs": 4, "max_steps_per_epoch": 6, "batch_size": 4}
     runs = {}

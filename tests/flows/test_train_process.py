@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,14 +14,15 @@ from dfd.platform.layout import Layout
 from flows.train_process import train_in_process
 from models.checkpoint import load_checkpoint
 from tasks import train
-from tests.helpers import extracted, tiny_params
+from tests.helpers import tiny_params
 
 pytestmark = pytest.mark.slow
 
 
-def test_side_by_side_children_match_a_solo_in_process_run(tiny_project: Path) -> None:
+def test_side_by_side_children_match_a_solo_in_process_run(tiny_project: Path, trained_project: Path) -> None:
     root = tiny_project
-    extracted(root)
+    # ingest and faces on the tiny dataset: the session's trained project already ran them, with the same params.
+    shutil.copytree(trained_project / "data", root / "data")
     # Two epochs, so dropout, augmentation and the data order all draw random numbers across epochs.
     params = tiny_params(root, train={"epochs": 2, "max_steps_per_epoch": 4, "batch_size": 4})
     layout = Layout.from_params(params, root)

@@ -15,7 +15,15 @@ import pytest
 import yaml
 
 from tests.helpers import PROJECT, TINY
-from tests.operations.test_deploy import AUTH, PREFECT, _api, _env, _stop, prefect_api  # noqa: F401  (the module server)
+from tests.operations.test_deploy import (  # noqa: F401  (the module server)
+    AUTH,
+    PREFECT,
+    WORKER_ENV,
+    _api,
+    _env,
+    _stop,
+    prefect_api,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +66,7 @@ def test_a_cancel_during_faces_ends_cancelled_without_a_crash_alert(prefect_api:
         "root": str(tmp_path)}})
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([str(PREFECT), "worker", "start", "--pool", pool, "--type", "process"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                              env=env | WORKER_ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 300
         while not _running_task(prefect_api, run["id"], "faces"):

@@ -29,6 +29,9 @@ from tests.helpers import PROJECT, TINY
 
 PREFECT = Path(sys.executable).parent / "prefect"
 AUTH = "dfd:prefect-auth-test-secret"  # PREFECT_SERVER_API_AUTH_STRING of the test server
+# A test worker polls its pool every second, not every 10 s (the default): a poll that comes before the pool is
+# synced would otherwise leave the queued run waiting 10 s.
+WORKER_ENV = {"PREFECT_WORKER_QUERY_SECONDS": "1"}
 
 
 def _free_port() -> int:
@@ -134,7 +137,10 @@ def test_dfd_deploy_schedules_weekly_and_a_worker_runs_the_pipeline(prefect_api:
     tz = "America/New_York"  # not UTC, and with DST: "7 days apart" must hold on the local clock
     (tmp_path / "deploy.yaml").write_text(yaml.safe_dump(
         {"schedule": {"timezone": tz, "project_dir": str(PROJECT), "work_pool": "dfd-test-pool"}}))
-    (tmp_path / "local.yaml").write_text(yaml.safe_dump({"data": {"root": str(tiny_dataset)}}))
+    # Two members: the check is that a worker runs the pipeline end to end, which more members would only prolong.
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump({"data": {"root": str(tiny_dataset)},
+                                                         "models": {"xception": None, "efficientnet": None,
+                                                                    "sbi": None}}))
     env = _env(PREFECT_API_URL=prefect_api, PREFECT_API_AUTH_STRING=AUTH)  # the CLI and the worker send it
     out = subprocess.run([sys.executable, "-m", "dfd.cli", "--params", str(PROJECT / "params.yaml"), "--override",
                           str(tmp_path / "deploy.yaml"), "deploy"], env=env, capture_output=True, text=True,
@@ -153,7 +159,7 @@ def test_dfd_deploy_schedules_weekly_and_a_worker_runs_the_pipeline(prefect_api:
     # The server's scheduler fills in the next runs: Mondays 03:00 local, 7 local days apart.
     deadline, runs = time.time() + 60, []
     while len(runs) < 3 and time.time() < deadline:
-        time.sleep(2)
+        time.sleep(0.5)
         runs = _api(prefect_api, "/flow_runs/filter", {
             "deployments": {"id": {"any_": [weekly["id"]]}}, "sort": "EXPECTED_START_TIME_ASC",
             "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
@@ -169,14 +175,14 @@ def test_dfd_deploy_schedules_weekly_and_a_worker_runs_the_pipeline(prefect_api:
         "root": str(tmp_path)}})
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([str(PREFECT), "worker", "start", "--pool", "dfd-test-pool", "--type", "process"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                              env=env | WORKER_ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline, state = time.time() + 480, None
         while time.time() < deadline:
             state = _api(prefect_api, f"/flow_runs/{run['id']}")["state"]
             if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
-            time.sleep(3)
+            time.sleep(1)
     finally:
         _stop(worker)
         log.close()

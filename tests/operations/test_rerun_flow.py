@@ -15,7 +15,9 @@ from tests.helpers import PROJECT, TINY
 
 pytestmark = pytest.mark.slow
 
-MODELS = tuple(load_params(PROJECT / "params.yaml", [TINY]).models)  # every member the tiny params train
+# Two members: one whose params change, one that must stay untouched; more would only cost training time.
+DROP = {"models": {"xception": None, "efficientnet": None, "sbi": None}}
+MODELS = tuple(m for m in load_params(PROJECT / "params.yaml", [TINY]).models if m not in DROP["models"])
 
 
 def _stamps(root: Path) -> dict[str, int]:
@@ -45,7 +47,7 @@ def three_runs(prefect_server: None, tmp_path_factory: pytest.TempPathFactory, t
     shutil.copytree(tiny_dataset, root / "raw")
     shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
     shutil.copy(TINY, root / "tiny.yaml")
-    (root / "local.yaml").write_text(yaml.safe_dump({"data": {"root": "raw"}}))
+    (root / "local.yaml").write_text(yaml.safe_dump({"data": {"root": "raw"}, **DROP}))
     (root / "lr.yaml").write_text(yaml.safe_dump({"models": {"mesonet": {"lr": 0.0005}}}))
     out: dict[str, Any] = {"root": root}
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -33,24 +34,31 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp / 'mlflow.db'}",
            "MLFLOW_ARTIFACTS_DESTINATION": str(tmp / "art"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(["bash", str(PROJECT / "mlflow" / "start_server.sh")], env=env, stdout=subprocess.PIPE,
+    # Its log goes to a file: a pipe nobody reads fills up (64 KB of access lines) and blocks the server mid-request.
+    log_path = tmp / "server.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(["bash", str(PROJECT / "mlflow" / "start_server.sh")], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {proc.stdout.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            time.sleep(0.5)
-    else:
-        pytest.fail("mlflow server did not answer /health within 120 s")
-    yield url
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"mlflow server exited: {log_path.read_text()[-2000:]}")
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer /health within 120 s")
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)  # the whole group: the server's workers too
+        proc.wait(timeout=30)
+        log.close()
 
 
 def test_tracker_against_a_real_server(mlflow_server: str, tmp_path: Path) -> None:
