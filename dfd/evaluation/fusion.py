@@ -152,13 +152,15 @@ def fit_fusion(method: str, X: np.ndarray, y: np.ndarray, ctx: FitContext) -> di
     """Fit the named fusion on member scores `X` (frames x members).
 
     Returns:
-        `{"method", "members", **params, "member_range"}`: `member_range` is each member's [min, max] on the fitting
-        rows, which `apply_fusion` clips to (see `clip_to_range`).
+        `{"method", "members", **params}`; stacking adds `member_range`, each member's [min, max] on the fitting
+        rows, which `apply_fusion` clips to (see `clip_to_range`). The other fusions are convex mixtures of the
+        members' probabilities: one member's share of them is bounded by its weight, there is nothing to extrapolate.
     """
     X = np.asarray(X, dtype=float)
     params = _lookup(method)[0](X, np.asarray(y), ctx)
-    ranges = {m: [float(X[:, j].min()), float(X[:, j].max())] for j, m in enumerate(ctx.members)}
-    return {"method": method, "members": list(ctx.members), **params, "member_range": ranges}
+    if method == "stacking":
+        params["member_range"] = {m: [float(X[:, j].min()), float(X[:, j].max())] for j, m in enumerate(ctx.members)}
+    return {"method": method, "members": list(ctx.members), **params}
 
 
 def clip_to_range(fitted: dict[str, Any], X: np.ndarray) -> np.ndarray:
