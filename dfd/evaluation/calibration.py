@@ -18,11 +18,14 @@ import pandas as pd
 from dfd.platform.errors import ConfigError
 
 EPS = 1e-6
+# Fused scores are float64 (a stacking sigmoid reaches 1e-12 and below): clipped at EPS, the monotone post-fusion
+# calibration tied them and changed the ranking it must keep (9 of the demo's 80 test frames, AUC 0.923 -> 0.917).
+POST_EPS = 1e-15
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    """log(p / (1 - p)), with p clipped away from 0 and 1."""
-    p = np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS)
+def logit(p: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """log(p / (1 - p)), with p clipped to [eps, 1 - eps]."""
+    p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
     return np.log(p / (1 - p))
 
 
@@ -71,7 +74,7 @@ def _fit_temperature(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     from scipy.optimize import minimize_scalar
     from sklearn.metrics import log_loss
 
-    z = logit(scores)
+    z = logit(scores, POST_EPS)
     y = np.asarray(labels, dtype=int)
     res = minimize_scalar(lambda lt: log_loss(y, np.clip(sigmoid(z / np.exp(lt)), EPS, 1 - EPS), labels=[0, 1]),
                           bounds=(np.log(0.2), np.log(20.0)), method="bounded")
@@ -79,16 +82,16 @@ def _fit_temperature(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 
 def _apply_temperature(p: dict[str, Any], scores: np.ndarray) -> np.ndarray:
-    return sigmoid(logit(scores) / p["temperature"])
+    return sigmoid(logit(scores, POST_EPS) / p["temperature"])
 
 
 def _fit_platt(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    a, b = _platt(logit(scores), labels)
+    a, b = _platt(logit(scores, POST_EPS), labels)
     return {"a": a, "b": b}
 
 
 def _apply_platt(p: dict[str, Any], scores: np.ndarray) -> np.ndarray:
-    return sigmoid(p["a"] * logit(scores) + p["b"])
+    return sigmoid(p["a"] * logit(scores, POST_EPS) + p["b"])
 
 
 def _fit_isotonic(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

@@ -149,14 +149,42 @@ def _lookup(method: str) -> tuple[Callable[..., dict[str, Any]], Callable[..., n
 
 
 def fit_fusion(method: str, X: np.ndarray, y: np.ndarray, ctx: FitContext) -> dict[str, Any]:
-    """Fit the named fusion on member scores `X` (frames x members); returns `{"method", "members", **params}`."""
-    params = _lookup(method)[0](np.asarray(X, dtype=float), np.asarray(y), ctx)
+    """Fit the named fusion on member scores `X` (frames x members).
+
+    Returns:
+        `{"method", "members", **params}`; stacking adds `member_range`, each member's [min, max] on the fitting
+        rows, which `apply_fusion` clips to (see `clip_to_range`). The other fusions are convex mixtures of the
+        members' probabilities: one member's share of them is bounded by its weight, there is nothing to extrapolate.
+    """
+    X = np.asarray(X, dtype=float)
+    params = _lookup(method)[0](X, np.asarray(y), ctx)
+    if method == "stacking":
+        params["member_range"] = {m: [float(X[:, j].min()), float(X[:, j].max())] for j, m in enumerate(ctx.members)}
     return {"method": method, "members": list(ctx.members), **params}
 
 
+def clip_to_range(fitted: dict[str, Any], X: np.ndarray) -> np.ndarray:
+    """Each member's column of `X` clipped to the range it spanned where the fusion was fitted.
+
+    A fusion fitted on validation knows nothing of a member's score beyond that range, and stacking's linear term
+    would extrapolate it without bound: on the demo, one test identity drove two EfficientNet members to a logit far
+    below any validation frame's (P(fake) ~0.00 on its fakes), and that single member outvoted the rest. A spec
+    without `member_range` (fitted before it existed) is applied unclipped, as it was evaluated.
+    """
+    X = np.asarray(X, dtype=float)
+    ranges = fitted.get("member_range")
+    if not ranges:
+        return X
+    lo = np.array([ranges[m][0] for m in fitted["members"]])
+    hi = np.array([ranges[m][1] for m in fitted["members"]])
+    return np.clip(X, lo, hi)
+
+
 def apply_fusion(fitted: dict[str, Any], X: np.ndarray) -> np.ndarray:
-    """The fused score of member scores `X` (columns in `fitted["members"]` order)."""
-    return np.clip(_lookup(fitted["method"])[1](fitted, np.asarray(X, dtype=float), fitted["members"]), 0.0, 1.0)
+    """The fused score of member scores `X` (columns in `fitted["members"]` order), each clipped to its fitted
+    range first."""
+    X = clip_to_range(fitted, X)
+    return np.clip(_lookup(fitted["method"])[1](fitted, X, fitted["members"]), 0.0, 1.0)
 
 
 def member_weights(fitted: dict[str, Any]) -> dict[str, float]:

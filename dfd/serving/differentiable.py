@@ -79,18 +79,28 @@ class DifferentiableEnsemble(nn.Module):
             self.intercept = float(fusion["intercept"])
         else:
             self.eps = float(fusion.get("eps", 1e-3))
+        # The served fusion clips each calibrated member score to its fitted range (fusion.clip_to_range); here on
+        # the logit scale, the same bounds (logit clipped as the numpy one is).
+        ranges = fusion.get("member_range")
+        bounds = [[-np.inf, np.inf] if not ranges else
+                  [float(np.log(v / (1 - v))) for v in np.clip(ranges[m], 1e-6, 1 - 1e-6)] for m in self.names]
+        self.register_buffer("bounds", torch.tensor(bounds, dtype=torch.float32))  # (M, 2)
         self.to(device).eval()
         for p in self.parameters():
             p.requires_grad_(False)  # gradients flow to the pixels only
 
     def fused_logit(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] (N, 3, H, W) to the logit of the fused P(fake) (N,), computed without any clamp.
+        """Images in [0, 1] (N, 3, H, W) to the logit of the fused P(fake) (N,), computed without any clamp of the
+        gradient (the fitted-range clip below passes it straight through).
 
         What attacks differentiate: a clamp's gradient is zero outside its range and so is float32 sigmoid's beyond
         a logit of about 17, so a confident model would hand an attack no gradient. Mixtures of probabilities
         (weighted average, confidence) are summed in log space (log-sigmoid), which never saturates.
         """
         z = self.ab[:, 0] * torch.stack([self.members[m](x) for m in self.names], 1) + self.ab[:, 1]  # (N, M)
+        # The value of the fitted-range clip, with the gradient of the unclipped logit (straight through): an attack
+        # still sees how each member moves, even on a crop outside its range.
+        z = z + (torch.maximum(torch.minimum(z, self.bounds[:, 1]), self.bounds[:, 0]) - z).detach()
         if self.method == "stacking":  # the logit of a Platt-scaled probability is its own argument: no clip
             return (z * self.w).sum(1) + self.intercept
         # confidence: weights |p - 0.5| + eps, differentiated like the rest

@@ -136,3 +136,28 @@ def test_a_saturated_ensemble_still_gives_the_attack_a_gradient(members: tuple) 
     with torch.no_grad():
         moved = torch.where(y == 1, -1.0, 1.0) * (ens.fused_logit(adv) - z)
     assert (moved > 0).float().mean() >= 0.75
+
+
+def test_the_fitted_range_clip_matches_numpy_and_keeps_the_gradient(members: tuple) -> None:
+    """With `member_range` narrower than the crops' scores, the torch fusion clips as numpy does (value), while the
+    gradient still reaches the pixels of a clipped crop (straight through)."""
+    from dfd.evaluation.calibration import calibrate, logit
+    from dfd.evaluation.fusion import apply_fusion
+
+    spec, checkpoints, crops, _ = members
+    names = list(spec["members"])
+    raw = EnsemblePredictor.from_spec(spec, checkpoints).member_scores(crops)
+    X = np.column_stack([calibrate(raw[m], spec["calibration"][m]) for m in names])
+    ranges = {m: [float(np.quantile(X[:, j], 0.3)), float(np.quantile(X[:, j], 0.7))] for j, m in enumerate(names)}
+    coef = {m: 0.5 for m in names}  # centred, so that the fused score is not saturated either way
+    fusion = {"method": "stacking", "members": names, "coef": coef, "member_range": ranges,
+              "intercept": -float(np.mean(logit(X) @ np.array([coef[m] for m in names])))}
+    expected = apply_fusion(fusion, X)
+    assert np.abs(expected - apply_fusion({**fusion, "member_range": None}, X)).max() > 0.05  # the clip bites
+    ens = DifferentiableEnsemble({**spec, "fusion": fusion}, checkpoints)
+    x = (torch.from_numpy(crops).permute(0, 3, 1, 2) / 255).requires_grad_(True)
+    ours = ens(x)
+    assert np.abs(ours.detach().numpy() - expected).max() < 0.02
+    clipped = int(np.argmax(X[:, 0] > ranges[names[0]][1]))  # a crop above the first member's range
+    ens.fused_logit(x)[clipped].backward()
+    assert x.grad[clipped].abs().sum() > 0
