@@ -12,12 +12,16 @@ IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
 
 
+_KINDS = {**dict.fromkeys(IMAGE_EXTS, "image"), **dict.fromkeys(VIDEO_EXTS, "video")}
+
+
 def media_kind(path: str | Path) -> str | None:
-    """'image', 'video', or None for a file that is neither."""
-    name = path.rpartition("/")[2] if isinstance(path, str) else path.name  # str: no Path per file on a rerun
+    """'image', 'video', or None for a file that is neither (by the extension `Path.suffix` gives)."""
+    name = path if isinstance(path, str) else str(path)  # str: no Path per file on a rerun (twice per file)
     dot = name.rfind(".")
-    ext = name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # as Path.suffix: not ".png" nor "a."
-    return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None
+    if dot <= 0 or dot == len(name) - 1 or name[dot - 1] == "/" or "/" in name[dot:]:
+        return None  # no suffix: none, a trailing dot, a hidden file's only dot, a dot in a folder's name
+    return _KINDS.get(name[dot:].lower())
 
 
 def check_media(path: Path) -> str | None:

@@ -8,7 +8,6 @@ counted. Nothing here raises on a bad file: each becomes a row with its reason.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from dfd.data.adapters import Candidate, get_adapter
 from dfd.data.media import check_media
 from dfd.data.provenance import dir_hash, file_md5s
 from dfd.platform.config import DataParams
-from dfd.platform.file_memo import FileHasher, Stamp, walk_files
+from dfd.platform.file_memo import FileHasher
 
 #: The media check's name in the file memo (bump it when `check_media` changes what it finds).
 MEDIA_PROBE = "media_check/1"
@@ -61,18 +60,16 @@ class ValidationResult:
 
 
 def _check_media(root: Path, rels: list[str], workers: int, progress: bool, hasher: FileHasher | None,
-                 walked: dict[str, tuple[str, Stamp]]) -> list[str | None]:
+                 remembered: dict[str, dict[str, Any]]) -> list[str | None]:
     """`check_media` of each file, from the memo when it is unchanged (no thread needed), else opened in threads.
 
-    `walked` holds the (path, stamp) of each file the walk found, by relative path: no second stat.
+    `remembered` holds the probe results the memo keeps for each unchanged file, by relative path.
     """
     known: dict[str, str | None] = {}
-    if hasher is not None:
-        for rel in rels:
-            if (seen := walked.get(rel)) is not None:
-                found, value = hasher.known(seen[0], MEDIA_PROBE, seen[1])
-                if found:
-                    known[rel] = value
+    for rel in rels:
+        probes = remembered.get(rel)
+        if probes is not None and MEDIA_PROBE in probes:
+            known[rel] = probes[MEDIA_PROBE]
     todo = [rel for rel in rels if rel not in known]
     check = check_media if hasher is None else lambda p: hasher.probe(p, MEDIA_PROBE, check_media)
     with ThreadPoolExecutor(workers) as pool:
@@ -103,11 +100,13 @@ def validate(root: Path, data: DataParams, workers: int = 4, progress: bool = Tr
     candidates = list(get_adapter(data.adapter)(root, data))
     to_check = [c for c in candidates if c.problem is None]
     with hasher.batch(root) if hasher is not None else contextlib.nullcontext():
-        # once: md5s and media checks share its stamps (the stage check's own walk, when it just took one)
-        walked = hasher.walk(root) if hasher is not None else walk_files(os.path.abspath(root))
-        md5s = file_md5s(root, hasher, walked)
-        problems = _check_media(root, [c.rel_path for c in to_check], workers, progress, hasher,
-                                {rel: (path, stamp) for rel, path, stamp in walked})
+        if hasher is not None:  # one walk and one memo lookup per file for both (the stage check's, when fresh)
+            listing = hasher.listing(root)
+            md5s = {rel: md5 for rel, _, md5, _ in listing}
+            remembered = {rel: probes for rel, _, _, probes in listing}
+        else:
+            md5s, remembered = file_md5s(root), {}
+        problems = _check_media(root, [c.rel_path for c in to_check], workers, progress, hasher, remembered)
     good: list[Candidate] = []
     bad = [{"path": c.rel_path, "reason": c.problem} for c in candidates if c.problem is not None]
     for cand, problem in zip(to_check, problems, strict=True):
