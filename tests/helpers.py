@@ -10,7 +10,6 @@ from pathlib import Path
 import yaml
 
 from dfd.platform.config import Params, load_params
-from dfd.platform.layout import Layout
 
 PROJECT = Path(__file__).resolve().parent.parent
 TINY = PROJECT / "tests" / "params.tiny.yaml"
@@ -55,14 +54,3 @@ def write_clip(path: Path, seed: int, fake: bool = False, frames: int = 6, size:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, images)
     return path
-
-
-def extracted(root: Path) -> Layout:
-    """Run ingest and faces on the tiny dataset in `root/raw`, with the tiny params; returns the layout."""
-    from tasks import faces, ingest
-
-    params = tiny_params(root)
-    layout = Layout.from_params(params, root)
-    ingest.run(params, layout)
-    faces.run(params, layout)
-    return layout
