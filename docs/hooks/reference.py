@@ -69,7 +69,8 @@ def _field_comments(cls: type) -> dict[str, str]:
                 above.insert(0, comments[n])
                 n -= 1
             beside = [comments[i] for i in range(node.lineno, (node.end_lineno or node.lineno) + 1) if i in comments]
-            text = " ".join(above + beside)
+            # Lines above a field wrap one text; comments beside a multi-line value each annotate one of its lines.
+            text = " ".join([" ".join(above), "; ".join(beside)]).strip()
             out[node.target.id] = text.removeprefix("noqa").strip()
     return out
 
@@ -133,7 +134,7 @@ def _section(schema: dict[str, Any], node: dict[str, Any], key: str, cls: type |
             rows.append((full, f"list of `{full}[]` entries", "`[]`", "", comments.get(name, "")))
             nested.append((f"{full}[]", items, _model_class(items), comments.get(name, "")))
         else:
-            default = f"`{json.dumps(prop['default'])}`" if "default" in prop else ""
+            default = f"`{json.dumps(prop['default'])}`" if "default" in prop else _factory_default(cls, name)
             rows.append((full, _type_name(schema, prop), default, _bounds(target), comments.get(name, "")))
     if rows:
         out += ["| key | type | default | bounds | what it is |", "| --- | --- | --- | --- | --- |"]
@@ -146,6 +147,13 @@ def _section(schema: dict[str, Any], node: dict[str, Any], key: str, cls: type |
             out.append(f"\n{_cell(comment)}")
         out.append("")
         _section(schema, prop, full, sub_cls, out)
+
+
+def _factory_default(cls: type | None, name: str) -> str:
+    """The default of a field built by a factory (lists, maps), which the JSON schema leaves out."""
+    if cls is None or cls.model_fields[name].is_required():
+        return "required"
+    return f"`{json.dumps(cls.model_fields[name].get_default(call_default_factory=True))}`"
 
 
 def _model_class(node: dict[str, Any]) -> type | None:
