@@ -114,6 +114,18 @@ def test_every_params_key_is_in_the_params_reference(site: Path) -> None:
     assert not missing, f"params keys missing from the generated reference: {missing}"
 
 
+def test_the_readme_links_resolve_in_the_site(site: Path) -> None:
+    """The README is a front door into docs/: each link names a page that exists, and a heading that the page has."""
+    links = re.findall(r"\]\((docs/[^)#\s]+\.md)(?:#([^)\s]+))?\)", (ROOT / "README.md").read_text())
+    assert len(links) >= 5  # the five next steps at least
+    for path, anchor in links:
+        assert (ROOT / path).is_file(), f"README links {path}, which does not exist"
+        page = Path(path).relative_to("docs").with_suffix("")
+        built = site / ("index.html" if page.name == "index" else page / "index.html")
+        if anchor:
+            assert f'id="{anchor}"' in built.read_text(), f"README links {path}#{anchor}: no such heading"
+
+
 def test_the_site_loads_nothing_from_the_network(site: Path) -> None:
     """No web fonts, scripts or styles from a CDN: the built pages work on an offline machine."""
     for page in site.rglob("*.html"):
