@@ -6,5 +6,6 @@ bash scripts/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports  # the import rules in pyproject.toml
 # The documentation site: a broken link, anchor or API reference fails (NO_MKDOCS_2_WARNING: Material's banner).
-NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
+# Not --quiet: it hides the warnings, and then --strict has none to fail on.
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 exec .venv/bin/python -m pytest -q "$@"
