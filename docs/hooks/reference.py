@@ -246,6 +246,12 @@ def cli_markdown() -> str:
 # --- the hook -----------------------------------------------------------------------------------------------------
 
 
+def on_pre_build(**_: Any) -> None:
+    """Forget the project's modules imported by the last build, so that `mkdocs serve` documents the code as saved."""
+    for name in [m for m in sys.modules if m == "dfd" or m.startswith("dfd.")]:
+        del sys.modules[name]
+
+
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     """Replace the marker of a reference page with what the code says today."""
     for uri, marker, make in (("reference/params.md", PARAMS_MARKER, params_markdown),
