@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from pathlib import Path
 
 import cv2
@@ -26,6 +27,7 @@ from dfd.platform.config import EvalDatasetParams, FacesParams
 from dfd.platform.errors import DataError, DfdError
 from dfd.platform.layout import Layout
 from tasks import faces, ingest
+from tasks.faces import WORST_NAMED
 from tasks.eval_datasets import prepare
 from tests.helpers import SHARED_DATA, tiny_params
 
@@ -135,12 +137,22 @@ def test_low_face_share_fails_in_one_line_naming_the_worst_sample(tiny_project: 
     ingest.run(params, layout)
     with pytest.raises(DataError) as err:
         faces.run(params, layout)
-    worst = pd.read_parquet(layout.faces_samples).sort_values("face_share").iloc[0]
-    assert worst["path"] == "real/zzblank_0.png" and worst["faces"] == 0
-    assert f"{worst['sample_id']} (0/1)" in err.value.message and "\n" not in err.value.message
-    assert "faces.min_face_share" in err.value.message
+    message = err.value.message
+    assert "\n" not in message and "faces.min_face_share" in message
+    table = pd.read_parquet(layout.faces_samples)
+    blank = table.set_index("path").loc["real/zzblank_0.png"]
+    assert blank["faces"] == 0 and blank["sampled"] == 1
+    # The detector may also miss some drawn demo faces (which ones depends on its exact numbers, e.g. the OpenCV
+    # release that runs MTCNN), so the expectation comes from the table: the named samples are the worst ones,
+    # the blank among them whenever the samples without a face fit in the line.
+    named = re.findall(r"(\w+) \((\d+)/(\d+)\)", message.split("worst samples: ")[1])
+    shares = table.set_index("sample_id")["face_share"]
+    assert len(named) == min(WORST_NAMED, int((table["sampled"] > 0).sum()))
+    assert max(shares[s] for s, _, _ in named) <= shares.drop([s for s, _, _ in named]).min()
+    if (table["faces"] == 0).sum() <= WORST_NAMED:
+        assert f"{blank['sample_id']} (0/1)" in message
     res = faces.run(tiny_params(tiny_project, faces={"min_face_share": 0.5}), layout)  # below it: passes
-    assert res.samples_without_face == 1 and res.extracted == 0
+    assert res.samples_without_face == int((table["faces"] == 0).sum()) >= 1 and res.extracted == 0
     # Evaluation datasets: off unless their own entry sets it.
     ds = EvalDatasetParams(name="evalset", adapter=params.data.adapter, root=params.data.root)
     assert prepare(params, layout, ds).is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -96,11 +97,22 @@ def test_faces_extracts_then_skips_on_rerun(tiny_project: Path) -> None:
 
 
 def test_faces_parallel_workers_match_serial(tiny_project: Path) -> None:
-    params = tiny_params(tiny_project, faces={"workers": 2})
-    layout = Layout.from_params(params, tiny_project)
-    ingest.run(params, layout)
-    res = faces.run(params, layout)
-    assert res.extracted > 0 and res.samples_without_face == 0
+    serial_root = tiny_project / "serial"
+    shutil.copytree(tiny_project / "raw", serial_root / "raw")
+    results = {}
+    for root, workers in ((tiny_project, 2), (serial_root, 1)):
+        params = tiny_params(root, faces={"workers": workers})
+        layout = Layout.from_params(params, root)
+        ingest.run(params, layout)
+        res = faces.run(params, layout)
+        results[workers] = (res, pd.read_parquet(res.index).drop(columns=["landmarks"]))
+    (par, par_index), (ser, ser_index) = results[2], results[1]
+    assert par.extracted == ser.extracted > 0 and par.crops == ser.crops > 0
+    assert par.samples_without_face == ser.samples_without_face
+    pd.testing.assert_frame_equal(par_index, ser_index)  # the same crops, boxes and detectors, in the same order
+    for crop in par_index["crop"]:  # and the same pixels
+        assert (tiny_project / "data" / "faces" / crop).read_bytes() == (serial_root / "data" / "faces" /
+                                                                         crop).read_bytes()
 
 
 def test_adding_samples_extracts_only_the_new_ones(tiny_project: Path) -> None:

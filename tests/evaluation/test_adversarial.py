@@ -85,7 +85,10 @@ def test_penultimate_embeddings_have_the_head_width(members: tuple) -> None:
 
 @pytest.mark.parametrize("method", ["weighted_average", "stacking", "confidence"])
 def test_every_fusion_has_a_differentiable_form_that_matches_numpy(members: tuple, method: str) -> None:
-    from dfd.evaluation.calibration import calibrate, logit
+    """The fusion formula, checked on the same member logits: the members' own inputs differ between the torch and
+    OpenCV resizes (the test above bounds that), and a stacking with coefficients up to 4.5 would multiply that
+    difference by their sum, so it is kept out of this comparison."""
+    from dfd.evaluation.calibration import logit
 
     spec, checkpoints, crops, _ = members
     names = list(spec["members"])
@@ -93,8 +96,12 @@ def test_every_fusion_has_a_differentiable_form_that_matches_numpy(members: tupl
               "stacking": {"coef": {m: (-1.0) ** i * (i + 0.5) for i, m in enumerate(names)}, "intercept": 0.3},
               "confidence": {"eps": 1e-3}}[method]
     fused_spec = {**spec, "fusion": {"method": method, "members": names, **params}}
-    raw = EnsemblePredictor.from_spec(spec, checkpoints).member_scores(crops)
-    X = np.column_stack([calibrate(raw[m], spec["calibration"][m]) for m in names])
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+    ensemble = DifferentiableEnsemble(fused_spec, checkpoints)
+    with torch.no_grad():
+        z = {m: ensemble.members[m](x).double().numpy() for m in names}  # each member's logit
+    X = np.column_stack([1 / (1 + np.exp(-(spec["calibration"][m][0] * z[m] + spec["calibration"][m][1])))
+                         for m in names])
     if method == "weighted_average":
         w = np.array([params["weights"][m] for m in names])
         expected = X @ (w / w.sum())
@@ -104,8 +111,8 @@ def test_every_fusion_has_a_differentiable_form_that_matches_numpy(members: tupl
         w = np.abs(X - 0.5) + 1e-3
         expected = (w * X).sum(1) / w.sum(1)
     with torch.no_grad():
-        ours = DifferentiableEnsemble(fused_spec, checkpoints)(torch.from_numpy(crops).permute(0, 3, 1, 2) / 255)
-    assert np.abs(ours.numpy() - expected).max() < 0.02
+        ours = ensemble(x).double().numpy()
+    assert np.abs(ours - expected).max() < 1e-4  # float32 against float64 arithmetic
     with pytest.raises(StageError, match="no differentiable form of the 'median' fusion"):
         DifferentiableEnsemble({**spec, "fusion": {"method": "median", "members": names}}, checkpoints)
 
