@@ -27,8 +27,8 @@ from dfd.platform.config import EvalDatasetParams, FacesParams
 from dfd.platform.errors import DataError, DfdError
 from dfd.platform.layout import Layout
 from tasks import faces, ingest
-from tasks.faces import WORST_NAMED
 from tasks.eval_datasets import prepare
+from tasks.faces import WORST_NAMED
 from tests.helpers import SHARED_DATA, tiny_params
 
 # The shortest FF++ clip to decode
