@@ -179,3 +179,24 @@ def test_serving_requirements_name_every_detector_package() -> None:
     for pkg in needed:
         assert f"{pkg}=={importlib.metadata.version(pkg)}" in _requirements()
 
+
+
+@pytest.mark.parametrize("net, shape, outputs", [("pnet", (2, 40, 30, 3), ["conv2d_4", "softmax"]),
+                                                 ("rnet", (5, 24, 24, 3), ["dense_2", "softmax_1"]),
+                                                 ("onet", (5, 48, 48, 3), ["dense_5", "dense_6", "softmax_2"])])
+def test_opencv_runs_the_mtcnn_nets_as_onnx_runtime_does(net: str, shape: tuple[int, ...], outputs: list[str]) -> None:
+    """OpenCV 5.0.x computed R-Net and O-Net wrongly (offsets off by 0.18, probabilities by 0.06): whichever OpenCV
+    is installed must give ONNX Runtime's numbers on the same input, or face detection changes with the release."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the onnx extra) is the reference implementation")
+    from dfd.data.mtcnn import weights_dir
+
+    path = str(weights_dir() / f"{net}.onnx")
+    x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    cv_net = cv2.dnn.readNetFromONNX(path)
+    cv_net.setInput(x)
+    ours = dict(zip(outputs, cv_net.forward(outputs), strict=True))
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    reference = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x}), strict=True))
+    for name in outputs:
+        assert np.abs(ours[name] - reference[name]).max() < 1e-4, (net, name, cv2.__version__)
