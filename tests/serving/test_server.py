@@ -50,7 +50,7 @@ class _Server:
 @pytest.fixture(scope="module")
 def server(registered, loaded) -> Iterator[tuple[str, ModelHolder]]:
     holder = ModelHolder(registered.uri, registered.tracking_uri, loader=lambda u, t: loaded)
-    cfg = ServeParams(max_upload_bytes=2_000_000, poll_interval_s=0)
+    cfg = ServeParams(max_upload_bytes=2_000_000, poll_interval_s=0, isolation="thread")
     with _Server(create_app(holder, cfg)) as url:
         yield url, holder
 
@@ -112,7 +112,7 @@ def test_path_list_only_under_path_roots(registered, loaded, media: dict[str, Pa
     outside = tmp_path / "outside.png"
     shutil.copy(media["face"], outside)
     root = media["face"].parent
-    with _Server(create_app(holder, ServeParams(poll_interval_s=0, path_roots=[str(root)]))) as url:
+    with _Server(create_app(holder, ServeParams(poll_interval_s=0, path_roots=[str(root)], isolation="thread"))) as url:
         ok = httpx.post(f"{url}/predict", json={"paths": [str(media["face"]), str(media["noface"])]}, timeout=60)
         assert ok.status_code == 200, ok.text
         rows = ok.json()["results"]
@@ -131,7 +131,7 @@ def test_path_list_only_under_path_roots(registered, loaded, media: dict[str, Pa
         junk = httpx.post(f"{url}/predict", json={"files": ["x"]}, timeout=10)
         assert junk.status_code == 400 and junk.json()["reason"] == "bad_request"
         assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
-    with _Server(create_app(holder, ServeParams(poll_interval_s=0))) as url:  # no roots: off
+    with _Server(create_app(holder, ServeParams(poll_interval_s=0, isolation="thread"))) as url:  # no roots: off
         off = httpx.post(f"{url}/predict", json={"paths": [str(media["face"])]}, timeout=10)
         assert off.status_code == 403 and "path_roots" in off.json()["detail"]
 
@@ -165,7 +165,7 @@ def test_hot_swap_after_alias_move(registered, tmp_path: Path, media: dict[str, 
 
     old_scorer.score_upload = held_score
     in_flight: dict[str, httpx.Response] = {}
-    with _Server(create_app(holder, ServeParams(poll_interval_s=0.5))) as url:
+    with _Server(create_app(holder, ServeParams(poll_interval_s=0.5, isolation="thread"))) as url:
         holder.start(0.5)
         before = httpx.get(f"{url}/version", timeout=10).json()
         request = threading.Thread(target=lambda: in_flight.update(resp=httpx.post(
