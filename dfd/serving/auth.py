@@ -174,7 +174,8 @@ class Gate:
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, error: str, reason: str, detail: str,
                   headers: dict[str, str]) -> None:
     body: dict[str, Any] = {"error": error, "reason": reason, "detail": detail}
-    await JSONResponse(body, status, headers=headers)(scope, receive, send)
+    # Connection: close: the refused request's body is never read, not even drained to keep the connection alive.
+    await JSONResponse(body, status, headers={**headers, "Connection": "close"})(scope, receive, send)
 
 
 class RateLimiter:

@@ -2,11 +2,12 @@
 
 A decoder stuck in C (a progressive JPEG's thousands of scans, a frame bomb) never reaches a cancel check, so a
 thread cannot be stopped; a process can. `WorkerPool` holds one process per `serve.max_concurrent` slot, each with
-its own copy of the model (spawned clean: no inherited locks or threads), an address-space limit (`RLIMIT_AS`,
-`serve.worker_memory_bytes`) and, for each request, a CPU-time limit (`RLIMIT_CPU`, set afresh to the CPU used so
-far plus the request's share). The server waits `serve.request_timeout_s` for an answer, then kills the worker
-(SIGKILL), answers 504, and starts a replacement in the background; the slot is free again once the replacement
-has loaded the model, so hostile requests cost their slot a restart, never the server its capacity.
+its own copy of the model (forked from a clean forkserver: no inherited locks or threads), an address-space
+limit (`RLIMIT_AS`, `serve.worker_memory_bytes`) and, for each request, a CPU-time limit (`RLIMIT_CPU`, set
+afresh to the CPU used so far plus the request's share). The server waits `serve.request_timeout_s` for an
+answer, then kills the worker (SIGKILL), answers 504, and starts a replacement in the background; the slot is
+free again once the replacement has loaded the model, so hostile requests cost their slot a restart, never the
+server its capacity.
 
 A job is a picklable callable `job(model, check_cancel)` (a module-level function under `functools.partial`); it
 names the model version it wants (`ModelSpec`), and a worker loads another version when the alias has moved.
@@ -176,7 +177,11 @@ class WorkerPool:
     def __init__(self, n: int, spec: ModelSpec, cfg: ServeParams) -> None:
         self.n, self.spec, self.cfg = n, spec, cfg
         self.threads = max(1, (os.cpu_count() or 1) // n)
-        self._ctx = mp.get_context("spawn")
+        # Workers fork from a clean server process that imported torch, MLflow and dfd once (a spawned worker
+        # would import them again at every restart); it holds no model, no threads of the server, no locks.
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["torch", "mlflow.pyfunc", "dfd.serving.registry_model",
+                                          "dfd.serving.media_scoring", "dfd.serving.workers"])
         self._io = ThreadPoolExecutor(2 * n + 2, thread_name_prefix="dfd-worker-io")
         self._idle: asyncio.Queue[_Worker] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

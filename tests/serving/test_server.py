@@ -26,16 +26,17 @@ def _free_port() -> int:
 class _Server:
     """uvicorn on a free loopback port, in a thread of this process."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, start_timeout_s: float = 30.0) -> None:  # longer for worker processes to load
         import uvicorn
 
+        self.start_timeout_s = start_timeout_s
         self.port = _free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()
-        deadline = time.time() + 30
+        deadline = time.time() + self.start_timeout_s
         while not self.server.started:
             if time.time() > deadline:
                 raise RuntimeError("server did not start")

@@ -169,6 +169,18 @@ def test_bad_inputs_are_4xx(guarded, media: dict[str, Path], tmp_path: Path) -> 
         ("/predict", {"content": b"raw bytes", "headers": {"content-type": "application/octet-stream"}}, 415,
          "unsupported"),
         ("/predict", {"files": {"file": ("big.mp4", b"\0" * 1_000_001)}}, 413, "too_large"),
+        # serve.max_crops (64) and serve.max_crop_side (1024): 413 before any scoring
+        ("/invocations", {"json": {"inputs": [[[[0, 0, 0]]]] * 65}}, 413, "too_large"),
+        ("/invocations", {"json": {"inputs": [[[[0, 0, 0]] * 1025]]}}, 413, "too_large"),
+        # a path list past serve.max_path_json_bytes (1.1 MB), refused while streaming, before max_paths is counted
+        ("/predict", {"json": {"paths": ["/x" * 2000] * 300}}, 413, "too_large"),
+        # part headers: at most 8 lines of at most 1024 bytes (python-multipart's per-part limits)
+        ("/predict", {"content": b"--x\r\n" + b"X-A: b\r\n" * 9 + b"Content-Disposition: form-data; name=\"file\"; "
+                      b"filename=\"f.png\"\r\n\r\nabc\r\n--x--\r\n",
+                      "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, "bad_request"),
+        ("/predict", {"content": b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\""
+                      + b"a" * 2000 + b".png\"\r\n\r\nabc\r\n--x--\r\n",
+                      "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, "bad_request"),
     ]
     for path, kw, status, reason in cases:
         resp = _post(url, path, **kw)
