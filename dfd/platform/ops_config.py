@@ -153,9 +153,10 @@ class ServeParams(_Section):
     # that are killed and restarted when a request overruns request_timeout_s; `thread`: in this process (a
     # debugger; cooperative cancel only, so a stuck decoder holds its slot).
     isolation: Literal["process", "thread"] = "process"
-    # Each worker's address-space limit (RLIMIT_AS): a worker importing torch and holding the tiny demo model maps
-    # ~3 GB of virtual memory, a large ensemble a few GB more; 16 GB leaves room for one 4K video's frames and
-    # stops a decoder bomb long before the host swaps. 0: no limit (sanitizers, CUDA, which map huge ranges).
+    # Each worker's address-space limit (RLIMIT_AS): a worker holding the test suite's tiny ensemble peaked at
+    # 4.4 GiB of virtual memory after scoring (torch's and OpenMP's reservations are most of it), a large ensemble
+    # maps a few GB more; 16 GiB leaves room for a 4K video's frames and stops a decoder bomb long before the host
+    # swaps. 0: no limit (sanitizers, CUDA, which map huge ranges).
     worker_memory_bytes: int = Field(16 * 2**30, ge=0)
     # JSON path lists carry names, never data: 256 paths of 4096 characters fit in 1.1 MB.
     max_path_json_bytes: int = Field(1_100_000, ge=1)

@@ -21,6 +21,7 @@ import logging
 import multiprocessing as mp
 import os
 import resource
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -112,6 +113,7 @@ def _never() -> None:
 
 
 def _worker_main(conn: Any, spec: ModelSpec, memory_bytes: int, threads: int) -> None:
+    os.setpgrp()  # its own process group: killing the worker kills the FFmpeg it may have started (check_frames)
     if memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     import torch
@@ -160,7 +162,10 @@ class _Worker:
         return self.conn.recv()
 
     def kill(self) -> None:
-        if self.proc.is_alive():
+        if self.proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and its children, e.g. an FFmpeg decode
+        if self.proc.is_alive():  # killed before it had its own group
             self.proc.kill()
         self.proc.join(10)  # the pipe closes with this object: an I/O thread may still be reading it
 
