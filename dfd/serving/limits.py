@@ -3,9 +3,11 @@
 - `receive_upload`: parses a multipart body as it arrives (python-multipart's streaming parser) and writes the
   `file` part straight to a private file, refusing with 413 the moment it passes `serve.max_upload_bytes`: chunked
   uploads (no Content-Length) included, nothing beyond the limit is ever held in memory or written to disk.
-- `receive_json`: the same for JSON bodies, capped at `serve.max_json_bytes`, parsed with depth bombs caught.
-- `ScoringSlots`: at most `serve.max_concurrent` scorings run; a request that times out sets a cancel flag its
-  scoring checks between frames, and its slot is freed only when that scoring has actually stopped.
+- `receive_json`: the same for JSON bodies, capped at `serve.max_json_bytes`, parsed off the event loop with depth
+  bombs caught.
+- `ScoringSlots` (`serve.isolation: thread`): at most `serve.max_concurrent` scorings run, a request waits at most
+  `serve.slot_wait_s` for one; a request that times out sets a cancel flag its scoring checks between frames, and
+  its slot is freed only when that scoring has actually stopped. (`workers.py` is the default: processes.)
 """
 
 from __future__ import annotations

@@ -134,12 +134,16 @@ def jpeg_scans(path: Path, stop_after: int) -> int:
     return count
 
 
+_DEMUXERS = {"mp4": "mov", "matroska": "matroska", "avi": "avi"}  # sniff_container's names -> FFmpeg's
+
+
 def check_frames(path: Path, max_pixels: int, timeout_s: float, memory_bytes: int = 0,
-                 check_cancel: Callable[[], None] | None = None) -> None:
+                 check_cancel: Callable[[], None] | None = None, container: str | None = None) -> None:
     """Decode every video frame in an FFmpeg process bounded by `-max_pixels`: the stream header is one frame's
     size, yet H.264 may switch resolution at a new SPS and VP9 per frame (and OpenCV rescales such frames to the
     first size without saying so). The FFmpeg binary parses the file in its own short-lived process, under
-    `memory_bytes` of address space, and is killed at `timeout_s` or when `check_cancel` raises.
+    `memory_bytes` of address space, with the demuxer of the sniffed `container` forced (no probing of others), and
+    is killed at `timeout_s` or when `check_cancel` raises.
 
     Raises:
         Refusal: A decoded frame over `max_pixels` (too_large), or the decode outlasted `timeout_s` (too_long).
@@ -150,8 +154,9 @@ def check_frames(path: Path, max_pixels: int, timeout_s: float, memory_bytes: in
         if memory_bytes:
             resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
+    forced = ["-f", _DEMUXERS[container]] if container in _DEMUXERS else []
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-max_pixels",
-           str(max_pixels), "-i", str(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-f", "null", "-"]
+           str(max_pixels), *forced, "-i", str(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-f", "null", "-"]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=limit)  # only setrlimit runs between fork and exec
     over = threading.Event()

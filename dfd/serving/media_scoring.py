@@ -67,10 +67,10 @@ def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams, kind
         if kind == "image":
             check_image(path, limits)
         else:
-            check_video(path, limits)
+            header = check_video(path, limits)
             # the header is one frame's size: every frame is decoded once, in a bounded FFmpeg process
             check_frames(path, limits.max_video_pixels, limits.request_timeout_s, limits.worker_memory_bytes,
-                         check_cancel)
+                         check_cancel, header.container)
     except Refusal as refused:
         res.reason, res.detail = refused.reason, refused.detail
         return [], res

@@ -5,9 +5,11 @@
 - `POST /invocations`: MLflow's scoring protocol for face crops (`{"inputs": [[[[r, g, b], ...]]]}` or `instances`).
 - `GET /health` (ok/degraded and the model version; no token needed), `GET /version` (name, version, alias, tags).
 
-With a token in `$serve.auth_token_env`, every route but /health needs `Authorization: Bearer <token>` (auth.py).
-Bodies are read as streams under the `serve:` limits, headers are checked before any decode, and a request that
-times out stops its scoring (limits.py, media_checks.py). Bad input gets a 4xx JSON error
+With tokens in `$serve.auth_token_env`/`$serve.auth_tokens_env`, every route but /health needs
+`Authorization: Bearer <token>`; without, only this machine is answered; clients are rate-limited (auth.py).
+Bodies are read as streams under the `serve:` limits (limits.py), path lists are opened once and copied
+(drop_folders.py), headers are checked before any decode (media_checks.py), and scoring runs in worker processes
+that are killed when a request overruns its timeout (workers.py). Bad input gets a 4xx JSON error
 `{"error", "reason", "detail"}` and the server keeps serving; a file without a face is a 200 with reason `no_face`.
 The model is swapped without a restart when the alias moves (see `ModelHolder`).
 """
@@ -79,7 +81,8 @@ def file_result(res: MediaResult, scorer: MediaScorer, model: LoadedModel) -> tu
     return 200, body
 
 
-# Called with each scored file's result and the version that scored it, in the scoring thread; returns the result.
+# Called with each scored file's result (crops included) and the version that scored it, in a thread of the server
+# process once the scoring (in a worker process or thread) has returned; returns the result.
 OnResult = Callable[[MediaResult, str | None], MediaResult]
 
 
