@@ -139,6 +139,37 @@ class ServeParams(_Section):
     # Served-traffic records (`monitor:`) never hold a file name or a client address unless this says so: names
     # can identify the people in the media.
     log_names: bool = False
+    # `POST /invocations`: a face crop is one row of the ensemble (~100 ms on a CPU core): 64 crops are a video's
+    # 32 sampled frames with two faces each. Crops are resized to each member's input (224-380 px): a side past
+    # 1024 px is memory, not detail.
+    max_crops: int = Field(64, ge=1)
+    max_crop_side: int = Field(1024, ge=1)
+    # A request that finds every scoring slot busy this long gets 503 with Retry-After, never an endless queue.
+    slot_wait_s: float = Field(30.0, gt=0)
+    # A progressive JPEG decodes once per scan: ~10 is usual, thousands is a CPU bomb that cv2.imread cannot stop.
+    # SOS markers are counted in the raw bytes before decoding (an EXIF thumbnail's count too: conservative).
+    max_jpeg_scans: int = Field(100, ge=1)
+    # `process`: decode and score in kept-alive worker processes (one per max_concurrent slot, one model copy each)
+    # that are killed and restarted when a request overruns request_timeout_s; `thread`: in this process (a
+    # debugger; cooperative cancel only, so a stuck decoder holds its slot).
+    isolation: Literal["process", "thread"] = "process"
+    # Each worker's address-space limit (RLIMIT_AS): a worker holding the test suite's tiny ensemble peaked at
+    # 4.4 GiB of virtual memory after scoring (torch's and OpenMP's reservations are most of it), a large ensemble
+    # maps a few GB more; 16 GiB leaves room for a 4K video's frames and stops a decoder bomb long before the host
+    # swaps. 0: no limit (sanitizers, CUDA, which map huge ranges).
+    worker_memory_bytes: int = Field(16 * 2**30, ge=0)
+    # JSON path lists carry names, never data: 256 paths of 4096 characters fit in 1.1 MB.
+    max_path_json_bytes: int = Field(1_100_000, ge=1)
+    # Files named by one path list are copied into the request's private folder before they are checked; together
+    # at most this many bytes (a path list of max_paths files of max_upload_bytes each would be 51 GB).
+    max_path_bytes: int = Field(400_000_000, ge=1)
+    # More tokens at once (comma-separated), so that one can be rotated without downtime: every token in either
+    # variable is accepted. The NAME of the variable, never its value.
+    auth_tokens_env: str = "DFD_SERVE_TOKENS"
+    # Requests a minute per client (its token when it sends one, else its address; /health excepted); more get
+    # 429 with Retry-After. Ten times what max_concurrent slots can score of single images, a bound on floods
+    # rather than on honest use. 0: off.
+    rate_limit_per_minute: int = Field(600, ge=0)
 
 
 class MonitorParams(_Section):

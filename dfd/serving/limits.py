@@ -3,9 +3,11 @@
 - `receive_upload`: parses a multipart body as it arrives (python-multipart's streaming parser) and writes the
   `file` part straight to a private file, refusing with 413 the moment it passes `serve.max_upload_bytes`: chunked
   uploads (no Content-Length) included, nothing beyond the limit is ever held in memory or written to disk.
-- `receive_json`: the same for JSON bodies, capped at `serve.max_json_bytes`, parsed with depth bombs caught.
-- `ScoringSlots`: at most `serve.max_concurrent` scorings run; a request that times out sets a cancel flag its
-  scoring checks between frames, and its slot is freed only when that scoring has actually stopped.
+- `receive_json`: the same for JSON bodies, capped at `serve.max_json_bytes`, parsed off the event loop with depth
+  bombs caught.
+- `ScoringSlots` (`serve.isolation: thread`): at most `serve.max_concurrent` scorings run, a request waits at most
+  `serve.slot_wait_s` for one; a request that times out sets a cancel flag its scoring checks between frames, and
+  its slot is freed only when that scoring has actually stopped. (`workers.py` is the default: processes.)
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from dfd.serving.media_scoring import upload_name
 T = TypeVar("T")
 FIELD_BYTES = 65_536  # all non-file form fields together: they carry a few words, never data
 MAX_PARTS = 16  # a form with the one `file` part and a few fields; thousands of parts is an attack
+# Per part: Content-Disposition and Content-Type are all a form needs; python-multipart (>= 0.0.34 checked) stops
+# a part with more header lines, or with one longer than a file name can make it, with a parse error.
+PART_HEADER_COUNT, PART_HEADER_BYTES = 8, 1024
 
 
 class BodyError(Exception):
@@ -42,6 +47,10 @@ class BodyError(Exception):
 
 class Cancelled(Exception):
     """Raised inside a scoring whose request timed out or whose client went away."""
+
+
+class SlotsBusy(Exception):
+    """Every scoring slot stayed busy for `serve.slot_wait_s`: the caller answers 503 with Retry-After."""
 
 
 def _too_large(limit: int, what: str) -> BodyError:
@@ -149,7 +158,8 @@ async def receive_upload(request: Request, folder: Path, limit: int) -> Upload:
     if not boundary or len(boundary) > 200:
         raise BodyError(400, "multipart body without a boundary", "bad_request", "send multipart/form-data")
     part = _FilePart(folder, limit)
-    parser = MultipartParser(boundary, part.callbacks())
+    parser = MultipartParser(boundary, part.callbacks(), max_header_count=PART_HEADER_COUNT,
+                             max_header_size=PART_HEADER_BYTES)
     received = 0
     try:
         async for chunk in request.stream():
@@ -170,7 +180,8 @@ async def receive_upload(request: Request, folder: Path, limit: int) -> Upload:
 
 
 async def receive_json(request: Request, limit: int) -> Any:
-    """A JSON body of at most `limit` bytes, parsed.
+    """A JSON body of at most `limit` bytes, parsed in a worker thread (a 32 MB parse blocks for a second: never
+    on the event loop, where it would stall /health and every upload being received).
 
     Raises:
         BodyError: 413 over the limit (declared or counted, before more than `limit` is held), 400 not JSON.
@@ -186,7 +197,7 @@ async def receive_json(request: Request, limit: int) -> Any:
     except ClientDisconnect:
         raise BodyError(400, "the client went away mid-request", "bad_request") from None
     try:
-        return json.loads(body)
+        return await asyncio.to_thread(json.loads, body)
     except (ValueError, RecursionError) as exc:  # RecursionError: `[[[[...]]]]` nested past Python's stack
         raise BodyError(400, "the body is not valid JSON", "bad_request", f"{type(exc).__name__}: {exc}"[:200]
                         ) from None
@@ -204,8 +215,8 @@ class ScoringSlots:
         timeout_s: `serve.request_timeout_s`, counted from the moment a slot is free.
     """
 
-    def __init__(self, n: int, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
+    def __init__(self, n: int, timeout_s: float, wait_s: float = float("inf")) -> None:
+        self.timeout_s, self.wait_s = timeout_s, wait_s
         self._slots = asyncio.Semaphore(n)
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="dfd-score")  # never more threads than slots
         self._lock = threading.Lock()
@@ -230,9 +241,13 @@ class ScoringSlots:
         """`fn(check_cancel)` in a worker thread within the timeout.
 
         Raises:
+            SlotsBusy: No slot came free within `wait_s`.
             TimeoutError: Past `timeout_s`; the scoring is told to stop and keeps its slot until it has.
         """
-        await self._slots.acquire()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.wait_s if self.wait_s < float("inf") else None)
+        except TimeoutError:
+            raise SlotsBusy from None
         cancel = threading.Event()
         try:
             future: Future[T] = self._pool.submit(self._run, fn, cancel)

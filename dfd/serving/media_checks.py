@@ -8,7 +8,13 @@ header OpenCV reports for the codec and frame size (before any frame is read).
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import subprocess
+import threading
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +32,8 @@ _CODECS = {
     "vp80": "vp8", **dict.fromkeys(("vp90", "vp09"), "vp9"), **dict.fromkeys(("av01", "av1 "), "av1"),
     **dict.fromkeys(("mjpg", "mjpa", "mjpb", "jpeg", "avrn"), "mjpeg"),
 }
+_SOS = b"\xff\xda"  # JPEG start-of-scan marker: one per scan (entropy-coded data stuffs every 0xFF with 0x00)
+_TOO_MANY_PIXELS = b"exceeds specified max pixel count"  # FFmpeg's words when a decoded frame passes -max_pixels
 _QUICKTIME_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
 
 
@@ -107,7 +115,81 @@ def check_image(path: Path, limits: ServeParams) -> tuple[int, int]:
         raise Refusal("unsupported", f"image format {fmt} is not in serve.image_formats")
     if w * h > limits.max_image_pixels:
         raise Refusal("too_large", f"{w}x{h} pixels; limit serve.max_image_pixels={limits.max_image_pixels}")
+    if fmt == "jpeg" and (scans := jpeg_scans(path, limits.max_jpeg_scans)) > limits.max_jpeg_scans:
+        raise Refusal("too_large", f"over {limits.max_jpeg_scans} JPEG scans (found {scans} so far); limit "
+                                   "serve.max_jpeg_scans")
     return w, h
+
+
+def jpeg_scans(path: Path, stop_after: int) -> int:
+    """SOS markers in a JPEG file's bytes (read in chunks, never decoded), counting up to `stop_after` + 1."""
+    count, tail = 0, b""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            data = tail + chunk
+            count += data.count(_SOS) - tail.count(_SOS)
+            if count > stop_after:
+                break
+            tail = data[-1:]
+    return count
+
+
+_DEMUXERS = {"mp4": "mov", "matroska": "matroska", "avi": "avi"}  # sniff_container's names -> FFmpeg's
+
+
+def check_frames(path: Path, max_pixels: int, timeout_s: float, memory_bytes: int = 0,
+                 check_cancel: Callable[[], None] | None = None, container: str | None = None) -> None:
+    """Decode every video frame in an FFmpeg process bounded by `-max_pixels`: the stream header is one frame's
+    size, yet H.264 may switch resolution at a new SPS and VP9 per frame (and OpenCV rescales such frames to the
+    first size without saying so). The FFmpeg binary parses the file in its own short-lived process, under
+    `memory_bytes` of address space, with the demuxer of the sniffed `container` forced (no probing of others), and
+    is killed at `timeout_s` or when `check_cancel` raises.
+
+    Raises:
+        Refusal: A decoded frame over `max_pixels` (too_large), or the decode outlasted `timeout_s` (too_long).
+    """
+    import imageio_ffmpeg
+
+    def limit() -> None:  # in the child, before exec: FFmpeg never maps more than this
+        if memory_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+    forced = ["-f", _DEMUXERS[container]] if container in _DEMUXERS else []
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-max_pixels",
+           str(max_pixels), *forced, "-i", str(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-f", "null", "-"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=limit)  # only setrlimit runs between fork and exec
+    over = threading.Event()
+
+    def watch() -> None:  # FFmpeg writes a line per error and goes on: stop it at the first frame too large
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if _TOO_MANY_PIXELS in line:
+                over.set()
+                proc.kill()
+                break
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while proc.poll() is None and not over.is_set():
+            if check_cancel is not None:
+                check_cancel()
+            if time.monotonic() > deadline:
+                raise Refusal("too_long", f"decoding every frame took over {timeout_s:.0f} s")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        reader.join(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    if over.is_set():
+        raise Refusal("too_large", f"a decoded frame is over serve.max_video_pixels={max_pixels} pixels (the "
+                                   "stream changes resolution after its header)")
 
 
 def check_video(path: Path, limits: ServeParams) -> VideoHeader:

@@ -19,12 +19,13 @@ from dfd.data.face_extract import face_crops
 from dfd.data.media import IMAGE_EXTS, VIDEO_EXTS, media_kind, read_rgb, sample_video_frames
 from dfd.evaluation.aggregate import aggregate
 from dfd.platform.config import AggregationParams, ServeParams
-from dfd.serving.media_checks import Refusal, check_image, check_video, image_header
+from dfd.serving.media_checks import Refusal, check_frames, check_image, check_video, image_header
 
 # Why a file has no score. `unsupported`: neither an image nor a video; `unreadable`: does not decode;
 # `truncated`: the video ends before its header says; `too_long`: over the serve length limits; `too_large`: over
 # the pixel limits; `no_face`: nothing detected.
 REASONS = ("unsupported", "unreadable", "truncated", "too_long", "too_large", "no_face", "empty")
+CROP_CHUNK = 16  # crops scored between two cancel checks (the members batch them by 4 on CPU)
 RESULT_COLUMNS = ["path", "p_fake", "label", "frames", "faces", "reason", "detail"]
 
 
@@ -66,7 +67,10 @@ def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams, kind
         if kind == "image":
             check_image(path, limits)
         else:
-            check_video(path, limits)
+            header = check_video(path, limits)
+            # the header is one frame's size: every frame is decoded once, in a bounded FFmpeg process
+            check_frames(path, limits.max_video_pixels, limits.request_timeout_s, limits.worker_memory_bytes,
+                         check_cancel, header.container)
     except Refusal as refused:
         res.reason, res.detail = refused.reason, refused.detail
         return [], res
@@ -132,9 +136,13 @@ class MediaScorer:
         """Score the extracted face crops and aggregate them into `res` (unchanged when it has a reason)."""
         if res.reason:
             return res
-        if check_cancel is not None:
-            check_cancel()
-        scores = np.asarray(self.predictor(np.stack([f["crop"] for f in found]).astype(np.uint8)), dtype=float)
+        crops = np.stack([f["crop"] for f in found]).astype(np.uint8)
+        parts = []
+        for i in range(0, len(crops), CROP_CHUNK):  # a cancel check between chunks: a video may have many faces
+            if check_cancel is not None:
+                check_cancel()
+            parts.append(np.asarray(self.predictor(crops[i:i + CROP_CHUNK]), dtype=float))
+        scores = np.concatenate(parts)
         for f, s in zip(found, scores, strict=True):
             f["p_fake"] = float(s)
         # Every crop is one row, as in `video_scores` (evaluation): the same rule over the same rows.

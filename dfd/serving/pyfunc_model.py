@@ -20,6 +20,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+
+PATH_ROOTS_ENV = "DFD_PATH_ROOTS"  # the folders the `path` input may read, os.pathsep-separated
 
 
 class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
@@ -57,17 +61,58 @@ class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
 
     def predict_media(self, frame: pd.DataFrame, aggregate: str | None = None) -> pd.DataFrame:
         """One result row per input row: files by `path`, or bytes by `content` (named by `name` when given), with
-        the frames aggregated by `aggregate` (or the row's `aggregate` column; default: the model's rule)."""
-        from dfd.serving.media_scoring import RESULT_COLUMNS, MediaResult
+        the frames aggregated by `aggregate` (or the row's `aggregate` column; default: the model's rule).
 
+        `path` rows are read only under the folders in `$DFD_PATH_ROOTS` (else the scorer's `serve.path_roots`),
+        each opened once and copied before it is checked, as `dfd serve` reads a path list: `mlflow models serve`
+        would otherwise read any file on its machine for any client.
+        """
         if self.scorer is None:
             raise ValueError("this model version was registered without its faces params: it scores crops only")
+        records = frame.to_dict("records")
+        with tempfile.TemporaryDirectory(prefix="dfd-paths-") as tmp:
+            copies = self._copy_paths([r["path"] for r in records if isinstance(r.get("path"), str | Path)],
+                                      Path(tmp))
+            return self._score_records(records, copies, aggregate)
+
+    def _copy_paths(self, paths: list[str | Path], folder: Path) -> dict[str, Any]:
+        """The `path` rows' files opened once under the allowed roots and copied into `folder` (as `dfd serve`
+        reads a path list): client name -> private copy, or the result that refused it.
+
+        Raises:
+            ValueError: Paths without roots to read them under, or a path outside them.
+        """
+        from dfd.serving.drop_folders import copy_in, outside
+        from dfd.serving.limits import BodyError
+
+        if not paths:
+            return {}
+        env = os.environ.get(PATH_ROOTS_ENV, "")
+        roots = [Path(r).resolve() for r in (env.split(os.pathsep) if env else self.scorer.limits.path_roots) if r]
+        if not roots:
+            raise ValueError(f"the `path` input reads files only under the folders in ${PATH_ROOTS_ENV} "
+                             "(separated by ':'), which is unset: set it, or send the files' bytes as `content`")
+        names = [str(p) for p in paths]
+        try:
+            if far := outside(names, roots):
+                raise ValueError(f"paths outside ${PATH_ROOTS_ENV}: {', '.join(far[:5])[:500]}")
+            limits = self.scorer.limits
+            return dict(copy_in(names, roots, folder, limits.max_upload_bytes, limits.max_path_bytes))
+        except BodyError as exc:
+            raise ValueError(f"{exc.error}: {exc.detail}") from None
+
+    def _score_records(self, records: list[dict[str, Any]], copies: dict[str, Any], aggregate: str | None,
+                       ) -> pd.DataFrame:
+        from dfd.serving.media_scoring import RESULT_COLUMNS, MediaResult
+
         rows = []
-        for i, rec in enumerate(frame.to_dict("records")):
+        for i, rec in enumerate(records):
             # An `aggregate` column overrides per row: MLflow drops `params` for a model without a signature.
             method = rec["aggregate"] if isinstance(rec.get("aggregate"), str) else aggregate
             if isinstance(rec.get("path"), str | Path):
-                res = self.scorer.score_path(Path(rec["path"]), method)
+                name = str(rec["path"])
+                copy = copies[name]
+                res = self.scorer.score_upload(copy, name, method) if isinstance(copy, Path) else copy
             else:
                 name = str(rec.get("name") or f"row{i}")
                 try:

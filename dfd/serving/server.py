@@ -5,9 +5,11 @@
 - `POST /invocations`: MLflow's scoring protocol for face crops (`{"inputs": [[[[r, g, b], ...]]]}` or `instances`).
 - `GET /health` (ok/degraded and the model version; no token needed), `GET /version` (name, version, alias, tags).
 
-With a token in `$serve.auth_token_env`, every route but /health needs `Authorization: Bearer <token>` (auth.py).
-Bodies are read as streams under the `serve:` limits, headers are checked before any decode, and a request that
-times out stops its scoring (limits.py, media_checks.py). Bad input gets a 4xx JSON error
+With tokens in `$serve.auth_token_env`/`$serve.auth_tokens_env`, every route but /health needs
+`Authorization: Bearer <token>`; without, only this machine is answered; clients are rate-limited (auth.py).
+Bodies are read as streams under the `serve:` limits (limits.py), path lists are opened once and copied
+(drop_folders.py), headers are checked before any decode (media_checks.py), and scoring runs in worker processes
+that are killed when a request overruns its timeout (workers.py). Bad input gets a 4xx JSON error
 `{"error", "reason", "detail"}` and the server keeps serving; a file without a face is a 200 with reason `no_face`.
 The model is swapped without a restart when the alias moves (see `ModelHolder`).
 """
@@ -17,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -31,10 +32,18 @@ from fastapi.responses import JSONResponse
 
 from dfd.evaluation.aggregate import list_aggregations
 from dfd.platform.config import ServeParams
-from dfd.serving.auth import BearerAuth, check_exposure, token_from_env
-from dfd.serving.limits import BodyError, ScoringSlots, receive_json, receive_upload
+from dfd.serving import drop_folders
+from dfd.serving import workers as jobs
+from dfd.serving.auth import Gate, check_exposure, tokens_from_env
+from dfd.serving.holder import ModelHolder
+from dfd.serving.limits import BodyError, ScoringSlots, SlotsBusy, receive_json, receive_upload
 from dfd.serving.media_scoring import MediaResult, MediaScorer
-from dfd.serving.registry_model import LoadedModel, load, resolve_version
+from dfd.serving.payloads import parse_crops, parse_paths
+from dfd.serving.registry_model import LoadedModel, load
+from dfd.serving.workers import ModelSpec, WorkerFailed, WorkerPool
+
+__all__ = ["ModelHolder", "create_app", "file_result", "parse_crops", "parse_paths", "serve"]
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -42,66 +51,15 @@ log = logging.getLogger(__name__)
 STATUS = {"unsupported": 415, "empty": 400, "unreadable": 422, "truncated": 422, "too_long": 413, "too_large": 413}
 
 
-class ModelHolder:
-    """The model being served, and a poller that swaps in the version the alias points at.
-
-    A request takes `holder.current` once and scores with it to the end, so a swap (one reference assignment, atomic
-    under the GIL) never changes the model under a running request; the old model is freed when the last such
-    request returns.
-
-    Args:
-        uri: What to serve (`models:/name@alias` is polled; a version or a folder is fixed).
-        tracking_uri: The registry.
-        loader: Loads a URI (injectable for tests of the swap logic; the server uses `registry_model.load`).
-    """
-
-    def __init__(self, uri: str, tracking_uri: str, loader: Callable[[str, str], LoadedModel] = load) -> None:
-        self.uri, self.tracking_uri, self.loader = uri, tracking_uri, loader
-        self.current = loader(uri, tracking_uri)
-        self.swaps = 0
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def check_once(self) -> bool:
-        """Load and swap in the alias's version when it moved; True when a swap happened."""
-        if self.current.alias is None:
-            return False
-        try:
-            _, version, _, _ = resolve_version(self.uri, self.tracking_uri)
-            if version == self.current.version:
-                return False
-            fresh = self.loader(self.uri, self.tracking_uri)  # loaded beside the old one, which keeps serving
-        except Exception as exc:  # keep serving the old model; say why on /health
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("model refresh failed, still serving version %s: %s", self.current.version, self.last_error)
-            return False
-        log.info("alias moved: swapping version %s for %s", self.current.version, fresh.version)
-        self.current, self.last_error = fresh, None
-        self.swaps += 1
-        return True
-
-    def start(self, interval_s: float) -> None:
-        if interval_s <= 0 or self.current.alias is None:
-            return
-
-        def poll() -> None:
-            while not self._stop.wait(interval_s):
-                self.check_once()
-
-        self._thread = threading.Thread(target=poll, name="model-poller", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def _error(status: int, error: str, reason: str, detail: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "reason": reason, "detail": detail}, status_code=status)
+def _error(status: int, error: str, reason: str, detail: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "reason": reason, "detail": detail}, status_code=status, headers=headers)
 
 
 def _refused(exc: BodyError) -> JSONResponse:
-    return _error(exc.status, exc.error, exc.reason, exc.detail)
+    # Connection: close, so that uvicorn closes the socket instead of reading (and discarding) the rest of a
+    # refused body to keep the connection alive: measured, it read all 30 MB of a body refused at 1 MB.
+    return _error(exc.status, exc.error, exc.reason, exc.detail, {"Connection": "close"})
 
 
 def _aggregation_error(aggregate: Any) -> JSONResponse | None:
@@ -115,10 +73,6 @@ def _crops_only() -> JSONResponse:
     return _error(409, "the served model has no faces params: it scores crops only", "crops_only")
 
 
-def _timed_out(cfg: ServeParams) -> JSONResponse:
-    return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
-
-
 def file_result(res: MediaResult, scorer: MediaScorer, model: LoadedModel) -> tuple[int, dict[str, Any]]:
     """The one place a scored file becomes an answer: (HTTP status, body), for an upload or a path-list row."""
     body = {**res.row(), "threshold": scorer.threshold, "model_version": model.version}
@@ -127,49 +81,8 @@ def file_result(res: MediaResult, scorer: MediaScorer, model: LoadedModel) -> tu
     return 200, body
 
 
-def parse_crops(payload: Any) -> np.ndarray:
-    """MLflow scoring JSON to RGB uint8 crops (N, H, W, 3).
-
-    Raises:
-        BodyError: 400 for a wrong shape or type (floats must be whole numbers), 422 for values outside 0..255.
-    """
-    rows = payload.get("inputs", payload.get("instances")) if isinstance(payload, dict) else None
-    expected = 'expected {"inputs": RGB uint8 crops (N, H, W, 3)}'
-    if rows is None:
-        raise BodyError(400, "body is not MLflow scoring JSON with crops", "bad_request", expected)
-    try:
-        arr = np.asarray(rows)
-    except (ValueError, TypeError, OverflowError) as exc:  # ragged nesting, mixed types
-        raise BodyError(400, "crops are not a regular array", "bad_request", str(exc)[:200]) from None
-    if arr.ndim != 4 or arr.shape[-1] != 3 or 0 in arr.shape:
-        raise BodyError(400, expected, "bad_request", f"got shape {list(arr.shape)}")
-    whole = arr.dtype.kind == "f" and bool(np.isfinite(arr).all() and (arr == np.round(arr)).all())
-    if arr.dtype.kind not in "iu" and not whole:
-        raise BodyError(400, "pixel values must be whole numbers 0..255", "bad_request", f"got dtype {arr.dtype}")
-    if arr.min() < 0 or arr.max() > 255:
-        raise BodyError(422, "pixel values outside 0..255", "out_of_range",
-                        f"min {arr.min():g}, max {arr.max():g}")
-    return arr.astype(np.uint8)
-
-
-def parse_paths(payload: Any, max_paths: int) -> tuple[list[str], Any]:
-    """`{"paths": [...], "aggregate": ...}` checked: (paths, aggregate).
-
-    Raises:
-        BodyError: 400 for a wrong shape, an empty, overlong or NUL-carrying path; 413 past `max_paths`.
-    """
-    paths = payload.get("paths") if isinstance(payload, dict) else None
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
-        raise BodyError(400, 'expected JSON {"paths": ["/path/to/file", ...]}', "bad_request",
-                        "`paths` must be a non-empty list of non-empty strings")
-    if len(paths) > max_paths:
-        raise BodyError(413, "too many paths", "too_large", f"{len(paths)}; limit serve.max_paths={max_paths}")
-    if any("\0" in p or len(p) > 4096 for p in paths):
-        raise BodyError(400, "a path holds a NUL byte or is over 4096 characters", "bad_request")
-    return paths, payload.get("aggregate")
-
-
-# Called with each scored file's result and the version that scored it, in the scoring thread; returns the result.
+# Called with each scored file's result (crops included) and the version that scored it, in a thread of the server
+# process once the scoring (in a worker process or thread) has returned; returns the result.
 OnResult = Callable[[MediaResult, str | None], MediaResult]
 
 
@@ -177,27 +90,60 @@ def _unobserved(res: MediaResult, version: str | None) -> MediaResult:
     return res
 
 
-def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None,
-               on_result: OnResult | None = None) -> FastAPI:
+def create_app(holder: ModelHolder, cfg: ServeParams, token: str | list[str] | None = None,
+               on_result: OnResult | None = None, insecure: bool = False,
+               before_open: Callable[[Path], None] | None = None) -> FastAPI:
     """The HTTP app over `holder`'s current model.
 
-    With `token`, every route but /health needs it; `on_result` sees every scored file (the traffic log's hook).
+    Args:
+        holder: The model (and its alias poller).
+        cfg: `serve:` params; `cfg.isolation` picks worker processes (started with the app) or threads.
+        token: Accepted bearer token(s); none: a server for this machine only (loopback Host, no proxy headers).
+        on_result: Sees every scored file (the traffic log's hook), in a thread of this process.
+        insecure: Without a token, answer any Host (`--insecure`).
+        before_open: Called with each path-list file just before it is opened (tests pause there to swap it).
     """
     seen = on_result or _unobserved
-    slots = ScoringSlots(cfg.max_concurrent, cfg.request_timeout_s)
-    # Uploads being received at once: each may hold up to max_upload_bytes on disk, so this bounds the disk too.
+    tokens = [token] if isinstance(token, str) else list(token or [])
+    slots = ScoringSlots(cfg.max_concurrent, cfg.request_timeout_s, cfg.slot_wait_s)
+    pool = (WorkerPool(cfg.max_concurrent, ModelSpec.of(holder.current, holder.tracking_uri, cfg), cfg)
+            if cfg.isolation == "process" else None)
+    # Bodies being received (uploads, JSON, path-list copies) at once: each may hold its limit on disk or in memory.
     receiving = asyncio.Semaphore(2 * cfg.max_concurrent)
     roots = [Path(r).resolve() for r in cfg.path_roots]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        slots.shutdown()
+        if pool is not None:
+            await pool.start()
+        try:
+            yield
+        finally:
+            slots.shutdown()
+            if pool is not None:
+                pool.shutdown()
 
     app = FastAPI(title="dfd deepfake detector", version="1", lifespan=lifespan)
-    app.state.slots = slots
-    if token:
-        app.add_middleware(BearerAuth, token=token)
+    app.state.slots, app.state.pool = slots, pool
+    app.add_middleware(Gate, tokens=tokens, local_only=not insecure, rate_per_minute=cfg.rate_limit_per_minute)
+
+    async def run(model: LoadedModel, job: Callable[..., T]) -> T:
+        """`job(model, check)` in a worker process, or in a thread of this process (`isolation: thread`)."""
+        if pool is not None:
+            return await pool.run(job, ModelSpec.of(model, holder.tracking_uri, cfg))
+        return await slots.run(lambda check: job(model, check))
+
+    async def scored(model: LoadedModel, job: Callable[..., T]) -> T | JSONResponse:
+        """The job's result, or the answer that says why there is none (busy, timed out, over a limit)."""
+        try:
+            return await run(model, job)
+        except SlotsBusy:
+            return _error(503, "every scoring slot is busy", "busy", f"waited {cfg.slot_wait_s} s",
+                          {"Retry-After": str(max(1, round(cfg.slot_wait_s)))})
+        except TimeoutError:
+            return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
+        except WorkerFailed as exc:
+            return _error(413 if exc.reason == "too_large" else 500, "scoring failed", exc.reason, exc.detail)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -227,6 +173,15 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None,
     async def version() -> dict[str, Any]:
         return {**holder.current.info(), "swaps": holder.swaps}
 
+    async def receive(request: Request, limit: int) -> Any:
+        """A JSON body within `limit`, the receive timeout and the receiving slots (as an upload)."""
+        async with receiving:
+            try:
+                return await asyncio.wait_for(receive_json(request, limit), cfg.request_timeout_s)
+            except TimeoutError:
+                raise BodyError(408, "body too slow", "timeout", f"not received in {cfg.request_timeout_s} s"
+                                ) from None
+
     @app.post("/predict")
     async def predict(request: Request, aggregate: str | None = None) -> Any:
         ctype = request.headers.get("content-type", "").lower()
@@ -241,6 +196,7 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None,
         scorer = model.python_model.scorer
         if scorer is None:
             return _crops_only()
+        # The receiving slot is held until scored: it bounds the uploads on disk, waiting ones included.
         async with receiving:
             with tempfile.TemporaryDirectory(prefix="dfd-upload-") as tmp:
                 try:
@@ -249,17 +205,13 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None,
                 except BodyError as exc:
                     return _refused(exc)
                 except TimeoutError:
-                    return _error(408, "upload too slow", "timeout", f"not received in {cfg.request_timeout_s} s")
-
-                def score(check: Callable[[], None]) -> MediaResult:
-                    # this server's limits; the result goes by the traffic log in this (the scoring) thread
-                    return seen(scorer.score_upload(up.path, up.filename, aggregate, check, cfg), model.version)
-
-                try:
-                    res = await slots.run(score)
-                except TimeoutError:
-                    return _timed_out(cfg)
-        status, body = file_result(res, scorer, model)
+                    return _error(408, "upload too slow", "timeout", f"not received in {cfg.request_timeout_s} s",
+                                  {"Connection": "close"})
+                res = await scored(model, partial(jobs.score_upload, path=up.path, name=up.filename,
+                                                  aggregate=aggregate, cfg=cfg))
+        if isinstance(res, JSONResponse):
+            return res
+        status, body = file_result(await asyncio.to_thread(seen, res, model.version), scorer, model)
         return JSONResponse(body, status_code=status)
 
     async def predict_paths(request: Request) -> Any:
@@ -268,47 +220,44 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | None = None,
             return _error(403, "path lists are off on this server", "forbidden",
                           "upload the file, or list the folders it may read in serve.path_roots")
         try:
-            paths, aggregate = parse_paths(await receive_json(request, cfg.max_json_bytes), cfg.max_paths)
-            resolved = [Path(p).resolve() for p in paths]  # symlinks and `..` resolved before the check
+            paths, aggregate = parse_paths(await receive(request, cfg.max_path_json_bytes), cfg.max_paths)
+            if (bad := _aggregation_error(aggregate)) is not None:
+                return bad
+            if far := await asyncio.to_thread(drop_folders.outside, paths, roots):
+                return _error(403, "paths outside serve.path_roots", "forbidden", ", ".join(far[:5])[:500])
         except BodyError as exc:
             return _refused(exc)
-        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, an unreadable folder on the way
-            return _error(400, "a path does not resolve", "bad_request", type(exc).__name__)
-        if (bad := _aggregation_error(aggregate)) is not None:
-            return bad
-        outside = [p for p, r in zip(paths, resolved, strict=True) if not any(r.is_relative_to(o) for o in roots)]
-        if outside:
-            return _error(403, "paths outside serve.path_roots", "forbidden", ", ".join(outside[:5])[:500])
         model = holder.current
         scorer = model.python_model.scorer
         if scorer is None:
             return _crops_only()
-
-        def score_all(check: Callable[[], None]) -> list[tuple[str, MediaResult]]:
-            out = []
-            for p, r in zip(paths, resolved, strict=True):
-                check()  # between files too
-                out.append((p, seen(scorer.score_path(r, aggregate, check, cfg), model.version)))
-            return out
-
-        try:
-            results = await slots.run(score_all)
-        except TimeoutError:
-            return _timed_out(cfg)
-        rows = [file_result(res, scorer, model)[1] | {"path": p} for p, res in results]
+        # The copies are bodies too (up to max_path_bytes on disk): held in a receiving slot until scored.
+        async with receiving:
+            with tempfile.TemporaryDirectory(prefix="dfd-paths-") as tmp:
+                try:
+                    files = await asyncio.to_thread(drop_folders.copy_in, paths, roots, Path(tmp),
+                                                    cfg.max_upload_bytes, cfg.max_path_bytes, before_open)
+                except BodyError as exc:
+                    return _refused(exc)
+                results = await scored(model, partial(jobs.score_paths, files=files, aggregate=aggregate,
+                                                      cfg=cfg))
+        if isinstance(results, JSONResponse):
+            return results
+        results = [await asyncio.to_thread(seen, res, model.version) for res in results]
+        rows = [file_result(res, scorer, model)[1] | {"path": p} for p, res in zip(paths, results, strict=True)]
         return {"results": rows, "threshold": scorer.threshold, "model_version": model.version}
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Any:
         try:
-            crops = parse_crops(await receive_json(request, cfg.max_json_bytes))
+            payload = await receive(request, cfg.max_json_bytes)
+            crops = await asyncio.to_thread(parse_crops, payload, cfg.max_crops, cfg.max_crop_side)
         except BodyError as exc:
             return _refused(exc)
         model = holder.current
-        try:
-            scores = await slots.run(lambda check: model.pyfunc.predict(crops))
-        except TimeoutError:
-            return _timed_out(cfg)
+        scores = await scored(model, partial(jobs.predict_crops, crops=crops))
+        if isinstance(scores, JSONResponse):
+            return scores
         return {"predictions": np.asarray(scores, dtype=float).tolist()}
 
     return app
@@ -318,22 +267,24 @@ def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1"
           insecure: bool = False, on_result: OnResult | None = None) -> None:
     """Check the exposure rules, load the model, start the alias poller, and serve until interrupted.
 
-    `on_result` sees every scored file (the traffic log's hook).
+    `on_result` sees every scored file (the traffic log's hook). uvicorn's access log is off: it would record
+    every client's address and path (the traffic log records what a team needs, without them).
 
     Raises:
-        DfdError: A non-loopback `host` without a token in `$cfg.auth_token_env` (unless `insecure`), or a short
-            token: before anything is loaded.
+        DfdError: A non-loopback `host` without a token in `$cfg.auth_token_env` or `$cfg.auth_tokens_env`
+            (unless `insecure`), or a short token: before anything is loaded.
     """
     import uvicorn
 
-    token = token_from_env(cfg.auth_token_env)
-    check_exposure(host, token, insecure, cfg.auth_token_env)
+    tokens = tokens_from_env(cfg.auth_token_env, cfg.auth_tokens_env)
+    check_exposure(host, tokens[0] if tokens else None, insecure, cfg.auth_token_env)
     holder = ModelHolder(uri, tracking_uri, partial(load, precision=cfg.precision,
                                                    max_precision_error=cfg.max_precision_error))
     holder.start(cfg.poll_interval_s)
     log.info("serving %s (version %s) on http://%s:%d, %s", uri, holder.current.version, host, port,
-             f"token from ${cfg.auth_token_env}" if token else "no token")
+             f"{len(tokens)} token(s)" if tokens else "no token: this machine only")
     try:
-        uvicorn.run(create_app(holder, cfg, token, on_result), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(holder, cfg, tokens, on_result, insecure=insecure), host=host, port=port,
+                    log_level="info", access_log=False)
     finally:
         holder.stop()

@@ -25,6 +25,7 @@ def test_mlflow_models_serve(registered, loaded, media: dict[str, Path], tmp_pat
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent))
     # MLflow execs `uvicorn` by name: the venv's bin on PATH, as in an activated venv.
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered.tracking_uri, "OMP_NUM_THREADS": "1",
+           "DFD_PATH_ROOTS": str(media["face"].parent),
            "PATH": f"{Path(mlflow_bin).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", registered.uri, "--env-manager", "local",

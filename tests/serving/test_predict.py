@@ -14,9 +14,17 @@ from dfd.cli import main
 from dfd.platform.config import AggregationParams
 
 
-def test_pyfunc_scores_media_paths_and_bytes(loaded, media: dict[str, Path]) -> None:
-    """`mlflow.pyfunc.load_model(uri).predict(DataFrame)`, MLflow's own entry point, takes media as well as crops."""
+def test_pyfunc_scores_media_paths_and_bytes(loaded, media: dict[str, Path], monkeypatch, tmp_path: Path) -> None:
+    """`mlflow.pyfunc.load_model(uri).predict(DataFrame)`, MLflow's own entry point, takes media as well as crops;
+    its `path` input reads only under $DFD_PATH_ROOTS."""
     model = loaded.python_model
+    monkeypatch.delenv("DFD_PATH_ROOTS", raising=False)
+    with pytest.raises(ValueError, match="DFD_PATH_ROOTS"):  # no roots: the `path` input is off
+        loaded.pyfunc.predict(pd.DataFrame({"path": [str(media["face"])]}))
+    monkeypatch.setenv("DFD_PATH_ROOTS", str(tmp_path))
+    with pytest.raises(ValueError, match="outside"):
+        loaded.pyfunc.predict(pd.DataFrame({"path": [str(media["face"])]}))
+    monkeypatch.setenv("DFD_PATH_ROOTS", str(media["face"].parent))
     paths = [media["face"], media["real"], media["noface"], media["notes"], media["truncated"]]
     out = loaded.pyfunc.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
     by = out.set_index("path")
@@ -96,6 +104,7 @@ def test_confident_rule_changes_video_score(loaded, media: dict[str, Path]) -> N
 def test_cli_predict_matches_registry_model(loaded, registered, media: dict[str, Path], tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
     monkeypatch.chdir(registered.root)
+    monkeypatch.setenv("DFD_PATH_ROOTS", str(media["face"].parent))  # for the pyfunc's `path` input below
     (tmp_path / "in" / "sub").mkdir(parents=True)
     for name in ("face", "real", "fake"):
         (tmp_path / "in" / "sub" / media[name].name).write_bytes(media[name].read_bytes())
@@ -135,8 +144,9 @@ def test_cli_predict_matches_registry_model(loaded, registered, media: dict[str,
     assert main(["predict", str(tmp_path / "missing.mp4"), "--model", registered.uri]) == 2
 
 
-def test_ffpp_sample_scores(loaded, ffpp_sample: Path, tmp_path: Path) -> None:
+def test_ffpp_sample_scores(loaded, ffpp_sample: Path, tmp_path: Path, monkeypatch) -> None:
     videos = sorted(ffpp_sample.rglob("*.mp4"))[:2]
+    monkeypatch.setenv("DFD_PATH_ROOTS", str(ffpp_sample))
     out = loaded.python_model.predict(None, pd.DataFrame({"path": [str(v) for v in videos]}))
     assert len(out) == len(videos)
     scored = out[out["reason"].isna()]

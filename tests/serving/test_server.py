@@ -26,16 +26,17 @@ def _free_port() -> int:
 class _Server:
     """uvicorn on a free loopback port, in a thread of this process."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, start_timeout_s: float = 30.0) -> None:  # longer for worker processes to load
         import uvicorn
 
+        self.start_timeout_s = start_timeout_s
         self.port = _free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()
-        deadline = time.time() + 30
+        deadline = time.time() + self.start_timeout_s
         while not self.server.started:
             if time.time() > deadline:
                 raise RuntimeError("server did not start")
@@ -50,7 +51,7 @@ class _Server:
 @pytest.fixture(scope="module")
 def server(registered, loaded) -> Iterator[tuple[str, ModelHolder]]:
     holder = ModelHolder(registered.uri, registered.tracking_uri, loader=lambda u, t: loaded)
-    cfg = ServeParams(max_upload_bytes=2_000_000, poll_interval_s=0)
+    cfg = ServeParams(max_upload_bytes=2_000_000, poll_interval_s=0, isolation="thread")
     with _Server(create_app(holder, cfg)) as url:
         yield url, holder
 
@@ -112,7 +113,7 @@ def test_path_list_only_under_path_roots(registered, loaded, media: dict[str, Pa
     outside = tmp_path / "outside.png"
     shutil.copy(media["face"], outside)
     root = media["face"].parent
-    with _Server(create_app(holder, ServeParams(poll_interval_s=0, path_roots=[str(root)]))) as url:
+    with _Server(create_app(holder, ServeParams(poll_interval_s=0, path_roots=[str(root)], isolation="thread"))) as url:
         ok = httpx.post(f"{url}/predict", json={"paths": [str(media["face"]), str(media["noface"])]}, timeout=60)
         assert ok.status_code == 200, ok.text
         rows = ok.json()["results"]
@@ -131,7 +132,7 @@ def test_path_list_only_under_path_roots(registered, loaded, media: dict[str, Pa
         junk = httpx.post(f"{url}/predict", json={"files": ["x"]}, timeout=10)
         assert junk.status_code == 400 and junk.json()["reason"] == "bad_request"
         assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
-    with _Server(create_app(holder, ServeParams(poll_interval_s=0))) as url:  # no roots: off
+    with _Server(create_app(holder, ServeParams(poll_interval_s=0, isolation="thread"))) as url:  # no roots: off
         off = httpx.post(f"{url}/predict", json={"paths": [str(media["face"])]}, timeout=10)
         assert off.status_code == 403 and "path_roots" in off.json()["detail"]
 
@@ -165,7 +166,7 @@ def test_hot_swap_after_alias_move(registered, tmp_path: Path, media: dict[str, 
 
     old_scorer.score_upload = held_score
     in_flight: dict[str, httpx.Response] = {}
-    with _Server(create_app(holder, ServeParams(poll_interval_s=0.5))) as url:
+    with _Server(create_app(holder, ServeParams(poll_interval_s=0.5, isolation="thread"))) as url:
         holder.start(0.5)
         before = httpx.get(f"{url}/version", timeout=10).json()
         request = threading.Thread(target=lambda: in_flight.update(resp=httpx.post(

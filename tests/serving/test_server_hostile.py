@@ -57,7 +57,7 @@ def guarded(registered, loaded, media: dict[str, Path]) -> Iterator[tuple[str, M
     """A server with a token, a 1 MB upload limit, small JSON and path limits, and path lists on."""
     holder = ModelHolder(registered.uri, registered.tracking_uri, loader=lambda u, t: loaded)
     cfg = ServeParams(max_upload_bytes=1_000_000, max_json_bytes=200_000, max_paths=3, max_image_pixels=4_000_000,
-                      poll_interval_s=0, path_roots=[str(media["face"].parent)])
+                      poll_interval_s=0, path_roots=[str(media["face"].parent)], isolation="thread")
     with _Server(create_app(holder, cfg, token=TOKEN)) as url:
         yield url, holder
 
@@ -117,11 +117,12 @@ def test_chunked_upload_refused_while_streaming(guarded) -> None:
 def test_slow_upload_gets_408(registered, loaded) -> None:
     """A client that stops sending mid-body holds its upload slot only until `request_timeout_s`: then a 408."""
     holder = ModelHolder(registered.uri, registered.tracking_uri, loader=lambda u, t: loaded)
-    with _Server(create_app(holder, ServeParams(request_timeout_s=0.5, poll_interval_s=0))) as url:
+    with _Server(create_app(holder, ServeParams(request_timeout_s=0.5, poll_interval_s=0, isolation="thread"))) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                         b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+                         b"--b\r\nContent-Disposition: form-data; name=\"file\"; "
                          b"filename=\"a.mp4\"\r\n\r\n0123456789")  # ...and nothing more
             t0 = time.monotonic()
             head = sock.recv(4096)
@@ -168,6 +169,18 @@ def test_bad_inputs_are_4xx(guarded, media: dict[str, Path], tmp_path: Path) -> 
         ("/predict", {"content": b"raw bytes", "headers": {"content-type": "application/octet-stream"}}, 415,
          "unsupported"),
         ("/predict", {"files": {"file": ("big.mp4", b"\0" * 1_000_001)}}, 413, "too_large"),
+        # serve.max_crops (64) and serve.max_crop_side (1024): 413 before any scoring
+        ("/invocations", {"json": {"inputs": [[[[0, 0, 0]]]] * 65}}, 413, "too_large"),
+        ("/invocations", {"json": {"inputs": [[[[0, 0, 0]] * 1025]]}}, 413, "too_large"),
+        # a path list past serve.max_path_json_bytes (1.1 MB), refused while streaming, before max_paths is counted
+        ("/predict", {"json": {"paths": ["/x" * 2000] * 300}}, 413, "too_large"),
+        # part headers: at most 8 lines of at most 1024 bytes (python-multipart's per-part limits)
+        ("/predict", {"content": b"--x\r\n" + b"X-A: b\r\n" * 9 + b"Content-Disposition: form-data; name=\"file\"; "
+                      b"filename=\"f.png\"\r\n\r\nabc\r\n--x--\r\n",
+                      "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, "bad_request"),
+        ("/predict", {"content": b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\""
+                      + b"a" * 2000 + b".png\"\r\n\r\nabc\r\n--x--\r\n",
+                      "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, "bad_request"),
     ]
     for path, kw, status, reason in cases:
         resp = _post(url, path, **kw)
@@ -215,7 +228,7 @@ def test_timed_out_requests_stop_scoring(registered, loaded, media: dict[str, Pa
     frames = scorer.faces_cfg["frames_per_video"]
     assert frames >= 2  # uncancelled, a scoring takes >= 1.2 s: four times the timeout
     holder = ModelHolder(registered.uri, registered.tracking_uri, loader=lambda u, t: loaded)
-    cfg = ServeParams(max_concurrent=2, request_timeout_s=0.3, poll_interval_s=0)
+    cfg = ServeParams(max_concurrent=2, request_timeout_s=0.3, poll_interval_s=0, isolation="thread")
     data = media["fake"].read_bytes()
     with _Server(create_app(holder, cfg)) as url:
         codes: list[int] = []

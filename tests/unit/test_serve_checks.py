@@ -95,6 +95,22 @@ def test_token_and_exposure(monkeypatch: pytest.MonkeyPatch) -> None:
     check_exposure("0.0.0.0", None, True, "DFD_TEST_TOKEN")  # --insecure: the operator's choice, logged
     with pytest.raises(DfdError, match=r"refusing to serve on 0\.0\.0\.0 without a token.*DFD_TEST_TOKEN"):
         check_exposure("0.0.0.0", None, False, "DFD_TEST_TOKEN")
+    with pytest.raises(DfdError) as refused:  # the hint never suggests a tokenless proxy
+        check_exposure("0.0.0.0", None, False, "DFD_TEST_TOKEN")
+    assert "behind a reverse proxy too a token is required" in str(refused.value.hint)
+
+
+def test_several_tokens_for_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$DFD_SERVE_TOKEN and a comma-separated $DFD_SERVE_TOKENS together, each checked for length, no repeats."""
+    from dfd.serving.auth import tokens_from_env
+
+    monkeypatch.setenv("DFD_T1", "a" * 20)
+    monkeypatch.setenv("DFD_T2", "  " + "b" * 20 + " ," + "c" * 20 + "," + "a" * 20 + ",")
+    monkeypatch.delenv("DFD_T3", raising=False)
+    assert tokens_from_env("DFD_T1", "DFD_T2", "DFD_T3") == ["a" * 20, "b" * 20, "c" * 20]
+    monkeypatch.setenv("DFD_T2", "c" * 20 + ",short")
+    with pytest.raises(DfdError, match="DFD_T2"):
+        tokens_from_env("DFD_T1", "DFD_T2")
 
 
 @pytest.mark.parametrize(("inputs", "status"), [
