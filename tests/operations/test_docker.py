@@ -215,8 +215,9 @@ def test_minio_init_gives_each_user_a_policy_for_its_own_buckets(compose: dict[s
     init = compose["services"]["minio-init"]
     script = init["command"][0].replace("$$", "$")
     (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "mc").write_text('#!/bin/sh\necho "mc $*" >> "$TMPDIR/calls"\n'
-                                         'case "$*" in *"policy create"*) cat "$6" >> "$TMPDIR/calls"; echo >> "$TMPDIR/calls";; esac\n')
+    (tmp_path / "bin" / "mc").write_text(
+        '#!/bin/sh\necho "mc $*" >> "$TMPDIR/calls"\n'
+        'case "$*" in *"policy create"*) cat "$6" >> "$TMPDIR/calls"; echo >> "$TMPDIR/calls";; esac\n')
     (tmp_path / "bin" / "mc").chmod(0o755)
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "TMPDIR": str(tmp_path), "MINIO_ROOT_USER": "root",
            "MINIO_ROOT_PASSWORD": "root-secret", "BUCKETS": "mlflow-artifacts dfd-data dfd-dvc",
@@ -241,3 +242,15 @@ def test_the_model_server_shares_a_network_with_mlflow_only(compose: dict[str, A
     nets = {n: set(_names(svc.get("networks"))) for n, svc in services.items()}
     (only,) = nets["model-server"]
     assert {n for n, s in nets.items() if only in s} == {"model-server", "mlflow"}
+
+
+def test_the_nginx_example_buffers_request_bodies_and_times_out_slow_clients() -> None:
+    """docker/nginx/model-server.conf: a trickled body (slowloris) must stop at nginx, not hold a scoring slot."""
+    conf = (DOCKER / "nginx" / "model-server.conf").read_text()
+    directives = {line.split()[0]: line.split()[1].rstrip(";") for line in conf.splitlines()
+                  if line.strip() and not line.strip().startswith("#") and len(line.split()) > 1}
+    assert directives["proxy_request_buffering"] == "on" and "proxy_request_buffering off" not in conf
+    assert directives["proxy_pass"] == "http://127.0.0.1:8000"
+    for timeout in ("client_header_timeout", "client_body_timeout"):
+        assert int(directives[timeout].rstrip("s")) <= 30, timeout
+    assert directives["client_max_body_size"] == "200m"  # serve.max_upload_bytes
