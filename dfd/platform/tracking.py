@@ -160,7 +160,15 @@ class Tracker:
             if exp is not None:
                 return exp.experiment_id
             location = artifact_root.resolve().as_uri() if artifact_root else None
-            return self.client.create_experiment(name, artifact_location=location)
+            try:
+                return self.client.create_experiment(name, artifact_location=location)
+            except Exception:
+                # A create whose answer timed out on a busy server landed there all the same, and the client's
+                # retry was refused as a duplicate (or another process created it first): it exists now.
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                return exp.experiment_id
         except Exception as exc:  # MLflow raises several types for an unreachable store
             raise DfdError(f"MLflow tracking store unreachable at {safe_uri(self.tracking_uri)}: {type(exc).__name__}",
                            "start the server (mlflow/start_server.sh) or set MLFLOW_TRACKING_URI") from None
