@@ -97,8 +97,9 @@ def test_failed_check_leaves_the_pointer_and_removes_only_what_it_wrote(register
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
-def test_folder_targets_refuse_foreign_content_and_migrate_the_old_layout(registered, tmp_path: Path,
+def test_folder_targets_refuse_foreign_content_and_migrate_the_old_layout(registered, tmp_path: Path, monkeypatch,
                                                                           capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # the CLI's project (its audit log) is here, not the repository
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
