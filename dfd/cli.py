@@ -125,18 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host without a token in $serve.auth_token_env (not recommended)")
     p.add_argument("--from", dest="from_deployment", metavar="DIR|s3://bucket/prefix",
-                   help="serve a `dfd deploy-model` deployment instead of --model: its current version is copied "
-                        "to a private folder, checked against its SHA-256 manifest, and that copy is loaded")
+                   help="serve a `dfd deploy-model` deployment instead of --model: its signature is checked with "
+                        "$DFD_DEPLOY_KEY, its current version copied to a private folder and checked against its "
+                        "SHA-256 manifest, and that copy is loaded")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="with --from: accept a deployment without a signature (made before dfd signed them; "
+                        "`dfd deploy-model --migrate` signs it)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("deploy-model", help="copy the registered model to a folder or s3:// with checksums, "
                                             "and health-check the copy")
     p.add_argument("--to", required=True, metavar="DIR|s3://bucket/prefix")
     p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>)")
     p.add_argument("--verify", action="store_true", help="only check an existing deployment at --to")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="with --verify: check a deployment without a signature (old layout, or one version folder)")
     p.add_argument("--keep", type=int, metavar="N",
                    help="versions kept under --to, the new one included (default: 3); older ones are removed")
     p.add_argument("--migrate", action="store_true",
-                   help="only move an old single-folder deployment at --to into the versioned layout")
+                   help="only bring an older deployment at --to into the versioned layout and sign it with "
+                        "$DFD_DEPLOY_KEY (trusts what is there: check where it came from first)")
     p.set_defaults(func=cmd_deploy_model)
     p = dsub.add_parser("remote", help="set the DVC default remote (s3://bucket/prefix; --endpoint for MinIO)")
     p.add_argument("url")

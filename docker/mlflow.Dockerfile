@@ -9,6 +9,7 @@ RUN pip install --no-cache-dir "mlflow[auth]==3.17.2" "psycopg2-binary==2.9.10" 
 WORKDIR /opt/mlflow
 COPY mlflow/start_server.sh ./mlflow/start_server.sh
 COPY mlflow/create_reader.py ./mlflow/create_reader.py
+COPY mlflow/dfd_mlflow_auth.py ./mlflow/dfd_mlflow_auth.py
 COPY docker/mlflow/basic_auth.ini ./basic_auth.ini
 RUN useradd --create-home --uid 1000 mlflow && mkdir -p /var/lib/mlflow-auth && chown mlflow:mlflow /var/lib/mlflow-auth
 USER 1000:1000

@@ -14,6 +14,8 @@ artifacts="${MLFLOW_ARTIFACTS_DESTINATION:-${here}/mlartifacts}"
 host="${MLFLOW_HOST:-127.0.0.1}"
 port="${MLFLOW_PORT:-5000}"
 workers="${MLFLOW_WORKERS:-2}"
+# The auth app's authorization function (docker/mlflow/basic_auth.ini) lives beside this script: mlflow/dfd_mlflow_auth.py.
+export PYTHONPATH="${here}/mlflow${PYTHONPATH:+:${PYTHONPATH}}"
 echo "MLflow server on http://${host}:${port} (backend ${backend%%://*}://..., artifacts ${artifacts})"
 # --serve-artifacts: clients upload through the server, so they need no S3 credentials of their own.
 exec mlflow server --backend-store-uri "$backend" --artifacts-destination "$artifacts" --serve-artifacts \

@@ -113,9 +113,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The copy lives as long as the server: loaded from a folder only this process writes, checked before loading.
         with tempfile.TemporaryDirectory(prefix="dfd-serve-") as tmp:
             copy = Path(tmp) / "model"
-            manifest = private_copy(args.from_deployment, params.storage, copy)
+            manifest = private_copy(args.from_deployment, params.storage, copy, args.allow_unsigned)
             print(f"serving {args.from_deployment} version {manifest['version_id']}: {len(manifest['files'])} files "
-                  "match their SHA-256 manifest")
+                  "match their SHA-256 manifest" + (", signed" if manifest["signed"] else
+                                                     " (UNSIGNED: --allow-unsigned; its origin is not checked)"))
             serve(str(copy), resolve_tracking_uri(params, Path.cwd()), params.serve, args.host, args.port,
                   args.insecure, on_result)
     finally:
@@ -141,23 +142,38 @@ def cmd_deploy_model(args: argparse.Namespace) -> int:
     if args.verify:
         from dfd.serving.deploy import check_deployment
 
-        manifest = check_deployment(args.to, params.storage)
-        print(f"{args.to}: {len(manifest['files'])} files match their checksums; health check passed "
+        manifest = check_deployment(args.to, params.storage, args.allow_unsigned)
+        signed = "signature holds, " if manifest.get("signed") else "UNSIGNED, "
+        print(f"{args.to}: {signed}{len(manifest['files'])} files match their checksums; health check passed "
               f"(scores {manifest['health_check']['scores']})")
         return 0
     if args.migrate:
         from dfd.serving.deploy import migrate
 
         manifest = migrate(args.to, params.storage)
-        print(f"migrated {args.to} to versions/{manifest['version_id']}/ (health check passed)")
+        _audit(params, "migrate", args.to, manifest)
+        print(f"migrated {args.to}: versions/{manifest['version_id']}/ signed and current (health check passed)")
         return 0
     manifest = deploy_model(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()),
                             args.to, params.storage, keep=KEEP if args.keep is None else args.keep)
+    _audit(params, "deploy", args.to, manifest)
     where = f"{args.to.rstrip('/')}/versions/{manifest['version_id']}"
     print(f"deployed {manifest['source']['uri']} (version {manifest['source']['version']}) to {where}: "
           f"{len(manifest['files'])} files, health check passed (scores {manifest['health_check']['scores']})"
           + (f"; removed old versions {', '.join(manifest['removed'])}" if manifest["removed"] else ""))
     return 0
+
+
+def _audit(params: Params, action: str, target: str, manifest: dict[str, Any]) -> None:
+    """One line in the audit log (`registry.audit_log`) for a deployment: where, which version, from what."""
+    from dfd.platform.audit import audit_log
+    from dfd.platform.uris import safe_uri
+
+    log = audit_log(params.registry.audit_log, Path.cwd())
+    if log is not None:
+        source = manifest.get("source", {})
+        log.append(action, target=safe_uri(target), version_id=manifest["version_id"], removed=manifest["removed"],
+                   model={k: source.get(k) for k in ("uri", "name", "version", "alias")})
 
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:

@@ -196,6 +196,9 @@ class RegistryParams(_Section):
     alias: str = "production"  # moved only when the gate passes
     candidate_alias: str = "candidate"  # every registered ensemble, passed or not
     previous_alias: str = "previous"  # the production version a promotion replaced: `dfd rollback` goes back to it
+    # Every alias move and every `dfd deploy-model` is appended here as one JSON line (who, when, what), relative to
+    # the project; null: off. On by default: after an incident, "who moved production" must have an answer.
+    audit_log: str | None = "artifacts/audit.jsonl"
 
 
 class Params(_Section):

@@ -15,6 +15,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from dfd.platform.audit import AuditLog, actor, audit_log
 from dfd.platform.config import Params
 from dfd.platform.errors import DfdError, TrackingError
 from dfd.platform.uris import safe_uri, strip_credentials
@@ -137,18 +138,21 @@ class Tracker:
         self._lock = threading.Lock()
         self.experiment_id = self._experiment(experiment, artifact_root)
         self._init_args = (tracking_uri, experiment, artifact_root)
+        self.audit: AuditLog | None = None  # where alias moves are recorded (`from_params` sets it)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Distributed task runners (Dask, Ray) ship tasks' arguments to other processes: rebuild the client there
         # (a lock and an HTTP session do not pickle).
-        return (type(self), self._init_args)
+        return (type(self), self._init_args, {"audit": self.audit})
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> Tracker:
         bound_http_retries(params)
         uri = resolve_tracking_uri(params, root)
         local = uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
-        return cls(uri, params.mlflow.experiment, root / "mlruns" if local else None)
+        tracker = cls(uri, params.mlflow.experiment, root / "mlruns" if local else None)
+        tracker.audit = audit_log(params.registry.audit_log, root)
+        return tracker
 
     def _experiment(self, name: str, artifact_root: Path | None) -> str:
         try:
@@ -156,7 +160,15 @@ class Tracker:
             if exp is not None:
                 return exp.experiment_id
             location = artifact_root.resolve().as_uri() if artifact_root else None
-            return self.client.create_experiment(name, artifact_location=location)
+            try:
+                return self.client.create_experiment(name, artifact_location=location)
+            except Exception:
+                # A create whose answer timed out on a busy server landed there all the same, and the client's
+                # retry was refused as a duplicate (or another process created it first): it exists now.
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                return exp.experiment_id
         except Exception as exc:  # MLflow raises several types for an unreachable store
             raise DfdError(f"MLflow tracking store unreachable at {safe_uri(self.tracking_uri)}: {type(exc).__name__}",
                            "start the server (mlflow/start_server.sh) or set MLFLOW_TRACKING_URI") from None
@@ -278,10 +290,29 @@ class Tracker:
             self.client.update_model_version(model_name, version, description=text)
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
-        """Point `alias` at `version`, and mirror it as a registered-model tag (what the registry list shows)."""
+        """Point `alias` at `version`, and mirror it as a registered-model tag (what the registry list shows).
+
+        The move is recorded: `<alias>_moved` on the model says from which version, by whom and when, and the audit
+        log (`registry.audit_log`), when there is one, gets a line.
+        """
+        from mlflow.exceptions import MlflowException
+
         with self._lock:
+            try:
+                before: str | None = str(self.client.get_model_version_by_alias(model_name, alias).version)
+            except MlflowException:  # no such alias yet
+                before = None
             self.client.set_registered_model_alias(model_name, alias, version)
             self.client.set_registered_model_tag(model_name, f"{alias}_version", version)
+            if before == str(version):
+                return
+            by, at = actor(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.client.set_registered_model_tag(model_name, f"{alias}_moved",
+                                                 f"v{before} -> v{version} by {by} at {at}" if before
+                                                 else f"-> v{version} by {by} at {at}")
+        if self.audit is not None:
+            self.audit.append("alias", model=model_name, alias=alias, version=str(version), previous=before,
+                              registry=safe_uri(self.tracking_uri))
 
     def log_dataset(self, run_id: str, manifest: Path, name: str, digest: str, source: str,
                     context: str = "training") -> None:

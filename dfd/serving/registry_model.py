@@ -2,7 +2,8 @@
 
 `models:/name@alias` and `models:/name/version` resolve against the tracking store the pipeline uses
 (`MLFLOW_TRACKING_URI`, else `mlflow.tracking_uri` in params, a relative sqlite path made absolute);
-a local folder holding an `MLmodel` (what `dfd deploy-model` writes) loads without a registry.
+a local folder holding an `MLmodel` (what `dfd deploy-model` writes) loads without a registry, its identity and tags
+from the deployment manifest beside it when there is one (`dfd serve --from` hands over a checked private copy).
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def load(uri: str, tracking_uri: str, precision: str = "fp32", max_precision_err
         target = f"models:/{name}/{version}"  # the version resolved once: the swap is decided by the poller only
     elif not (Path(uri) / "MLmodel").is_file():
         raise ModelNotFoundError(f"no MLflow model at {uri}", "pass models:/NAME@ALIAS or a folder with an MLmodel")
+    else:
+        name, version, alias, tags = _deployed_identity(Path(uri))
     # pyfunc.load_model reads the registry (and the run's artifacts) through the process-wide URIs: set for the
     # load only, so that they do not redirect later clients in this process (the server's poller, a caller's own).
     with fluent_uris(tracking_uri):
@@ -120,6 +123,22 @@ def load(uri: str, tracking_uri: str, precision: str = "fp32", max_precision_err
     if precision != "fp32":
         check_precision(loaded, precision, max_precision_error)
     return loaded
+
+
+def _deployed_identity(folder: Path) -> tuple[str | None, str | None, str | None, dict[str, str]]:
+    """(name, version, None, tags) from the `dfd deploy-model` manifest in `folder`, as registered; all empty when
+    there is none. The tags carry what every answer must say (the synthetic-data warning). No alias: a folder is a
+    fixed version, never polled."""
+    import json
+
+    from dfd.serving.deploy_store import MANIFEST
+
+    try:
+        source = json.loads((folder / MANIFEST).read_text())["source"]
+        tags = {str(k): str(v) for k, v in source.get("tags", {}).items()}
+        return source.get("name"), source.get("version"), None, tags
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None, None, {}
 
 
 def check_precision(model: LoadedModel, precision: str, max_error: float) -> None:

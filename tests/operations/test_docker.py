@@ -8,6 +8,7 @@ not ship in an image.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import shutil
 import subprocess
@@ -178,3 +179,78 @@ def test_the_stack_grants_least_privilege(compose: dict[str, Any]) -> None:
     script = (DOCKER / "postgres" / "init-databases.sh").read_text()
     for user in (mlflow_user, prefect_user):
         assert f"CREATE ROLE {user} LOGIN" in script and f"OWNER {user};" in script
+
+
+# Services whose root filesystem cannot be read-only, each for the reason compose.yaml gives beside it.
+WRITABLE_ROOT = {"prefect-server", "worker"}
+
+
+def test_every_service_drops_capabilities_and_privileges(compose: dict[str, Any]) -> None:
+    """`cap_drop: [ALL]` and `no-new-privileges` everywhere; capabilities added back only for PostgreSQL's entrypoint
+    (it prepares its data folder as root, then switches user); a read-only root filesystem wherever the service
+    writes only to volumes and tmpfs."""
+    for name, svc in compose["services"].items():
+        assert svc.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+        assert bool(svc.get("read_only")) == (name not in WRITABLE_ROOT), name
+        if svc.get("read_only"):
+            assert any(str(t).split(":")[0] == "/tmp" for t in svc.get("tmpfs", [])), name
+        if name != "postgres":
+            assert "cap_add" not in svc, name
+    assert set(compose["services"]["postgres"]["cap_add"]) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"}
+
+
+def test_minio_root_keys_stay_with_minio_and_each_service_has_its_own_user(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    holders = {n for n, svc in services.items() if any("MINIO_ROOT" in s for s in _strings(svc.get("environment")))}
+    assert holders == {"minio", "minio-init"}
+    assert [str(p).rsplit(":", 1)[1] for p in services["minio"]["ports"]] == ["9000"]  # no console published
+    keys = {n: VARIABLE.findall(_env_of(services[n]).get("AWS_SECRET_ACCESS_KEY", "")) for n in services}
+    assert keys["mlflow"] == ["MINIO_MLFLOW_PASSWORD"] and keys["worker"] == ["MINIO_WORKER_PASSWORD"]
+    assert not [n for n, k in keys.items() if k and n not in ("mlflow", "worker")]
+
+
+def test_minio_init_gives_each_user_a_policy_for_its_own_buckets(compose: dict[str, Any], tmp_path: Path) -> None:
+    """minio-init's script, run by `sh` with a stand-in `mc` that records its calls (no MinIO server here)."""
+    init = compose["services"]["minio-init"]
+    script = init["command"][0].replace("$$", "$")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "mc").write_text(
+        '#!/bin/sh\necho "mc $*" >> "$TMPDIR/calls"\n'
+        'case "$*" in *"policy create"*) cat "$6" >> "$TMPDIR/calls"; echo >> "$TMPDIR/calls";; esac\n')
+    (tmp_path / "bin" / "mc").chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "TMPDIR": str(tmp_path), "MINIO_ROOT_USER": "root",
+           "MINIO_ROOT_PASSWORD": "root-secret", "BUCKETS": "mlflow-artifacts dfd-data dfd-dvc",
+           "MLFLOW_S3_USER": "mlflow", "MLFLOW_S3_SECRET": "m-secret", "MLFLOW_S3_BUCKETS": "mlflow-artifacts",
+           "WORKER_S3_USER": "worker", "WORKER_S3_SECRET": "w-secret", "WORKER_S3_BUCKETS": "dfd-data dfd-dvc"}
+    assert set(VARIABLE.findall(" ".join(_strings(init["environment"])))) >= {"MINIO_MLFLOW_USER", "DATA_BUCKET"}
+    res = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    policies = [json.loads(line) for line in calls if line.startswith("{")]
+    resources = [sorted(p["Statement"][0]["Resource"]) for p in policies]
+    assert resources == [["arn:aws:s3:::mlflow-artifacts", "arn:aws:s3:::mlflow-artifacts/*"],
+                         ["arn:aws:s3:::dfd-data", "arn:aws:s3:::dfd-data/*", "arn:aws:s3:::dfd-dvc",
+                          "arn:aws:s3:::dfd-dvc/*"]]
+    assert "mc admin user add local mlflow m-secret" in calls and "mc admin user add local worker w-secret" in calls
+    assert "mc admin policy attach local dfd-worker --user worker" in calls
+    assert sum(c.startswith("mc mb --ignore-existing") for c in calls) == 3
+
+
+def test_the_model_server_shares_a_network_with_mlflow_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    nets = {n: set(_names(svc.get("networks"))) for n, svc in services.items()}
+    (only,) = nets["model-server"]
+    assert {n for n, s in nets.items() if only in s} == {"model-server", "mlflow"}
+
+
+def test_the_nginx_example_buffers_request_bodies_and_times_out_slow_clients() -> None:
+    """docker/nginx/model-server.conf: a trickled body (slowloris) must stop at nginx, not hold a scoring slot."""
+    conf = (DOCKER / "nginx" / "model-server.conf").read_text()
+    directives = {line.split()[0]: line.split()[1].rstrip(";") for line in conf.splitlines()
+                  if line.strip() and not line.strip().startswith("#") and len(line.split()) > 1}
+    assert directives["proxy_request_buffering"] == "on" and "proxy_request_buffering off" not in conf
+    assert directives["proxy_pass"] == "http://127.0.0.1:8000"
+    for timeout in ("client_header_timeout", "client_body_timeout"):
+        assert int(directives[timeout].rstrip("s")) <= 30, timeout
+    assert directives["client_max_body_size"] == "200m"  # serve.max_upload_bytes
