@@ -10,9 +10,10 @@ from typing import Any
 
 from dfd.commands import DEMO_OVERRIDE, params_from_args
 from dfd.commands.data import cmd_demo_data
-from dfd.commands.interrupts import interrupt_signal, stop_now
+from dfd.commands.interrupts import stop_now
 from dfd.platform.config import Params
 from dfd.platform.errors import DfdError
+from dfd.platform.interrupts import interrupt_signal
 from dfd.platform.uris import safe_uri
 
 
