@@ -121,6 +121,22 @@ def test_hash_memo_survives_a_new_process_view(tmp_path: Path) -> None:
     assert FileHasher(memo).file(f) != digest
 
 
+def test_a_train_field_a_recipe_sets_reruns_only_the_models_that_read_it(tmp_path: Path) -> None:
+    from dfd.platform.layout import Layout
+    from flows import stage_inputs
+    from tests.helpers import tiny_params
+
+    def slices(**train: object) -> dict[str, dict[str, Any]]:
+        params = tiny_params(tmp_path, train=train)
+        layout = Layout.from_params(params, tmp_path)
+        return {m: stage_inputs.train(params, layout, m).params for m in params.models}
+
+    before, after = slices(), slices(augment=["hflip", "jpeg"])
+    assert before["sbi"] == after["sbi"]  # its recipe sets `augment`: train.augment is not what it reads
+    assert before["mesonet"] != after["mesonet"]  # it takes `augment` from `train:`
+    assert slices(weight_decay=0.01)["sbi"] != before["sbi"]  # what it does read still reruns it
+
+
 @pytest.mark.slow
 def test_new_data_reruns_ingest_and_faces_for_the_new_sample_only(tiny_project: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
