@@ -135,6 +135,33 @@ def test_cli_predict_matches_registry_model(loaded, registered, media: dict[str,
     assert main(["predict", str(tmp_path / "missing.mp4"), "--model", registered.uri]) == 2
 
 
+def test_predict_checks_only_what_scoring_reads_and_prints_no_mlflow_warning(registered, media: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    """Training names scoring never builds (a device this machine lacks, an unknown augmentation) do not stop
+    `dfd predict`, and the terminal shows no MLflow warning about the pyfunc's type hints."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from dfd.platform.config import load_params
+    from dfd.platform.errors import ConfigError
+    from tasks.preflight import check_params
+
+    extra = tmp_path / "train_only.yaml"
+    extra.write_text(yaml.safe_dump({"train": {"device": "cuda:7", "augment": ["no_such_augmentation"]}}))
+    with pytest.raises(ConfigError, match="no_such_augmentation"):  # what a training command refuses
+        check_params(load_params(registered.root / "extra.yaml", [extra]))
+    res = subprocess.run([sys.executable, "-m", "dfd.cli", "--params", str(registered.root / "extra.yaml"),
+                          "--override", str(extra), "predict", str(media["face"]), "--model", registered.uri,
+                          "--no-progress"], cwd=registered.root, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "1 files: 1 scored" in res.stdout
+    assert "type hint" not in res.stderr.lower(), res.stderr[-2000:]
+
+
 def test_ffpp_sample_scores(loaded, ffpp_sample: Path, tmp_path: Path) -> None:
     videos = sorted(ffpp_sample.rglob("*.mp4"))[:2]
     out = loaded.python_model.predict(None, pd.DataFrame({"path": [str(v) for v in videos]}))
