@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,13 @@ import pytest
 from dfd.data.demo_data import generate
 from dfd.platform.config import load_params
 from tests.helpers import PROJECT, SHARED_DATA, TINY
+
+# Telemetry off for this process and every child it starts, before any test module imports a library that reads
+# its setting once at import (none of the imports above does): the suite must never try the network.
+# scripts/test.sh exports the same; tests/unit/test_offline.py checks each library took it.
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",  # DO_NOT_TRACK: MLflow and evidently
+                 "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+os.environ.update(TELEMETRY_OFF)
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +106,6 @@ def s3_server() -> Iterator[str]:
 
     Yields its endpoint URL; fake credentials are set for the session so that boto3 never reaches AWS.
     """
-    import os
     import socket
 
     from moto.server import ThreadedMotoServer
