@@ -78,6 +78,21 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path
     return root
 
 
+@pytest.fixture
+def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Offline, with dfd's, Hugging Face's and torch hub's caches all empty temporary folders; returns dfd's.
+
+    A test of what happens without weights must not depend on what this machine's caches happen to hold.
+    """
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DFD_WEIGHTS_DIR", str(tmp_path / "dfd-weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "dfd-weights"
+
+
 @pytest.fixture(scope="session")
 def ffpp_sample() -> Path:
     """The FaceForensics++ sample in ../shared/data, or a skip saying why."""
