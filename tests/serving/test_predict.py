@@ -21,7 +21,9 @@ def test_pyfunc_scores_media_paths_and_bytes(loaded, media: dict[str, Path]) -> 
     out = loaded.pyfunc.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
     by = out.set_index("path")
     face, clip = by.loc[str(media["face"])], by.loc[str(media["real"])]
-    assert 0.0 <= face["p_fake"] <= 1.0 and face["frames"] == 1 and face["faces"] == 1 and face["reason"] is None
+    assert face["frames"] == 1 and face["faces"] == 1 and face["reason"] is None
+    # One face: the image's score is that crop's score.
+    assert face["p_fake"] == pytest.approx(model.scorer.score_path(media["face"]).crops[0]["p_fake"], abs=1e-6)
     assert face["label"] == ("fake" if face["p_fake"] >= model.threshold else "real")
     assert clip["frames"] == loaded.python_model.faces_cfg["frames_per_video"] and clip["faces"] >= 1
     assert by.loc[str(media["noface"]), "reason"] == "no_face" and pd.isna(by.loc[str(media["noface"]), "p_fake"])
@@ -167,4 +169,6 @@ def test_ffpp_sample_scores(loaded, ffpp_sample: Path, tmp_path: Path) -> None:
     out = loaded.python_model.predict(None, pd.DataFrame({"path": [str(v) for v in videos]}))
     assert len(out) == len(videos)
     scored = out[out["reason"].isna()]
-    assert len(scored) >= 1 and scored["p_fake"].between(0, 1).all() and (scored["faces"] > 0).all()
+    assert len(scored) >= 1 and scored["p_fake"].notna().all() and (scored["faces"] > 0).all()
+    threshold = loaded.python_model.threshold  # each label is its score against the model's threshold
+    assert (scored["label"] == np.where(scored["p_fake"] >= threshold, "fake", "real")).all()
