@@ -108,8 +108,8 @@ def test_pipeline_runs_logs_registers_and_gates(prefect_server: None, tiny_proje
                       for c in index["crop"]])
     scores = model.predict(crops)
     # The scores the ensemble stage recorded for these test crops: served and evaluated are one model.
-    fused = index[["sample_id", "frame"]].merge(pd.read_parquet(root / "artifacts" / "ensemble" / "predictions.parquet"),
-                                                on=["sample_id", "frame"], how="left")
+    recorded = pd.read_parquet(root / "artifacts" / "ensemble" / "predictions.parquet")
+    fused = index[["sample_id", "frame"]].merge(recorded, on=["sample_id", "frame"], how="left")
     assert scores.shape == (3,) and scores == pytest.approx(fused["prob"].to_numpy(), abs=1e-5)
 
     # A failing gate registers a version but leaves the alias where it was. The same run removes a member by
