@@ -45,6 +45,11 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
         res = faces.run(params, layout)
         print(f"faces: {res.crops} crops ({res.extracted} samples extracted, {res.skipped} up to date) -> {res.index}")
+    elif name == "recipes":
+        from tasks import recipes
+
+        paths = recipes.run(params, layout)
+        print(f"recipes: {len(paths)} models' training inputs -> {paths[0].parent if paths else layout.artifacts}")
     elif name == "train":
         from tasks import train
 
