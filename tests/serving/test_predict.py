@@ -123,17 +123,19 @@ def test_cli_predict_matches_registry_model(loaded, registered, media: dict[str,
     table = pd.read_csv(tmp_path / "o.csv")
     assert code == 1 and table.set_index("path").loc[str(media["noface"]), "reason"] == "no_face"
     assert "no_face" in capsys.readouterr().out
-    # --precision bf16: scored in bf16, the measured distance from fp32 printed. This tiny model moves P(fake) by
-    # about 0.023 on its example crops in bf16, over the default limit (0.02): the limit is raised for the test.
+    # --precision bf16: scored in bf16, the measured distance from fp32 printed. This tiny model moved P(fake) by
+    # 0.015 at most on its example crops in bf16 (0.023 with an earlier demo recipe), near the default limit (0.02):
+    # the limit is raised for the test, to about three times that.
     loose = tmp_path / "loose.yaml"
-    loose.write_text("serve:\n  max_precision_error: 0.2\n")
+    loose.write_text("serve:\n  max_precision_error: 0.05\n")
     code = main(["--params", str(registered.root / "extra.yaml"), "--override", str(loose), "predict",
                  str(media["face"]), "--model", registered.uri, "--out", str(tmp_path / "bf16.json"), "--no-progress",
                  "--precision", "bf16"])
     printed = capsys.readouterr()
     assert code == 0 and "bf16: P(fake) within" in printed.out, printed.err[-2000:]
     bf16 = json.loads((tmp_path / "bf16.json").read_text())[0]["p_fake"]
-    assert bf16 == pytest.approx(rows["face.png"]["p_fake"], abs=0.2)
+    # Measured: bf16 moved this image's P(fake) by 0.026 (the demo clips' by 0.020 and 0.035); twice that holds.
+    assert bf16 == pytest.approx(rows["face.png"]["p_fake"], abs=0.05)
     assert main(["predict", str(tmp_path / "missing.mp4"), "--model", registered.uri]) == 2
 
 
