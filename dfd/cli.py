@@ -17,11 +17,12 @@ import threading
 
 from dfd.commands import STAGES
 from dfd.commands.data import cmd_config, cmd_dataset_add, cmd_dataset_remote, cmd_demo_data, cmd_validate_dataset
-from dfd.commands.interrupts import Interrupted, on_signal
+from dfd.commands.interrupts import on_signal
 from dfd.commands.models import cmd_compare, cmd_deploy_model, cmd_predict, cmd_rollback, cmd_serve, cmd_weights_fetch
 from dfd.commands.monitoring import cmd_monitor
 from dfd.commands.pipeline import cmd_demo, cmd_deploy, cmd_run, cmd_stage
 from dfd.platform.errors import DfdError
+from dfd.platform.interrupts import Interrupted
 
 
 def version_line() -> str:

@@ -18,9 +18,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from dfd.commands.interrupts import interrupt_signal
 from dfd.platform.alerts import alert
 from dfd.platform.config import AlertParams
+from dfd.platform.interrupts import interrupt_signal
 
 log = logging.getLogger(__name__)
 

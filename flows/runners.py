@@ -18,6 +18,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from dfd.platform.config import Params, RunnerParams
 from dfd.platform.errors import ConfigError
 from dfd.platform.layout import Layout
+from dfd.platform.threads import threads_each
 from dfd.platform.tracking import Tracker
 from flows.cancel import stop_children_on_termination
 from flows.stages import train_task
@@ -64,16 +65,30 @@ def _gpu_request(cfg: RunnerParams) -> Iterator[None]:
         yield
 
 
+def trainings_at_once(params: Params) -> int | None:
+    """How many trainings share this machine's cores at once; None on a cluster (each worker's machine decides)."""
+    cfg = params.runner
+    if cfg.kind == "threads":
+        return min(cfg.max_workers, len(params.models))
+    if cfg.kind == "dask" and not cfg.address:  # a local cluster: one training per worker process, all here
+        return min(cfg.dask_workers, len(params.models))
+    return None
+
+
 def train_all(params: Params, layout: Layout, tracker: Tracker, parent: str) -> list[TrainResult]:
     """Train every model in params as parallel tasks on the configured runner; wait for all, fail if any failed."""
     cfg = params.runner
     local_gpus = torch.cuda.device_count() if cfg.kind == "threads" else 0  # a cluster assigns GPUs itself
+    at_once = trainings_at_once(params)
+    # torch_threads auto: each training's share of the cores, computed here where the concurrency is known.
+    threads = threads_each(at_once) if params.train.torch_threads == "auto" and at_once else None
     with task_runner(cfg) as runner, _gpu_request(cfg):
         futures = []
         for i, model in enumerate(params.models):
             gpu = i % local_gpus if local_gpus > 1 else None
             futures.append(runner.submit(train_task, parameters={"params": params, "layout": layout, "tracker": tracker,
-                                                           "parent": parent, "model": model, "gpu": gpu}))
+                                                           "parent": parent, "model": model, "gpu": gpu,
+                                                           "threads": threads}))
         # Stop the children here, before the runner's exit waits on threads blocked on them until they finish.
         with stop_children_on_termination():
             return [fut.result() for fut in futures]

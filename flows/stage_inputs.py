@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dfd.platform.config import Params
 from dfd.platform.layout import Layout
+from dfd.platform.recipe_config import train_inputs
 from dfd.platform.stage_cache import StageInputs
 from tasks.ingest import all_real_only
 
@@ -34,8 +35,8 @@ def faces(params: Params, layout: Layout) -> StageInputs:
 
 
 def train(params: Params, layout: Layout, model: str) -> StageInputs:
-    return StageInputs(f"train@{model}", {"train": params.train.model_dump(mode="json"),
-                                          "model": params.models[model].model_dump(mode="json")},
+    # The params this model reads: `train:` under its recipe (a field its recipe sets, sbi's `augment`, is hidden).
+    return StageInputs(f"train@{model}", train_inputs(params.train, params.models[model]),
                        (layout.workdir / "faces",), ("tasks.train", "flows.train_process"))
 
 

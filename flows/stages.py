@@ -87,7 +87,7 @@ def faces_task(params: Params, layout: Layout, tracker: Tracker, parent: str) ->
 @task(name="train", task_run_name="train@{model}", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
       retry_condition_fn=_transient)
 def train_task(params: Params, layout: Layout, tracker: Tracker, parent: str, model: str,
-               gpu: int | None = None) -> train.TrainResult:
+               gpu: int | None = None, threads: int | None = None) -> train.TrainResult:
     # Each model trains in its own process (flows/train_process.py says why); a retry resumes from last.pt, so a
     # crashed or killed child costs at most one epoch.
     with tracker.run(f"train@{model}", parent, {"model": model}) as rid:
@@ -97,7 +97,8 @@ def train_task(params: Params, layout: Layout, tracker: Tracker, parent: str, mo
         def compute() -> train.TrainResult:
             with tracker.system_metrics(rid):
                 res = train_in_process(params, layout, model,
-                                       lambda epoch, m: tracker.log_metrics(rid, m, step=epoch), gpu)
+                                       lambda epoch, m: tracker.log_metrics(rid, m, step=epoch), gpu,
+                                       threads=threads)
             summary = res.summary
             tracker.log_metrics(rid, {"best_val_auc": summary["best_val_auc"], "parameters": summary["parameters"],
                                       "val": summary["val"], "test": summary.get("test", {})})

@@ -30,6 +30,7 @@ from dfd.platform.errors import DfdError, StageError
 from dfd.platform.files import read_json
 from dfd.platform.layout import Layout
 from dfd.platform.procs import child_env, stop_group
+from dfd.platform.threads import THREADS_ENV
 from tasks.train import EpochCallback, TrainResult, model_spec
 
 POLL_S = 1.0  # how often the parent looks for new epochs: epochs take minutes, a second of lag is nothing
@@ -102,7 +103,7 @@ def _forward(stream: IO[str], name: str, tail: deque[str]) -> None:
 
 
 def train_in_process(params: Params, layout: Layout, name: str, on_epoch: EpochCallback | None = None,
-                     gpu: int | None = None, progress: bool = False) -> TrainResult:
+                     gpu: int | None = None, progress: bool = False, threads: int | None = None) -> TrainResult:
     """Train model `name` in a `dfd stage train` child process and return what it wrote.
 
     Args:
@@ -113,6 +114,8 @@ def train_in_process(params: Params, layout: Layout, name: str, on_epoch: EpochC
         gpu: Pin the child to this CUDA device (CUDA_VISIBLE_DEVICES); None leaves the environment alone.
         progress: Let the child draw its per-step progress bar (off by default: its output is relayed line by line,
             and the per-epoch lines say enough).
+        threads: The child's share of the cores when `train.torch_threads` is `auto` (`$DFD_TORCH_THREADS`; the
+            caller knows how many train at once); None: the child takes every core.
 
     Raises:
         StageError: The child stopped with one of our own errors (bad data, divergence): its message, not retried.
@@ -131,6 +134,8 @@ def train_in_process(params: Params, layout: Layout, name: str, on_epoch: EpochC
         env = {k: v for k, v in os.environ.items() if k != "DFD_PARAMS_OVERRIDE"}  # the file above is complete
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        if threads is not None:
+            env[THREADS_ENV] = str(threads)
         tail, lines = EpochTail(epochs, on_epoch), deque(maxlen=40)
         # Its own process group (stopped as a whole, with its DataLoader workers) and a parent-death signal: a
         # SIGKILLed flow leaves no child training on, holding a GPU and writing artifacts.

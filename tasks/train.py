@@ -29,6 +29,7 @@ from dfd.platform.config import ModelParams, Params, TrainParams, recipe
 from dfd.platform.errors import StageError
 from dfd.platform.files import write_json, write_parquet
 from dfd.platform.layout import Layout
+from dfd.platform.threads import torch_threads
 from dfd.training.augment import build_transform
 from dfd.training.batch_augment import check_names
 from dfd.training.datasets import FACE_OPS, FaceCrops, epoch_order
@@ -226,6 +227,7 @@ def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Da
     summary = {"model": name, "arch": arch, "model_config": mcfg.to_dict(), "best_epoch": best["epoch"],
                "best_val_auc": best["best_auc"], "epochs_run": len(history), "epochs": cfg.epochs,
                "stopped_early": len(history) < cfg.epochs, "history": history, "world_size": world,
+               "torch_threads": torch.get_num_threads(),
                "parameters": sum(p.numel() for p in model.parameters()), "bad_crops": bad_crops,
                "train_on": data.train_on, "train_samples": int(data.train_ds.index["sample_id"].nunique()),
                "train_fake_samples": int((data.train_ds.labels == 1).sum()), "eval_fakes": data.fakes,
@@ -262,8 +264,9 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
     arch = spec.arch or name
     mcfg = model_config(arch, spec.input_size)
     device = pick_device(cfg.device, local_rank)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    threads = torch_threads(cfg.torch_threads)  # auto: this process's share, from the parent that started it
+    if threads:
+        torch.set_num_threads(threads)
     data = _load_data(name, cfg, spec, mcfg, index_path, device)
     model, model_kwargs, weights = _build_model(name, arch, spec, cfg, mcfg, device)
 

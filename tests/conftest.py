@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,13 @@ import pytest
 from dfd.data.demo_data import generate
 from dfd.platform.config import load_params
 from tests.helpers import PROJECT, SHARED_DATA, TINY
+
+# Telemetry off for this process and every child it starts, before any test module imports a library that reads
+# its setting once at import (none of the imports above does): the suite must never try the network.
+# scripts/test.sh exports the same; tests/unit/test_offline.py checks each library took it.
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",  # DO_NOT_TRACK: MLflow and evidently
+                 "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+os.environ.update(TELEMETRY_OFF)
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +78,21 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path
     return root
 
 
+@pytest.fixture
+def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Offline, with dfd's, Hugging Face's and torch hub's caches all empty temporary folders; returns dfd's.
+
+    A test of what happens without weights must not depend on what this machine's caches happen to hold.
+    """
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DFD_WEIGHTS_DIR", str(tmp_path / "dfd-weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "dfd-weights"
+
+
 @pytest.fixture(scope="session")
 def ffpp_sample() -> Path:
     """The FaceForensics++ sample in ../shared/data, or a skip saying why."""
@@ -98,7 +121,6 @@ def s3_server() -> Iterator[str]:
 
     Yields its endpoint URL; fake credentials are set for the session so that boto3 never reaches AWS.
     """
-    import os
     import socket
 
     from moto.server import ThreadedMotoServer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -39,6 +40,15 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = 120.0, wh
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f} s")
         time.sleep(0.5)
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.05) -> None:
+    """Poll `cond` until it holds; fail naming `what` when `timeout_s` passes first (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(every_s)
 
 
 def write_clip(path: Path, seed: int, fake: bool = False, frames: int = 6, size: int = 128) -> Path:

@@ -9,7 +9,8 @@ import argparse
 
 from dfd.platform.config import Params, load_params
 
-STAGES = ("ingest", "faces", "train", "ensemble", "evaluate", "register")
+# recipes: each model's training inputs as files, for DVC (tasks/recipes.py)
+STAGES = ("ingest", "faces", "recipes", "train", "ensemble", "evaluate", "register")
 
 
 DEMO_OVERRIDE = "configs/demo.yaml"

@@ -1,20 +1,17 @@
-"""Ctrl-C and SIGTERM: stop the training children within seconds and leave resumable state."""
+"""Ctrl-C and SIGTERM: stop the training children within seconds and leave resumable state.
+
+What counts as an interrupt (`Interrupted`, `interrupt_signal`) lives in `dfd.platform.interrupts`, which the flows
+import too; this module holds the CLI's handlers, which reach the training children in `flows.train_process`.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from typing import Any
 
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM (docker stop, timeout) handled like Ctrl-C: `finally` blocks run, children stop, state is resumable."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+from dfd.platform.interrupts import Interrupted
 
 
 def on_signal(signum: int, frame: Any) -> None:
@@ -24,17 +21,6 @@ def on_signal(signum: int, frame: Any) -> None:
 
         threading.Thread(target=stop_all_children, name="dfd-stop-children", daemon=True).start()
     raise Interrupted(signum)
-
-
-def interrupt_signal(exc: BaseException) -> int | None:
-    """The signal behind `exc` when it is an interrupt: Ctrl-C, our SIGTERM handler, or Prefect's own (a flow run
-    replaces the SIGTERM handler with one raising TerminationSignal); None for any other exception."""
-    if isinstance(exc, Interrupted):
-        return exc.signum
-    if isinstance(exc, KeyboardInterrupt):
-        return signal.SIGINT
-    signum = getattr(exc, "signal", None) if type(exc).__name__ == "TerminationSignal" else None
-    return int(signum) if signum is not None else None
 
 
 def stop_now(signum: int) -> None:

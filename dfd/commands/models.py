@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dfd.commands import params_from_args
-from dfd.platform.config import Params
+from dfd.platform.config import Params, load_params
 from dfd.platform.errors import DfdError
 
 
@@ -52,8 +52,13 @@ def _model_for(args: argparse.Namespace) -> tuple[Params, Any]:
 
 
 def _serve_params(args: argparse.Namespace) -> Params:
-    """Params (defaults when there is no params file), with `--precision` over `serve.precision`."""
-    params = params_from_args(args) if Path(args.params).is_file() else Params()
+    """Params (defaults when there is no params file), with `--precision` over `serve.precision`.
+
+    Scoring reads `serve`, `monitor`, `storage`, `mlflow` and `registry`, which the schema checks in full on load; the
+    faces params travel with the model. So the training preflight (`params_from_args`: architectures, augmentations,
+    devices, which imports the model registry) is not run: it checks names scoring never builds.
+    """
+    params = load_params(args.params, args.override) if Path(args.params).is_file() else Params()
     if getattr(args, "precision", None):
         params = params.model_copy(update={"serve": params.serve.model_copy(update={"precision": args.precision})})
     return params
@@ -178,7 +183,6 @@ def _audit(params: Params, action: str, target: str, manifest: dict[str, Any]) -
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
     """`dfd weights fetch`: fill the ImageNet weights cache on a machine with network, for a cluster without."""
-    from dfd.platform.config import load_params
     from models.hub_cache import cache_dir, fetch
     from tasks.preflight import hub_weights
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from dfd.commands import DEMO_OVERRIDE, params_from_args
 from dfd.commands.data import cmd_demo_data
-from dfd.commands.interrupts import interrupt_signal, stop_now
+from dfd.commands.interrupts import stop_now
 from dfd.platform.config import Params
 from dfd.platform.errors import DfdError
+from dfd.platform.interrupts import interrupt_signal
 from dfd.platform.uris import safe_uri
 
 
@@ -44,6 +45,11 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
         res = faces.run(params, layout)
         print(f"faces: {res.crops} crops ({res.extracted} samples extracted, {res.skipped} up to date) -> {res.index}")
+    elif name == "recipes":
+        from tasks import recipes
+
+        paths = recipes.run(params, layout)
+        print(f"recipes: {len(paths)} models' training inputs -> {paths[0].parent if paths else layout.artifacts}")
     elif name == "train":
         from tasks import train
 

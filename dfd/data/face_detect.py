@@ -1,5 +1,8 @@
 """Face detectors chosen by name, and the 68-point landmark predictor, all offline.
 
+The registry (`DETECTORS`) lives here and imports each family; the families import only `face_types` (the box and
+the base class), so no family imports the registry back.
+
 dlib ships its HOG detector in the package; the CNN (MMOD) detector and the 68-point predictor ship in the
 `face-recognition-models` package, whose `__init__` imports `pkg_resources`: its folder is located with
 `importlib.util.find_spec` instead of importing it.
@@ -9,33 +12,15 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from dfd.data.face_types import Box, Detector
+from dfd.data.mtcnn import Mtcnn
 from dfd.platform.errors import ConfigError, DfdError
-
-
-@dataclass(frozen=True)
-class Box:
-    """A face box in pixel coordinates of the image it was found in."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    score: float = 1.0
-
-    @property
-    def area(self) -> float:
-        return max(self.x1 - self.x0, 0.0) * max(self.y1 - self.y0, 0.0)
-
-    def scaled(self, factor: float) -> Box:
-        """The same box in an image `factor` times larger."""
-        return Box(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor, self.score)
 
 
 def model_file(name: str) -> Path:
@@ -47,20 +32,6 @@ def model_file(name: str) -> Path:
     if not path.is_file():
         raise DfdError(f"model file missing from face-recognition-models: {path}", "reinstall the package")
     return path
-
-
-class Detector:
-    """Base of the detectors: `__call__(rgb)` returns boxes in that image's pixel coordinates."""
-
-    def __init__(self, upsample: int = 1) -> None:
-        self.upsample = upsample
-
-    def __call__(self, rgb: np.ndarray) -> list[Box]:
-        raise NotImplementedError
-
-    def batch(self, images: list[np.ndarray]) -> list[list[Box]]:
-        """Boxes of each image; families that batch over frames override it (dlib's detectors take one)."""
-        return [self(im) for im in images]
 
 
 class DlibHog(Detector):
@@ -93,18 +64,12 @@ class DlibCnn(Detector):
                 for d in found]
 
 
-def _mtcnn(upsample: int = 1, **options: Any) -> Detector:
-    from dfd.data.mtcnn import Mtcnn  # imported on use: it imports this module
-
-    return Mtcnn(upsample, **options)
-
-
 def _dlib(cls: type[Detector]) -> Callable[..., Detector]:
     return lambda upsample=1, **_: cls(upsample)  # MTCNN's options do not apply to dlib
 
 
 DETECTORS: dict[str, Callable[..., Detector]] = {"dlib_hog": _dlib(DlibHog), "dlib_cnn": _dlib(DlibCnn),
-                                                 "mtcnn": _mtcnn}
+                                                 "mtcnn": Mtcnn}
 # The distributions each detector's weights and code come from: the served model's requirements list them.
 DETECTOR_PACKAGES: dict[str, tuple[str, ...]] = {"dlib_hog": ("dlib-bin",),
                                                  "dlib_cnn": ("dlib-bin", "face-recognition-models"),

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfd.data.face_detect import Box, Detector
+from dfd.data.face_types import Box, Detector
 from dfd.platform.errors import DfdError
 
 # The paper's (and every port's) per-stage thresholds for P-Net and R-Net, and the scale step of the image pyramid:

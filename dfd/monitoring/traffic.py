@@ -12,6 +12,7 @@ thread turns what waits into one Parquet part per UTC day (`day=YYYY-MM-DD/part-
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 from dfd.evaluation.drift import STAT_COLUMNS, image_stats
 from dfd.monitoring.store import RecordStore, day_of, open_store
 from dfd.platform.config import MonitorParams, StorageParams
+from dfd.platform.interrupts import held_signals
 from dfd.serving.media_scoring import MediaResult
 
 log = logging.getLogger(__name__)
@@ -109,12 +111,26 @@ class TrafficLog:
         return self
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Write what waits and stop the writer."""
+        """Write what waits and stop the writer, before the process goes on to exit; say what was written.
+
+        SIGTERM and Ctrl-C are held until the last part is written (at most `timeout_s`): a second signal during
+        shutdown must not end the process with records still waiting, nor leave a writer running into a folder
+        that whoever stopped the server may be deleting once the process is gone.
+        """
         if self._thread is None:
             return
-        self.queue.put(_STOP)
-        self._thread.join(timeout_s)
-        self._thread = None
+        with held_signals():  # a signal held here is delivered once the lines below are written
+            deadline = time.monotonic() + timeout_s
+            with contextlib.suppress(queue.Full):  # a writer that died drains nothing: the join below says so
+                self.queue.put(_STOP, timeout=timeout_s)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+            alive, self._thread = self._thread.is_alive(), None
+            if alive:
+                log.error("traffic log: the writer did not finish within %.0f s; the records still waiting are lost",
+                          timeout_s)
+            else:
+                log.info("traffic log: stopped; %d record(s) written to %s (%d dropped, %d not written)",
+                         self.written, self.store.where, self.dropped, self.failed_writes)
 
     def __enter__(self) -> TrafficLog:
         return self.start()

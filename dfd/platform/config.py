@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -151,7 +151,10 @@ class TrainParams(_Section):
     max_steps_per_epoch: int | None = None  # caps an epoch (smoke runs); None: the whole training set
     num_workers: int = Field(2, ge=0)
     device: str = "auto"  # "auto" picks CUDA when present
-    torch_threads: int | None = None  # per task; None leaves torch's default
+    # Per training. None: torch's default (every core, each training); auto: the cores divided by the trainings
+    # running at once (dfd/platform/threads.py), so one `dvc repro` training uses them all and four `dfd run`
+    # trainings do not fight over them.
+    torch_threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     seed: int = 1337
 
 

@@ -50,3 +50,12 @@ def recipe(cfg: T, spec: Any) -> T:
     if getattr(spec, "train_on", "all") == "real_only" and "sbi" not in (over.get("augment") or cfg.augment):
         over["augment"] = [*(over.get("augment") or cfg.augment), "sbi"]
     return type(cfg).model_validate({**cfg.model_dump(), **over}) if over else cfg
+
+
+def train_inputs(cfg: _Section, spec: Any) -> dict[str, Any]:
+    """What a model's training reads from params: its own entry, and `train:` under its recipe (JSON-able).
+
+    A `train:` field its recipe sets is hidden, so changing it reruns only the models that take it from `train:`;
+    the flow's stage cache (flows/stage_inputs.py) and DVC (the `recipes` stage's files) both decide reruns by it.
+    """
+    return {"train": recipe(cfg, spec).model_dump(mode="json"), "model": spec.model_dump(mode="json")}

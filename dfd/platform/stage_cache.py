@@ -34,6 +34,10 @@ T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where the dfd, tasks, models and flows packages live
 PROJECT_PACKAGES = ("dfd", "tasks", "models", "flows")
 RECORD_DIR = ".stages"
+# One ast.parse at a time in this process: the flow checks the training stages from parallel task threads, and
+# CPython 3.11 raised "SystemError: AST constructor recursion depth mismatch" there (a failed train@f3net attempt
+# in the pipeline flow test, 2026-12-06), a known interpreter race.
+_PARSE_LOCK = threading.Lock()
 MEMO_FILE = "hashes.sqlite"
 
 
@@ -89,7 +93,8 @@ def _module_file(name: str, root: Path) -> Path | None:
 
 def _imports(path: Path, module: str) -> set[str]:
     """Module names imported by the file of `module` (relative imports resolved; `from p import m` gives p and p.m)."""
-    tree = ast.parse(path.read_text(), str(path))
+    with _PARSE_LOCK:  # CPython 3.11's parser is not safe across threads (see _PARSE_LOCK)
+        tree = ast.parse(path.read_text(), str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(tree):

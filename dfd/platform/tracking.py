@@ -10,7 +10,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -402,6 +402,8 @@ class Tracker:
         with self.promotion_lock(model_name):
             current = self.version_by_alias(model_name, alias)
             old = current["version"] if current else None
+            if between_read_and_write is not None:
+                between_read_and_write(model_name, str(version), old)
             if old == str(version):
                 return None
             self.set_alias(model_name, alias, version)
@@ -429,3 +431,8 @@ class Tracker:
 
 # Promotions against a remote server from threads of one process (the lock file covers local stores).
 _PROCESS_PROMOTION_LOCK = threading.Lock()
+
+# A test hook, None in production: `promote` calls it with (model name, the version being promoted, the version the
+# alias pointed at) after reading the alias and before moving it, inside the promotion lock. A test holds one
+# promotion there while another starts, so the race it checks happens every time rather than by luck.
+between_read_and_write: Callable[[str, str, str | None], None] | None = None

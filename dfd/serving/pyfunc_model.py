@@ -49,8 +49,14 @@ class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
         self.faces_cfg = json.loads(Path(faces).read_text())["params"] if faces else None
         self.scorer = MediaScorer(self.predictor, self.spec, self.faces_cfg) if self.faces_cfg else None
 
-    # No type hints on the input: MLflow would try to validate the input against them (crops or a DataFrame).
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    # MLflow reads the input's hint when this class is defined: a missing one prints its "add type hints" warning on
+    # every load, and one it can build a schema from (list[...]) makes it validate and convert the input, which
+    # no schema can do for "crops or media". An ndarray (like a DataFrame) is a hint it takes as is, without
+    # validation; a union of the two it refuses with another warning. So the hint names the crops, and a
+    # DataFrame of media is accepted too: `predict` checks its input itself.
+    def predict(self, context: mlflow.pyfunc.PythonModelContext | None, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> np.ndarray | pd.DataFrame:
+        """P(fake) of each crop (float32, (N,)), or one result row per media file (see the module docstring)."""
         if isinstance(model_input, pd.DataFrame) and ({"path", "content"} & set(model_input.columns)):
             return self.predict_media(model_input, (params or {}).get("aggregate"))
         crops = np.asarray(model_input)

@@ -52,7 +52,8 @@ def test_dvc_repro_twice(tmp_path: Path, tiny_dataset: Path) -> None:
     shutil.copytree(tiny_dataset, clone / tiny["data"]["root"])
 
     first = _run(["dvc", "repro"], clone, env)
-    for stage in ("ingest", "faces", *(f"train@{m}" for m in tiny["models"]), "ensemble", "evaluate", "register"):
+    for stage in ("ingest", "faces", "recipes", *(f"train@{m}" for m in tiny["models"]), "ensemble", "evaluate",
+                  "register"):
         assert f"Running stage '{stage}'" in first.stdout, stage
     assert not [m for m in dropped if f"train@{m}" in first.stdout]
     assert (clone / "artifacts" / "registry.json").is_file()
@@ -72,9 +73,19 @@ def test_dvc_repro_twice(tmp_path: Path, tiny_dataset: Path) -> None:
     status = _run(["dvc", "status"], clone, env)
     assert "up to date" in status.stdout
 
-    # Changing one model's params reruns that model and what depends on it, nothing upstream.
+    # Changing one model's params reruns that model and what depends on it, nothing upstream. (It also gives mesonet
+    # a recipe of its own augmentations, for the check below.)
     tiny["models"]["mesonet"]["lr"] = 0.001
+    tiny["models"]["mesonet"]["augment"] = list(tiny["train"]["augment"])
     (clone / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
     third = _run(["dvc", "repro"], clone, env)
     assert "Running stage 'train@mesonet'" in third.stdout and "Running stage 'ensemble'" in third.stdout
     assert "Running stage 'faces'" not in third.stdout and "Running stage 'train@f3net'" not in third.stdout
+
+    # A `train:` field a recipe sets (mesonet's augment here, as sbi's in params.yaml) retrains only the members that
+    # take it from `train:` (f3net), not the one whose recipe hides it.
+    tiny["train"]["augment"] = [*tiny["train"]["augment"], "jpeg"]
+    (clone / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
+    fourth = _run(["dvc", "repro", "train@mesonet", "train@f3net"], clone, env)  # and what they need, not downstream
+    assert "Running stage 'recipes'" in fourth.stdout and "Running stage 'train@f3net'" in fourth.stdout
+    assert "Running stage 'train@mesonet'" not in fourth.stdout

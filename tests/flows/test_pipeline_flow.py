@@ -82,11 +82,15 @@ def test_pipeline_runs_logs_registers_and_gates(prefect_server: None, tiny_proje
 
     mlflow.set_tracking_uri(uri)  # the flow leaves MLflow's process-wide URIs as it found them
     model = mlflow.pyfunc.load_model("models:/deepfake-ensemble@production")
-    index = pd.read_parquet(root / "data" / "faces" / "index.parquet").head(3)
+    index = pd.read_parquet(root / "data" / "faces" / "index.parquet")
+    index = index[index["split"] == "test"].head(3)
     crops = np.stack([cv2.cvtColor(cv2.imread(str(root / "data" / "faces" / c)), cv2.COLOR_BGR2RGB)
                       for c in index["crop"]])
     scores = model.predict(crops)
-    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 1)).all()
+    # The scores the ensemble stage recorded for these test crops: served and evaluated are one model.
+    recorded = pd.read_parquet(root / "artifacts" / "ensemble" / "predictions.parquet")
+    fused = index[["sample_id", "frame"]].merge(recorded, on=["sample_id", "frame"], how="left")
+    assert scores.shape == (3,) and scores == pytest.approx(fused["prob"].to_numpy(), abs=1e-5)
 
     # A failing gate registers a version but leaves the alias where it was. The same run removes a member by
     # override (`models: {sbi: null}`): the flow trains, fuses and registers the rest.
@@ -103,3 +107,4 @@ def test_pipeline_runs_logs_registers_and_gates(prefect_server: None, tiny_proje
     assert v2["gate_passed"] == "false" and v2["rejected"] == "true"
     assert v2["prefect_flow_run_id"] and v2["prefect_flow_run_id"] != version.tags["prefect_flow_run_id"]
     assert failed.gate["champion"]["version"] == "1"  # champion/challenger ran against v1 on the same crops
+

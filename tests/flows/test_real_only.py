@@ -24,25 +24,36 @@ def _spec_and_train(root: Path, **recipe: object) -> tuple:
     return params.models["sbi"], params.train
 
 
-def test_real_only_training_sees_no_fake_sample_id(trained_project: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    index_path = trained_project / "data" / "faces" / "index.parquet"
-    index = pd.read_parquet(index_path)
+def test_real_only_training_never_opens_a_fake_crop(trained_project: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Every train-split fake crop file is garbage: a whole real-only epoch still trains and reports no bad crop,
+    so no fake file was opened, by any path (a loader, a sampler, SBI's partner draw)."""
+    faces = tmp_path / "faces"
+    shutil.copytree(trained_project / "data" / "faces", faces)
+    index = pd.read_parquet(faces / "index.parquet")
+    train_fakes = index[(index["split"] == "train") & (index["label"] == 1)]
+    assert len(train_fakes) > 10
+    for crop in train_fakes["crop"]:
+        (faces / crop).write_bytes(b"not an image: a real-only training must never open this file")
     seen: list[tuple[str, float]] = []
     original = FaceCrops.__getitem__
 
-    def spy(self: FaceCrops, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def spy(self: FaceCrops, i: int) -> tuple[torch.Tensor, torch.Tensor]:  # the labels SBI gave the reals
         x, y = original(self, i)
         if self.substitute_unreadable:  # the training dataset (evaluation sets never substitute)
             seen.append((self.index["sample_id"].iloc[i], float(y)))
         return x, y
 
     monkeypatch.setattr(FaceCrops, "__getitem__", spy)
-    spec, cfg = _spec_and_train(trained_project, max_steps_per_epoch=4, sbi_prob=0.5)
-    res = train.train_model("sbi", spec, cfg, index_path, tmp_path / "sbi", progress=False)
-
-    fake_ids = set(index.loc[index["label"] == 1, "sample_id"])
-    assert seen and not {sid for sid, _ in seen} & fake_ids
+    # The whole epoch, not a few steps: every real crop is drawn once.
+    params = tiny_params(tmp_path, train={"max_steps_per_epoch": None}, models={"sbi": {"sbi_prob": 0.5}})
+    with caplog.at_level("WARNING"):
+        res = train.train_model("sbi", params.models["sbi"], params.train, faces / "index.parquet", tmp_path / "sbi",
+                                progress=False)
+    assert "unreadable" not in caplog.text and res.summary["bad_crops"] == []
+    reals = set(index.loc[(index["split"] == "train") & (index["label"] == 0), "sample_id"])
+    assert seen and {sid for sid, _ in seen} <= reals  # reals only
     assert {y for _, y in seen} == {0.0, 1.0}  # SBI made positives from reals, and left other reals real
     assert res.summary["train_on"] == "real_only" and res.summary["train_fake_samples"] == 0
     # The tiny validation split has real fakes: the real-only member is validated on them, like every member.

@@ -132,38 +132,69 @@ def test_gate_aliases_unchanged_lineage_rollback_and_compare(project: Path, caps
     assert "p = " in out and "DeLong" in out and ab["delong"]["p_value"] > 0.5
 
 
+HOLD_S = 0.5  # how long the first promotion waits, between its read and its write, for the second to read
+
+
+def _race_once(first: Tracker, second: Tracker, name: str, a: str, b: str) -> dict[str, str | None]:
+    """Promote `a` with `first` and `b` with `second`, the first held between its read of `production` and its
+    move (`tracking.between_read_and_write`) until the second has started. Returns what each read there."""
+    from dfd.platform import tracking
+
+    read: dict[str, str | None] = {}
+    first_read, second_started, second_read = threading.Event(), threading.Event(), threading.Event()
+    errors: list[Exception] = []
+
+    def hold(model: str, version: str, old: str | None) -> None:
+        read[version] = old
+        if version == a:  # the first: wait, between read and write, until the second promotion has started
+            first_read.set()
+            assert second_started.wait(60)
+            second_read.wait(HOLD_S)  # without the lock, the second reads now (the same old production)
+        else:
+            second_read.set()
+
+    def go(tracker: Tracker, version: str, started: threading.Event | None) -> None:
+        if started is not None:
+            started.set()
+        try:
+            tracker.promote(name, version, "production", "previous", {"archived_reason": f"replaced by {version}"})
+        except Exception as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    tracking.between_read_and_write = hold
+    try:
+        one = threading.Thread(target=go, args=(first, a, None))
+        one.start()
+        assert first_read.wait(60)  # the first has read, and holds
+        two = threading.Thread(target=go, args=(second, b, second_started))
+        two.start()
+        one.join(120)
+        two.join(120)
+    finally:
+        tracking.between_read_and_write = None
+    assert not errors, errors
+    return read
+
+
 def race_promotions(uri: str, name: str, artifact_root: Path | None) -> None:
-    """Three rounds of two threads (each with its own Tracker) promoting two new versions at the same moment."""
+    """Two promotions at once, each with its own Tracker, twice (each tracker first once): the second must wait for
+    the first and read its result, so `previous` ends on the first's version and `production` on one version."""
     client = MlflowClient(uri, registry_uri=uri)
     client.create_registered_model(name)
     trackers = [Tracker(uri, "race", artifact_root) for _ in range(2)]
     run = client.create_run(trackers[0].experiment_id)  # a server accepts only sources inside a run's artifacts
     versions = [str(client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id).version)
-                for _ in range(7)]
+                for _ in range(5)]
     trackers[0].promote(name, versions[0], "production", "previous", {})
-    for i in range(1, 7, 2):
-        a, b = versions[i], versions[i + 1]
-        barrier, errors = threading.Barrier(2), []
-
-        def go(tracker: Tracker, version: str, barrier: threading.Barrier, errors: list[Exception]) -> None:
-            barrier.wait()
-            try:
-                tracker.promote(name, version, "production", "previous", {"archived_reason": f"replaced by {version}"})
-            except Exception as exc:  # reported below, in the test's thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=go, args=(t, v, barrier, errors))
-                   for t, v in zip(trackers, (a, b), strict=True)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors
-        prod, prev = _alias(client, "production", name), _alias(client, "previous", name)
-        # Serialised: one promotion saw the other's result, so previous is the loser, not the old production.
-        assert {prod, prev} == {a, b}
+    production = versions[0]
+    for first, a, b in ((0, versions[1], versions[2]), (1, versions[3], versions[4])):
+        read = _race_once(trackers[first], trackers[1 - first], name, a, b)
+        # Serialised: the second read the first's result, so `previous` is the first, not the old production.
+        assert read == {a: production, b: a}
+        assert (_alias(client, "production", name), _alias(client, "previous", name)) == (b, a)
         holders = [v for v in versions if "production" in client.get_model_version(name, v).aliases]
-        assert holders == [prod]
+        assert holders == [b]
+        production = b
 
 
 def test_two_racing_promotions_leave_one_production(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from dfd.evaluation.calibration import calibrate
 from dfd.platform.config import load_params
@@ -35,8 +36,10 @@ def test_training_outputs_follow_the_contract(chained: tuple[Path, Layout]) -> N
         spec = load_params(PROJECT / "params.yaml", [TINY]).models[m]
         assert ckpt["arch"] == (spec.arch or m) and "input_size" in ckpt["model_kwargs"]
         preds = pd.read_parquet(d / "predictions.parquet")
-        assert set(preds["split"]) == {"val", "test"} and preds["prob"].between(0, 1).all()
-        assert json.loads((d / "metrics.json").read_text())["history"]
+        summary = json.loads((d / "metrics.json").read_text())
+        assert set(preds["split"]) == {"val", "test"} and preds["prob"].notna().all() and summary["history"]
+        val = preds[preds["split"] == "val"]  # the summary's numbers are those of the predictions written
+        assert summary["val"]["auc"] == pytest.approx(roc_auc_score(val["label"], val["prob"]), abs=1e-9)
 
 
 def test_ensemble_weights_and_predictions(chained: tuple[Path, Layout]) -> None:
@@ -90,7 +93,9 @@ def test_reports(chained: tuple[Path, Layout]) -> None:
     robust = json.loads((reports / "robustness.json").read_text())
     assert set(robust["perturbed"]) == {"jpeg", "gauss_blur"} and set(robust["perturbed"]["jpeg"]) == {"70", "30"}
     assert set(robust["adversarial"]) == {"fgsm", "pgd"} and "auc_drop" in robust["adversarial"]["fgsm"]["4"]
-    assert 0 <= metrics["drift"]["drifted_share"] <= 1
+    drift = metrics["drift"]["datasets"]["demo"]  # the share counts the columns drifted without a test too
+    assert metrics["drift"]["drifted_share"] == drift["drifted_share"]
+    assert drift["drifted_share"] == pytest.approx(drift["drifted_columns"] / drift["columns_counted"])
 
 
 def test_missing_upstream_output_is_a_clear_error(tmp_path: Path) -> None:

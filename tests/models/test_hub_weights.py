@@ -24,18 +24,6 @@ from tests.helpers import tiny_params
 HUB = {"models": {"efficientnet": {"pretrained": "hub"}, "sbi": {"pretrained": "hub"}}}  # both test_efficientnet
 
 
-@pytest.fixture
-def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Offline, with dfd's, Hugging Face's and torch hub's caches all empty temporary folders; yields dfd's."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("DFD_WEIGHTS_DIR", str(tmp_path / "dfd-weights"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    return tmp_path / "dfd-weights"
-
-
 def _weights_file(path: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(3)
     state = timm.create_model("test_efficientnet", pretrained=False, num_classes=0).state_dict()

@@ -16,6 +16,7 @@ from dfd.monitoring.traffic import TrafficLog, encode, make_record, parse_window
 from dfd.platform.config import MonitorParams, StorageParams
 from dfd.platform.errors import ConfigError
 from dfd.serving.media_scoring import MediaResult
+from tests.helpers import wait_for
 
 CFG = MonitorParams(flush_interval_s=0.2, flush_records=1000, min_records=20)
 
@@ -33,8 +34,8 @@ def test_records_are_written_by_day_without_names(tmp_path: Path) -> None:
         for _ in range(5):
             traffic.record(_result(rng), "3")
         traffic.record(MediaResult("/secret/bob.mp4", frames=4, reason="no_face"), "3")
-        time.sleep(0.5)  # the writer flushes on its interval, off the caller's thread
-        assert traffic.written == 6
+        # The writer flushes on its interval (0.2 s), off the caller's thread: before close() asks it to.
+        wait_for(lambda: traffic.written == 6, 30, "the writer's interval flush")
     parts = sorted((tmp_path / "log").rglob("*.parquet"))
     assert parts and all(p.parent.name == f"day={datetime.now(UTC).date()}" for p in parts)
     df = read_records(LocalStore(tmp_path / "log"), datetime.now(UTC) - timedelta(hours=1))
@@ -54,6 +55,35 @@ def test_names_only_when_asked_and_a_full_queue_drops(tmp_path: Path) -> None:
     for _ in range(5):
         traffic.record(_result(rng), "1")
     assert traffic.dropped == 3 and traffic.queue.qsize() == 2
+
+
+def test_a_sigterm_during_the_last_flush_waits_for_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`dfd serve` stopped twice (docker stop, then a script's cleanup): the records waiting are written first."""
+    import os
+    import signal
+
+    from dfd.platform.interrupts import Interrupted
+
+    class SignalledStore(LocalStore):  # a real folder; the second SIGTERM comes while the last part is being written
+        def put(self, name: str, data: bytes) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.3)  # long enough for the handler to run in the main thread, were it not held
+            super().put(name, data)
+
+    def on_sigterm(signum: int, frame: object) -> None:  # what the CLI installs (dfd.commands.interrupts)
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        # Flushes only on close: the one put, and so the signal, comes while close() waits for the writer.
+        traffic = TrafficLog(SignalledStore(tmp_path / "log"), MonitorParams(flush_interval_s=600), "serve").start()
+        traffic.record(_result(np.random.default_rng(6)), "3")
+        with caplog.at_level("INFO", logger="dfd.monitoring.traffic"), pytest.raises(Interrupted):
+            traffic.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert traffic.written == 1 and len(LocalStore(tmp_path / "log").names()) == 1  # written, then interrupted
+    assert "traffic log: stopped; 1 record(s) written to" in caplog.text
 
 
 def test_retention_deletes_only_old_parts_it_wrote(tmp_path: Path) -> None:

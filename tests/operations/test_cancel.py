@@ -44,6 +44,26 @@ def _running_task(api: str, run_id: str, name: str) -> bool:
     return any(r["name"].startswith(name) for r in runs)
 
 
+def _run_processes(session: int) -> list[str]:
+    """Live processes of the worker's session (`start_new_session`) that belong to a flow run: the flow process,
+    the faces stage's pool workers, training children. Re-parented orphans keep the session, so they count."""
+    import os
+
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.pid == session or os.getsid(proc.pid) != session or proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+        except (ProcessLookupError, PermissionError):
+            continue
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if any(mark in cmd for mark in ("prefect.engine", "multiprocessing.spawn", "stage train")):
+            found.append(f"{proc.pid}: {cmd[:300]}")
+    return found
+
+
 def test_a_cancel_during_faces_ends_cancelled_without_a_crash_alert(prefect_api: str, tiny_dataset: Path,  # noqa: F811
                                                                       tmp_path: Path, webhook) -> None:
     url, posts = webhook
@@ -80,12 +100,23 @@ def test_a_cancel_during_faces_ends_cancelled_without_a_crash_alert(prefect_api:
         assert cancel.returncode == 0, cancel.stdout + cancel.stderr
         state = _wait_state(prefect_api, run["id"], ("CANCELLED", "CRASHED", "FAILED", "COMPLETED"), 120)
         time.sleep(3)  # a late hook would post now
+        # Before the worker is stopped (its stop would take them down too, hiding them): nothing the run started
+        # still works, orphans included (they keep the worker's session when re-parented).
+        deadline, left = time.time() + 60, _run_processes(worker.pid)
+        while left and time.time() < deadline:
+            time.sleep(0.5)
+            left = _run_processes(worker.pid)
+        assert not left, left
     finally:
         _stop(worker)
         log.close()
     worker_log = (tmp_path / "worker.log").read_text()
     assert state.get("type") == "CANCELLED", f"{state}\n{worker_log[-4000:]}"
     assert (tmp_path / "data" / "manifests" / "ingest_report.json").is_file()  # what finished is kept
+    # The cancel landed inside faces: the stage wrote neither its index nor its report, and no training started.
+    faces_dir = tmp_path / "data" / "faces"
+    assert not (faces_dir / "index.parquet").exists() and not (faces_dir / "faces_report.json").exists()
+    assert not (tmp_path / "artifacts" / "models").exists()
     # No crash alert for a deliberate cancel; the one `cancelled` notice alerts.on_cancel asks for.
     assert [p["text"].splitlines()[0] for p in posts] == [f"*[dfd] pipeline run {run['name']} cancelled*"], posts
     # The flow run is cancelled, not crashed (the faces task run itself is Crashed: Prefect's task engine reports a

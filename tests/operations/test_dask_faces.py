@@ -12,14 +12,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import distributed  # a plain import: a broken install must fail here, not skip
 import pandas as pd
 import pytest
 
 from dfd.platform.layout import Layout
 from tasks import faces, ingest
 from tests.helpers import tiny_params
-
-distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -119,6 +120,43 @@ def test_hash_memo_survives_a_new_process_view(tmp_path: Path) -> None:
     # ...and reads the file again when they change.
     f.write_bytes(b"1" * 1000)
     assert FileHasher(memo).file(f) != digest
+
+
+def test_a_train_field_a_recipe_sets_reruns_only_the_models_that_read_it(tmp_path: Path) -> None:
+    from dfd.platform.layout import Layout
+    from flows import stage_inputs
+    from tests.helpers import tiny_params
+
+    def slices(**train: object) -> dict[str, dict[str, Any]]:
+        params = tiny_params(tmp_path, train=train)
+        layout = Layout.from_params(params, tmp_path)
+        return {m: stage_inputs.train(params, layout, m).params for m in params.models}
+
+    before, after = slices(), slices(augment=["hflip", "jpeg"])
+    assert before["sbi"] == after["sbi"]  # its recipe sets `augment`: train.augment is not what it reads
+    assert before["mesonet"] != after["mesonet"]  # it takes `augment` from `train:`
+    assert slices(weight_decay=0.01)["sbi"] != before["sbi"]  # what it does read still reruns it
+
+
+
+def test_the_recipes_stage_writes_what_dvc_decides_train_reruns_by(tmp_path: Path) -> None:
+    """DVC's side of the same rule: `dfd stage recipes` writes each model's training inputs, and a file whose
+    content did not change leaves that model's training alone (train@M depends on its file in dvc.yaml)."""
+    from dfd.platform.layout import Layout
+    from flows import stage_inputs
+    from tasks import recipes
+    from tests.helpers import tiny_params
+
+    params = tiny_params(tmp_path)
+    layout = Layout.from_params(params, tmp_path)
+    paths = recipes.run(params, layout)
+    assert sorted(p.stem for p in paths) == sorted(params.models)
+    before = {p.stem: p.read_bytes() for p in paths}
+    assert json.loads(before["sbi"]) == stage_inputs.train(params, layout, "sbi").params  # the flow's rule too
+    changed = tiny_params(tmp_path, train={"augment": ["hflip", "jpeg"]}, models={"mesonet": None})
+    after = {p.stem: p.read_bytes() for p in recipes.run(changed, layout)}
+    assert after["sbi"] == before["sbi"] and after["f3net"] != before["f3net"]
+    assert "mesonet" not in after and not recipes.recipe_path(layout, "mesonet").exists()  # a removed member
 
 
 @pytest.mark.slow

@@ -29,7 +29,9 @@ def test_pyfunc_scores_media_paths_and_bytes(loaded, media: dict[str, Path], mon
     out = loaded.pyfunc.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
     by = out.set_index("path")
     face, clip = by.loc[str(media["face"])], by.loc[str(media["real"])]
-    assert 0.0 <= face["p_fake"] <= 1.0 and face["frames"] == 1 and face["faces"] == 1 and face["reason"] is None
+    assert face["frames"] == 1 and face["faces"] == 1 and face["reason"] is None
+    # One face: the image's score is that crop's score.
+    assert face["p_fake"] == pytest.approx(model.scorer.score_path(media["face"]).crops[0]["p_fake"], abs=1e-6)
     assert face["label"] == ("fake" if face["p_fake"] >= model.threshold else "real")
     assert clip["frames"] == loaded.python_model.faces_cfg["frames_per_video"] and clip["faces"] >= 1
     assert by.loc[str(media["noface"]), "reason"] == "no_face" and pd.isna(by.loc[str(media["noface"]), "p_fake"])
@@ -130,18 +132,47 @@ def test_cli_predict_matches_registry_model(loaded, registered, media: dict[str,
     table = pd.read_csv(tmp_path / "o.csv")
     assert code == 1 and table.set_index("path").loc[str(media["noface"]), "reason"] == "no_face"
     assert "no_face" in capsys.readouterr().out
-    # --precision bf16: scored in bf16, the measured distance from fp32 printed. This tiny model moves P(fake) by
-    # about 0.023 on its example crops in bf16, over the default limit (0.02): the limit is raised for the test.
+    # --precision bf16: scored in bf16, the measured distance from fp32 printed. This tiny model moved P(fake) by
+    # 0.015 at most on its example crops in bf16 (0.023 with an earlier demo recipe), near the default limit (0.02):
+    # the limit is raised for the test, to about three times that.
     loose = tmp_path / "loose.yaml"
-    loose.write_text("serve:\n  max_precision_error: 0.2\n")
+    loose.write_text("serve:\n  max_precision_error: 0.05\n")
     code = main(["--params", str(registered.root / "extra.yaml"), "--override", str(loose), "predict",
                  str(media["face"]), "--model", registered.uri, "--out", str(tmp_path / "bf16.json"), "--no-progress",
                  "--precision", "bf16"])
     printed = capsys.readouterr()
     assert code == 0 and "bf16: P(fake) within" in printed.out, printed.err[-2000:]
     bf16 = json.loads((tmp_path / "bf16.json").read_text())[0]["p_fake"]
-    assert bf16 == pytest.approx(rows["face.png"]["p_fake"], abs=0.2)
+    # Measured: bf16 moved this image's P(fake) by 0.026 (the demo clips' by 0.020 and 0.035); twice that holds.
+    assert bf16 == pytest.approx(rows["face.png"]["p_fake"], abs=0.05)
     assert main(["predict", str(tmp_path / "missing.mp4"), "--model", registered.uri]) == 2
+
+
+def test_predict_checks_only_what_scoring_reads_and_prints_no_mlflow_warning(registered, media: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    """Training names scoring never builds (a device this machine lacks, an unknown augmentation) do not stop
+    `dfd predict`, and the terminal shows no MLflow warning about the pyfunc's type hints."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from dfd.platform.config import load_params
+    from dfd.platform.errors import ConfigError
+    from tasks.preflight import check_params
+
+    extra = tmp_path / "train_only.yaml"
+    extra.write_text(yaml.safe_dump({"train": {"device": "cuda:7", "augment": ["no_such_augmentation"]}}))
+    with pytest.raises(ConfigError, match="no_such_augmentation"):  # what a training command refuses
+        check_params(load_params(registered.root / "extra.yaml", [extra]))
+    res = subprocess.run([sys.executable, "-m", "dfd.cli", "--params", str(registered.root / "extra.yaml"),
+                          "--override", str(extra), "predict", str(media["face"]), "--model", registered.uri,
+                          "--no-progress"], cwd=registered.root, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "1 files: 1 scored" in res.stdout
+    assert "type hint" not in res.stderr.lower(), res.stderr[-2000:]
 
 
 def test_ffpp_sample_scores(loaded, ffpp_sample: Path, tmp_path: Path, monkeypatch) -> None:
@@ -150,4 +181,6 @@ def test_ffpp_sample_scores(loaded, ffpp_sample: Path, tmp_path: Path, monkeypat
     out = loaded.python_model.predict(None, pd.DataFrame({"path": [str(v) for v in videos]}))
     assert len(out) == len(videos)
     scored = out[out["reason"].isna()]
-    assert len(scored) >= 1 and scored["p_fake"].between(0, 1).all() and (scored["faces"] > 0).all()
+    assert len(scored) >= 1 and scored["p_fake"].notna().all() and (scored["faces"] > 0).all()
+    threshold = loaded.python_model.threshold  # each label is its score against the model's threshold
+    assert (scored["label"] == np.where(scored["p_fake"] >= threshold, "fake", "real")).all()
