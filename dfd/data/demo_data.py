@@ -190,7 +190,10 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
         out: Dataset root: created, or empty, or a previous demo dataset (cleared); anything else is refused.
         seed: Everything random derives from it: same seed, same bytes.
         identities: Number of drawn people.
-        images_per_identity: Real images per person; as many fakes per person, each from another source face.
+        images_per_identity: Real images per person; as many fakes per person, each with the inner face of the
+            person's own donor (a face drawn for it that appears in no real sample), as an FF++ pair shares one
+            source: every person with its fakes is then one identity cluster (dfd/data/identity.py). Donors shared
+            among people would chain all of them into one cluster, and the split would have nothing to split.
         videos: Short .mp4 clips (alternately real and fake).
         frames_per_video: Frames per clip.
         image_size: Side of images and video frames.
@@ -204,6 +207,7 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
                             "videos": videos, "frames_per_video": frames_per_video, "image_size": image_size})
     rng = np.random.default_rng(seed)
     people = [make_identity(rng, f"id{i:03d}") for i in range(identities)]
+    donors = [make_identity(rng, f"src{i:03d}") for i in range(identities)]  # drawn after the people: same people
     (out / "real").mkdir(parents=True, exist_ok=True)
     (out / "fake").mkdir(parents=True, exist_ok=True)
     meta: dict[str, dict[str, object]] = {}
@@ -217,7 +221,7 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
                 cv2.imwrite(str(out / real_rel), draw_face(person, random_pose(item_rng), image_size,
                                                            int(item_rng.integers(1 << 31))))
                 meta[real_rel] = {"label": 0, "identity": person.name, "method": "real"}
-                source = people[(i + 1 + int(item_rng.integers(identities - 1))) % identities]
+                source = donors[i]
                 fake_rel = f"fake/{person.name}_{source.name}_{k}.png"
                 fake = blend_fake(person, source, random_pose(item_rng), image_size, item_rng,
                                   int(item_rng.integers(1 << 31)))
@@ -230,6 +234,7 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
             vid_rng = np.random.default_rng([seed, 10_000 + v])
             person = people[v % identities]
             fake = v % 2 == 1
+            # A fake clip pastes another person of the dataset: it joins two people's clusters, as datasets do.
             source = people[(v + 1 + int(vid_rng.integers(identities - 1))) % identities]
             start, end = random_pose(vid_rng), random_pose(vid_rng)
             frames = []
