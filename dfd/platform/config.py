@@ -59,8 +59,8 @@ class DemoDataParams(_Section):
     """The offline demo dataset generator (`dfd demo-data`)."""
 
     # Many people with few images each: the test split must hold about 20 identity clusters of each class for the
-    # champion check to decide (champion.min_clusters_per_class); 100 x 2 draws as many images as 40 x 5 did, so
-    # the demo costs the same (configs/demo.yaml).
+    # champion check to decide (champion.min_clusters_per_class); 100 people x (2 real + 2 fake) + a donor's real
+    # each is 500 images where 40 x 5 x 2 was 400 (configs/demo.yaml).
     identities: int = 100
     images_per_identity: int = 2
     videos: int = 6  # short .mp4 clips, half real, half fake, to exercise the video path
