@@ -107,11 +107,19 @@ def test_faces_extracts_then_skips_on_rerun(tiny_project: Path) -> None:
 
 
 def test_faces_parallel_workers_match_serial(tiny_project: Path) -> None:
-    params = tiny_params(tiny_project, faces={"workers": 2})
-    layout = Layout.from_params(params, tiny_project)
-    ingest.run(params, layout)
-    res = faces.run(params, layout)
-    assert res.extracted > 0 and res.samples_without_face == 0
+    import shutil
+
+    serial_params = tiny_params(tiny_project)
+    layout = Layout.from_params(serial_params, tiny_project)
+    ingest.run(serial_params, layout)
+    serial = faces.run(serial_params, layout)
+    serial_index = pd.read_parquet(layout.faces_index)
+    shutil.rmtree(layout.faces_dir)  # extract everything again, this time in two worker processes
+    res = faces.run(tiny_params(tiny_project, faces={"workers": 2}), layout)
+    # MTCNN misses a few of the drawn faces at 160 px (4 of 52 in the tiny set): the same ones either way.
+    assert res.extracted == serial.extracted > 0 and res.samples_without_face == serial.samples_without_face
+    cols = ["sample_id", "frame", "crop"]
+    assert pd.read_parquet(layout.faces_index)[cols].equals(serial_index[cols])
 
 
 def test_adding_samples_extracts_only_the_new_ones(tiny_project: Path) -> None:
