@@ -193,8 +193,9 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
         images_per_identity: Real images per person; as many fakes per person, each with the inner face of the
             person's own donor, as an FF++ pair shares one source. A donor is a drawn person with one real image
             of its own (`real/src<i>_0.png`): the faces pasted into fakes are also seen as reals, so a detector
-            cannot tell a fake by whose face it carries, only by the blend (donors seen only inside fakes made that
-            shortcut: val AUC 0.44 for xception at epoch 2 of the demo). A person, its donor and their fakes are
+            cannot tell a fake by whose face it carries, only by the blend (with donors seen only inside fakes, an
+            interrupted demo run had xception at val AUC 0.44 after 2 epochs, below chance). A person, its donor and
+            their fakes are
             one identity cluster (dfd/data/identity.py); donors shared among people would chain everyone into one
             cluster, and the split would have nothing to split.
         videos: Short .mp4 clips (alternately real and fake).
