@@ -195,9 +195,8 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
             of its own (`real/src<i>_0.png`): the faces pasted into fakes are also seen as reals, so a detector
             cannot tell a fake by whose face it carries, only by the blend (with donors seen only inside fakes, an
             interrupted demo run had xception at val AUC 0.44 after 2 epochs, below chance). A person, its donor and
-            their fakes are
-            one identity cluster (dfd/data/identity.py); donors shared among people would chain everyone into one
-            cluster, and the split would have nothing to split.
+            their fakes are one identity cluster (dfd/data/identity.py); donors shared among people would chain
+            everyone into one cluster, and the split would have nothing to split.
         videos: Short .mp4 clips (alternately real and fake).
         frames_per_video: Frames per clip.
         image_size: Side of images and video frames.
