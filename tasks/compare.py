@@ -15,7 +15,7 @@ from dfd.evaluation.compare import (
     sample_frames,
     score,
 )
-from dfd.evaluation.significance import identity_clusters
+from dfd.evaluation.significance import identity_clusters, persons_of
 from dfd.platform.config import Params
 from dfd.platform.errors import DataError
 from dfd.platform.tracking import Tracker
@@ -49,9 +49,9 @@ def compare(params: Params, tracker: Tracker, ref_a: str, ref_b: str, faces_inde
     crops = load_crops(rows["crop"], faces_index.parent)
     uris = [resolve_model_uri(r, params.registry.model_name) for r in (ref_a, ref_b)]
     scores = [score(tracker.load_pyfunc(uri), crops) for uri in uris]
-    # Identity clusters (a fake with its people's reals; a sample alone when no identity is known): see significance.
-    clusters = identity_clusters(rows["sample_id"].to_numpy(),
-                                 rows["identity"].to_numpy() if "identity" in rows else None)
+    # Identity clusters over the persons each row shows (a fake with its people's reals; the frames of one sample
+    # together): see dfd.evaluation.significance.
+    clusters = identity_clusters(persons_of(rows), rows["sample_id"].tolist())
     result = compare_scores(rows["label"].to_numpy(), scores[0], scores[1], clusters, n_boot, seed)
     result.update(a=uris[0], b=uris[1], dataset=str(faces_index), split=split or "all")
     result["lines"] = [f"dataset: {faces_index} (split {split or 'all'})", *format_comparison(result, *uris)]

@@ -177,11 +177,11 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["sample_id", "dataset", "method"]  # per-dataset and per-method rows of the scorecard
     samples = None
-    if faces_index.is_file():  # + identity, when the index has it: the clusters of the ECE interval
+    if faces_index.is_file():  # + persons/identity, when the index has them: the clusters of the intervals
         import pyarrow.parquet as pq
 
         names = set(pq.read_schema(faces_index).names)
-        samples = pd.read_parquet(faces_index, columns=[c for c in [*cols, "identity"] if c in names])
+        samples = pd.read_parquet(faces_index, columns=[c for c in [*cols, "identity", "persons"] if c in names])
     plots = out_dir / "plots"
     card = test_scorecard(preds, spec, threshold, samples, plots)
     ensemble_metrics, members = card.pop("ensemble"), card.pop("members")

@@ -19,8 +19,8 @@ from dfd.platform.errors import DataError
 from dfd.platform.files import write_json, write_parquet
 from dfd.platform.layout import Layout
 
-INDEX_COLUMNS = ["sample_id", "frame", "track", "crop", "label", "split", "identity", "method", "dataset", "media",
-                 "score"]
+INDEX_COLUMNS = ["sample_id", "frame", "track", "crop", "label", "split", "identity", "persons", "method", "dataset",
+                 "media", "score"]
 SAMPLE_COLUMNS = ["sample_id", "dataset", "path", "media", "label", "split", "sampled", "faces", "face_share", "crops",
                   "note"]
 WORST_NAMED = 5  # samples named in the one-line face-share error; the full list is in faces_samples.parquet
@@ -156,6 +156,8 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
     chain = detector_chain(opts)
     rows = [{**{k: by_id[r["sample_id"]][k] for k in ("sample_id", "label", "split", "identity", "method",
                                                       "dataset", "media")},
+             # the persons as a list (parquet hands back arrays); a manifest written before them: the cluster name
+             "persons": list(by_id[r["sample_id"]].get("persons", [by_id[r["sample_id"]]["identity"]])),
              "frame": f["frame"], "track": f.get("track", 0), "crop": f"{out_dir.name}/{f['crop']}",
              "score": f["score"], "detector": f.get("detector") or chain[0],
              "landmarks": f.get("landmarks")}

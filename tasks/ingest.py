@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dfd.data.manifest import SPLITS, assign_splits, sample_id, write_manifest
+from dfd.data.identity import cluster_names
+from dfd.data.manifest import SPLIT_SCHEME, SPLITS, assign_splits, sample_id, write_manifest
 from dfd.data.media import media_kind
 from dfd.data.validation import validate
 from dfd.platform.config import DataParams, IngestParams, Params
@@ -37,7 +38,8 @@ def ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path,
     Every unusable input (missing, zero-byte, unreadable, corrupt, outside the root, a duplicate) becomes a row of
     the report with its reason; the stage fails only when more than `cfg.max_bad_share` of the samples are bad,
     and writes the report first so the user can see which. Official splits are kept; the other samples are split
-    by identity (into train and val only when the dataset has an official test set).
+    by identity cluster (connected components over the persons each sample shows; into train and val only when
+    the dataset has an official test set). The manifest's `identity` is the cluster's name, `persons` the list.
 
     Args:
         data: Dataset name, adapter and adapter options.
@@ -83,7 +85,8 @@ def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path
         raise DataError(f"no usable samples in {root}: all {len(checked.bad)} files are bad", f"see {report_path}")
     df = pd.DataFrame([{"sample_id": sample_id(data.name, c.rel_path), "dataset": data.name, "path": c.rel_path,
                         "media": media_kind(c.rel_path), "label": c.label, "method": c.method,
-                        "identity": c.identity, "official_split": c.split} for c in checked.good])
+                        "persons": list(c.persons), "official_split": c.split} for c in checked.good])
+    df["identity"] = cluster_names(df["persons"].tolist(), df["sample_id"].tolist())
     official = df["official_split"].notna()
     has_official_test = (df.loc[official, "official_split"] == "test").any()
     unsplit = df.loc[~official, "identity"].tolist()
@@ -93,6 +96,7 @@ def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path
     report["per_split"] = {s: dict(Counter(df.loc[df["split"] == s, "label"].map({0: "real", 1: "fake"})))
                            for s in SPLITS}
     report["identities"] = {s: int(df.loc[df["split"] == s, "identity"].nunique()) for s in SPLITS}
+    report.update(cluster_report(df))
     report["official_splits"] = int(official.sum())
     if checked.bad_share > cfg.max_bad_share:
         raise DataError(f"{len(checked.bad)} of {len(checked.bad) + len(checked.good)} samples in {root} are "
@@ -114,6 +118,22 @@ def _ingest(data: DataParams, cfg: IngestParams, root: Path, manifest_path: Path
     report["status"] = "ok"
     write_json(report_path, report)  # after the manifest: an "ok" report always has its manifest beside it
     return IngestResult(manifest_path, report_path, len(df), len(checked.bad), checked.data_hash)
+
+
+def cluster_report(df: pd.DataFrame) -> dict:
+    """Identity clusters per split and class, the largest cluster's share, clusters that straddle splits.
+
+    A cluster straddles splits only where a dataset's official split cuts it (Celeb-DF's test list shares
+    celebrities with the rest): said here, since the test is then not identity-disjoint from training.
+    """
+    per = {s: {"all": int(df.loc[df["split"] == s, "identity"].nunique()),
+               **{name: int(df.loc[(df["split"] == s) & (df["label"] == label), "identity"].nunique())
+                  for label, name in ((0, "real"), (1, "fake"))}} for s in SPLITS}
+    sizes = df["identity"].value_counts()
+    straddling = int((df.groupby("identity")["split"].nunique() > 1).sum())
+    return {"split_scheme": SPLIT_SCHEME, "clusters": per, "clusters_total": len(sizes),
+            "largest_cluster_share": round(float(sizes.iloc[0]) / len(df), 4) if len(df) else 0.0,
+            "clusters_straddling_splits": straddling}
 
 
 def run(params: Params, layout: Layout) -> IngestResult:

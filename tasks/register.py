@@ -24,6 +24,7 @@ import pandas as pd
 
 from dfd.data.demo_data import DEMO_MARKER
 from dfd.data.face_detect import DETECTOR_PACKAGES
+from dfd.data.manifest import SPLIT_SCHEME_TAG
 from dfd.data.provenance import run_lineage
 from dfd.evaluation.champion import champion_comparison, sample_videos
 from dfd.evaluation.compare import load_crops, score
@@ -97,27 +98,47 @@ def comparable_lineage(tags: dict[str, str]) -> tuple[str, ...] | None:
     return values
 
 
+def split_scheme_skip(production: dict[str, Any], scheme: str | None) -> str | None:
+    """Why the champion comparison cannot be a paired test on this test split, or None when it can.
+
+    A production version whose splits were made by another scheme (`dfd.data.manifest.SPLIT_SCHEME`, recorded as
+    the `split_scheme` tag; versions from before it have none) may have trained on samples of today's test split:
+    a paired test would measure memory, not skill. Its first successor is judged by the absolute checks alone.
+    """
+    theirs = production.get("tags", {}).get(SPLIT_SCHEME_TAG) or "identity-hash (before persons-1)"
+    if scheme and theirs != scheme:
+        return (f"champion v{production['version']} was trained on splits of scheme {theirs!r}, this candidate on "
+                f"{scheme!r}: the champion may have trained on this test split, so no paired test is run (the "
+                "absolute checks decide this once; the next comparison is paired again)")
+    return None
+
+
 def champion_summary(tracker: Tracker, production: dict[str, Any], model_name: str, ensemble_dir: Path,
                      faces_index: Path, gate: GateParams, aggregation: AggregationParams | None = None,
-                     ) -> dict[str, Any]:
+                     split_scheme: str | None = None) -> dict[str, Any]:
     """Score the production version on the candidate's test crops and compare their AUCs (candidate - champion).
 
     The candidate's scores are its evaluated ensemble predictions (the `prob` column of predictions.parquet); the
     champion is loaded from the registry and scores the same crops, so both are judged on identical samples, at the
-    level the gate reports (see `dfd.evaluation.champion`). Whole test samples are drawn, up to `max_crops` frames.
+    level the gate reports (see `dfd.evaluation.champion`). Whole test samples are drawn, up to
+    `champion.max_videos`. A champion split by another scheme than `split_scheme` is not compared (`skipped`).
     """
     cfg = gate.champion
     out: dict[str, Any] = {"version": production["version"], "run_id": production["run_id"],
                            "model_uri": f"models:/{model_name}/{production['version']}", "policy": cfg.policy}
+    skip = split_scheme_skip(production, split_scheme)
+    if skip:
+        return {**out, "skipped": skip}
     preds = pd.read_parquet(ensemble_dir / "predictions.parquet")
     index = pd.read_parquet(faces_index)
-    extra = [c for c in ("crop", "identity", "media") if c in index and (c == "crop" or c not in preds)]
+    extra = [c for c in ("crop", "identity", "persons", "media") if c in index and (c == "crop" or c not in preds)]
     test = preds[preds["split"] == "test"].merge(index[["sample_id", "frame", *extra]], on=["sample_id", "frame"],
                                                  how="left")
     if test["crop"].isna().any():
         raise StageError(f"{int(test['crop'].isna().sum())} test prediction(s) have no crop in {faces_index}",
                          "rerun the faces, ensemble and evaluate stages")
-    rows = sample_videos(test, cfg.max_crops, cfg.seed)
+    out["n_videos_available"] = int(test["sample_id"].nunique())
+    rows = sample_videos(test, cfg.max_videos, cfg.seed)
     crops = load_crops(rows["crop"], faces_index.parent)  # an unreadable crop is the data's fault: a stage error
     try:
         rows["champion"] = score(tracker.load_pyfunc(out["model_uri"]), crops)
@@ -175,7 +196,8 @@ def training_summary(layout: Layout) -> dict[str, Any]:
     if layout.manifest.is_file():
         manifest = pd.read_parquet(layout.manifest, columns=["label", "method"])
         methods = {str(k): int(v) for k, v in manifest.loc[manifest["label"] == 1, "method"].value_counts().items()}
-    return {"per_split": report.get("per_split", {}), "identities": report.get("identities", {}), "methods": methods}
+    return {"per_split": report.get("per_split", {}), "identities": report.get("identities", {}), "methods": methods,
+            "clusters": report.get("clusters", {}), "split_scheme": report.get("split_scheme", "")}
 def _weights_tags(model_dirs: dict[str, Path], members: list[str]) -> dict[str, str]:
     """Each member's pretrained start (weights name and sha256, from its metrics.json), for the version's lineage."""
     tags = {}
@@ -267,7 +289,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
     champion = None
     if production and gate_cfg.champion.policy != "off":
         champion = champion_summary(tracker, production, cfg.model_name, ensemble_dir, faces_index, gate_cfg,
-                                    aggregation)
+                                    aggregation, tags.get(SPLIT_SCHEME_TAG))
     gate = decide(gate_cfg, metrics, robustness, champion)
     if gate["champion"] is not None:
         gate["champion"]["challenger"] = {"version": version, "run_id": run_id}
@@ -316,6 +338,9 @@ def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None 
     """
     check_inputs(params, layout)
     tags = run_lineage(params, layout.ingest_report, layout.root)
+    # How the training data was split (the ingest report's scheme): a champion split otherwise is not compared.
+    tags[SPLIT_SCHEME_TAG] = str(read_json(layout.ingest_report).get("split_scheme") or "identity-hash (before "
+                                                                                        "persons-1)")
     if flow_run_id:
         tags["prefect_flow_run_id"] = str(flow_run_id)
     if retrain_trigger:

@@ -1,8 +1,9 @@
 """Dataset adapters: each turns a dataset root, in its publisher's layout, into candidate manifest rows.
 
-An adapter only lists what the dataset says it holds (with the official split where the dataset has one); the
-ingest stage and `dfd validate-dataset` check each file and split the rest by identity. Chosen by name
-(`data.adapter` in params): folder, ffpp, celebdf, dfdc.
+An adapter only lists what the dataset says it holds (with the official split where the dataset has one) and which
+persons each sample shows (`persons`: a real its person, a face swap its target and source; names are opaque and
+never split, see `dfd.data.identity`); the ingest stage and `dfd validate-dataset` check each file and split the
+rest by identity cluster. Chosen by name (`data.adapter` in params): folder, ffpp, celebdf, dfdc.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -28,6 +30,7 @@ class Candidate(NamedTuple):
     identity: str
     problem: str | None = None  # set when the adapter already knows the sample is unusable
     split: str | None = None  # the dataset's official split, when it has one
+    persons: tuple[str, ...] = ()  # the persons the sample shows; the identity clusters are built from them
 
 
 Adapter = Callable[[Path, DataParams], Iterator[Candidate]]
@@ -113,8 +116,9 @@ def _files(root: Path, folder: Path, exts: frozenset[str] | None = None) -> list
 
 
 def _candidate(root: Path, path: str | Path, label: int, method: str, identity: str, split: str | None = None,
-               rel: str | None = None, plain: bool = False) -> Candidate:
-    """A candidate row; `rel` and `plain` when `_files` already knows them (see there)."""
+               rel: str | None = None, plain: bool = False, persons: tuple[str, ...] = ()) -> Candidate:
+    """A candidate row; `rel` and `plain` when `_files` already knows them (see there); `persons` (default: the
+    identity, as one name) is what the identity clusters are built from."""
     if rel is None:
         rel = Path(path).relative_to(root).as_posix()
     problem = None
@@ -122,7 +126,7 @@ def _candidate(root: Path, path: str | Path, label: int, method: str, identity: 
         problem = "path escapes the dataset root (symlink?)"
     elif media_kind(rel) is None:
         problem = f"unsupported file type '{Path(path).suffix}'"
-    return Candidate(rel, label, method, identity, problem, split)
+    return Candidate(rel, label, method, identity, problem, split, persons or (identity,))
 
 
 def _listed_but_missing(root: Path, rel: str, label: int, method: str, identity: str,
@@ -140,8 +144,10 @@ def folder_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
     """`real/` and `fake/` folders of images or videos, with an optional `metadata.json`.
 
     `metadata.json` maps a path relative to the root to `{"label": 0|1, "identity": ..., "method": ...,
-    "source": ...}`; files it names but that are missing become bad rows. Without an identity, the file name up
-    to its first underscore is used (so `id007_3.png` and `id007_id011_3.png` share identity `id007`).
+    "source": ...}`; files it names but that are missing become bad rows. The sample's persons are its `identity`
+    and, for a fake, its `source` (the person whose face was pasted in), each taken whole. Without an identity, the
+    file name up to its first underscore is the person (the layout's naming rule: `id007_3.png` and
+    `id007_id011_3.png` both show `id007`; give `identity` and `source` in metadata.json to say more).
     """
     meta_path = root / "metadata.json"
     meta = _read_json(meta_path) if meta_path.is_file() else {}
@@ -163,7 +169,9 @@ def folder_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
             info = meta.get(rel, {})
             ident = str(info.get("identity") or _stem(path).split("_")[0])
             method = str(info.get("method") or ("real" if label == 0 else "unknown"))
-            yield _candidate(root, path, int(info.get("label", label)), method, ident, None, rel, plain)
+            source = info.get("source")
+            persons = (ident, str(source)) if source else (ident,)
+            yield _candidate(root, path, int(info.get("label", label)), method, ident, None, rel, plain, persons)
     for rel in sorted(set(meta) - seen):
         info = meta[rel]
         bad = _listed_but_missing(root, rel, int(info.get("label", -1)), str(info.get("method", "unknown")),
@@ -190,8 +198,9 @@ def ffpp_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
     `manipulated_sequences/<method>/<c>/videos/<target>_<source>.mp4` (fake), at compression `data.compression`,
     for the methods in `data.methods` (all when None). The official identity splits are used when found.
 
-    A fake's identity is its (target, source) pair, written `min_max` so that `004_982` and `982_004` group with
-    the originals `004` and `982`; a missing original (e.g. `750.mp4`) simply leaves its fake on its own.
+    A fake shows its target and its source (`<target>_<source>.mp4`: FF++'s file naming rule), an original its
+    own id: a fake is in one identity cluster with both originals. Its `identity` label is the pair written
+    `min_max`; a missing original (e.g. `750.mp4`) simply leaves its fake with the other people of its cluster.
     """
     orig, manip = root / "original_sequences", root / "manipulated_sequences"
     if not orig.is_dir() and not manip.is_dir():
@@ -211,20 +220,22 @@ def ffpp_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
             pair = "_".join(sorted(ids))
             pair_of.setdefault(ids[0], pair)
             pair_of.setdefault(ids[1], pair)
-            fakes.append((path, rel, plain, method_dir.name, pair, splits.get(ids[0])))
+            fakes.append((path, rel, plain, method_dir.name, pair, splits.get(ids[0]), (ids[0], ids[1])))
     for source in sorted(p for p in orig.iterdir() if p.is_dir()) if orig.is_dir() else []:
         for path, rel, plain in _files(root, source / data.compression / "videos", VIDEO_EXTS):
             vid = _stem(path)
-            yield _candidate(root, path, 0, "original", pair_of.get(vid, vid), splits.get(vid), rel, plain)
-    for path, rel, plain, method, pair, split in fakes:
-        yield _candidate(root, path, 1, method, pair, split, rel, plain)
+            yield _candidate(root, path, 0, "original", pair_of.get(vid, vid), splits.get(vid), rel, plain, (vid,))
+    for path, rel, plain, method, pair, split, persons in fakes:
+        yield _candidate(root, path, 1, method, pair, split, rel, plain, persons)
 
 
 def celebdf_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
     """Celeb-DF v2: `Celeb-real/`, `YouTube-real/`, `Celeb-synthesis/`, and `List_of_testing_videos.txt`.
 
     The test list (`<label> <path>` per line, where Celeb-DF writes 1 for real and 0 for fake) is the official
-    test split; the rest is split by identity (`id<N>` of the celebrity; a YouTube video is its own identity).
+    test split; the rest is split by identity cluster. Celeb-DF names its files `id<A>_<n>` (a real of celebrity
+    A) and `id<A>_id<B>_<n>` (a swap between A and B): a fake shows both A and B; a YouTube video shows one
+    unnamed person, its own (`yt<name>`). A file name of another shape is one person, taken whole.
     """
     folders = {"Celeb-real": 0, "YouTube-real": 0, "Celeb-synthesis": 1}
     if not any((root / f).is_dir() for f in folders):
@@ -243,9 +254,10 @@ def celebdf_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
     for folder, label in folders.items():
         for path, rel, plain in _files(root, root / folder, VIDEO_EXTS):
             seen.add(rel)
-            ident = _stem(path).split("_")[0] if folder != "YouTube-real" else f"yt{_stem(path)}"
+            persons = _celebdf_persons(_stem(path)) if folder != "YouTube-real" else (f"yt{_stem(path)}",)
             method = "real" if label == 0 else "celeb-synthesis"
-            yield _candidate(root, path, label, method, ident, "test" if rel in test else None, rel, plain)
+            yield _candidate(root, path, label, method, persons[0], "test" if rel in test else None, rel, plain,
+                             persons)
     for rel in sorted(set(test) - seen):
         bad = _listed_but_missing(root, rel, test[rel], "unknown", Path(rel).stem.split("_")[0],
                                   "List_of_testing_videos.txt")
@@ -253,10 +265,22 @@ def celebdf_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
             yield bad
 
 
+_CELEBDF_NAME = re.compile(r"(id\d+)(?:_(id\d+))?_\d+")
+
+
+def _celebdf_persons(stem: str) -> tuple[str, ...]:
+    """`id0_0003` -> (id0,); `id0_id16_0003` -> (id0, id16); any other name -> itself, whole."""
+    m = _CELEBDF_NAME.fullmatch(stem)
+    return tuple(p for p in m.groups() if p) if m else (stem,)
+
+
 def dfdc_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
     """DFDC: `dfdc_train_part_*/metadata.json` mapping `x.mp4` to `{"label": "FAKE"|"REAL", "original": ...}`.
 
-    A fake's identity is its original, so a fake and its original always land in the same split.
+    DFDC publishes no person ids (its actors appear in many original videos, unnamed): the finest person a sample
+    can be tied to is its original video, so a sample's person is its original's name (a real is its own
+    original). A fake and its original are one cluster; two originals of the same actor are two clusters, which
+    the data cannot reveal (the intervals then treat them as independent: docs/concepts/identity-splits.md).
     """
     parts = sorted(p for p in root.glob("dfdc_train_part_*") if p.is_dir())
     if not parts:
@@ -275,7 +299,10 @@ def dfdc_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
             ident = f"{part.name}/{Path(str(original)).stem}"
             rel = f"{part.name}/{name}"
             bad = _listed_but_missing(root, rel, label, "dfdc" if label else "real", ident)
-            yield bad or _candidate(root, root / rel, label, "dfdc" if label else "real", ident)
+            # The original's name alone (not its part): DFDC's names are unique, and a fake filed in another part
+            # than its original must still join it.
+            yield bad or _candidate(root, root / rel, label, "dfdc" if label else "real", ident,
+                                    persons=(Path(str(original)).stem,))
 
 
 ADAPTERS: dict[str, Adapter] = {"folder": folder_adapter, "ffpp": ffpp_adapter, "celebdf": celebdf_adapter,

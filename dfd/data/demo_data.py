@@ -190,7 +190,13 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
         out: Dataset root: created, or empty, or a previous demo dataset (cleared); anything else is refused.
         seed: Everything random derives from it: same seed, same bytes.
         identities: Number of drawn people.
-        images_per_identity: Real images per person; as many fakes per person, each from another source face.
+        images_per_identity: Real images per person; as many fakes per person, each with the inner face of the
+            person's own donor, as an FF++ pair shares one source. A donor is a drawn person with one real image
+            of its own (`real/src<i>_0.png`): the faces pasted into fakes are also seen as reals, so a detector
+            cannot tell a fake by whose face it carries, only by the blend (with donors seen only inside fakes, an
+            interrupted demo run had xception at val AUC 0.44 after 2 epochs, below chance). A person, its donor and
+            their fakes are one identity cluster (dfd/data/identity.py); donors shared among people would chain
+            everyone into one cluster, and the split would have nothing to split.
         videos: Short .mp4 clips (alternately real and fake).
         frames_per_video: Frames per clip.
         image_size: Side of images and video frames.
@@ -204,11 +210,12 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
                             "videos": videos, "frames_per_video": frames_per_video, "image_size": image_size})
     rng = np.random.default_rng(seed)
     people = [make_identity(rng, f"id{i:03d}") for i in range(identities)]
+    donors = [make_identity(rng, f"src{i:03d}") for i in range(identities)]  # drawn after the people: same people
     (out / "real").mkdir(parents=True, exist_ok=True)
     (out / "fake").mkdir(parents=True, exist_ok=True)
     meta: dict[str, dict[str, object]] = {}
     counts = {"real": 0, "fake": 0}
-    total = identities * images_per_identity + videos
+    total = identities * (images_per_identity + 1) + videos
     with tqdm(total=total, desc="demo data", unit="sample", leave=False) as bar:
         for i, person in enumerate(people):
             for k in range(images_per_identity):
@@ -217,7 +224,7 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
                 cv2.imwrite(str(out / real_rel), draw_face(person, random_pose(item_rng), image_size,
                                                            int(item_rng.integers(1 << 31))))
                 meta[real_rel] = {"label": 0, "identity": person.name, "method": "real"}
-                source = people[(i + 1 + int(item_rng.integers(identities - 1))) % identities]
+                source = donors[i]
                 fake_rel = f"fake/{person.name}_{source.name}_{k}.png"
                 fake = blend_fake(person, source, random_pose(item_rng), image_size, item_rng,
                                   int(item_rng.integers(1 << 31)))
@@ -226,10 +233,18 @@ def generate(out: Path, seed: int = 0, identities: int = 24, images_per_identity
                 counts["real"] += 1
                 counts["fake"] += 1
                 bar.update(1)
+            donor, donor_rng = donors[i], np.random.default_rng([seed, 20_000 + i])
+            donor_rel = f"real/{donor.name}_0.png"
+            cv2.imwrite(str(out / donor_rel), draw_face(donor, random_pose(donor_rng), image_size,
+                                                        int(donor_rng.integers(1 << 31))))
+            meta[donor_rel] = {"label": 0, "identity": donor.name, "method": "real"}
+            counts["real"] += 1
+            bar.update(1)
         for v in range(videos):
             vid_rng = np.random.default_rng([seed, 10_000 + v])
             person = people[v % identities]
             fake = v % 2 == 1
+            # A fake clip pastes another person of the dataset: it joins two people's clusters, as datasets do.
             source = people[(v + 1 + int(vid_rng.integers(identities - 1))) % identities]
             start, end = random_pose(vid_rng), random_pose(vid_rng)
             frames = []

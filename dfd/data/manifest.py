@@ -10,8 +10,14 @@ import pandas as pd
 from dfd.platform.errors import StageError
 from dfd.platform.files import write_parquet
 
-COLUMNS = ["sample_id", "dataset", "path", "media", "label", "method", "identity", "split"]
+COLUMNS = ["sample_id", "dataset", "path", "media", "label", "method", "identity", "persons", "split"]
 SPLITS = ("train", "val", "test")
+#: How samples are split, recorded in the ingest report and on every model version: "persons-1" splits by identity
+#: clusters (connected components over the persons each sample shows, `dfd.data.identity`); before it, one identity
+#: string per sample was hashed. Models trained under different schemes may have trained on each other's test
+#: samples, so the champion comparison between them is skipped (tasks/register.py).
+SPLIT_SCHEME = "persons-1"
+SPLIT_SCHEME_TAG = "split_scheme"  # the model version's tag that records it
 
 
 def sample_id(dataset: str, rel_path: str) -> str:
@@ -26,14 +32,16 @@ def _unit_hash(seed: int, key: str) -> float:
 
 
 def assign_splits(identities: list[str], val_share: float, test_share: float, seed: int) -> dict[str, str]:
-    """Map each identity to a split.
+    """Map each identity cluster (its name, see `dfd.data.identity.cluster_names`) to a split.
 
-    Each identity's split comes from a hash of (seed, identity) alone, so adding identities later never moves
-    existing ones. When hashing leaves a split empty (a handful of identities), the identities are instead ranked
-    by the same hash and cut by share, which guarantees every split at least one identity.
+    Each cluster's split comes from a hash of (seed, its name) alone, so adding clusters later never moves existing
+    ones. New data that joins two clusters (a fake of two people seen apart so far) makes one cluster named by the
+    smaller name: its samples all take that name's split, so the samples of the other cluster move if its split
+    differed (docs/concepts/identity-splits.md). When hashing leaves a split empty (a handful of clusters), the
+    clusters are instead ranked by the same hash and cut by share, which guarantees every split at least one.
 
     Args:
-        identities: The groups that must never straddle splits.
+        identities: The cluster names (groups that must never straddle splits).
         val_share: Share of identities for validation.
         test_share: Share of identities for testing.
         seed: Split seed.

@@ -136,9 +136,14 @@ def format_comparison(result: dict[str, Any], name_a: str, name_b: str) -> list[
     lines = head + ["  ".join(r[i].ljust(w[i]) for i in range(3)) for r in rows]
     t = result["auc_test"]
     lines += ["", f"AUC difference B - A: {t['diff']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}], "
-              f"p = {t['p_value']:.4f} (paired bootstrap, two-sided)"]
+              f"p = {_p(t['p_value'])} (paired bootstrap, two-sided)" + (f"; {t['note']}" if t.get("note") else "")]
     d = result.get("delong")
     if d:
-        lines.append(f"DeLong (clustered): diff {d['diff']:+.4f}, se {d['se']:.4f}, p = {d['p_value']:.4f} "
-                     "(two-sided)")
+        lines.append(f"DeLong (clustered, t on {d.get('dof', '?')} dof): diff {d['diff']:+.4f}, se {d['se']:.4f}, "
+                     f"p = {_p(d['p_value'])} (two-sided)")
     return lines
+
+
+def _p(value: float) -> str:
+    """A p-value, or "undefined" when every resample (or the variance) left nothing to judge it by."""
+    return f"{value:.4f}" if np.isfinite(value) else "undefined"

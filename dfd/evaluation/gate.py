@@ -112,9 +112,17 @@ def robustness_checks(named: dict[str, float], default: float | None, robustness
     return checks
 
 
-def _needed(n_clusters: int, half: float, room: float) -> int:
-    """Clusters needed for an interval half-width of `room` (a width shrinks as 1/sqrt(n))."""
-    return math.ceil(n_clusters * (half / room) ** 2)
+def _needed(n_videos: int, half: float, room: float) -> int:
+    """Videos needed for an interval half-width of `room` (a width shrinks as 1/sqrt(n))."""
+    return math.ceil(n_videos * (half / room) ** 2)
+
+
+def _budget(champion: dict[str, Any]) -> str:
+    """What the test split holds beside what was compared: more videos may already be there (`max_videos`)."""
+    have, used = champion.get("n_videos_available"), champion.get("n_videos")
+    if not have or not used or have <= used:
+        return ""
+    return f"; the test split holds {have} samples, champion.max_videos let {used} be compared"
 
 
 def champion_check(champion: dict[str, Any] | None, policy: str, alpha: float, margin: float = 0.0) -> Check:
@@ -122,7 +130,8 @@ def champion_check(champion: dict[str, Any] | None, policy: str, alpha: float, m
 
     The value is the one-sided (1 - alpha) lower bound of AUC(candidate) - AUC(champion): `not_worse` passes when it
     is above -margin, `better` when it is above 0. A sample too small to decide either way FAILS, with its counts and
-    roughly how many clusters would be needed; None (no production version yet) passes.
+    roughly how many videos would be needed; None (no production version yet) passes, and so does a comparison
+    skipped because the champion was split by another scheme (`skipped`: said in the detail).
     """
     if policy == "off":
         return Check("champion", None, {"policy": policy}, True, "champion/challenger comparison turned off")
@@ -135,32 +144,41 @@ def champion_check(champion: dict[str, Any] | None, policy: str, alpha: float, m
                      f"scored: {champion['error']}")
     if champion.get("same_lineage"):
         return Check("champion", None, threshold, True, champion.get("detail", "same lineage as production"))
+    if champion.get("skipped"):
+        return Check("champion", None, threshold, True, f"skipped: {champion['skipped']}")
     counts = (f"{champion.get('n_videos', champion.get('n'))} {champion.get('level', 'frame')}s in "
               f"{champion.get('n_clusters', '?')} identity clusters")
     test = champion.get("test") or {}
     diff, lower = _finite(test.get("diff")), _finite(test.get("lower"))
     if champion.get("too_few") or diff is None or lower is None:
-        why = champion.get("too_few") or "the AUC difference is not measurable"
-        return Check("champion", None, threshold, False, f"too few to decide: {why} ({counts})", ">")
+        why = champion.get("too_few") or test.get("note") or "the AUC difference is not measurable"
+        return Check("champion", None, threshold, False, f"too few to decide: {why} ({counts}{_budget(champion)})",
+                     ">")
     conf = round((1 - alpha) * 100)
     where = (f"{champion.get('level', 'frame')} AUC {test['auc_b']:.4f} vs champion v{champion['version']} "
              f"{test['auc_a']:.4f}: diff {diff:+.4f}, one-sided {conf}% lower bound {lower:+.4f} "
-             f"(cluster bootstrap p={test.get('p_value', float('nan')):.4f}"
-             + (f", DeLong p={champion['delong']['p_value']:.4f}" if _finite((champion.get('delong') or {})
-                                                                           .get('p_value')) is not None else "")
+             f"(cluster bootstrap p={_p(test.get('p_value'))}"
+             + (f", DeLong p={_p(champion['delong'].get('p_value'))}" if champion.get("delong") else "")
              + f"; {counts})")
     if lower > bound:
         verdict = f"not worse than the champion by {margin}" if policy == "not_worse" else "better than the champion"
         return Check("champion", lower, threshold, True, f"{verdict}: {where}", ">")
-    half, n_cl = diff - lower, int(champion.get("n_clusters") or 0)
+    half, n_v = diff - lower, int(champion.get("n_videos") or champion.get("n") or 0)
     # Too few: even a tie (not_worse) or the observed gain (better) could not clear the bound at this sample size.
     room = margin if policy == "not_worse" else diff
-    if n_cl and room > 0 and half >= room:
+    if n_v and room > 0 and half >= room:
         return Check("champion", lower, threshold, False,
                      f"too few to decide: interval half-width {half:.4f} >= {room:.4f}; about "
-                     f"{_needed(n_cl, half, room)} clusters would be needed: {where}", ">")
+                     f"{_needed(n_v, half, room)} {champion.get('level', 'frame')}s would be needed"
+                     f"{_budget(champion)}: {where}", ">")
     verdict = f"worse than the margin {margin} allows" if policy == "not_worse" else "not shown better"
     return Check("champion", lower, threshold, False, f"{verdict}: {where}", ">")
+
+
+def _p(value: object) -> str:
+    """A p-value for the detail; an undefined one (every resample alike) says so."""
+    v = _finite(value)
+    return f"{v:.4f}" if v is not None else "undefined"
 
 
 def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] | None,

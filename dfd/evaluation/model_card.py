@@ -124,15 +124,19 @@ def lineage_section(inp: CardInputs) -> str:
 
 
 def training_section(inp: CardInputs) -> str:
-    """Samples per split and class, identities per split, manipulation methods."""
+    """Samples and identity clusters per split and class, manipulation methods, the split scheme."""
     t = inp.training
-    rows = [(s, (t.get("per_split") or {}).get(s, {}).get("real", 0), (t.get("per_split") or {}).get(s, {}).get(
-        "fake", 0), (t.get("identities") or {}).get(s, "-")) for s in ("train", "val", "test")]
+    per, clusters = t.get("per_split") or {}, t.get("clusters") or {}
+    rows = [(s, per.get(s, {}).get("real", 0), per.get(s, {}).get("fake", 0),
+             *((clusters[s].get("real", 0), clusters[s].get("fake", 0), clusters[s].get("all", 0)) if s in clusters
+               else ("-", "-", (t.get("identities") or {}).get(s, "-")))) for s in ("train", "val", "test")]
     methods = ", ".join(f"{m} ({n})" for m, n in sorted((t.get("methods") or {}).items())) or "-"
     kind = "synthetic (generated demo faces)" if inp.synthetic else "as ingested"
+    scheme = f" Split by `{t['split_scheme']}` (identity clusters over the persons each sample shows)." \
+        if t.get("split_scheme") else ""
     return (f"## Training data\n\nDataset `{inp.lineage.get('dataset', '-')}`, {kind}; members "
-            f"{', '.join(inp.members) or '-'}, fused by {inp.fusion or '-'}; fake methods: {methods}.\n\n"
-            + _table(("split", "real samples", "fake samples", "identities"), rows))
+            f"{', '.join(inp.members) or '-'}, fused by {inp.fusion or '-'}; fake methods: {methods}.{scheme}\n\n"
+            + _table(("split", "real samples", "fake samples", "real clusters", "fake clusters", "clusters"), rows))
 
 
 def robustness_section(inp: CardInputs) -> str:

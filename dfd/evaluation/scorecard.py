@@ -16,7 +16,7 @@ from dfd.evaluation.metrics import (
     reliability_bins,
 )
 from dfd.evaluation.plots import confusion_plot, pr_plot, reliability_plot, roc_plot, score_histogram
-from dfd.evaluation.significance import bootstrap_ci, fast_auc, identity_clusters, resample_indices
+from dfd.evaluation.significance import bootstrap_ci, fast_auc, identity_clusters, persons_of, resample_indices
 from dfd.platform.config import AggregationParams
 
 #: Members are judged on their own P(fake) at 0.5 (the ensemble's threshold lives on the calibrated ensemble scale).
@@ -29,10 +29,10 @@ CI_RESAMPLES = 200
 def metric_intervals(test: pd.DataFrame, samples: pd.DataFrame | None, confidence: float = 0.95) -> dict[str, float]:
     """Identity-cluster bootstrap intervals of the test AUC and ECE (`auc_ci_low`, ..., `ece_ci_high`), frame level,
     on the same resamples, and how many clusters they drew (`ci_clusters`)."""
-    ident = None
-    if samples is not None and "identity" in samples:
-        ident = test["sample_id"].map(samples.drop_duplicates("sample_id").set_index("sample_id")["identity"])
-    groups = identity_clusters(test["sample_id"].to_numpy(), None if ident is None else ident.to_numpy())
+    cols = [c for c in ("persons", "identity") if samples is not None and c in samples]
+    rows = test[["sample_id"]].merge(samples.drop_duplicates("sample_id")[["sample_id", *cols]], on="sample_id",
+                                     how="left") if cols else test[["sample_id"]]
+    groups = identity_clusters(persons_of(rows), rows["sample_id"].tolist())
     y, p = test["label"].to_numpy(), test["prob"].to_numpy()
     draws = resample_indices(y, CI_RESAMPLES, seed=0, groups=groups)
     out = {"ci_clusters": float(len(set(groups)))}
@@ -68,7 +68,7 @@ def test_scorecard(preds: pd.DataFrame, spec: dict[str, Any], threshold: float, 
         _, fused_threshold = eer(val["label"].to_numpy(), val["prob_fused"].to_numpy())
         out["ensemble_uncalibrated"] = frame_and_video_metrics(test, fused_threshold, "prob_fused", agg)
     if samples is not None:
-        frames = test.merge(samples.drop_duplicates("sample_id").drop(columns=["identity"], errors="ignore"),
+        frames = test.merge(samples.drop_duplicates("sample_id").drop(columns=["identity", "persons"], errors="ignore"),
                             on="sample_id", how="left")
         cols = {"ensemble": "prob", **{m: m for m in members}}
         out["by_dataset"] = breakdown(frames, cols, threshold, agg, "dataset")

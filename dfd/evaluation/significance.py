@@ -1,24 +1,31 @@
 """Paired cluster bootstrap statistics: confidence intervals of metrics and the AUC difference of two scorers.
 
-Samples that share an identity are not independent (a fake and the reals of its source/target person, the frames of
-one video), so the bootstrap resamples whole **clusters** (`identity_clusters`). Clusters may mix labels, so they are
-not stratified by label: they are stratified by their composition (all real, all fake, mixed) and drawn with
-replacement within each stratum. That keeps every resample's class mix close to the observed one and guarantees
-both classes in every resample (so every resampled AUC is defined), and it reduces to the usual label-stratified
-bootstrap when every cluster holds one class (Field & Welsh 2007 on the cluster bootstrap; Obuchowski 1997 on
-clustered ROC data). A resample is drawn as counts per cluster, so AUCs are computed for all resamples at once.
+Samples that share a person are not independent (a fake and the reals of its target and source, the frames of one
+video), so the bootstrap resamples whole **identity clusters** (`identity_clusters`: connected components over the
+persons each sample shows, `dfd.data.identity`). The test split is a sample of clusters, so each resample draws as
+many clusters as there are, with replacement, from all of them: **unstratified**. Clusters mix labels, and an
+earlier scheme stratified them by composition (all real, all fake, mixed); a stratum of one cluster is then
+redrawn identically every time and its variance vanishes (one big mixed cluster beside a few pure ones gave a
+lower bound of +0.027 where the true clusters gave -0.012). Unstratified, the class mix varies between resamples
+as it would between test splits. A resample that lacks a class has no AUC: it is **redrawn** (the bootstrap
+conditional on both classes being present), never dropped silently or filled by stratification. With few
+clusters this conditioning matters and the interval is wide; the gate asks for `champion.min_clusters_per_class`
+clusters of each class before it decides at all (Field & Welsh 2007 on the cluster bootstrap; Obuchowski 1997 on
+clustered ROC data). When every resample gives the same difference the data cannot tell the scorers apart: the
+p-value is undefined (NaN, with a note), never 1/(B+1). A resample is drawn as counts per cluster, so AUCs are
+computed for all resamples at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.stats import rankdata
+
+from dfd.data.identity import person_components
 
 
 def fast_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -32,53 +39,59 @@ def fast_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def identity_clusters(sample_ids: np.ndarray, identities: np.ndarray | None = None) -> np.ndarray:
-    """A cluster number per row: rows linked by a shared sample or a shared person fall in one cluster.
+def identity_clusters(persons: Sequence[object], samples: Sequence[object] | None = None) -> np.ndarray:
+    """A cluster number per row from the persons each row shows: rows sharing a person, or a sample, are one cluster.
 
-    A fake's identity names its people joined by "_" (FF++'s `target_source`), a real's names one person: each part
-    is a node, and a sample joins the nodes of all its parts, so a fake lands with the reals of both its people
-    (connected components). A row without an identity is its own sample's cluster (the video, when an adapter knows
-    no identity). Over-merging (an unrelated "_" in a name) only widens intervals; it never narrows them.
+    Args:
+        persons: Per row, the names of the persons it shows (the manifest's `persons`; see `persons_of`). Names are
+            compared whole, never split.
+        samples: Per row, its sample id: the frames of one video are one cluster even without persons; None: rows
+            are linked by persons alone.
     """
-    sample_ids = np.asarray(sample_ids).astype(str)
-    if identities is None:
-        identities = np.full(len(sample_ids), None, dtype=object)
-    ident = pd.Series(identities, dtype=object)
-    parts = [[f"id:{p}" for p in str(v).split("_") if p] if isinstance(v, str) and v else [] for v in ident]
-    nodes: dict[str, int] = {}
-    src, dst = [], []
-    for sid, ps in zip(sample_ids, parts, strict=True):
-        a = nodes.setdefault(f"sample:{sid}", len(nodes))
-        for p in ps:
-            src.append(a)
-            dst.append(nodes.setdefault(p, len(nodes)))
-    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(len(nodes), len(nodes)))
-    _, comp = connected_components(graph, directed=False)
-    _, out = np.unique(comp[[nodes[f"sample:{s}"] for s in sample_ids]], return_inverse=True)
-    return out
+    return person_components(persons, samples)
 
 
-def cluster_counts(labels: np.ndarray, clusters: np.ndarray | None, n_boot: int, seed: int) -> np.ndarray:
-    """How many times each row is drawn in each of `n_boot` resamples, (n_boot, n_rows) ints (see the module doc).
+def persons_of(frame: pd.DataFrame) -> list[object]:
+    """Each row's persons: the `persons` column; a table written before it: its `identity` as one whole name;
+    neither: none (each sample is then its own cluster through its id)."""
+    if "persons" in frame:
+        return frame["persons"].tolist()
+    if "identity" in frame:
+        return [[v] if isinstance(v, str) and v else [] for v in frame["identity"]]
+    return [[] for _ in range(len(frame))]
+
+
+def cluster_counts(labels: np.ndarray, clusters: np.ndarray | None, n_boot: int, seed: int,
+                   max_rounds: int = 100) -> np.ndarray:
+    """How many times each row is drawn in each resample, (n_boot, n_rows) ints (see the module doc).
+
+    Clusters are drawn with replacement from all of them (unstratified); a resample without both classes is
+    redrawn. After `max_rounds` batches of redraws (a class in very few clusters), fewer rows come back.
 
     Args:
         labels: 0/1 per row.
         clusters: A cluster id per row (rows of a cluster are drawn together); None: every row its own cluster.
         n_boot: Number of resamples.
         seed: Seeds numpy's generator: the same call gives the same resamples.
+        max_rounds: Batches of redraws before giving up on the resamples still missing.
     """
     labels = np.asarray(labels, dtype=int)
     clusters = np.arange(len(labels)) if clusters is None else np.asarray(clusters)
     _, inv = np.unique(clusters, return_inverse=True)
     k = int(inv.max()) + 1 if len(inv) else 0
     n_fake, n_all = np.bincount(inv, weights=labels, minlength=k), np.bincount(inv, minlength=k)
-    composition = np.where(n_fake == 0, 0, np.where(n_fake == n_all, 1, 2))  # all real / all fake / mixed
     rng = np.random.default_rng(seed)
-    counts = np.zeros((n_boot, k), dtype=np.int64)
-    for stratum in (0, 1, 2):
-        members = np.flatnonzero(composition == stratum)
-        if len(members):  # drawing len(members) with replacement = a multinomial over them
-            counts[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), n_boot)
+    kept: list[np.ndarray] = []
+    need = n_boot
+    for _ in range(max_rounds if k else 0):
+        counts = rng.multinomial(k, np.full(k, 1 / k), need)  # k clusters drawn with replacement
+        fakes, rows = counts @ n_fake, counts @ n_all
+        ok = (fakes > 0) & (fakes < rows)  # both classes present
+        kept.append(counts[ok])
+        need -= int(ok.sum())
+        if need <= 0:
+            break
+    counts = np.concatenate(kept)[:n_boot] if kept else np.zeros((0, k), dtype=np.int64)
     return counts[:, inv]
 
 
@@ -124,8 +137,9 @@ class PairedTest:
     confidence: float
     lower: float = float("nan")  # one-sided `confidence` lower bound: what non-inferiority/superiority is judged on
     n_clusters: int = 0
+    note: str = ""  # why the test is undefined, when it is
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
 
@@ -157,9 +171,15 @@ def paired_auc_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarr
     counts = cluster_counts(labels, groups, n_boot, seed)
     diffs = weighted_aucs(labels, b, counts) - weighted_aucs(labels, a, counts)
     diffs = diffs[np.isfinite(diffs)]
+    nan = float("nan")
     if not np.isfinite(diff) or not len(diffs):
-        nan = float("nan")
-        return PairedTest(auc_a, auc_b, nan, nan, nan, nan, n_boot, confidence, nan, n_clusters)
+        return PairedTest(auc_a, auc_b, nan, nan, nan, nan, n_boot, confidence, nan, n_clusters,
+                          "no resample holds both classes")
+    if np.ptp(diffs) <= 1e-12:
+        # Every resample gives the same difference (the scorers rank every sample alike): the interval is that
+        # point, but a p-value has no spread to be judged by, so it is undefined rather than 1/(B+1).
+        return PairedTest(auc_a, auc_b, float(diff), float(diff), float(diff), nan, n_boot, confidence,
+                          float(diff), n_clusters, f"every resample gives the difference {diff:+.4f}: no p-value")
     tail = 1 - confidence
     lo, hi = np.quantile(diffs, [tail / 2, 1 - tail / 2])
     lower = float(np.quantile(diffs, tail))

@@ -58,8 +58,11 @@ class DataParams(_Section):
 class DemoDataParams(_Section):
     """The offline demo dataset generator (`dfd demo-data`)."""
 
-    identities: int = 40  # enough that the identity-disjoint val and test splits hold several people each
-    images_per_identity: int = 5
+    # Many people with few images each: the test split must hold about 20 identity clusters of each class for the
+    # champion check to decide (champion.min_clusters_per_class); 100 people x (2 real + 2 fake) + a donor's real
+    # each is 500 images where 40 x 5 x 2 was 400 (configs/demo.yaml).
+    identities: int = 100
+    images_per_identity: int = 2
     videos: int = 6  # short .mp4 clips, half real, half fake, to exercise the video path
     frames_per_video: int = 12
     image_size: int = 256  # dlib's HOG detector needs faces of about 80 px or more

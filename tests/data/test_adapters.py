@@ -105,6 +105,11 @@ def test_dfdc_layout_keeps_fakes_with_their_originals(tmp_path: Path) -> None:
     split_of = dict(zip(manifest["path"].str.split("/").str[-1], manifest["split"], strict=True))
     assert split_of["fake_a1.mp4"] == split_of["fake_a2.mp4"] == split_of["orig_a.mp4"]
     assert split_of["fake_b1.mp4"] == split_of["orig_b.mp4"]
+    # DFDC names no person: a sample's person is its original video, one cluster per original with its fakes.
+    persons = dict(zip(manifest["path"].str.split("/").str[-1], manifest["persons"].map(list), strict=True))
+    assert persons["fake_a1.mp4"] == persons["orig_a.mp4"] == ["orig_a"]
+    assert report["clusters_total"] == 3 and report["split_scheme"] == "persons-1"
+    assert sum(c["all"] for c in report["clusters"].values()) == 3
 
 
 def test_wrong_layout_is_a_clear_error(tmp_path: Path) -> None:

@@ -19,10 +19,21 @@ def test_ingest_builds_identity_disjoint_manifest(tiny_project: Path) -> None:
     params = tiny_params(tiny_project)
     res = ingest.run(params, Layout.from_params(params, tiny_project))
     df = pd.read_parquet(res.manifest)
-    assert list(df.columns) == ["sample_id", "dataset", "path", "media", "label", "method", "identity", "split"]
+    assert list(df.columns) == ["sample_id", "dataset", "path", "media", "label", "method", "identity", "persons",
+                                "split"]
     assert res.bad == 0 and len(df) == res.samples
     assert set(df["split"]) == {"train", "val", "test"}
-    assert (df.groupby("identity")["split"].nunique() == 1).all()  # no identity straddles splits
+    assert (df.groupby("identity")["split"].nunique() == 1).all()  # no identity cluster straddles splits
+    # ... nor any person: a fake's source lands in its target's split (the old split hashed the target alone)
+    split_of_person: dict[str, set[str]] = {}
+    for persons, split in zip(df["persons"], df["split"], strict=True):
+        for p in persons:
+            split_of_person.setdefault(p, set()).add(split)
+    assert all(len(s) == 1 for s in split_of_person.values())
+    fakes = df[df["label"] == 1]
+    assert (fakes["persons"].map(len) == 2).all()  # the demo's fakes name their target and their source
+    report = json.loads(res.report.read_text())
+    assert report["clusters_total"] == df["identity"].nunique() and report["clusters"]["test"]["all"] >= 1
     assert set(df["media"]) == {"image", "video"}
     assert df["sample_id"].is_unique
 

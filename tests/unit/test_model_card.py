@@ -20,7 +20,9 @@ LINEAGE = {"git_commit": "0123abcd" * 5, "dvc_data_hash": "d41d8cd98f00b204e9800
            "params_hash": "feedbeef", "prefect_flow_run_id": "flow-42", "mlflow_run_id": "r" * 32, "dataset": "demo"}
 TRAINING = {"per_split": {"train": {"real": 120, "fake": 118}, "val": {"real": 30, "fake": 31},
                           "test": {"real": 29, "fake": 33}},
-            "identities": {"train": 28, "val": 6, "test": 6}, "methods": {"blend": 182}}
+            "identities": {"train": 28, "val": 6, "test": 6}, "methods": {"blend": 182}, "split_scheme": "persons-1",
+            "clusters": {"train": {"all": 28, "real": 27, "fake": 28}, "val": {"all": 6, "real": 6, "fake": 6},
+                         "test": {"all": 6, "real": 5, "fake": 6}}}
 
 
 def _inputs(gate: dict, **kw: object) -> CardInputs:
@@ -57,7 +59,8 @@ def test_the_description_states_the_verdict_each_check_and_the_lineage() -> None
     assert "| AUC (frames) | 0.9712 | [0.9500, 0.9850] |" in description  # a metric with its interval
     assert "[run " + "r" * 32 + "](#/experiments/3/runs/" in description  # the link to the full card
     for section in ("## Training data", "## Robustness and other datasets", "## Load and serve",
-                    "## Intended use and known limits", "| test | 29 | 33 | 6 |", "| ffpp | 0.6100 |"):
+                    "## Intended use and known limits", "| test | 29 | 33 | 5 | 6 | 6 |", "Split by `persons-1`",
+                    "| ffpp | 0.6100 |"):
         assert section in full, section
 
 
