@@ -127,8 +127,8 @@ class ServeParams(_Section):
     # `POST /predict` with JSON {"paths": [...]}: files on the server's disk, only under these folders. Off when
     # empty: a client must not make the server read arbitrary files.
     path_roots: list[str] = Field(default_factory=list)
-    # `dfd serve` exposed (README "Auth and limits"). The NAME of the environment variable holding the bearer token,
-    # never the token: params are committed and logged.
+    # `dfd serve` exposed (docs/guides/serving.md, "Auth and limits"). The NAME of the environment variable holding
+    # the bearer token, never the token: params are committed and logged.
     auth_token_env: str = "DFD_SERVE_TOKEN"
     max_json_bytes: int = Field(32_000_000, ge=1)  # JSON bodies: ~50 crops of 224x224 as MLflow JSON; 413 past it
     max_paths: int = Field(256, ge=1)  # files per JSON path list: one request must not hold the server for hours

@@ -141,7 +141,7 @@ def _db_user(url: str) -> str:
 
 
 def test_the_stack_grants_least_privilege(compose: dict[str, Any]) -> None:
-    """What the README's "Security" section promises, read from compose.yaml itself."""
+    """What docs/guides/security.md promises, read from compose.yaml itself."""
     services = compose["services"]
     for name, svc in services.items():
         for port in svc.get("ports", []):
