@@ -178,11 +178,14 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=7)
     ap.add_argument("--engines", action="store_true", help="torch fp32/bf16 against ONNX Runtime fp32/int8 instead")
     ap.add_argument("--member-crops", type=int, default=16, help="--engines: face crops per member measurement")
+    ap.add_argument("--members", nargs="+", help="only these of the default members (default: all)")
     args = ap.parse_args()
     videos = sorted(args.data.rglob("*.mp4"))[: args.videos]
     if not videos:
         raise SystemExit(f"no .mp4 under {args.data}")
     params = Params.model_validate({"faces": {"frames_per_video": args.frames}})
+    if args.members:
+        params = params.model_copy(update={"models": {m: params.models[m] for m in args.members}})
     cfg = params.faces.model_dump()
     tmp = tempfile.TemporaryDirectory()
     predictor, spec, plain = random_ensemble(params, Path(tmp.name))  # the checkpoints stay: engines rebuild from them

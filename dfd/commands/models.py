@@ -68,7 +68,8 @@ def _serve_params(args: argparse.Namespace) -> Params:
             serve = ServeParams.model_validate({**params.serve.model_dump(), **given})
         except ValidationError as exc:
             raise DfdError(exc.errors()[0]["msg"].removeprefix("Value error, "),
-                           "pass --precision fp32 or int8 with --engine onnxruntime") from None
+                           "pass a --precision the engine runs (torch: fp32, bf16, fp16; onnxruntime: fp32, int8)"
+                           ) from None
         params = params.model_copy(update={"serve": serve})
     return params
 

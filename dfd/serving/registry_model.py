@@ -152,7 +152,8 @@ def check_precision(model: LoadedModel, precision: str, max_error: float, engine
         raise PrecisionError(f"model {model.uri} has no example crops to check {what} scores against",
                              "serve it with serve.engine: torch and serve.precision: fp32")
     try:
-        fallback = apply_engine(predictor, engine, precision, model.python_model.artifacts)
+        # A version logged before the engine existed runs its own older model code: no `artifacts` kept, no ONNX.
+        fallback = apply_engine(predictor, engine, precision, getattr(model.python_model, "artifacts", {}))
     except ValueError as exc:
         raise PrecisionError(str(exc), "set serve.engine: torch and serve.precision: fp32") from None
     if fallback:

@@ -149,6 +149,27 @@ def test_mlflow_load_runs_the_registered_engine_and_falls_back_once(exported: Ex
     assert len(said) == 1 and "pip install 'dfd[onnx]'" in said[0]
 
 
+def test_cli_predict_engine_flag(exported: Exported, media: dict[str, Path], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dfd predict --engine` picks the engine (printed with its measured distance); a precision the engine does not
+    run is one line, exit 2."""
+    import json
+
+    from dfd.cli import main
+
+    monkeypatch.chdir(exported.root)
+    base = ["--params", str(exported.root / "extra.yaml"), "predict", str(media["face"]), "--model", exported.uri,
+            "--no-progress"]
+    assert main([*base, "--engine", "onnxruntime", "--precision", "fp32", "--out", str(tmp_path / "o.json")]) == 0
+    said = capsys.readouterr().out
+    assert "onnxruntime fp32: P(fake) within" in said
+    assert main([*base, "--engine", "torch", "--out", str(tmp_path / "t.json")]) == 2  # params say int8
+    assert "serve.precision int8 is not run by serve.engine torch" in capsys.readouterr().err
+    assert main([*base, "--engine", "torch", "--precision", "fp32", "--out", str(tmp_path / "t.json")]) == 0
+    ort, exact = (json.loads((tmp_path / f).read_text())[0]["p_fake"] for f in ("o.json", "t.json"))
+    assert ort == pytest.approx(exact, abs=1e-5)
+
+
 def test_int8_gate_row_in_the_registered_gate(exported: Exported) -> None:
     """int8 asked for: gate.json carries its agreement row, with the value export.json measured."""
     gate = read_json(exported.reports / "gate.json")
