@@ -95,7 +95,7 @@ def member_table(predictor: EnsemblePredictor, files: dict[str, dict[str, Path]]
         rows = [("torch fp32", torch_fp32, CPU_BATCH)]
         with contextlib.suppress(ValueError):  # a CPU without bf16 support gets no bf16 row
             rows.append(("torch bf16", MemberModel(ckpt, precision="bf16"), CPU_BATCH))
-        rows += [(f"onnxruntime fp32 b{b}", OnnxMember(files["fp32"][m], config), b) for b in (1, ORT_BATCH, 8)]
+        rows += [(f"onnxruntime fp32 b{b}", OnnxMember(files["fp32"][m], config), b) for b in (1, 4, 8)]
         rows += [(f"onnxruntime {k}", OnnxMember(f[m], config, "int8"), ORT_BATCH) for k, f in files.items()
                  if k.startswith("int8")]
         base_rate, base_p = None, None

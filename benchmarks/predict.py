@@ -143,7 +143,7 @@ def engines(args: argparse.Namespace, predictor: EnsemblePredictor, plain: dict[
     rows = {"torch fp32": lambda: predictor.set_engine("torch", "fp32"),
             "torch bf16": lambda: predictor.set_engine("torch", "bf16"),
             "onnxruntime fp32": lambda: predictor.set_engine("onnxruntime", "fp32", files["fp32"]),
-            "onnxruntime int8": lambda: predictor.set_engine("onnxruntime", "int8", files["int8-QOperator"])}
+            "onnxruntime int8": lambda: predictor.set_engine("onnxruntime", "int8", files["int8-QDQ"])}
     results, logits = {}, {}
     predictor.set_engine("torch", "fp32")
     with PeakRSS() as rss:

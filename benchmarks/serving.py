@@ -84,7 +84,7 @@ def bench_image(path: Path | None, work: Path) -> Path:
 def register_random(work: Path, crop: np.ndarray, faces_cfg: dict, onnx: bool = False) -> tuple[str, str]:
     """Log and register the random ensemble as the register stage does; returns (tracking URI, model URI).
 
-    `onnx`: with fp32 and int8 (QOperator) ONNX members, and ONNX Runtime fp32 as the version's logged engine.
+    `onnx`: with fp32 and int8 (QDQ) ONNX members, and ONNX Runtime fp32 as the version's logged engine.
     """
     from tasks.register import _requirements
 
@@ -100,9 +100,9 @@ def register_random(work: Path, crop: np.ndarray, faces_cfg: dict, onnx: bool = 
     if onnx:
         from engines import export_all
 
-        files = export_all(predictor, predictor_dir, np.stack([crop] * 8), ("QOperator",))
+        files = export_all(predictor, predictor_dir, np.stack([crop] * 8), ("QDQ",))
         artifacts.update({f"onnx_fp32_{m}": str(f) for m, f in files["fp32"].items()})
-        artifacts.update({f"onnx_int8_{m}": str(f) for m, f in files["int8-QOperator"].items()})
+        artifacts.update({f"onnx_int8_{m}": str(f) for m, f in files["int8-QDQ"].items()})
         config = {"engine": "onnxruntime", "precision": "fp32"}
     uri = f"sqlite:///{work / 'mlflow.db'}"
     tracker = Tracker(uri, "bench", work / "mlruns")

@@ -29,11 +29,11 @@ ORT_PRECISIONS = ("fp32", "int8")
 #: The one-line fix printed wherever onnxruntime is needed and missing.
 INSTALL_HINT = "pip install 'dfd[onnx]' (or: pip install onnxruntime)"
 
-# Crops per ONNX Runtime run. Measured on this 2-core CPU (benchmarks/predict.py --engines, the real member sizes):
-# ORT's convolutions gain nothing from a larger batch (its im2col/GEMM already fill both cores at batch 1), and a
-# batch of 8 was 2-17% slower than 1 on Xception and EfficientNet-B4 (activations leave the caches); 4 keeps the
-# number of Python calls low for the small MesoNet at no cost to the large members.
-ORT_BATCH = 4
+# Crops per ONNX Runtime run. Measured with benchmarks/predict.py --engines (the real member sizes, 2 cores of a
+# Xeon with AVX-512/VNNI/AMX, a shared machine at load 16-34): batch 1 was the fastest for every member (MesoNet 43.6
+# crops/s against 31.8 at 4 and 18.1 at 8; Xception 2.90 / 2.43 / 2.34; EfficientNet-B4 6.84 / 6.09 / 5.05): ORT's
+# convolutions fill both cores at batch 1 and larger batches only push activations out of the caches.
+ORT_BATCH = 1
 
 _warned: set[str] = set()
 
