@@ -81,7 +81,8 @@ def bench_image(path: Path | None, work: Path) -> Path:
     return out
 
 
-def register_random(work: Path, crop: np.ndarray, faces_cfg: dict, onnx: bool = False) -> tuple[str, str]:
+def register_random(work: Path, crop: np.ndarray, faces_cfg: dict, onnx: bool = False,
+                    members: list[str] | None = None) -> tuple[str, str]:
     """Log and register the random ensemble as the register stage does; returns (tracking URI, model URI).
 
     `onnx`: with fp32 and int8 (QDQ) ONNX members, and ONNX Runtime fp32 as the version's logged engine.
@@ -89,6 +90,8 @@ def register_random(work: Path, crop: np.ndarray, faces_cfg: dict, onnx: bool = 
     from tasks.register import _requirements
 
     params = Params()
+    if members:
+        params = params.model_copy(update={"models": {m: params.models[m] for m in members}})
     predictor_dir = work / "ckpt"
     predictor_dir.mkdir()
     predictor, spec, _ = random_ensemble(params, predictor_dir)
@@ -261,6 +264,7 @@ def main() -> None:
     ap.add_argument("--log-overhead", action="store_true", help="measure the traffic log's cost instead")
     ap.add_argument("--rounds", type=int, default=3, help="--log-overhead: alternating rounds of each")
     ap.add_argument("--engines", action="store_true", help="dfd serve per inference engine, and mlflow models serve")
+    ap.add_argument("--members", nargs="+", help="only these of the default members (default: all)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dfd-bench-serve-"))
     try:
@@ -270,7 +274,7 @@ def main() -> None:
         if not found:
             raise SystemExit(f"no face in {image}")
         crop = found[0]["crop"]
-        tracking, model = register_random(work, crop, faces_cfg, onnx=args.engines)
+        tracking, model = register_random(work, crop, faces_cfg, onnx=args.engines, members=args.members)
         bindir = Path(sys.executable).parent
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(PROJECT),
                "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
