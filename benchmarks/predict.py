@@ -16,6 +16,17 @@ difference does: measure it on a trained model with `dfd predict --precision bf1
 
 Prints videos per second of each and the ratios, and the largest score difference between ours and the plain loop
 (the same frames and crops give the same scores up to the resize of the detection boxes).
+
+    python benchmarks/predict.py --engines [--member-crops 16] [--frames 8] [--videos 3]
+
+The inference engines side by side instead (`serve.engine`): each member exported to ONNX (fp32, and int8 by static
+quantisation in both QOperator and QDQ format, calibrated on the first video's crops), then (1) member crops/s at
+the real input sizes, torch fp32 / bf16 against ONNX Runtime fp32 (batch 1, 4, 8) / int8, with max |dP| from torch
+fp32; (2) `dfd predict` end to end, the plain loop, torch fp32/bf16 and ONNX Runtime fp32/int8: videos/s, p50/p95
+time per video, the process's peak resident memory during the run, max |score difference| from torch fp32, and max
+|d fused logit| (before calibration) on the member crops. The CPU's model and flags are printed beside the numbers.
+Random weights: the speed holds, the int8 agreement does not (measure that on a trained model: `dfd export --int8`,
+the gate row).
 """
 
 from __future__ import annotations
@@ -102,20 +113,90 @@ def max_diff(a: list[float | None], b: list[float | None]) -> tuple[float, int]:
     return (max(diffs) if diffs else float("nan")), len(diffs)
 
 
+def engines(args: argparse.Namespace, predictor: EnsemblePredictor, plain: dict[str, nn.Module],
+            scorer: MediaScorer, videos: list[Path], cfg: dict, work: Path) -> None:
+    """Member crops/s and `dfd predict` per engine, in this process (see the module docstring)."""
+    from engines import PeakRSS, cpu_line, export_all, member_table
+
+    found, _ = scorer.prepare_path(videos[0])
+    crops = np.stack([f["crop"] for f in found]).astype(np.uint8)
+    crops = np.concatenate([crops] * (args.member_crops // len(crops) + 1))[: args.member_crops]
+    print(f"exporting {list(predictor.members)} to ONNX (fp32, int8 QOperator and QDQ)")
+    files = export_all(predictor, work, crops[:8])
+    member_table(predictor, files, crops)
+
+    def run(setup: Callable[[], None] | None) -> tuple[list[float | None], float, list[float], float]:
+        if setup is not None:
+            setup()
+        scorer.score_path(videos[0])  # warm-up
+        times, out = [], []
+        with PeakRSS() as rss:
+            t0 = last = time.perf_counter()
+            for r in score_files(scorer, videos, progress=False):
+                now = time.perf_counter()
+                times.append(now - last)
+                last = now
+                out.append(r.p_fake)
+            wall = time.perf_counter() - t0
+        return out, wall, times, rss.peak
+
+    rows = {"torch fp32": lambda: predictor.set_engine("torch", "fp32"),
+            "torch bf16": lambda: predictor.set_engine("torch", "bf16"),
+            "onnxruntime fp32": lambda: predictor.set_engine("onnxruntime", "fp32", files["fp32"]),
+            "onnxruntime int8": lambda: predictor.set_engine("onnxruntime", "int8", files["int8-QDQ"])}
+    results, logits = {}, {}
+    predictor.set_engine("torch", "fp32")
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        base = plain_loop(predictor, plain, videos, cfg)
+        results["plain loop"] = (base, time.perf_counter() - t0, [], rss.peak)
+    for name, setup in rows.items():
+        try:
+            results[name] = run(setup)
+        except (RuntimeError, ValueError) as exc:
+            print(f"{name}: not run ({exc})")
+            continue
+        fused = np.clip(predictor.fused(predictor.member_scores(crops)), 1e-12, 1 - 1e-12)
+        logits[name] = np.log(fused / (1 - fused))  # the fused logit before calibration, on the member crops
+    print(f"dfd predict, {len(videos)} videos x {args.frames} frames ({cpu_line()})")
+    ref = results["torch fp32"][0]
+    t_ref = results["torch fp32"][1]
+    for name, (scores, wall, times, peak) in results.items():
+        lat = (f"p50 {np.percentile(times, 50):6.2f} s  p95 {np.percentile(times, 95):6.2f} s" if times
+               else f"{'(one pass, no pipeline)':<29}")
+        diff, n = max_diff(scores, ref)
+        fused = (f"  max |d fused logit| {np.max(np.abs(logits[name] - logits['torch fp32'])):.1e} "
+                 f"({len(crops)} crops)" if name in logits else "")
+        print(f"  {name:<18} {len(videos) / wall:7.3f} videos/s  x{t_ref / wall:5.2f} torch fp32  {lat}  "
+              f"peak RSS {peak:7.0f} MiB  max |d score| {diff:.1e} ({n} videos){fused}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=PROJECT.parent / "shared" / "data" / "ffpp_c23_sample")
     ap.add_argument("--frames", type=int, default=32, help="frames sampled per video (faces.frames_per_video)")
     ap.add_argument("--videos", type=int, default=7)
+    ap.add_argument("--engines", action="store_true", help="torch fp32/bf16 against ONNX Runtime fp32/int8 instead")
+    ap.add_argument("--member-crops", type=int, default=16, help="--engines: face crops per member measurement")
+    ap.add_argument("--members", nargs="+", help="only these of the default members (default: all)")
     args = ap.parse_args()
     videos = sorted(args.data.rglob("*.mp4"))[: args.videos]
     if not videos:
         raise SystemExit(f"no .mp4 under {args.data}")
     params = Params.model_validate({"faces": {"frames_per_video": args.frames}})
+    if args.members:
+        params = params.model_copy(update={"models": {m: params.models[m] for m in args.members}})
     cfg = params.faces.model_dump()
-    with tempfile.TemporaryDirectory() as tmp:
-        predictor, spec, plain = random_ensemble(params, Path(tmp))
+    tmp = tempfile.TemporaryDirectory()
+    predictor, spec, plain = random_ensemble(params, Path(tmp.name))  # the checkpoints stay: engines rebuild from them
     scorer = MediaScorer(predictor, spec, cfg)
+    if args.engines:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        with tmp:
+            engines(args, predictor, plain, scorer, videos, cfg, Path(tmp.name))
+        return
     print(f"{len(videos)} videos, {args.frames} frames each, members {spec['members']}, "
           f"torch threads {torch.get_num_threads()}, device cpu")
     scorer.score_path(videos[0])  # warm-up: first calls allocate and load the detector

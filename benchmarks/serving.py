@@ -12,6 +12,13 @@ the baseline does less work per request (no decode, no detection) but moves a 32
 Prints requests/s, p50/p95 latency for each server and concurrency, each server's peak resident memory (the
 process tree's VmHWM), and the ratios.
 
+    python benchmarks/serving.py --engines [--requests 8]
+
+`dfd serve` per inference engine (`--engine`/`--precision`: torch fp32 and bf16, ONNX Runtime fp32 and int8) and
+`mlflow models serve` of the same version (its logged engine, ONNX Runtime fp32), one client: req/s, p50/p95,
+peak memory, with the CPU's model and flags (benchmarks/engines.py). Random weights: `serve.max_precision_error` is
+raised to 1 for the int8 row, whose agreement only a trained model can show (the gate row).
+
     python benchmarks/serving.py --log-overhead [--rounds 3]
 
 The cost of the served-traffic records (`monitor.log_dir`): `dfd serve` without and with the traffic log, in
@@ -74,24 +81,38 @@ def bench_image(path: Path | None, work: Path) -> Path:
     return out
 
 
-def register_random(work: Path, crop: np.ndarray, faces_cfg: dict) -> tuple[str, str]:
-    """Log and register the random ensemble as the register stage does; returns (tracking URI, model URI)."""
+def register_random(work: Path, crop: np.ndarray, faces_cfg: dict, onnx: bool = False,
+                    members: list[str] | None = None) -> tuple[str, str]:
+    """Log and register the random ensemble as the register stage does; returns (tracking URI, model URI).
+
+    `onnx`: with fp32 and int8 (QDQ) ONNX members, and ONNX Runtime fp32 as the version's logged engine.
+    """
     from tasks.register import _requirements
 
     params = Params()
+    if members:
+        params = params.model_copy(update={"models": {m: params.models[m] for m in members}})
     predictor_dir = work / "ckpt"
     predictor_dir.mkdir()
-    _, spec, _ = random_ensemble(params, predictor_dir)
+    predictor, spec, _ = random_ensemble(params, predictor_dir)
     (work / "ensemble.json").write_text(json.dumps(spec))
     (work / "faces_report.json").write_text(json.dumps({"params": faces_cfg}))
     artifacts = {"ensemble": str(work / "ensemble.json"), "faces": str(work / "faces_report.json"),
                  **{f"member_{m}": str(predictor_dir / f"{m}.pt") for m in spec["members"]}}
+    config = {"engine": "torch", "precision": "fp32"}
+    if onnx:
+        from engines import export_all
+
+        files = export_all(predictor, predictor_dir, np.stack([crop] * 8), ("QDQ",))
+        artifacts.update({f"onnx_fp32_{m}": str(f) for m, f in files["fp32"].items()})
+        artifacts.update({f"onnx_int8_{m}": str(f) for m, f in files["int8-QDQ"].items()})
+        config = {"engine": "onnxruntime", "precision": "fp32"}
     uri = f"sqlite:///{work / 'mlflow.db'}"
     tracker = Tracker(uri, "bench", work / "mlruns")
     with tracker.run("bench") as rid:
         version = tracker.log_pyfunc_model(
             rid, MODEL_CODE, artifacts, crop[None], _requirements(), [str(PROJECT / "models"), str(PROJECT / "dfd")],
-            "bench-ensemble")
+            "bench-ensemble", config)
     tracker.set_alias("bench-ensemble", "production", version)
     return uri, "models:/bench-ensemble@production"
 
@@ -197,12 +218,53 @@ def log_overhead(args: argparse.Namespace, work: Path, image: Path, crop: np.nda
           f"{hook_cost_ms(crop, 32):.2f} ms (32 crops, a video)")
 
 
+def engine_rows(args: argparse.Namespace, work: Path, image: Path, crop: np.ndarray, model: str, env: dict) -> None:
+    """`dfd serve` per engine and `mlflow models serve` (its logged engine), one client each; see the docstring."""
+    from engines import cpu_line
+
+    bindir = Path(sys.executable).parent
+    data = image.read_bytes()
+    body = json.dumps({"inputs": crop[None].tolist()})
+    (work / "loose.yaml").write_text(json.dumps({"serve": {"max_precision_error": 1.0}}))
+    rows = {f"dfd serve {e} {p}": ["--engine", e, "--precision", p]
+            for e, p in (("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))}
+    rows["mlflow models serve"] = []
+    for name, flags in rows.items():
+        port = _port()
+        url = f"http://127.0.0.1:{port}"
+        if name.startswith("dfd"):
+            proc = start([str(bindir / "dfd"), "--params", str(work / "loose.yaml"), "serve", "--model", model,
+                          "--port", str(port), *flags], env, f"{url}/health", work / "dfd.log")
+
+            def send(u=url):
+                return httpx.post(f"{u}/predict", files={"file": (image.name, data)}, timeout=300)
+        else:
+            proc = start([str(bindir / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
+                          "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env, f"{url}/ping", work / "mlflow.log")
+
+            def send(u=url):
+                return httpx.post(f"{u}/invocations", content=body, headers={"Content-Type": "application/json"},
+                                  timeout=300)
+        try:
+            send()  # warm-up
+            rps, p50, p95 = load(send, args.requests, 1)
+            print(f"{name:<30} {rps:6.2f} req/s  p50 {p50 * 1000:7.0f} ms  p95 {p95 * 1000:7.0f} ms  "
+                  f"peak memory {peak_rss_mb(proc.pid):6.0f} MiB", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    print(f"image {image.name}, {args.requests} requests, 1 client, one server worker ({cpu_line()}); mlflow models "
+          "serve runs the version's logged engine (onnxruntime fp32) on the face crop")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image", type=Path)
     ap.add_argument("--requests", type=int, default=24)
     ap.add_argument("--log-overhead", action="store_true", help="measure the traffic log's cost instead")
     ap.add_argument("--rounds", type=int, default=3, help="--log-overhead: alternating rounds of each")
+    ap.add_argument("--engines", action="store_true", help="dfd serve per inference engine, and mlflow models serve")
+    ap.add_argument("--members", nargs="+", help="only these of the default members (default: all)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dfd-bench-serve-"))
     try:
@@ -212,12 +274,15 @@ def main() -> None:
         if not found:
             raise SystemExit(f"no face in {image}")
         crop = found[0]["crop"]
-        tracking, model = register_random(work, crop, faces_cfg)
+        tracking, model = register_random(work, crop, faces_cfg, onnx=args.engines, members=args.members)
         bindir = Path(sys.executable).parent
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(PROJECT),
                "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
         if args.log_overhead:
             log_overhead(args, work, image, crop, model, env)
+            return
+        if args.engines:
+            engine_rows(args, work, image, crop, model, env)
             return
         data = image.read_bytes()
         body = json.dumps({"inputs": crop[None].tolist()})

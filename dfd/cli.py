@@ -18,7 +18,15 @@ import threading
 from dfd.commands import STAGES
 from dfd.commands.data import cmd_config, cmd_dataset_add, cmd_dataset_remote, cmd_demo_data, cmd_validate_dataset
 from dfd.commands.interrupts import on_signal
-from dfd.commands.models import cmd_compare, cmd_deploy_model, cmd_predict, cmd_rollback, cmd_serve, cmd_weights_fetch
+from dfd.commands.models import (
+    cmd_compare,
+    cmd_deploy_model,
+    cmd_export,
+    cmd_predict,
+    cmd_rollback,
+    cmd_serve,
+    cmd_weights_fetch,
+)
 from dfd.commands.monitoring import cmd_monitor
 from dfd.commands.pipeline import cmd_demo, cmd_deploy, cmd_run, cmd_stage
 from dfd.platform.errors import DfdError
@@ -113,16 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregate", help="frames to video score: mean, median, confident (default: the model's)")
     p.add_argument("--save-crops", metavar="DIR", help="write each face crop, its P(fake) in the file name")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
-                   help="inference precision (default: serve.precision); reduced ones are checked against fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="inference precision (default: serve.precision); all but torch fp32 are checked against it")
+    p.add_argument("--engine", choices=["torch", "onnxruntime"],
+                   help="what runs the members (default: serve.engine); onnxruntime: fp32 or int8 ONNX members")
     p.add_argument("--log", action="store_true", help="record one traffic record per file under monitor.log_dir")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("serve", help="serve the registered ensemble over HTTP (FastAPI)")
     p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"],
                    help="inference precision (default: serve.precision)")
+    p.add_argument("--engine", choices=["torch", "onnxruntime"], help="what runs the members (default: serve.engine)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host without a token in $serve.auth_token_env (not recommended)")
     p.add_argument("--from", dest="from_deployment", metavar="DIR|s3://bucket/prefix",
@@ -133,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --from: accept a deployment without a signature (made before dfd signed them; "
                         "`dfd deploy-model --migrate` signs it)")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("export", help="export the ensemble's members to ONNX (and int8, ensemble.export) and "
+                                      "check them against PyTorch on the test crops")
+    p.add_argument("--out", default="artifacts/export", metavar="DIR", help="where the .onnx files and export.json go")
+    p.add_argument("--int8", action="store_true", help="also int8 (default: ensemble.export.int8)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("deploy-model", help="copy the registered model to a folder or s3:// with checksums, "
                                             "and health-check the copy")
     p.add_argument("--to", required=True, metavar="DIR|s3://bucket/prefix")

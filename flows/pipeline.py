@@ -40,7 +40,7 @@ from flows.stages import (
     monitor_task,
     register_task,
 )
-from tasks.preflight import check_params, check_weights
+from tasks.preflight import check_export, check_params, check_weights
 
 
 @dataclass(frozen=True)
@@ -201,6 +201,7 @@ def pipeline(path: str = "params.yaml", overrides: list[str] | None = None, root
     check_alert_settings(params.alerts)  # a scheduled run has no CLI preflight: bad alert settings stop it here
     check_params(params)  # every name and device, before any work (deployments start here, not from the CLI)
     check_weights(params)  # ImageNet starts (`pretrained: hub`) missing offline: one line before any stage
+    check_export(params)  # ensemble.export on without its packages (the onnx extra): one line, before training
     # SIGTERM (a cancel, `docker stop`, Ctrl-C) stops the training children at once, not after they finish
     # training; Prefect's SIGTERM handler stays installed, or a cancel from the UI would end the run Crashed.
     with stop_children_on_termination():

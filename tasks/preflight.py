@@ -193,3 +193,30 @@ def check_weights(params: Params, models: list[str] | None = None) -> None:
     problem = weights_problem(params, models)
     if problem:
         raise ConfigError(problem)
+
+
+def export_problem(params: Params) -> str | None:
+    """Why `ensemble.export` cannot run here (its packages, named, with the one-line fix), or None when it can.
+
+    Not part of `check_params`: scoring needs none of them (a model asked to run on onnxruntime where it is missing
+    runs on torch and says so); only registering with the export on does.
+    """
+    cfg = params.ensemble.export
+    if not (cfg.onnx or cfg.int8):
+        return None
+    from dfd.serving.onnx_engine import INSTALL_HINT
+    from dfd.serving.onnx_export import missing_packages
+
+    missing = missing_packages()
+    if not missing:
+        return None
+    what = "ensemble.export.int8" if cfg.int8 else "ensemble.export.onnx"
+    return f"{what} needs the packages {', '.join(missing)}, not installed here: {INSTALL_HINT}, or set it to false"
+
+
+def check_export(params: Params) -> None:
+    """Before a run that registers (`dfd run`, the flow, `dfd stage register`): one ConfigError naming the missing
+    export packages, not a traceback after hours of training."""
+    problem = export_problem(params)
+    if problem:
+        raise ConfigError(problem)

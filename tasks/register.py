@@ -31,12 +31,13 @@ from dfd.evaluation.compare import load_crops, score
 from dfd.evaluation.gate import decide
 from dfd.evaluation.model_card import TRAINING_DATA_TAG, CardInputs, model_card
 from dfd.monitoring.reference import REFERENCE_ARTIFACT_DIR, build_reference
-from dfd.platform.config import AggregationParams, GateParams, Params, RegistryParams
+from dfd.platform.config import AggregationParams, ExportParams, GateParams, Params, RegistryParams, ServeParams
 from dfd.platform.errors import DfdError, StageError
 from dfd.platform.files import read_json, write_json
 from dfd.platform.layout import Layout
 from dfd.platform.tracking import Tracker
 from dfd.platform.uris import safe_uri
+from dfd.serving.onnx_export import export_members, served_engine
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _requirements() -> list[str]:
+def _requirements(extra: tuple[str, ...] = ()) -> list[str]:
     reqs = []
-    for pkg in SERVING_PACKAGES:
+    for pkg in (*SERVING_PACKAGES, *extra):
         try:
             reqs.append(f"{pkg}=={importlib.metadata.version(pkg)}")
         except importlib.metadata.PackageNotFoundError:
@@ -217,7 +218,8 @@ def _weights_tags(model_dirs: dict[str, Path], members: list[str]) -> dict[str, 
 def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensemble_dir: Path,
              model_dirs: dict[str, Path], faces_index: Path, tracker: Tracker, run_id: str, tags: dict[str, str],
              record_path: Path, aggregation: AggregationParams | None = None,
-             card: dict[str, Any] | None = None, reference_samples: int = 2000) -> RegisterResult:
+             card: dict[str, Any] | None = None, reference_samples: int = 2000, export: ExportParams | None = None,
+             serve: ServeParams | None = None) -> RegisterResult:
     """Register the ensemble, decide the gate, and move the aliases.
 
     Args:
@@ -234,6 +236,9 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
         aggregation: Frames to videos for the champion comparison (`ensemble.aggregation`; default: its defaults).
         card: The model card's other inputs (`training`, `synthetic`; see `CardInputs`); None: a card without them.
         reference_samples: Training samples in the version's monitoring reference (`monitor.reference_max_samples`).
+        export: `ensemble.export`: the members as ONNX (and int8) files logged with the version, and the int8 gate
+            row; None: none.
+        serve: `serve`: the engine the logged model runs by default (`served_engine`).
     """
     spec_path, metrics_path = ensemble_dir / "ensemble.json", reports_dir / "metrics.json"
     for p in (spec_path, metrics_path):
@@ -264,9 +269,11 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
     faces_report = faces_index.parent / "faces_report.json"  # its `params`: how the served model extracts faces
     if faces_report.is_file():
         artifacts["faces"] = str(faces_report)
-    version = tracker.log_pyfunc_model(
-        run_id, MODEL_CODE, artifacts, _input_example(faces_index), _requirements(),
-        [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")], cfg.model_name)
+    with tempfile.TemporaryDirectory(prefix="dfd-onnx-") as onnx_dir:  # MLflow copies the files it logs
+        onnx = export_members(export, spec, artifacts, faces_index, Path(onnx_dir), reports_dir)
+        version = tracker.log_pyfunc_model(
+            run_id, MODEL_CODE, artifacts, _input_example(faces_index), _requirements(("onnxruntime",) if onnx else ()),
+            [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "dfd")], cfg.model_name, served_engine(serve, onnx))
     ens = metrics.get("ensemble", {})
     card = card or {}
     version_tags: dict[str, Any] = {**tags, **_dataset_hashes(reports_dir), "mlflow_run_id": run_id,
@@ -277,7 +284,8 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
                                         "gate_judged_on": metrics.get("gate_judged_on", "")}
                                        if metrics.get("test_fakes", "real") != "real" else {}),
                                     **{f"test_{k}": f"{ens[k]:.4f}" for k in ("auc", "video_auc", "eer", "ece")
-                                       if isinstance(ens.get(k), int | float)}}
+                                       if isinstance(ens.get(k), int | float)},
+                                    **({"onnx_members": ",".join(onnx["files"])} if onnx else {})}
     # The statistics `dfd monitor` compares served traffic with, stored with the version they describe.
     with tempfile.TemporaryDirectory(prefix="dfd-reference-") as tmp:
         for path in build_reference(faces_index, ensemble_dir, Path(tmp), reference_samples):
@@ -290,7 +298,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
     if production and gate_cfg.champion.policy != "off":
         champion = champion_summary(tracker, production, cfg.model_name, ensemble_dir, faces_index, gate_cfg,
                                     aggregation, tags.get(SPLIT_SCHEME_TAG))
-    gate = decide(gate_cfg, metrics, robustness, champion)
+    gate = decide(gate_cfg, metrics, robustness, champion, onnx)
     if gate["champion"] is not None:
         gate["champion"]["challenger"] = {"version": version, "run_id": run_id}
     write_json(gate_path, gate)
@@ -320,7 +328,11 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
 
 
 def check_inputs(params: Params, layout: Layout) -> None:
-    """Fail with one line, before an MLflow run is opened, when an upstream output is missing (no empty runs)."""
+    """Fail with one line, before an MLflow run is opened, when an upstream output is missing (no empty runs) or the
+    export's packages are (`ensemble.export`)."""
+    from tasks.preflight import check_export
+
+    check_export(params)
     needed = [(layout.reports_dir / "metrics.json", "evaluate"), (layout.ensemble_dir / "ensemble.json", "ensemble"),
               (layout.faces_index, "faces"), (layout.ingest_report, "ingest")]
     for path, stage in needed:
@@ -355,7 +367,7 @@ def run(params: Params, layout: Layout, tracker: Tracker, parent_id: str | None 
                        {"training": training_summary(layout),
                         # the demo generator's marker in the data root: the model learnt from drawn faces
                         "synthetic": (layout.resolve(params.data.root) / DEMO_MARKER).is_file()},
-                       params.monitor.reference_max_samples)
+                       params.monitor.reference_max_samples, params.ensemble.export, params.serve)
         tracker.log_metrics(rid, {"gate_passed": int(res.passed)})
         tracker.set_tags(rid, {"gate_passed": res.passed, "registered": res.registered, "outcome": res.message})
         if not res.registered:  # a new version logged gate.json with its card; this run still records its gate

@@ -48,19 +48,34 @@ def _model_for(args: argparse.Namespace) -> tuple[Params, Any]:
     params = _serve_params(args)
     uri = args.model or default_model_uri(params)
     return params, load(uri, resolve_tracking_uri(params, Path.cwd()), params.serve.precision,
-                        params.serve.max_precision_error)
+                        params.serve.max_precision_error, params.serve.engine)
 
 
 def _serve_params(args: argparse.Namespace) -> Params:
-    """Params (defaults when there is no params file), with `--precision` over `serve.precision`.
+    """Params (defaults when there is no params file), with `--precision`/`--engine` over `serve.*` (validated:
+    each engine runs its own precisions).
 
     Scoring reads `serve`, `monitor`, `storage`, `mlflow` and `registry`, which the schema checks in full on load; the
     faces params travel with the model. So the training preflight (`params_from_args`: architectures, augmentations,
     devices, which imports the model registry) is not run: it checks names scoring never builds.
     """
+    from pydantic import ValidationError
+
+    from dfd.platform.config import ServeParams
+
     params = load_params(args.params, args.override) if Path(args.params).is_file() else Params()
-    if getattr(args, "precision", None):
-        params = params.model_copy(update={"serve": params.serve.model_copy(update={"precision": args.precision})})
+    given = {k: getattr(args, k, None) for k in ("precision", "engine") if getattr(args, k, None)}
+    if given.get("engine") == "onnxruntime" and "precision" not in given and params.serve.precision not in (
+            "fp32", "int8"):
+        given["precision"] = "fp32"  # --engine onnxruntime over a torch-only serve.precision: its exact one
+    if given:
+        try:
+            serve = ServeParams.model_validate({**params.serve.model_dump(), **given})
+        except ValidationError as exc:
+            raise DfdError(exc.errors()[0]["msg"].removeprefix("Value error, "),
+                           "pass a --precision the engine runs (torch: fp32, bf16, fp16; onnxruntime: fp32, int8)"
+                           ) from None
+        params = params.model_copy(update={"serve": serve})
     return params
 
 
@@ -79,8 +94,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
                        "register it again with this version of dfd")
     scorer.limits = params.serve
     label = f"{model.uri} (version {model.version})" if model.version else model.uri
-    if model.precision != "fp32":
-        label += f", {model.precision}: P(fake) within {model.precision_error:.4f} of fp32 on the example crops"
+    if model.engine_fallback:
+        print(f"WARNING: {model.engine_fallback}")
+    if model.precision != "fp32" or model.engine != "torch":
+        label += (f", {model.engine} {model.precision}: P(fake) within {model.precision_error:.4f} of torch fp32 "
+                  "on the example crops")
     if model.warning:  # before any score and in the summary, so that no reader takes a demo model's numbers seriously
         print(f"WARNING: {model.warning}")
         label += " [SYNTHETIC TRAINING DATA: scores on real media mean nothing]"
@@ -94,6 +112,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     finally:
         if traffic:
             traffic.close()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`dfd export`: the pipeline's current ensemble (ensemble stage's output) as ONNX members, checked on the test
+    crops against PyTorch; prints the agreement. Registering with `ensemble.export.onnx` logs the same files."""
+    from dfd.platform.files import read_json
+    from dfd.platform.layout import Layout
+    from dfd.serving.onnx_export import export_ensemble, format_report
+
+    params = params_from_args(args)
+    layout = Layout.from_params(params, Path.cwd())
+    spec_path = layout.ensemble_dir / "ensemble.json"
+    if not spec_path.is_file():
+        raise DfdError(f"not found: {spec_path}", "run the ensemble stage first (`dfd stage ensemble`)")
+    spec = read_json(spec_path)
+    cfg = params.ensemble.export.model_copy(update={"onnx": True, "int8": args.int8 or params.ensemble.export.int8})
+    checkpoints = {m: layout.model_dir(m) / "best.pt" for m in spec["members"]}
+    for m, ckpt in checkpoints.items():
+        if not ckpt.is_file():
+            raise DfdError(f"checkpoint of member '{m}' not found: {ckpt}", f"run `dfd stage train --model {m}`")
+    report = export_ensemble(cfg, spec, checkpoints, layout.faces_index, Path(args.out))
+    print("\n".join(format_report(report)))
+    print(f"files and export.json: {args.out}")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -140,9 +140,10 @@ def preflight(params: Params, root: Path) -> None:
     from dfd.platform.storage_check import check_storage
 
     check_storage(params, root)  # every S3 bucket in use is writable (bounded retries: seconds when down)
-    from tasks.preflight import check_weights
+    from tasks.preflight import check_export, check_weights
 
     check_weights(params)  # `pretrained: hub` weights missing offline: named now, before any stage runs
+    check_export(params)  # ensemble.export on without its packages: named now, not after training
 
 
 def cmd_run(args: argparse.Namespace) -> int:

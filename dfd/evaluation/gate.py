@@ -181,8 +181,23 @@ def _p(value: object) -> str:
     return f"{v:.4f}" if v is not None else "undefined"
 
 
+def int8_checks(export: dict[str, Any] | None) -> list[Check]:
+    """The int8 members' agreement with torch fp32 on the test crops (export.json of `dfd.serving.onnx_export`):
+    share of equal labels, and the largest fused-logit shift where a bound is set. None when int8 was not asked for.
+    """
+    if not export or "int8" not in export.get("files", {}):
+        return []
+    got, bounds = export.get("int8") or {}, export.get("bounds") or {}
+    checks = [bound_check("int8_equal_labels", got.get("equal_labels"), bounds["int8_min_equal_labels"], ">=",
+                          f"share of {got.get('crops', '?')} test crops whose label int8 leaves unchanged")]
+    if bounds.get("int8_max_logit_shift") is not None:
+        checks.append(bound_check("int8_max_logit_shift", got.get("max_abs_d_fused_logit"),
+                                  bounds["int8_max_logit_shift"], "<=", "int8's largest |d fused logit|"))
+    return checks
+
+
 def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] | None,
-           champion: dict[str, Any] | None) -> dict[str, Any]:
+           champion: dict[str, Any] | None, export: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every configured check and return gate.json's content (format D).
 
     Args:
@@ -190,6 +205,7 @@ def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] 
         metrics: metrics.json (`ensemble`, `drift`, `threshold`, ...).
         robustness: robustness.json, or None when the evaluate stage wrote none.
         champion: The champion/challenger summary (see tasks/register.py), None when there is no production version.
+        export: The ONNX export report (export.json); with int8 members, their agreement rows (`int8_checks`).
     """
     ens = metrics.get("ensemble", {})
     checks: list[Check] = []
@@ -210,6 +226,7 @@ def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] 
         if value is None and drift.get("error"):
             check = Check(check.name, None, check.threshold, False, f"drift report failed: {drift['error']}", "<=")
         checks.append(check)
+    checks.extend(int8_checks(export))
     checks.append(champion_check(champion, cfg.champion.policy, cfg.champion.alpha, cfg.champion.margin))
     failed = [c.name for c in checks if not c.passed]
     return {"passed": not failed, "failed": failed, "checks": [c.to_dict() for c in checks],

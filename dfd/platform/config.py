@@ -25,6 +25,7 @@ from dfd.platform.eval_config import (  # noqa: F401  (re-exported: one import p
     EvaluateParams,
     GateParams,
 )
+from dfd.platform.export_config import ExportParams
 from dfd.platform.ops_config import (  # noqa: F401  (re-exported: one import path for every section)
     AlertParams,
     EmailAlertParams,
@@ -193,6 +194,7 @@ class EnsembleParams(_Section):
     # Identity-grouped k-fold CV of fusion + calibration on validation (fewer folds when fewer identities).
     cv_folds: int = Field(5, ge=2)
     aggregation: AggregationParams = AggregationParams()  # recorded in ensemble.json: the served model uses it
+    export: ExportParams = ExportParams()  # members to ONNX / int8 at registration (serve.engine: onnxruntime)
 
 
 class RegistryParams(_Section):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dfd.platform.config_base import _Section
 
@@ -102,6 +102,10 @@ class StorageParams(_Section):
     read_timeout_s: float = Field(30.0, gt=0)
 
 
+#: The precisions each inference engine runs (torch: autocast; onnxruntime: the exported fp32 or int8 members).
+ENGINE_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32", "int8")}
+
+
 class ServeParams(_Section):
     """Scoring media with the registered model: `dfd predict`, `dfd serve`, the pyfunc's media input."""
 
@@ -114,8 +118,12 @@ class ServeParams(_Section):
     # fp32 scores exactly as the gate evaluated. bf16 (CPUs with AVX512-BF16 or AMX, GPUs) or fp16 (GPUs) is about
     # 2x faster on such hardware, and is checked at load: the model's example crops are scored both ways, and a
     # precision that moves P(fake) by more than max_precision_error is refused.
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
     max_precision_error: float = Field(0.02, gt=0, le=1)
+    # What runs the members: torch (as evaluated), or ONNX Runtime over the ONNX files logged with the version
+    # (`ensemble.export.onnx`; precision fp32 or int8), checked against torch fp32 at load like a reduced precision.
+    # Where onnxruntime is not installed the model falls back to torch and says so once.
+    engine: Literal["torch", "onnxruntime"] = "torch"
     # `POST /predict` with JSON {"paths": [...]}: files on the server's disk, only under these folders. Off when
     # empty: a client must not make the server read arbitrary files.
     path_roots: list[str] = Field(default_factory=list)
@@ -170,6 +178,14 @@ class ServeParams(_Section):
     # 429 with Retry-After. Ten times what max_concurrent slots can score of single images, a bound on floods
     # rather than on honest use. 0: off.
     rate_limit_per_minute: int = Field(600, ge=0)
+
+    @model_validator(mode="after")
+    def _engine_precision(self) -> ServeParams:
+        allowed = ENGINE_PRECISIONS[self.engine]
+        if self.precision not in allowed:
+            raise ValueError(f"serve.precision {self.precision} is not run by serve.engine {self.engine}: "
+                             f"one of {', '.join(allowed)}")
+        return self
 
 
 class MonitorParams(_Section):

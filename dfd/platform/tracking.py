@@ -251,7 +251,8 @@ class Tracker:
             return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
     def log_pyfunc_model(self, run_id: str, python_model: Path, artifacts: dict[str, str], input_example: Any,
-                         pip_requirements: list[str], code_paths: list[str], registered_model_name: str) -> str:
+                         pip_requirements: list[str], code_paths: list[str], registered_model_name: str,
+                         model_config: dict[str, Any] | None = None) -> str:
         """Log a models-from-code pyfunc into `run_id`, register it, and return the new version.
 
         Args:
@@ -262,6 +263,8 @@ class Tracker:
             pip_requirements: The served model's pinned requirements.
             code_paths: Folders shipped with the model so that it imports the project's code.
             registered_model_name: Registry name; a new version is created.
+            model_config: What `load_context` reads as `context.model_config` (the engine to run), overridable
+                when loading.
 
         The model is logged without a signature (`signature=False` also stops MLflow inferring one from the
         example): it takes crops (a tensor) or media (a DataFrame of paths or bytes), a union MLflow's schemas
@@ -275,7 +278,7 @@ class Tracker:
             info = mlflow.pyfunc.log_model(
                 name="ensemble", python_model=str(python_model), artifacts=artifacts, signature=False,
                 input_example=input_example, pip_requirements=pip_requirements, code_paths=code_paths,
-                registered_model_name=registered_model_name)
+                registered_model_name=registered_model_name, model_config=model_config)
         return str(info.registered_model_version)
 
     def set_version_tags(self, model_name: str, version: str, tags: dict[str, Any]) -> None:

@@ -31,6 +31,8 @@ class MemberModel:
     about 1.2x faster on CPU) under `torch.inference_mode`.
     """
 
+    engine = "torch"
+
     def __init__(self, checkpoint: Path, device: str = "cpu", precision: str = "fp32") -> None:
         ckpt = load_checkpoint(checkpoint)
         self.config = ckpt["model_config"]  # the registered preprocessing, saved beside the weights
@@ -88,7 +90,9 @@ class EnsemblePredictor:
         missing = set(names) - set(checkpoints)
         if missing:
             raise ValueError(f"no checkpoint for ensemble members {sorted(missing)}")
-        self.members = {m: MemberModel(checkpoints[m], device, precision) for m in names}
+        self.checkpoints, self.device = {m: Path(checkpoints[m]) for m in names}, device
+        self.members: dict[str, Any] = {m: MemberModel(checkpoints[m], device, precision) for m in names}
+        self.engine = "torch"
         total = sum(weights.values()) or 1.0  # stacking's signed shares may sum to 0; they only inform then
         self.weights = {m: w / total for m, w in weights.items()}
         self.calibration = calibration or {m: [1.0, 0.0] for m in names}
@@ -107,33 +111,76 @@ class EnsemblePredictor:
         return next(iter(self.members.values())).precision
 
     def set_precision(self, precision: str) -> None:
-        """Score in `precision` from now on (every member)."""
+        """Score in `precision` from now on (every member; torch's precisions, see `set_engine` for the others)."""
+        if self.engine != "torch":
+            raise ValueError(f"set_precision is torch's: use set_engine to change {self.engine}'s precision")
         for member in self.members.values():
             member.set_precision(precision)
 
-    def precision_error(self, crops: np.ndarray) -> float:
-        """Largest |P(fake) in the current precision - P(fake) in fp32| over `crops`: what reduced precision costs.
+    def set_engine(self, engine: str, precision: str = "fp32", onnx_files: dict[str, Path] | None = None) -> None:
+        """Run the members on `engine` in `precision` from now on; fusion and calibration stay as evaluated.
 
-        The gate, the threshold and the calibration were all fitted on fp32 scores; this is how far from them a
-        bf16/fp16 score can be, measured rather than assumed.
+        Args:
+            engine: torch, or onnxruntime (over `onnx_files`, one ONNX file per member in that precision).
+            precision: torch: fp32/bf16/fp16; onnxruntime: fp32/int8.
+            onnx_files: Member name to its ONNX file; needed for onnxruntime.
+
+        Raises:
+            ValueError: An unknown engine or precision, or a member without its ONNX file.
         """
-        current = self.precision
-        reduced = self(crops)
-        self.set_precision("fp32")
-        try:
-            exact = self(crops)
-        finally:
-            self.set_precision(current)
-        return float(np.max(np.abs(reduced - exact))) if len(exact) else 0.0
+        if engine == "torch":
+            if self.engine != "torch":  # the torch members are rebuilt from the checkpoints the ensemble was given
+                self.members = {m: MemberModel(p, self.device) for m, p in self.checkpoints.items()}
+                self.engine = "torch"
+            self.set_precision(precision)
+            return
+        if engine != "onnxruntime":
+            raise ValueError(f"unknown engine '{engine}': torch or onnxruntime")
+        from dfd.serving.onnx_engine import OnnxMember
+
+        missing = sorted(set(self.members) - set(onnx_files or {}))
+        if missing:
+            raise ValueError(f"no {precision} ONNX file for members {missing}")
+        configs = {m: member.config for m, member in self.members.items()}
+        self.members = {m: OnnxMember(onnx_files[m], configs[m], precision)  # type: ignore[index]
+                        for m in configs}
+        self.engine = engine
+
+    def reference_scores(self, crops: np.ndarray) -> np.ndarray:
+        """The calibrated P(fake) of torch fp32, what evaluation scored, whatever this predictor runs now."""
+        if self.engine == "torch":
+            current = self.precision
+            self.set_precision("fp32")
+            try:
+                return self(crops)
+            finally:
+                self.set_precision(current)
+        exact = EnsemblePredictor(self.checkpoints, self.weights, self.calibration, self.device, self.fusion,
+                                  self.post_calibration)
+        return exact(crops)
+
+    def precision_error(self, crops: np.ndarray) -> float:
+        """Largest |P(fake) now - P(fake) of torch fp32| over `crops`: what another precision or engine costs.
+
+        The gate, the threshold and the calibration were all fitted on torch fp32 scores; this is how far from them
+        a bf16/fp16 score, or an ONNX Runtime fp32/int8 one, can be: measured rather than assumed.
+        """
+        if len(crops) == 0:
+            return 0.0
+        return float(np.max(np.abs(self(crops) - self.reference_scores(crops))))
 
     def member_scores(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """Each member's P(fake) for RGB uint8 crops (N, H, W, 3)."""
         return {m: model(crops) for m, model in self.members.items()}
 
+    def fused(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """The fused P(fake) before its calibration, from each member's raw P(fake)."""
+        X = np.column_stack([calibrate(np.asarray(scores[m]), self.calibration[m]) for m in self.fusion["members"]])
+        return apply_fusion(self.fusion, X)
+
     def combine(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The final calibrated P(fake) from each member's raw P(fake): what `tasks.ensemble.fuse` computes."""
-        X = np.column_stack([calibrate(np.asarray(scores[m]), self.calibration[m]) for m in self.fusion["members"]])
-        return apply_post_calibration(self.post_calibration, apply_fusion(self.fusion, X))
+        return apply_post_calibration(self.post_calibration, self.fused(scores))
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         """The ensemble's calibrated P(fake) for RGB uint8 crops (N, H, W, 3)."""

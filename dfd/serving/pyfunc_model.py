@@ -39,11 +39,19 @@ class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from dfd.serving.ensemble import EnsemblePredictor
         from dfd.serving.media_scoring import MediaScorer
+        from dfd.serving.onnx_engine import apply_engine
 
         self.spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
         checkpoints = {m: Path(context.artifacts[f"member_{m}"]) for m in self.spec["members"]}
         self.threshold = float(self.spec.get("threshold", self.spec.get("val_eer_threshold", 0.5)))
         self.predictor = EnsemblePredictor.from_spec(self.spec, checkpoints)
+        self.artifacts = dict(context.artifacts)  # the ONNX members among them: `apply_engine` switches later
+        # The engine the version was registered to run (`serve.engine`/`serve.precision` then, what `mlflow models
+        # serve` runs), or what the loader overrides it with: `dfd.serving.registry_model.load` loads on torch fp32
+        # and switches itself after measuring; MLFLOW_PYFUNC_INFERENCE_CONFIG='{"engine": "torch"}' for MLflow's.
+        config = dict(context.model_config or {})
+        self.engine_fallback = apply_engine(self.predictor, str(config.get("engine", "torch")),
+                                            str(config.get("precision", "fp32")), context.artifacts)
         faces = context.artifacts.get("faces")
         # The faces params the training crops were made with; a model registered without them scores crops only.
         self.faces_cfg = json.loads(Path(faces).read_text())["params"] if faces else None

@@ -45,7 +45,9 @@ class LoadedModel:
     alias: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     precision: str = "fp32"
-    precision_error: float = 0.0  # max |P(fake) - fp32 P(fake)| on the model's example crops
+    precision_error: float = 0.0  # max |P(fake) - torch fp32 P(fake)| on the model's example crops
+    engine: str = "torch"  # what runs the members: torch or onnxruntime (serve.engine)
+    engine_fallback: str | None = None  # why it runs torch when onnxruntime was asked for (not installed)
 
     @property
     def warning(self) -> str | None:
@@ -54,7 +56,8 @@ class LoadedModel:
 
     def info(self) -> dict[str, Any]:
         return {"uri": self.uri, "name": self.name, "version": self.version, "alias": self.alias, "tags": self.tags,
-                "precision": self.precision, "precision_error": self.precision_error,
+                "precision": self.precision, "precision_error": self.precision_error, "engine": self.engine,
+                **({"engine_fallback": self.engine_fallback} if self.engine_fallback else {}),
                 **({"warning": self.warning} if self.warning else {})}
 
 
@@ -87,15 +90,18 @@ def resolve_version(uri: str, tracking_uri: str) -> tuple[str, str, str | None, 
     return name, str(mv.version), alias, dict(mv.tags)
 
 
-def load(uri: str, tracking_uri: str, precision: str = "fp32", max_precision_error: float = 0.02) -> LoadedModel:
+def load(uri: str, tracking_uri: str, precision: str = "fp32", max_precision_error: float = 0.02,
+         engine: str = "torch") -> LoadedModel:
     """Load a model by registry URI (pinned to the version the alias points at now) or local folder.
 
     Args:
         uri: `models:/name@alias`, `models:/name/N` or a folder with an `MLmodel`.
         tracking_uri: The registry.
-        precision: Inference precision (fp32, bf16, fp16); a reduced one is checked against fp32 on the model's
-            example crops.
-        max_precision_error: The largest allowed |P(fake) - fp32 P(fake)| on those crops.
+        precision: Inference precision (torch: fp32, bf16, fp16; onnxruntime: fp32, int8); anything but torch fp32
+            is checked against torch fp32 on the model's example crops.
+        max_precision_error: The largest allowed |P(fake) - torch fp32 P(fake)| on those crops.
+        engine: What runs the members: torch, or onnxruntime over the version's ONNX files (torch, said once,
+            where onnxruntime is not installed).
 
     Raises:
         ModelNotFoundError: Nothing loadable at `uri`.
@@ -117,11 +123,12 @@ def load(uri: str, tracking_uri: str, precision: str = "fp32", max_precision_err
         name, version, alias, tags = _deployed_identity(Path(uri))
     # pyfunc.load_model reads the registry (and the run's artifacts) through the process-wide URIs: set for the
     # load only, so that they do not redirect later clients in this process (the server's poller, a caller's own).
+    # Loaded on torch fp32 whatever engine the version was registered with: this loader switches after measuring.
     with fluent_uris(tracking_uri):
-        model = mlflow.pyfunc.load_model(target)
+        model = mlflow.pyfunc.load_model(target, model_config=TORCH_FP32)
     loaded = LoadedModel(uri, model, model.unwrap_python_model(), name, version, alias, tags)
-    if precision != "fp32":
-        check_precision(loaded, precision, max_precision_error)
+    if precision != "fp32" or engine != "torch":
+        check_precision(loaded, precision, max_precision_error, engine)
     return loaded
 
 
@@ -141,26 +148,39 @@ def _deployed_identity(folder: Path) -> tuple[str | None, str | None, str | None
         return None, None, None, {}
 
 
-def check_precision(model: LoadedModel, precision: str, max_error: float) -> None:
-    """Switch `model` to `precision` after measuring what it costs on the model's example crops (real test crops).
+#: The pyfunc's `model_config` for torch fp32 (what evaluation scored); see `DeepfakeEnsembleModel.load_context`.
+TORCH_FP32 = {"engine": "torch", "precision": "fp32"}
+
+
+def check_precision(model: LoadedModel, precision: str, max_error: float, engine: str = "torch") -> None:
+    """Switch `model` to `engine` in `precision` after measuring what it costs on the model's example crops (real
+    test crops) against torch fp32.
 
     Raises:
-        PrecisionError: No example crops to measure on, or an error above `max_error`.
+        PrecisionError: No example crops to measure on, a precision or ONNX files the version lacks, or an error
+            above `max_error`.
     """
     import numpy as np
 
+    from dfd.serving.onnx_engine import apply_engine
+
     predictor = model.python_model.predictor
     example = model.pyfunc.input_example
+    what = f"{engine} {precision}"
     if example is None:
-        raise PrecisionError(f"model {model.uri} has no example crops to check {precision} scores against",
-                             "serve it in fp32")
+        raise PrecisionError(f"model {model.uri} has no example crops to check {what} scores against",
+                             "serve it with serve.engine: torch and serve.precision: fp32")
     try:
-        predictor.set_precision(precision)
+        # A version logged before the engine existed runs its own older model code: no `artifacts` kept, no ONNX.
+        fallback = apply_engine(predictor, engine, precision, getattr(model.python_model, "artifacts", {}))
     except ValueError as exc:
-        raise PrecisionError(str(exc), "set serve.precision: fp32") from None
+        raise PrecisionError(str(exc), "set serve.engine: torch and serve.precision: fp32") from None
+    if fallback:
+        model.engine_fallback = fallback
+        return
     error = predictor.precision_error(np.asarray(example).astype(np.uint8))
     if error > max_error:
-        predictor.set_precision("fp32")
-        raise PrecisionError(f"{precision} moves P(fake) by {error:.4f} on the example crops of {model.uri} "
-                             f"(limit {max_error})", "serve in fp32, or raise serve.max_precision_error")
-    model.precision, model.precision_error = precision, error
+        predictor.set_engine("torch", "fp32")
+        raise PrecisionError(f"{what} moves P(fake) by {error:.4f} on the example crops of {model.uri} "
+                             f"(limit {max_error})", "serve on torch fp32, or raise serve.max_precision_error")
+    model.precision, model.precision_error, model.engine = precision, error, engine

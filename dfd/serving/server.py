@@ -279,7 +279,7 @@ def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1"
     tokens = tokens_from_env(cfg.auth_token_env, cfg.auth_tokens_env)
     check_exposure(host, tokens[0] if tokens else None, insecure, cfg.auth_token_env)
     holder = ModelHolder(uri, tracking_uri, partial(load, precision=cfg.precision,
-                                                   max_precision_error=cfg.max_precision_error))
+                                                   max_precision_error=cfg.max_precision_error, engine=cfg.engine))
     holder.start(cfg.poll_interval_s)
     log.info("serving %s (version %s) on http://%s:%d, %s", uri, holder.current.version, host, port,
              f"{len(tokens)} token(s)" if tokens else "no token: this machine only")

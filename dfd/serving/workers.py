@@ -57,17 +57,18 @@ class ModelSpec:
     tracking_uri: str
     precision: str = "fp32"
     max_precision_error: float = 0.02
+    engine: str = "torch"  # serve.engine: what runs the members in the worker
 
     @classmethod
     def of(cls, model: Any, tracking_uri: str, cfg: ServeParams) -> ModelSpec:
         """The spec that loads exactly `model` (a `LoadedModel`): its version, never the alias."""
         pinned = f"models:/{model.name}/{model.version}" if model.name and model.version else model.uri
-        return cls(pinned, tracking_uri, cfg.precision, cfg.max_precision_error)
+        return cls(pinned, tracking_uri, cfg.precision, cfg.max_precision_error, cfg.engine)
 
     def load(self) -> Any:
         from dfd.serving.registry_model import load
 
-        return load(self.uri, self.tracking_uri, self.precision, self.max_precision_error)
+        return load(self.uri, self.tracking_uri, self.precision, self.max_precision_error, self.engine)
 
 
 # -- jobs: run inside a worker (or a thread, with isolation: thread) ---------------------------------------------
