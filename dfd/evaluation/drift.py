@@ -3,10 +3,11 @@
 Reference is the training data (what the model learnt from), current an evaluation set (the training set's test split,
 or a further dataset), one row per sample: a video's crops averaged, an image's one crop (`per_sample`). Frames of a
 video are no independent draws: with one row per crop, identity-disjoint splits of one distribution (30 vs 8 videos
-of 32 frames, intra-video correlation 0.8) had a column flagged in 89% of simulated runs; per video, as monitoring
-compares served files, the K-S test keeps its 5% (tests/evaluation/test_drift_per_video.py). A drifted column means its distribution on the evaluation set differs from training: expected
-for a foreign dataset, and a warning sign for the same dataset's test split. Evidently is required: a report that
-cannot be built fails the stage (a placeholder would read as "no drift").
+of 32 frames, intra-video correlation 0.8) failed the gate's `max_drift_share` in 99 of 100 simulated runs; per
+video, as monitoring compares served files, in none, and the K-S test keeps its 5% per column
+(tests/evaluation/test_drift_per_video.py). A drifted column means its distribution on the evaluation set differs
+from training: expected for a foreign dataset, and a warning sign for the same dataset's test split. Evidently is
+required: a report that cannot be built fails the stage (a placeholder would read as "no drift").
 """
 
 from __future__ import annotations
