@@ -102,4 +102,4 @@ def test_the_stage_reports_drift_of_the_test_split_against_training(trained_proj
     index = pd.read_parquet(trained_project / "data" / "faces" / "index.parquet")
     crops = index[index["split"] == "test"]
     assert drift["rows"] == "one per sample" and len(crops) <= tiny_params(trained_project).evaluate.drift_max_crops
-    assert test["current_rows"] == crops["sample_id"].nunique() < len(crops)
+    assert test["current_rows"] == crops["sample_id"].nunique()
