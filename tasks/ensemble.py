@@ -10,8 +10,17 @@ import numpy as np
 import pandas as pd
 
 from dfd.evaluation.calibration import apply_post_calibration, calibrate, fit_calibration, fit_post_calibration
-from dfd.evaluation.fusion import FitContext, TrialCallback, apply_fusion, cross_validate, fit_fusion, member_weights
+from dfd.evaluation.fusion import (
+    FitContext,
+    TrialCallback,
+    apply_fusion,
+    cross_validate,
+    fit_fusion,
+    fit_post_on_oof,
+    member_weights,
+)
 from dfd.evaluation.metrics import binary_metrics, eer
+from dfd.evaluation.significance import identity_clusters, persons_of
 from dfd.platform.config import EnsembleParams, Params
 from dfd.platform.errors import StageError
 from dfd.platform.files import write_json
@@ -59,12 +68,17 @@ def load_predictions(paths: dict[str, Path]) -> tuple[pd.DataFrame, int]:
 
 
 def _identities(frames: pd.DataFrame, faces_index: Path | None) -> np.ndarray:
-    """Each row's identity from the faces index (joined on sample_id); a sample is its own group without one."""
+    """Each row's identity cluster (`identity_clusters` over the persons of the faces index's samples, joined on
+    sample_id): the CV's folds must not split a person's samples; a sample is its own cluster without persons."""
+    sample_ids = frames["sample_id"].astype(str).tolist()
     if faces_index is None or not faces_index.is_file():
-        return frames["sample_id"].astype(str).to_numpy()
-    ids = pd.read_parquet(faces_index, columns=["sample_id", "identity"]).drop_duplicates("sample_id")
-    joined = frames[["sample_id"]].merge(ids, on="sample_id", how="left")
-    return joined["identity"].fillna(joined["sample_id"]).astype(str).to_numpy()
+        return identity_clusters([[] for _ in sample_ids], sample_ids)
+    import pyarrow.parquet as pq
+
+    cols = [c for c in ("persons", "identity") if c in pq.read_schema(faces_index).names]
+    ids = pd.read_parquet(faces_index, columns=["sample_id", *cols]).drop_duplicates("sample_id")
+    joined = frames[["sample_id"]].astype(str).merge(ids, on="sample_id", how="left")
+    return identity_clusters(persons_of(joined), sample_ids)
 
 
 def fuse(wide: pd.DataFrame, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,14 +98,14 @@ def _fit_post(method: str, oof_fused: np.ndarray | None, in_sample: np.ndarray, 
 
     On the identity-grouped out-of-fold fused scores when the CV produced them for both classes: a calibration fitted
     on scores of a fusion fitted on the same rows learns that fusion's in-sample confidence, not the served one's.
-    In-sample (said so) only when there was no CV to draw on (a single validation identity).
+    In-sample (said so) only when there was no CV to draw on (a single validation identity cluster).
     """
     if oof_fused is not None:
-        ok = np.isfinite(oof_fused)
-        if ok.any() and len(np.unique(y[ok])) == 2:
-            return (fit_post_calibration(method, oof_fused[ok], y[ok]),
-                    f"out-of-fold fused scores ({int(ok.sum())} of {len(y)} validation frames, {cv['folds']} "
-                    "identity-grouped folds)")
+        post, out_of_fold = fit_post_on_oof(method, oof_fused, in_sample, y)
+        if out_of_fold:
+            ok = np.isfinite(oof_fused)
+            return post, (f"out-of-fold fused scores ({int(ok.sum())} of {len(y)} validation frames, {cv['folds']} "
+                          "identity-grouped folds)")
     return fit_post_calibration(method, in_sample, y), "in-sample fused validation scores (no cross-validation)"
 
 

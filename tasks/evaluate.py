@@ -17,7 +17,14 @@ from dfd.evaluation.adversarial import adversarial_report
 from dfd.evaluation.calibration import apply_post_calibration
 from dfd.evaluation.crops import iter_crop_batches
 from dfd.evaluation.cross_dataset import cross_dataset_table, dataset_row, table_plot
-from dfd.evaluation.drift import drift_report, embedding_columns, image_stats, quality_report
+from dfd.evaluation.drift import (
+    drift_report,
+    embedding_columns,
+    image_stats,
+    per_sample,
+    quality_report,
+    whole_samples,
+)
 from dfd.evaluation.robustness import check_robustness, robustness_plot, robustness_report
 from dfd.evaluation.scorecard import test_scorecard
 from dfd.platform.config import AggregationParams, EvaluateParams, Params
@@ -74,17 +81,22 @@ def robustness(cfg: EvaluateParams, spec: dict[str, Any], checkpoints: dict[str,
 
 def _drift_features(frames: pd.DataFrame, crops_root: Path, embed: Any, batch_size: int
                     ) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per sample (a video's crops averaged, an image's one crop): its image statistics and embedding."""
     stats, embs = [], []
     for crops, _ in _batches(frames, crops_root, batch_size):
         stats.append(image_stats(crops))
         embs.append(embed(crops))
-    return pd.concat(stats, ignore_index=True), np.concatenate(embs)
+    return per_sample(pd.concat(stats, ignore_index=True), np.concatenate(embs), frames["sample_id"].to_numpy())
 
 
 def drift(cfg: EvaluateParams, spec: dict[str, Any], checkpoints: dict[str, Path], train_frames: pd.DataFrame,
           crops_root: Path, sets: dict[str, tuple[pd.DataFrame, Path]], val: pd.DataFrame, threshold: float,
           out_dir: Path, device: str) -> dict[str, Any]:
-    """Evidently reports: training crops against each evaluation set, and the classification quality of each.
+    """Evidently reports: training samples against each evaluation set's, and the classification quality of each.
+
+    One row per sample (video or image), as monitoring compares served files: the frames of a video are no
+    independent draws, and counted as such they flagged identity-disjoint splits of one dataset as drifted
+    (`dfd.evaluation.drift.per_sample`).
 
     Args:
         sets: Evaluation set name to its scored frames (`crop`, `label`, `prob`) and crops root; the first is the
@@ -100,14 +112,15 @@ def drift(cfg: EvaluateParams, spec: dict[str, Any], checkpoints: dict[str, Path
         raise StageError(f"evaluate.drift_member '{member}' is not an ensemble member",
                          f"choose from {', '.join(sorted(checkpoints))}")
     embed = penultimate_embedder(checkpoints[member], device)
-    ref_stats, ref_emb = _drift_features(_sample(train_frames, cfg.drift_max_crops), crops_root, embed,
+    ref_stats, ref_emb = _drift_features(whole_samples(train_frames, cfg.drift_max_crops), crops_root, embed,
                                          cfg.batch_size)
-    cur = {name: _drift_features(_sample(frames, cfg.drift_max_crops), root, embed, cfg.batch_size)
+    cur = {name: _drift_features(whole_samples(frames, cfg.drift_max_crops), root, embed, cfg.batch_size)
            for name, (frames, root) in sets.items()}
     ref_e, cur_e = embedding_columns(ref_emb, {n: e for n, (_, e) in cur.items()}, cfg.drift_embedding_dims)
     reference = pd.concat([ref_stats, ref_e], axis=1)
     first = next(iter(sets))
-    out: dict[str, Any] = {"reference": "train split", "embedding_member": member, "datasets": {}}
+    out: dict[str, Any] = {"reference": "train split", "embedding_member": member, "rows": "one per sample",
+                           "datasets": {}}
     for name, (stats, _) in cur.items():
         current = pd.concat([stats, cur_e[name]], axis=1)
         summary = drift_report(reference, current, out_dir / f"drift_{name}.html")

@@ -69,8 +69,11 @@ def headline(summary: dict[str, Any], version: str, since: str) -> str:
              f"  no-face rate {summary['no_face_rate']:.3f} (training {summary['reference_no_face_rate']:.3f}), "
              f"unreadable rate {summary['unreadable_rate']:.3f}"]
     if "psi" in summary:
-        lines.append(f"  P(fake): PSI {summary['psi']:.3f}, K-S {summary['ks_statistic']:.3f} "
+        lines.append(f"  P(fake): PSI {summary['psi']:.3f} (chi-square p={summary['psi_pvalue']:.2g}, "
+                     f"{summary['psi_bins_used']} bins), K-S {summary['ks_statistic']:.3f} "
                      f"(p={summary['ks_pvalue']:.2g})")
+        if summary.get("psi_note"):
+            lines.append(f"  {summary['psi_note']}")
     drift = summary.get("drift", {})
     if "drifted_share" in drift:
         lines.append(f"  image columns drifted: {drift['drifted_share']:.2f} ({', '.join(drift['drifted']) or 'none'})")
@@ -101,7 +104,7 @@ def run(params: Params, layout: Layout, tracker: Tracker, since: str | None = No
     out_dir = layout.artifacts / "monitoring" / now.strftime("%Y%m%dT%H%M%SZ")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = judge(records, ref_images, ref_scores, ref_meta, cfg, out_dir)
-    series = weekly_series(history, ref_scores, cfg.psi_bins)
+    series = weekly_series(history, ref_scores, cfg)
     series.to_csv(out_dir / "weekly.csv", index=False)
     if len(series):
         weekly_plot(series, out_dir / "weekly.png", cfg)
@@ -113,7 +116,7 @@ def run(params: Params, layout: Layout, tracker: Tracker, since: str | None = No
             "monitor_window": since}
     with tracker.run("monitor", parent_id, tags) as rid:
         metrics = {k: summary[k] for k in ("records", "scored", "no_face_rate", "unreadable_rate", "psi",
-                                           "ks_statistic", "ks_pvalue") if k in summary}
+                                           "psi_pvalue", "ks_statistic", "ks_pvalue") if k in summary}
         if "drifted_share" in summary.get("drift", {}):
             metrics["drifted_share"] = summary["drift"]["drifted_share"]
             metrics.update({f"drift_score.{c}": v["score"] for c, v in summary["drift"]["columns"].items()})

@@ -35,7 +35,7 @@ from dfd.training.batch_augment import check_names
 from dfd.training.datasets import FACE_OPS, FaceCrops, epoch_order
 from dfd.training.engine import Stepper, train_epoch
 from dfd.training.optim import LrSchedule, build_optimizer
-from dfd.training.real_only import eval_split, real_training_rows
+from dfd.training.real_only import eval_split, real_training_rows, selection_split
 from models import ModelConfig, create_model, model_config
 from models.checkpoint import load_checkpoint
 
@@ -116,6 +116,10 @@ class _Data:
     batch: int
     fakes: dict[str, str] = field(default_factory=dict)  # per evaluation split: `real`, or `sbi(seed=N)`
     train_on: str = "all"
+    # What the epoch is chosen on: the validation split itself, or (real-only) SBI fakes from its reals.
+    select_loader: DataLoader | None = None
+    select_labels: np.ndarray | None = None
+    selected_on: str = "val"
 
 
 @dataclass
@@ -157,7 +161,15 @@ def _load_data(name: str, cfg: TrainParams, spec: ModelParams, mcfg: ModelConfig
         if not splits[s].empty:
             ds, splits[s], fakes[s] = eval_split(splits[s], root, eval_tf, cfg.seed, real_only)
             eval_loaders[s] = DataLoader(ds, shuffle=False, **loader_kw)
-    return _Data(splits, train_ds, eval_loaders, loader_kw, batch, fakes, spec.train_on)
+    data = _Data(splits, train_ds, eval_loaders, loader_kw, batch, fakes, spec.train_on,
+                 eval_loaders["val"], splits["val"]["label"].to_numpy())
+    if real_only and fakes["val"] == "real":
+        # Best epoch, early stop and plateau never follow a labelled fake (dfd/training/real_only.py).
+        ds, rows, data.selected_on = selection_split(splits["val"], root, eval_tf, cfg.seed)
+        data.select_loader, data.select_labels = DataLoader(ds, shuffle=False, **loader_kw), rows["label"].to_numpy()
+    elif real_only:
+        data.selected_on = fakes["val"]  # the split has no fake: its SBI fakes from its reals are the same images
+    return data
 
 
 def _build_model(name: str, arch: str, spec: ModelParams, cfg: TrainParams, mcfg: ModelConfig,
@@ -232,7 +244,10 @@ def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Da
                "train_on": data.train_on, "train_samples": int(data.train_ds.index["sample_id"].nunique()),
                "train_fake_samples": int((data.train_ds.labels == 1).sum()), "eval_fakes": data.fakes,
                "recipe": cfg.model_dump(mode="json"), "pretrained": weights,
-               "val": frame_and_video_metrics(preds[preds["split"] == "val"], 0.5)}
+               "val": frame_and_video_metrics(preds[preds["split"] == "val"], 0.5), "selected_on": data.selected_on}
+    if data.train_on == "real_only" and data.fakes.get("val") == "real":
+        # Reported beside the selection AUC, never used to choose: the best epoch's AUC on the split's real fakes.
+        summary["val_auc_real_fakes"] = summary["val"]["auc"]
     if (preds["split"] == "test").any():
         summary["test"] = frame_and_video_metrics(preds[preds["split"] == "test"], 0.5)
     metrics_path = write_json(out_dir / "metrics.json", summary)
@@ -308,9 +323,9 @@ def train_model(name: str, spec: ModelParams, cfg: TrainParams, index_path: Path
                               progress and rank == 0)
         val_auc = float("nan")
         if rank == 0:
-            probs = predict(model, data.eval_loaders["val"], device)
+            probs = predict(model, data.select_loader, device)
             ok = ~np.isnan(probs)  # unreadable crops are excluded, not scored
-            val = binary_metrics(data.splits["val"]["label"].to_numpy()[ok], probs[ok])
+            val = binary_metrics(data.select_labels[ok], probs[ok])
             val_auc = val["auc"]
             metrics.update(val_auc=val["auc"], val_log_loss=val["log_loss"])
         if world > 1:

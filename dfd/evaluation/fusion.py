@@ -209,38 +209,86 @@ def identity_folds(groups: np.ndarray, k: int) -> np.ndarray:
     return folds
 
 
+def _fit_chain(method: str, raw: np.ndarray, y: np.ndarray, ctx: FitContext
+               ) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Member Platt scaling and fusion fitted on the rows given (the served chain before post-fusion calibration)."""
+    members = fit_calibration(pd.DataFrame(raw, columns=ctx.members).assign(label=y), ctx.members)
+    return members, fit_fusion(method, _calibrated(raw, members, ctx.members), y, ctx)
+
+
+def _calibrated(raw: np.ndarray, members: dict[str, list[float]], names: list[str]) -> np.ndarray:
+    return np.column_stack([calibrate(raw[:, j], members[m]) for j, m in enumerate(names)])
+
+
+def _oof_fused(method: str, raw: np.ndarray, y: np.ndarray, folds: np.ndarray, ctx: FitContext) -> np.ndarray:
+    """Out-of-fold fused scores: each fold's rows fused by the chain fitted on the other folds (NaN where the other
+    folds hold one class only)."""
+    out = np.full(len(y), np.nan)
+    for f in np.unique(folds):
+        tr, te = folds != f, folds == f
+        if len(np.unique(y[tr])) < 2:
+            continue
+        members, fitted = _fit_chain(method, raw[tr], y[tr], ctx)
+        out[te] = apply_fusion(fitted, _calibrated(raw[te], members, ctx.members))
+    return out
+
+
+def fit_post_on_oof(calibration: str, oof_fused: np.ndarray, in_sample: np.ndarray, y: np.ndarray
+                    ) -> tuple[dict[str, Any], bool]:
+    """The post-fusion calibration as the ensemble stage fits it: on the out-of-fold fused scores where they hold
+    both classes, else on the in-sample fused scores. Returns (fitted, whether out of fold)."""
+    ok = np.isfinite(oof_fused)
+    if ok.any() and len(np.unique(y[ok])) == 2:
+        return fit_post_calibration(calibration, oof_fused[ok], y[ok]), True
+    return fit_post_calibration(calibration, in_sample, y), False
+
+
 def cross_validate(method: str, calibration: str, raw: np.ndarray, y: np.ndarray, groups: np.ndarray,
                    ctx: FitContext) -> dict[str, Any]:
-    """Identity-grouped k-fold CV of the whole fitted chain on validation frames: member Platt scaling, fusion and
-    post-fusion calibration.
+    """Identity-cluster-grouped k-fold CV of the whole served chain on validation frames, nested: member Platt
+    scaling, fusion and post-fusion calibration, each fitted as the ensemble stage fits it.
 
-    Each fold fits all three on the other folds (in memory: the stored study is for the final fit) from the members'
-    raw probabilities `raw` (frames x members) and scores the objective on its held-out identities. Returns the
-    per-fold values, their mean and std, the out-of-fold final scores (`oof`, one per row) and the out-of-fold fused
-    scores before post-fusion calibration (`oof_fused`: what the final post-fusion calibration is fitted on).
+    The served post-fusion calibration is fitted on out-of-fold fused scores of the validation set; so inside each
+    outer fold the training part runs its own inner identity-grouped CV for the out-of-fold fused scores the fold's
+    calibration is fitted on, and nothing of the held-out fold reaches any step (in memory: the stored study is for
+    the final fit). Fitting the calibration on the fold's in-sample fused scores, as before, measured another chain:
+    one that learnt the fusion's in-sample confidence.
+
+    Args:
+        groups: Identity cluster per row (`dfd.evaluation.significance.identity_clusters`): no cluster in two folds.
+
+    Returns:
+        The per-fold objective values, their mean and std, the out-of-fold final scores (`oof`, one per row) and
+        the out-of-fold fused scores before post-fusion calibration (`oof_fused`: what the final post-fusion
+        calibration is fitted on).
     """
     n_groups = len(np.unique(groups))
     k = min(ctx.cfg.cv_folds, n_groups)
     if k < 2:
-        return {"folds": 0, "skipped": f"{n_groups} identity in validation: nothing to cross-validate on"}
+        return {"folds": 0, "skipped": f"{n_groups} identity cluster in validation: nothing to cross-validate on"}
     folds = identity_folds(groups, k)
     raw = np.asarray(raw, dtype=float)
     oof, oof_fused = np.full(len(y), np.nan), np.full(len(y), np.nan)
     values = []
     fold_ctx = FitContext(ctx.cfg, ctx.members)
+    inner_oof = 0
     for f in range(k):
         tr, te = folds != f, folds == f
         if len(np.unique(y[tr])) < 2:  # a fold can leave one class only to fit on: its rows stay NaN
             values.append(float("nan"))
             continue
-        members = fit_calibration(pd.DataFrame(raw[tr], columns=ctx.members).assign(label=y[tr]), ctx.members)
-        X = np.column_stack([calibrate(raw[:, j], members[m]) for j, m in enumerate(ctx.members)])
-        fitted = fit_fusion(method, X[tr], y[tr], fold_ctx)
-        post = fit_post_calibration(calibration, apply_fusion(fitted, X[tr]), y[tr])
-        oof_fused[te] = apply_fusion(fitted, X[te])
+        members, fitted = _fit_chain(method, raw[tr], y[tr], fold_ctx)
+        inner_k = min(ctx.cfg.cv_folds, len(np.unique(groups[tr])))
+        inner = (_oof_fused(method, raw[tr], y[tr], identity_folds(groups[tr], inner_k), fold_ctx) if inner_k >= 2
+                 else np.full(int(tr.sum()), np.nan))
+        post, out_of_fold = fit_post_on_oof(calibration, inner, apply_fusion(fitted, _calibrated(
+            raw[tr], members, ctx.members)), y[tr])
+        inner_oof += out_of_fold
+        oof_fused[te] = apply_fusion(fitted, _calibrated(raw[te], members, ctx.members))
         oof[te] = apply_post_calibration(post, oof_fused[te])
         values.append(objective_value(ctx.cfg.objective, y[te], oof[te]))
     finite = [v for v in values if np.isfinite(v)]
-    return {"folds": k, "groups": "identity", "n_groups": n_groups, "objective": ctx.cfg.objective,
+    return {"folds": k, "groups": "identity cluster", "n_groups": n_groups, "objective": ctx.cfg.objective,
+            "nested": f"post-fusion calibration fitted on inner out-of-fold fused scores in {inner_oof} of {k} folds",
             "values": values, "mean": float(np.mean(finite)) if finite else float("nan"),
             "std": float(np.std(finite)) if finite else float("nan"), "oof": oof, "oof_fused": oof_fused}

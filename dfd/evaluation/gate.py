@@ -213,7 +213,8 @@ def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] 
                                   ("min_video_auc", "video_auc", ">=", "test video AUC"),
                                   ("max_eer", "eer", "<=", "test EER"),
                                   ("min_accuracy", "accuracy", ">=", "test accuracy at the threshold"),
-                                  ("max_ece", "ece", "<=", "test expected calibration error")):
+                                  # per video (an image: one frame), Kumar et al.'s debiased L2-ECE (ece.py)
+                                  ("max_ece", "video_ece", "<=", "test calibration error per video (debiased)")):
         bound = getattr(cfg, key)
         if bound is not None:
             checks.append(bound_check(key, ens.get(metric), bound, op, what))

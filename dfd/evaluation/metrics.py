@@ -1,7 +1,8 @@
 """Detection metrics at frame and video level: AUC, AP, EER, accuracy, log loss, Brier score and ECE.
 
 Scikit-learn computes what it has (AUC, AP, ROC for the EER, log loss, Brier); the expected calibration error is
-computed here over `ECE_BINS` equal-width bins of P(fake), and over equal-mass bins (scikit-learn has no ECE).
+Kumar et al.'s debiased L2-ECE (`dfd.evaluation.ece`) over `ECE_BINS` equal-width bins (`ece`) and equal-mass bins
+(`ece_equal_mass`); the biased plug-in L1-ECE of earlier versions is kept beside them as `ece_plugin`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score, roc_curve
 
 from dfd.evaluation.aggregate import video_scores
+from dfd.evaluation.ece import ECE_BINS, bin_index, calibration_error
 from dfd.platform.config import AggregationParams
-
-#: Ten equal-width bins: the usual choice for test sets of hundreds to thousands of frames (15 bins, Guo et al.'s
-#: choice for 10,000 images, leave bins nearly empty on a small split and make ECE noisy).
-ECE_BINS = 10
 
 
 def eer(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
@@ -38,15 +36,12 @@ def reliability_bins(labels: np.ndarray, scores: np.ndarray, bins: int = ECE_BIN
     """
     scores = np.asarray(scores, dtype=float)
     labels = np.asarray(labels, dtype=float)
+    idx = bin_index(scores, bins, strategy)  # the bins of the gate's ECE
     if strategy == "quantile" and len(scores):
         edges = np.quantile(scores, np.linspace(0, 1, bins + 1))
-        idx = np.clip(np.searchsorted(edges[1:-1], scores), 0, bins - 1)  # as scikit-learn bins them
         lower, upper = edges[:-1], edges[1:]
-    elif strategy in ("uniform", "quantile"):
-        idx = np.clip((scores * bins).astype(int), 0, bins - 1)
-        lower, upper = np.arange(bins) / bins, np.arange(1, bins + 1) / bins
     else:
-        raise ValueError(f"unknown binning strategy '{strategy}' (uniform or quantile)")
+        lower, upper = np.arange(bins) / bins, np.arange(1, bins + 1) / bins
     count = np.bincount(idx, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         conf = np.bincount(idx, weights=scores, minlength=bins) / count
@@ -56,8 +51,9 @@ def reliability_bins(labels: np.ndarray, scores: np.ndarray, bins: int = ECE_BIN
 
 def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS,
                                strategy: str = "uniform") -> float:
-    """ECE = sum over bins of (share of frames in the bin) * |observed fake share - mean P(fake)|.
+    """The plug-in L1-ECE: sum over bins of (share of frames in the bin) * |observed fake share - mean P(fake)|.
 
+    Biased upward on small samples (see `dfd.evaluation.ece`): reported as `ece_plugin`, never judged.
     `strategy`: "uniform" (equal-width bins) or "quantile" (equal-mass bins), see `reliability_bins`.
     """
     if len(labels) == 0:
@@ -80,8 +76,9 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     out = {"n": float(n), "accuracy": float(((scores >= threshold) == labels).mean()) if n else float("nan"),
            "threshold": float(threshold),
            "brier": float(brier_score_loss(labels, scores, pos_label=1)) if n else float("nan"),
-           "ece": expected_calibration_error(labels, scores),
-           "ece_equal_mass": expected_calibration_error(labels, scores, strategy="quantile")}
+           "ece": calibration_error(labels, scores),  # debiased L2-ECE: what `max_ece` judges (per video)
+           "ece_equal_mass": calibration_error(labels, scores, strategy="quantile"),
+           "ece_plugin": expected_calibration_error(labels, scores)}
     if len(np.unique(labels)) < 2:
         return {**out, "auc": float("nan"), "ap": float("nan"), "eer": float("nan"), "log_loss": float("nan")}
     e, _ = eer(labels, raw)

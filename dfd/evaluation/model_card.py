@@ -21,7 +21,8 @@ TRAINING_DATA_TAG = "training_data"
 SYNTHETIC_WARNING = ("Trained on synthetic faces (the generated demo set): its scores on real media mean nothing. "
                      "Use it to try the pipeline, never to judge a real image or video.")
 _METRICS = (("auc", "AUC (frames)"), ("video_auc", "AUC (videos)"), ("eer", "EER"), ("accuracy", "accuracy"),
-            ("ece", "ECE (10 equal-width bins)"), ("ece_equal_mass", "ECE (10 equal-mass bins)"),
+            ("video_ece", "ECE per video, debiased L2 (10 equal-width bins)"),
+            ("video_ece_equal_mass", "ECE per video, debiased L2 (10 equal-mass bins)"),
             ("log_loss", "log loss"), ("brier", "Brier score"))
 
 

@@ -105,7 +105,7 @@ def reliability_plot(curves: dict[str, pd.DataFrame], path: Path, title: str) ->
         used = r[r["count"] > 0]
         ece = float((used["count"] / used["count"].sum() * (used["fake_share"] - used["mean_score"]).abs()).sum())
         (line,) = ax.plot(used["mean_score"], used["fake_share"], marker="o",
-                          label=f"{name} (ECE {ece:.3f}, {int(used['count'].sum())} crops)")
+                          label=f"{name} (plug-in ECE {ece:.3f}, {int(used['count'].sum())} crops)")
         # How many crops each point stands on: a bin of 3 crops says little, and the reader must see it.
         for x, y, n in zip(used["mean_score"], used["fake_share"], used["count"], strict=True):
             ax.annotate(f"{int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6,

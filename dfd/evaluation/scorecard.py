@@ -6,17 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from dfd.evaluation.metrics import (
-    breakdown,
-    eer,
-    expected_calibration_error,
-    frame_and_video_metrics,
-    reliability_bins,
-)
+from dfd.evaluation.aggregate import video_scores
+from dfd.evaluation.ece import ece_interval
+from dfd.evaluation.metrics import breakdown, eer, frame_and_video_metrics, reliability_bins
 from dfd.evaluation.plots import confusion_plot, pr_plot, reliability_plot, roc_plot, score_histogram
-from dfd.evaluation.significance import bootstrap_ci, fast_auc, identity_clusters, persons_of, resample_indices
+from dfd.evaluation.significance import (
+    bootstrap_ci,
+    cluster_counts,
+    fast_auc,
+    identity_clusters,
+    persons_of,
+    resample_indices,
+)
 from dfd.platform.config import AggregationParams
 
 #: Members are judged on their own P(fake) at 0.5 (the ensemble's threshold lives on the calibrated ensemble scale).
@@ -26,19 +30,36 @@ MEMBER_THRESHOLD = 0.5
 CI_RESAMPLES = 200
 
 
-def metric_intervals(test: pd.DataFrame, samples: pd.DataFrame | None, confidence: float = 0.95) -> dict[str, float]:
-    """Identity-cluster bootstrap intervals of the test AUC and ECE (`auc_ci_low`, ..., `ece_ci_high`), frame level,
-    on the same resamples, and how many clusters they drew (`ci_clusters`)."""
+def _groups(frames: pd.DataFrame, samples: pd.DataFrame | None) -> np.ndarray:
+    """Identity clusters of `frames`' rows from their samples' persons (`persons_of`: an older table's identity)."""
     cols = [c for c in ("persons", "identity") if samples is not None and c in samples]
-    rows = test[["sample_id"]].merge(samples.drop_duplicates("sample_id")[["sample_id", *cols]], on="sample_id",
-                                     how="left") if cols else test[["sample_id"]]
-    groups = identity_clusters(persons_of(rows), rows["sample_id"].tolist())
+    rows = frames[["sample_id"]].merge(samples.drop_duplicates("sample_id")[["sample_id", *cols]], on="sample_id",
+                                       how="left") if cols else frames[["sample_id"]]
+    return identity_clusters(persons_of(rows), rows["sample_id"].tolist())
+
+
+def metric_intervals(test: pd.DataFrame, samples: pd.DataFrame | None, confidence: float = 0.95,
+                     aggregation: AggregationParams | None = None) -> dict[str, float]:
+    """Identity-cluster bootstrap intervals of the test AUC (frames: `auc_ci_low`, `auc_ci_high`) and of the
+    debiased ECE per video, equal-width and equal-mass (`video_ece_ci_low`, ..., `video_ece_equal_mass_ci_high`:
+    bias-corrected, see `dfd.evaluation.ece`), with how many clusters each drew (`ci_clusters`, `ece_ci_clusters`).
+
+    The ECE is per video (an image is a one-frame video), the served model's unit: frames of a video are no
+    independent draws, and the estimator's bias correction assumes independent ones.
+    """
+    groups = _groups(test, samples)
     y, p = test["label"].to_numpy(), test["prob"].to_numpy()
     draws = resample_indices(y, CI_RESAMPLES, seed=0, groups=groups)
-    out = {"ci_clusters": float(len(set(groups)))}
-    for name, fn in (("auc", fast_auc), ("ece", expected_calibration_error)):
-        _, lo, hi = bootstrap_ci(y, p, fn, resamples=draws, confidence=confidence)
-        out.update({f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+    _, lo, hi = bootstrap_ci(y, p, fast_auc, resamples=draws, confidence=confidence)
+    out = {"ci_clusters": float(len(set(groups))), "auc_ci_low": lo, "auc_ci_high": hi}
+    vids = video_scores(test, aggregation or AggregationParams())
+    v_groups = _groups(vids, samples)
+    vy, vp = vids["label"].to_numpy(), vids["prob"].to_numpy()
+    counts = cluster_counts(vy, v_groups, CI_RESAMPLES, seed=0)
+    out["ece_ci_clusters"] = float(len(set(v_groups)))
+    for key, strategy in (("video_ece", "uniform"), ("video_ece_equal_mass", "quantile")):
+        _, lo, hi = ece_interval(vy, vp, counts, strategy=strategy, confidence=confidence)
+        out.update({f"{key}_ci_low": lo, f"{key}_ci_high": hi})
     return out
 
 
@@ -61,7 +82,8 @@ def test_scorecard(preds: pd.DataFrame, spec: dict[str, Any], threshold: float, 
     agg = AggregationParams(**spec.get("aggregation", {}))
     test = preds[preds["split"] == "test"]
     out: dict[str, Any] = {
-        "ensemble": {**frame_and_video_metrics(test, threshold, "prob", agg), **metric_intervals(test, samples)},
+        "ensemble": {**frame_and_video_metrics(test, threshold, "prob", agg),
+                     **metric_intervals(test, samples, aggregation=agg)},
         "members": {m: frame_and_video_metrics(test, MEMBER_THRESHOLD, m, agg) for m in members}}
     if "prob_fused" in preds:
         val = preds[preds["split"] == "val"]

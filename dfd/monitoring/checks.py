@@ -1,10 +1,11 @@
 """Judging a window of served traffic against the production model's reference.
 
 Three signals, each with its threshold in `monitor:`: Evidently's share of drifted image columns (the same report as
-the evaluate stage's, `dfd.evaluation.drift.drift_report`), the shift of the P(fake) distribution (population
-stability index over the reference's quantile bins, alerting only when the two-sample K-S test is significant too),
-and the no-face rate against the training data's. A window with fewer than `monitor.min_records` files gets no
-verdict, and says so.
+the evaluate stage's, `dfd.evaluation.drift.drift_report`), the shift of the P(fake) distribution, and the no-face
+rate against the training data's. The P(fake) alert needs all three of: PSI above `monitor.max_psi`, the chi-square
+p-value on PSI's own bins below `monitor.psi_alpha`, and the K-S p-value below `monitor.ks_alpha`
+(`dfd.monitoring.psi`: tie-aware bins, and a constant reference said in one line). A window with fewer than
+`monitor.min_records` files gets no verdict, and says so.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 from scipy.stats import ks_2samp
 
 from dfd.evaluation.drift import STAT_COLUMNS, ReportError, drift_report
+from dfd.monitoring.psi import psi_test
 from dfd.platform.config import MonitorParams
 
 # Reasons that mean the file itself could not be read as media (no_face is counted apart: the file was fine).
@@ -24,17 +26,23 @@ UNREADABLE = ("unreadable", "truncated", "unsupported", "empty", "too_long")
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
-    """Population stability index of `current` against `reference`, over the reference's quantile bins.
+    """Population stability index of `current` against `reference` over the reference's tie-aware quantile bins
+    (`dfd.monitoring.psi.psi_test`, which gives its p-value too)."""
+    return psi_test(reference, current, bins).psi
 
-    Empty bins get a floor of 1e-4 so that a bin the window never reaches counts as a large shift, not infinity.
-    """
-    reference, current = np.asarray(reference, float), np.asarray(current, float)
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
-    edges[0], edges[-1] = -np.inf, np.inf
-    ref = np.histogram(reference, edges)[0] / len(reference)
-    cur = np.histogram(current, edges)[0] / len(current)
-    ref, cur = np.clip(ref, 1e-4, None), np.clip(cur, 1e-4, None)
-    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+def score_shift(reference: np.ndarray, current: np.ndarray, cfg: MonitorParams) -> dict[str, Any]:
+    """PSI with its chi-square p-value, the K-S test, and whether the three together raise the alert (`alert`)."""
+    test = psi_test(reference, current, cfg.psi_bins)
+    ks = ks_2samp(reference, current)
+    return {"psi": test.psi, "psi_pvalue": test.p_value, "psi_bins_used": test.bins, "psi_note": test.note,
+            "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+            "alert": bool(test.psi > cfg.max_psi and test.p_value < cfg.psi_alpha and ks.pvalue < cfg.ks_alpha)}
+
+
+def alert_rule(cfg: MonitorParams) -> str:
+    """The P(fake) alert rule in words (the weekly plot's legend and the alert say it)."""
+    return (f"PSI > {cfg.max_psi} and chi-square p < {cfg.psi_alpha} (same bins) and K-S p < {cfg.ks_alpha}")
 
 
 def drifted_columns(summary: dict[str, Any]) -> list[str]:
@@ -82,12 +90,14 @@ def judge(records: pd.DataFrame, ref_images: pd.DataFrame, ref_scores: pd.DataFr
         out["message"] = (f"{len(scored)} scored file(s): too few to judge drift (at least {cfg.min_records}); "
                           "rates judged only")
         return out
-    out["psi"] = psi(ref_scores["p_fake"].to_numpy(), scored["p_fake"].to_numpy(), cfg.psi_bins)
-    ks = ks_2samp(ref_scores["p_fake"].to_numpy(), scored["p_fake"].to_numpy())
-    out["ks_statistic"], out["ks_pvalue"] = float(ks.statistic), float(ks.pvalue)
-    if out["psi"] > cfg.max_psi and out["ks_pvalue"] < cfg.ks_alpha:
+    shift = score_shift(ref_scores["p_fake"].to_numpy(), scored["p_fake"].to_numpy(), cfg)
+    out.update({k: v for k, v in shift.items() if k not in ("alert", "psi_note")})
+    if shift["psi_note"]:
+        out["psi_note"] = shift["psi_note"]
+    if shift["alert"]:
         out["alerts"].append(f"P(fake) distribution shifted: PSI {out['psi']:.3f} > monitor.max_psi {cfg.max_psi} "
-                             f"(K-S {out['ks_statistic']:.3f}, p={out['ks_pvalue']:.2g} < {cfg.ks_alpha})")
+                             f"(chi-square p={out['psi_pvalue']:.2g} < {cfg.psi_alpha}, K-S {out['ks_statistic']:.3f}"
+                             f" p={out['ks_pvalue']:.2g} < {cfg.ks_alpha})")
     try:
         drift = drift_report(ref_images[STAT_COLUMNS], scored[STAT_COLUMNS].astype(float), out_dir / "drift.html")
     except ReportError as exc:  # e.g. every column constant: said, not judged
@@ -104,35 +114,54 @@ def judge(records: pd.DataFrame, ref_images: pd.DataFrame, ref_scores: pd.DataFr
     return out
 
 
-def weekly_series(records: pd.DataFrame, ref_scores: pd.DataFrame, bins: int) -> pd.DataFrame:
-    """Per ISO week (starting Monday, UTC): files, scored files, mean P(fake), PSI, no-face and unreadable rates."""
-    cols = ["week", "records", "scored", "mean_p_fake", "psi", "no_face_rate", "unreadable_rate"]
+def weekly_series(records: pd.DataFrame, ref_scores: pd.DataFrame, cfg: MonitorParams) -> pd.DataFrame:
+    """Per ISO week (starting Monday, UTC): files, scored files, mean P(fake), PSI with its chi-square and K-S
+    p-values and whether the alert rule fired (`psi_alert`), no-face and unreadable rates."""
+    cols = ["week", "records", "scored", "mean_p_fake", "psi", "psi_pvalue", "ks_pvalue", "psi_alert",
+            "no_face_rate", "unreadable_rate"]
     if records.empty:
         return pd.DataFrame(columns=cols)
     week = records["time"].dt.tz_convert("UTC").dt.tz_localize(None).dt.to_period("W-SUN").dt.start_time
     rows = []
     for start, g in records.groupby(week, sort=True):
         scored = g[g["reason"].isna() & g["p_fake"].notna()]
+        shift = (score_shift(ref_scores["p_fake"].to_numpy(), scored["p_fake"].to_numpy(), cfg) if len(scored)
+                 else {"psi": np.nan, "psi_pvalue": np.nan, "ks_pvalue": np.nan, "alert": False})
+        # A week with fewer scored files than `monitor.min_records` gets no verdict, as `judge` gives none.
         rows.append({"week": start.date().isoformat(), "records": len(g), "scored": len(scored),
                      "mean_p_fake": float(scored["p_fake"].mean()) if len(scored) else np.nan,
-                     "psi": psi(ref_scores["p_fake"].to_numpy(), scored["p_fake"].to_numpy(), bins) if len(scored)
-                     else np.nan, **rates(g)})
+                     "psi": shift["psi"], "psi_pvalue": shift["psi_pvalue"], "ks_pvalue": shift["ks_pvalue"],
+                     "psi_alert": bool(shift["alert"] and len(scored) >= cfg.min_records), **rates(g)})
     return pd.DataFrame(rows, columns=cols)
 
 
 def weekly_plot(series: pd.DataFrame, path: Path, cfg: MonitorParams) -> Path:
-    """PSI of P(fake) and the no-face/unreadable rates per week, with the alert thresholds drawn."""
+    """PSI of P(fake) with the weeks the alert rule fired marked, the p-values beside it against their levels, and
+    the no-face/unreadable rates per week."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    fig, (top, mid, bottom) = plt.subplots(3, 1, figsize=(8, 7.5), sharex=True)
     x = series["week"].tolist()
     top.plot(x, series["psi"], marker="o", label="PSI of P(fake)")
     top.axhline(cfg.max_psi, color="red", linestyle="--", label=f"monitor.max_psi {cfg.max_psi}")
+    fired = series["psi_alert"].astype(bool).to_numpy()
+    if fired.any():
+        top.scatter([w for w, f in zip(x, fired, strict=True) if f], series["psi"][fired], s=120, facecolors="none",
+                    edgecolors="red", linewidths=2, zorder=3, label="alert fired")
     top.set_ylabel("PSI")
+    top.set_title(f"alert: {alert_rule(cfg)}", fontsize=9)
     top.legend(loc="upper left", fontsize=8)
+    mid.plot(x, series["psi_pvalue"], marker="o", label="chi-square p (PSI's bins)")
+    mid.plot(x, series["ks_pvalue"], marker="s", label="K-S p")
+    mid.axhline(cfg.psi_alpha, color="red", linestyle="--", label=f"monitor.psi_alpha {cfg.psi_alpha}")
+    if cfg.ks_alpha != cfg.psi_alpha:
+        mid.axhline(cfg.ks_alpha, color="orange", linestyle=":", label=f"monitor.ks_alpha {cfg.ks_alpha}")
+    mid.set_yscale("log")
+    mid.set_ylabel("p-value")
+    mid.legend(loc="lower left", fontsize=8)
     bottom.plot(x, series["no_face_rate"], marker="o", label="no-face rate")
     bottom.plot(x, series["unreadable_rate"], marker="s", label="unreadable rate")
     bottom.set_ylabel("share of files")

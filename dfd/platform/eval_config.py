@@ -44,7 +44,10 @@ class GateParams(_Section):
     min_video_auc: float | None = 0.90
     max_eer: float | None = 0.15
     min_accuracy: float | None = 0.80
-    max_ece: float | None = 0.10  # the served P(fake) must mean what it says (expected calibration error, test)
+    # The served P(fake) must mean what it says: Kumar et al.'s debiased L2-ECE per video on test (evaluation/ece.py).
+    # 0.10 kept: a perfectly calibrated model reads above it in ~10% of runs at 80 videos, <5% at 200, never at 2,000
+    # (simulated, tests/unit/test_ece_debiased.py); one off by 0.05 reads 0.046 on average at 2,000 videos.
+    max_ece: float | None = 0.10
     # Largest AUC drop allowed under a perturbation, over every level of it: by name (adversarial fgsm/pgd too) ...
     max_auc_drop: dict[str, float] = Field(default_factory=dict)
     # ... and for every other non-adversarial perturbation measured (white-box attacks are built to break a model:

@@ -103,3 +103,8 @@ def test_the_stage_reports_drift_of_the_test_split_against_training(trained_proj
     seen = set(test["columns"]) | set(test["constant_drifted"]) | set(test["constant_unchanged"])
     assert {"brightness", "contrast"} <= seen and emb
     assert "RocAuc" in test["quality"] and (reports / "evidently" / "quality_demo.html").is_file()
+    # One row per sample (a video's crops averaged), not per crop: frames of a video are no independent draws.
+    index = pd.read_parquet(trained_project / "data" / "faces" / "index.parquet")
+    crops = index[index["split"] == "test"]
+    assert drift["rows"] == "one per sample" and len(crops) <= tiny_params(trained_project).evaluate.drift_max_crops
+    assert test["current_rows"] == crops["sample_id"].nunique()

@@ -56,8 +56,10 @@ def test_real_only_training_never_opens_a_fake_crop(trained_project: Path, tmp_p
     assert seen and {sid for sid, _ in seen} <= reals  # reals only
     assert {y for _, y in seen} == {0.0, 1.0}  # SBI made positives from reals, and left other reals real
     assert res.summary["train_on"] == "real_only" and res.summary["train_fake_samples"] == 0
-    # The tiny validation split has real fakes: the real-only member is validated on them, like every member.
-    assert res.summary["eval_fakes"]["val"] == "real"
+    # The tiny validation split has real fakes: the member's validation predictions (for the ensemble) are on them,
+    # its epoch was chosen on SBI fakes from the validation reals, and the AUC on the real fakes is reported beside.
+    assert res.summary["eval_fakes"]["val"] == "real" and res.summary["selected_on"].startswith("sbi(seed=")
+    assert res.summary["val_auc_real_fakes"] == res.summary["val"]["auc"]
     preds = pd.read_parquet(res.predictions)
     val = preds[preds["split"] == "val"].merge(index[["sample_id", "frame", "label"]], on=["sample_id", "frame"])
     assert (val["label_x"] == val["label_y"]).all() and val["label_x"].nunique() == 2
@@ -88,6 +90,32 @@ def test_sbi_validation_without_real_fakes_is_fixed_and_reported(trained_project
     assert np.array_equal(val["label"].to_numpy(),
                           rows.sort_values(["sample_id", "frame"])["label"].to_numpy())
     assert all(np.isfinite(h["val_auc"]) for h in res.summary["history"])  # two classes every epoch
+
+
+def test_the_epoch_is_chosen_the_same_with_or_without_labelled_validation_fakes(trained_project: Path,
+                                                                                 tmp_path: Path) -> None:
+    index = pd.read_parquet(trained_project / "data" / "faces" / "index.parquet")
+    assert ((index["split"] == "val") & (index["label"] == 1)).any()
+    runs = {}
+    for name, rows in (("with", index), ("without", index[~((index["split"] == "val") & (index["label"] == 1))])):
+        faces = tmp_path / name / "faces"
+        shutil.copytree(trained_project / "data" / "faces", faces)
+        rows.to_parquet(faces / "index.parquet", index=False)
+        # Plateau halving after one stale epoch: the schedule, too, follows the selection AUC.
+        params = tiny_params(tmp_path, models={"sbi": {"epochs": 3, "early_stop_patience": None,
+                                                       "max_steps_per_epoch": 3, "scheduler": "plateau"}},
+                             train={"plateau_patience": 0})
+        spec, cfg = params.models["sbi"], params.train
+        runs[name] = train.train_model("sbi", spec, cfg, faces / "index.parquet", tmp_path / name / "sbi",
+                                       progress=False).summary
+    with_fakes, without = runs["with"], runs["without"]
+    assert with_fakes["selected_on"] == without["selected_on"] == without["eval_fakes"]["val"]
+    curve = [h["val_auc"] for h in with_fakes["history"]]
+    # The same selection curve (chosen on the validation fakes, as before, it would be their AUC in one run only).
+    assert curve == [h["val_auc"] for h in without["history"]]
+    assert with_fakes["best_epoch"] == without["best_epoch"]
+    assert [h["lr"] for h in with_fakes["history"]] == [h["lr"] for h in without["history"]]
+    assert "val_auc_real_fakes" in with_fakes and "val_auc_real_fakes" not in without
 
 
 def test_members_with_different_validation_fakes_are_not_fused(tmp_path: Path) -> None:

@@ -164,7 +164,7 @@ def test_judge_finds_the_shift_and_names_columns(tmp_path: Path) -> None:
     few = judge(_records(rng, 5), ref_images, ref_scores, meta, CFG, tmp_path / "c")
     assert few["status"] == "too_few_records" and "too few records" in few["message"] and "psi" not in few
     assert psi(ref_scores["p_fake"], ref_scores["p_fake"]) == pytest.approx(0.0, abs=1e-9)
-    weeks = weekly_series(_records(rng, 30), ref_scores, 10)
+    weeks = weekly_series(_records(rng, 30), ref_scores, CFG)
     assert len(weeks) == 1 and weeks["records"].iloc[0] == 30
 
 

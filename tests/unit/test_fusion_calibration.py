@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from dfd.evaluation.calibration import apply_post_calibration, fit_post_calibration, list_post_calibrations
+from dfd.evaluation.ece import bin_index, debiased_squared_ce
 from dfd.evaluation.fusion import FitContext, apply_fusion, cross_validate, fit_fusion, identity_folds
 from dfd.evaluation.metrics import binary_metrics, expected_calibration_error, reliability_bins
 from dfd.platform.config import EnsembleParams
@@ -29,7 +30,11 @@ def test_ece_and_brier_match_hand_computed_values() -> None:
     assert expected_calibration_error(y, p) == pytest.approx(ece)
     brier = np.mean((p - y) ** 2)
     m = binary_metrics(y, p)
-    assert m["brier"] == pytest.approx(brier) and m["ece"] == pytest.approx(ece)
+    assert m["brier"] == pytest.approx(brier) and m["ece_plugin"] == pytest.approx(ece)
+    # Debiased (Kumar et al.): a one-sample bin adds 0; (0.5 - 0.33)^2 - 0.5 * 0.5 / 1 and (1 - 0.97)^2 - 0, each 2/5.
+    squared = 0.4 * ((0.5 - 0.33) ** 2 - 0.25) + 0.4 * (1 - 0.97) ** 2
+    assert debiased_squared_ce(y, p, bin_index(p))[0] == pytest.approx(squared)
+    assert squared < 0 and m["ece"] == 0.0  # reported as sqrt(max(0, squared)): no evidence of miscalibration
     r = reliability_bins(y, np.array([1.0, 0.0, 0.999, 0.5, 0.5]))
     assert r["count"].tolist() == [1, 0, 0, 0, 0, 2, 0, 0, 0, 2]  # 1.0 falls in the last bin
 

@@ -64,7 +64,7 @@ def test_grouped_resampling_keeps_groups_whole_and_both_classes() -> None:
 
 # --- the gate ---------------------------------------------------------------------------------------------------
 
-GOOD_METRICS = {"ensemble": {"auc": 0.97, "video_auc": 0.98, "eer": 0.05, "accuracy": 0.93, "ece": 0.03},
+GOOD_METRICS = {"ensemble": {"auc": 0.97, "video_auc": 0.98, "eer": 0.05, "accuracy": 0.93, "video_ece": 0.03},
                 "threshold": 0.5, "drift": {"drifted_share": 0.1}}
 GOOD_ROBUSTNESS = {"clean": {"auc": 0.97},
                    "perturbed": {"jpeg": {"90": {"auc": 0.96, "auc_drop": 0.01}, "50": {"auc": 0.9, "auc_drop": 0.07}},
@@ -109,7 +109,7 @@ def _with(metrics: dict[str, Any], **ensemble: float) -> dict[str, Any]:
     ("min_video_auc", _with(GOOD_METRICS, video_auc=0.8), GOOD_ROBUSTNESS, False),
     ("max_eer", _with(GOOD_METRICS, eer=0.2), GOOD_ROBUSTNESS, False),
     ("min_accuracy", _with(GOOD_METRICS, accuracy=0.7), GOOD_ROBUSTNESS, False),
-    ("max_ece", _with(GOOD_METRICS, ece=0.25), GOOD_ROBUSTNESS, False),
+    ("max_ece", _with(GOOD_METRICS, video_ece=0.25), GOOD_ROBUSTNESS, False),
     ("max_auc_drop:jpeg", GOOD_METRICS,
      {**GOOD_ROBUSTNESS, "perturbed": {**GOOD_ROBUSTNESS["perturbed"],
                                        "jpeg": {"90": {"auc_drop": 0.01}, "30": {"auc_drop": 0.4}}}}, False),
@@ -133,7 +133,7 @@ def test_champion_policies_and_no_champion() -> None:
 
 
 def test_unmeasured_metrics_fail_and_none_turns_a_check_off() -> None:
-    bare = {"ensemble": {"auc": 0.97, "video_auc": 0.98, "eer": 0.05, "accuracy": 0.93, "ece": float("nan")}}
+    bare = {"ensemble": {"auc": 0.97, "video_auc": 0.98, "eer": 0.05, "accuracy": 0.93, "video_ece": float("nan")}}
     gate = decide(CFG.model_copy(update={"max_auc_drop": {"pgd": 0.5}}), bare, None, None)
     assert set(gate["failed"]) == {"max_ece", "max_auc_drop", "max_auc_drop:pgd", "max_drift_share"}
     assert all("not measur" in c["detail"] for c in gate["checks"] if not c["passed"])

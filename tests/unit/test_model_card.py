@@ -9,8 +9,8 @@ from dfd.evaluation.model_card import DESCRIPTION_LIMIT, SYNTHETIC_WARNING, Card
 from dfd.platform.config import GateParams
 
 METRICS = {"ensemble": {"n": 412.0, "auc": 0.9712, "auc_ci_low": 0.95, "auc_ci_high": 0.985, "video_auc": 0.98,
-                        "eer": 0.06, "accuracy": 0.93, "ece": 0.031, "ece_ci_low": 0.02, "ece_ci_high": 0.05,
-                        "ece_equal_mass": 0.04, "ci_clusters": 12.0},
+                        "eer": 0.06, "accuracy": 0.93, "video_ece": 0.031, "video_ece_ci_low": 0.02,
+                        "video_ece_ci_high": 0.05, "video_ece_equal_mass": 0.04, "ci_clusters": 12.0},
            "threshold": 0.47, "drift": {"drifted_share": 0.25},
            "cross_dataset": {"demo": {"auc": 0.97, "eer": 0.06, "video_auc": 0.98},
                              "ffpp": {"auc": 0.61, "eer": 0.41, "video_auc": 0.66}}}
