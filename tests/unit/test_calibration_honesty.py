@@ -83,8 +83,9 @@ def test_post_fusion_calibration_is_fitted_on_out_of_fold_fused_scores(tmp_path:
     wide = ensemble.load_predictions(paths)[0]
     val = wide[wide["split"] == "val"].reset_index(drop=True)
     y = val["label"].to_numpy()
-    cv = cross_validate("stacking", "platt", val[["a", "b"]].to_numpy(), y, val["sample_id"].to_numpy(),
-                        FitContext(cfg, ["a", "b"]))
+    groups = ensemble._identities(val, None)  # the stage's folds: here every sample its own cluster
+    assert len(set(groups)) == val["sample_id"].nunique()
+    cv = cross_validate("stacking", "platt", val[["a", "b"]].to_numpy(), y, groups, FitContext(cfg, ["a", "b"]))
     ok = np.isfinite(cv["oof_fused"])
     expected = fit_post_calibration("platt", cv["oof_fused"][ok], y[ok])
     assert spec["post_calibration"]["a"] == pytest.approx(expected["a"])
