@@ -88,6 +88,9 @@ class EvaluateParams(_Section):
         "brightness": [20, 40, 60],  # added to every pixel (8-bit steps)
         "contrast": [0.8, 0.6, 0.4],  # scale of the deviations from the mean
         "downscale": [0.75, 0.5, 0.25],  # resized to this share of the side and back
+        # Share of pixels set to black or white (impulse noise: dead/stuck pixels, bit errors in transmission):
+        # 1% is visible speckle, 5% heavy; both survive no codec, so they probe the members' texture cues directly.
+        "salt_pepper": [0.01, 0.05],
     })
     robustness_max_crops: int = Field(2000, ge=1)  # a sample of the test crops keeps the stage minutes long
     adversarial: AdversarialParams = AdversarialParams()
