@@ -128,7 +128,9 @@ def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_d
     spec: dict[str, Any] = {"method": cfg.method, "members": models, "calibration": calibration, "fusion": fusion,
                             "weights": member_weights(fusion), "post_calibration": post,
                             "post_calibration_fit": post_fit, "aggregation": cfg.aggregation.model_dump(),
-                            "objective": cfg.objective, "cv": cv}
+                            "objective": cfg.objective, "cv": cv,
+                            # the served model marks files below it `uncertain` (dfd/evaluation/agreement.py)
+                            "agreement_threshold": cfg.agreement_threshold}
     wide["prob_fused"], wide["prob"] = fuse(wide, spec)
     val = wide[wide["split"] == "val"]
     val_metrics = binary_metrics(val["label"].to_numpy(), val["prob"].to_numpy())

@@ -187,6 +187,11 @@ class EnsembleParams(_Section):
     # Identity-grouped k-fold CV of fusion + calibration on validation (fewer folds when fewer identities).
     cv_folds: int = Field(5, ge=2)
     aggregation: AggregationParams = AggregationParams()  # recorded in ensemble.json: the served model uses it
+    # Member agreement (dfd/evaluation/agreement.py): a file on which fewer than this share of the members (their own
+    # calibrated label at 0.5; zero-weight members left out) agree with the ensemble's label is answered `uncertain`,
+    # its P(fake) still given. 0.8 as the original design had it: with 4 members one dissenter (0.75) is uncertain,
+    # with 5 it takes two. Recorded in ensemble.json: the served model judges with the value the gate saw.
+    agreement_threshold: float = Field(0.8, ge=0, le=1)
 
 
 class RegistryParams(_Section):

@@ -42,6 +42,10 @@ class GateParams(_Section):
     # bound them by name when wanted).
     max_auc_drop_default: float | None = 0.15
     max_drift_share: float | None = 0.5  # share of drifted columns, training data vs test (Evidently)
+    # Largest share of test files whose members disagree (agreement below ensemble.agreement_threshold: served as
+    # `uncertain`). Off by default: how often members disagree depends on how many there are and how alike they
+    # were trained, so a team sets it from its own history (the evaluate stage reports the share either way).
+    max_uncertain_share: float | None = Field(None, ge=0, le=1)
     champion: ChampionParams = ChampionParams()
 
 
