@@ -254,13 +254,16 @@ def celebdf_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
 
 
 def dfdc_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
-    """DFDC: `dfdc_train_part_*/metadata.json` mapping `x.mp4` to `{"label": "FAKE"|"REAL", "original": ...}`.
+    """DFDC: `dfdc_train_part_*/metadata.json` mapping `x.mp4` to `{"label": "FAKE"|"REAL", "original": ...}`, and
+    the competition's own sample `train_sample_videos/` (same metadata.json; what `kaggle competitions download`
+    fetches).
 
     A fake's identity is its original, so a fake and its original always land in the same split.
     """
     parts = sorted(p for p in root.glob("dfdc_train_part_*") if p.is_dir())
+    parts += [p for p in (root / "train_sample_videos",) if p.is_dir()]
     if not parts:
-        raise DataError(f"{root} does not look like DFDC (no dfdc_train_part_*/ folders)",
+        raise DataError(f"{root} does not look like DFDC (no dfdc_train_part_*/ nor train_sample_videos/ folders)",
                         "check data.root, or choose another data.adapter")
     for part in parts:
         meta_path = part / "metadata.json"
