@@ -81,3 +81,25 @@ def test_predict_lists_uncertain_files_as_scored_and_the_log_records_them(loaded
     assert sorted(df["status"]) == sorted(r["status"] for r in rows.values())
     week = weekly_series(df, pd.DataFrame({"p_fake": np.linspace(0, 1, 50)}), 5).iloc[0]
     assert week["scored"] == 3 and week["uncertain_rate"] == pytest.approx(n_uncertain / 3)
+
+
+def test_evaluate_reports_the_agreement_of_the_test_files(registered) -> None:
+    """metrics.json's agreement, recomputed here from predictions.parquet with plain numpy (mean aggregation)."""
+    from dfd.platform.files import read_json
+
+    reports, ensemble = registered.root / "artifacts" / "reports", registered.root / "artifacts" / "ensemble"
+    agreement = read_json(reports / "metrics.json")["agreement"]
+    spec = read_json(ensemble / "ensemble.json")
+    test = pd.read_parquet(ensemble / "predictions.parquet").query("split == 'test'")
+    threshold = read_json(reports / "metrics.json")["threshold"]
+    counted = [m for m in spec["fusion"]["members"] if abs(spec["weights"][m]) > 1e-9]
+    shares = []
+    for _, g in test.groupby("sample_id"):
+        fake = g["prob"].mean() >= threshold
+        votes = [calibrate(g[m].to_numpy(), spec["calibration"][m]).mean() >= 0.5 for m in counted]
+        shares.append(np.mean([v == fake for v in votes]))
+    assert agreement["dataset"] == registered.params.data.name
+    assert agreement["files"] == len(shares) and agreement["members"] == counted
+    assert agreement["mean_agreement"] == pytest.approx(np.mean(shares))
+    bound = spec["agreement_threshold"]
+    assert agreement["threshold"] == bound and agreement["uncertain"] == sum(s < bound for s in shares)
