@@ -173,7 +173,12 @@ class EnsembleParams(_Section):
 
     # weighted_average: Optuna TPE weights (a resumable study in artifacts/studies/ensemble.db); stacking: a logistic
     # regression on the members' logits; confidence: per-frame weights |p - 0.5| (dfd/evaluation/fusion.py).
-    method: Literal["weighted_average", "stacking", "confidence"] = "weighted_average"
+    # attention: per-frame member weights from a gate over the members' logits, kept only when its CV log loss beats
+    # the weighted average's by more than one standard error (else the weighted average is served, and said so).
+    method: Literal["weighted_average", "stacking", "confidence", "attention"] = "weighted_average"
+    # attention's ridge on its gate (per frame-averaged log loss, inputs standardised): 0.01 nats for a gate weight
+    # of 1, the size of a log-loss gain worth having.
+    attention_l2: float = Field(0.01, ge=0)
     trials: int = Field(50, ge=1)
     # AUC is what the gate judges (the threshold comes from validation, so calibration is not needed); log loss
     # also rewards calibration, but lets one over-confident member lose its weight however well it ranks.
