@@ -16,7 +16,14 @@ import sys
 import threading
 
 from dfd.commands import STAGES
-from dfd.commands.data import cmd_config, cmd_dataset_add, cmd_dataset_remote, cmd_demo_data, cmd_validate_dataset
+from dfd.commands.data import (
+    cmd_config,
+    cmd_dataset_add,
+    cmd_dataset_get,
+    cmd_dataset_remote,
+    cmd_demo_data,
+    cmd_validate_dataset,
+)
 from dfd.commands.interrupts import on_signal
 from dfd.commands.models import (
     cmd_compare,
@@ -110,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", help="a folder outside the project: put the DVC cache here (on the "
                    "dataset's disk) and link the data into data/raw/NAME")
     p.set_defaults(func=cmd_dataset_add)
+    p = dsub.add_parser("get", help="a public dataset behind its publisher's form: print the publisher's steps, run "
+                                    "its tool when given (--script, --kaggle), then check, validate and offer `add`")
+    p.add_argument("dataset", choices=["ffpp", "celebdf", "dfdc"])
+    p.add_argument("--to", metavar="DIR", help="where the dataset goes (default: data/raw/<dataset>)")
+    p.add_argument("--script", metavar="PATH", help="ffpp: the download-FaceForensics.py the authors sent you; its "
+                   "options follow --, e.g. -- -d all -c c23 -t videos --server EU2")
+    p.add_argument("--kaggle", action="store_true",
+                   help="dfdc: run `kaggle competitions download -c deepfake-detection-challenge -p DIR`")
+    p.add_argument("--archive", metavar="ZIP", help="celebdf: the archive the publisher's link gave you, to unpack")
+    p.add_argument("--min-free-gb", type=float, metavar="N", help="require N GB free instead of the documented size")
+    p.add_argument("--add", action="store_true", help="also run `dfd dataset add` when the checks pass")
+    p.add_argument("--name", help="the name for `dataset add` (default: the dataset's)")
+    p.set_defaults(func=cmd_dataset_get, script_args=[])  # what follows `--` (see `parse`)
     p = sub.add_parser("deploy", help="register the weekly and on-demand deployments with the Prefect server")
     p.add_argument("--write-prefect-yaml", nargs="?", const="prefect.yaml", metavar="FILE",
                    help="write prefect.yaml (default path) from params instead of registering")
@@ -200,11 +220,25 @@ def _os_error(exc: OSError) -> DfdError | None:
     return None
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments; what follows a `--` goes, unparsed, to the commands that pass it on (`dataset get --script`:
+    the publisher script's own options), and is an error for the others."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passed = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = build_parser()
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if passed:
+        if not hasattr(args, "script_args"):
+            parser.error(f"arguments after -- ({' '.join(passed)}) are only for `dfd dataset get ffpp --script`")
+        args.script_args = passed
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from dfd.platform.procs import arm_from_env
 
     arm_from_env()  # a child of the flow dies with it
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "alembic", "numba"):  # every Prefect API call would print a line

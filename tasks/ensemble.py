@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dfd.evaluation.attention import attention_verdict
 from dfd.evaluation.calibration import apply_post_calibration, calibrate, fit_calibration, fit_post_calibration
 from dfd.evaluation.fusion import (
     FitContext,
@@ -135,14 +136,25 @@ def build_ensemble(cfg: EnsembleParams, prediction_paths: dict[str, Path], out_d
     study_db = (study_db or out_dir / "optuna.db").resolve()
     study_db.parent.mkdir(parents=True, exist_ok=True)
     ctx = FitContext(cfg, models, f"sqlite:///{study_db}", on_trial)
-    cv = cross_validate(cfg.method, cfg.calibration, val[models].to_numpy(), y, _identities(val, faces_index), ctx)
+    groups = _identities(val, faces_index)
+    method, choice = cfg.method, None
+    cv = cross_validate(method, cfg.calibration, val[models].to_numpy(), y, groups, ctx)
+    if method == "attention":  # served only when its CV beats the weighted average's (dfd/evaluation/attention.py)
+        average_cv = cross_validate("weighted_average", cfg.calibration, val[models].to_numpy(), y, groups, ctx)
+        keep, choice = attention_verdict(cv, average_cv, y, groups)
+        if not keep:
+            method, cv = "weighted_average", average_cv
     oof, oof_fused = cv.pop("oof", None), cv.pop("oof_fused", None)
-    fusion = fit_fusion(cfg.method, X, y, ctx)
+    fusion = fit_fusion(method, X, y, ctx)
     post, post_fit = _fit_post(cfg.calibration, oof_fused, apply_fusion(fusion, X), y, cv)
-    spec: dict[str, Any] = {"method": cfg.method, "members": models, "calibration": calibration, "fusion": fusion,
+    spec: dict[str, Any] = {"method": method, "members": models, "calibration": calibration, "fusion": fusion,
                             "weights": member_weights(fusion), "post_calibration": post,
                             "post_calibration_fit": post_fit, "aggregation": cfg.aggregation.model_dump(),
-                            "objective": cfg.objective, "cv": cv}
+                            "objective": cfg.objective, "cv": cv,
+                            # the served model marks files below it `uncertain` (dfd/evaluation/agreement.py)
+                            "agreement_threshold": cfg.agreement_threshold}
+    if choice is not None:
+        spec["fusion_choice"] = choice
     wide["prob_fused"], wide["prob"] = fuse(wide, spec)
     val = wide[wide["split"] == "val"]
     val_metrics = binary_metrics(val["label"].to_numpy(), val["prob"].to_numpy())

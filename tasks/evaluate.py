@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from dfd.evaluation.adversarial import adversarial_report
+from dfd.evaluation.agreement import agreement_summary
 from dfd.evaluation.calibration import apply_post_calibration
 from dfd.evaluation.crops import iter_crop_batches
 from dfd.evaluation.cross_dataset import cross_dataset_table, dataset_row, table_plot
@@ -259,6 +260,9 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
         metrics["gate_judged_on"] = f"evaluate.datasets '{judge}' (the test split has no real fake)"
     elif test_fakes != "real":
         metrics["gate_judged_on"] = "SBI-made fakes of the test split (evaluate.allow_synthetic_test: true)"
+    # Member agreement on the files the gate judges (the test split, or the further dataset standing in for it).
+    judged = train_name if test_fakes == "real" or len(rows) == 1 else next(n for n in rows if n != train_name)
+    metrics["agreement"] = {"dataset": judged, **agreement_summary(sets[judged][0], spec, threshold)}
     write_json(out_dir / "metrics.json", metrics)
     return EvaluateResult(out_dir, metrics)
 

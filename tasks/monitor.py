@@ -67,7 +67,10 @@ def headline(summary: dict[str, Any], version: str, since: str) -> str:
     """One screen: the window, the counts, the numbers, the verdict."""
     lines = [f"monitor: production v{version}, last {since}: {summary['records']} file(s), {summary['scored']} scored",
              f"  no-face rate {summary['no_face_rate']:.3f} (training {summary['reference_no_face_rate']:.3f}), "
-             f"unreadable rate {summary['unreadable_rate']:.3f}"]
+             f"unreadable rate {summary['unreadable_rate']:.3f}",
+             f"  uncertain rate {summary['uncertain_rate']:.3f} of scored files (members disagree)"
+             if summary.get("uncertain_rate") is not None
+             else "  uncertain rate: not recorded (no scored file with a member agreement)"]
     if "psi" in summary:
         lines.append(f"  P(fake): PSI {summary['psi']:.3f} (chi-square p={summary['psi_pvalue']:.2g}, "
                      f"{summary['psi_bins_used']} bins), K-S {summary['ks_statistic']:.3f} "
@@ -115,8 +118,9 @@ def run(params: Params, layout: Layout, tracker: Tracker, since: str | None = No
     tags = {"model_name": params.registry.model_name, "model_version": version, "monitor_status": summary["status"],
             "monitor_window": since}
     with tracker.run("monitor", parent_id, tags) as rid:
-        metrics = {k: summary[k] for k in ("records", "scored", "no_face_rate", "unreadable_rate", "psi",
-                                           "psi_pvalue", "ks_statistic", "ks_pvalue") if k in summary}
+        metrics = {k: summary[k] for k in ("records", "scored", "no_face_rate", "unreadable_rate", "uncertain_rate",
+                                           "psi", "psi_pvalue", "ks_statistic", "ks_pvalue")
+                   if summary.get(k) is not None}  # None: not measured
         if "drifted_share" in summary.get("drift", {}):
             metrics["drifted_share"] = summary["drift"]["drifted_share"]
             metrics.update({f"drift_score.{c}": v["score"] for c, v in summary["drift"]["columns"].items()})

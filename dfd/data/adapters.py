@@ -275,7 +275,9 @@ def _celebdf_persons(stem: str) -> tuple[str, ...]:
 
 
 def dfdc_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
-    """DFDC: `dfdc_train_part_*/metadata.json` mapping `x.mp4` to `{"label": "FAKE"|"REAL", "original": ...}`.
+    """DFDC: `dfdc_train_part_*/metadata.json` mapping `x.mp4` to `{"label": "FAKE"|"REAL", "original": ...}`, and
+    the competition's own sample `train_sample_videos/` (same metadata.json; what `kaggle competitions download`
+    fetches).
 
     DFDC publishes no person ids (its actors appear in many original videos, unnamed): the finest person a sample
     can be tied to is its original video, so a sample's person is its original's name (a real is its own
@@ -283,8 +285,9 @@ def dfdc_adapter(root: Path, data: DataParams) -> Iterator[Candidate]:
     the data cannot reveal (the intervals then treat them as independent: docs/concepts/identity-splits.md).
     """
     parts = sorted(p for p in root.glob("dfdc_train_part_*") if p.is_dir())
+    parts += [p for p in (root / "train_sample_videos",) if p.is_dir()]
     if not parts:
-        raise DataError(f"{root} does not look like DFDC (no dfdc_train_part_*/ folders)",
+        raise DataError(f"{root} does not look like DFDC (no dfdc_train_part_*/ nor train_sample_videos/ folders)",
                         "check data.root, or choose another data.adapter")
     for part in parts:
         meta_path = part / "metadata.json"

@@ -10,6 +10,8 @@ model fuse identically.
   fold for the members (none trained on validation), which is what stacking needs; the CV below is out of fold
   for the stacker itself.
 - `confidence`: per-frame weights |p - 0.5| (+ eps): a member that is sure about a frame counts more on it.
+- `attention`: per-frame weights from a gating network over the members' logits (dfd/evaluation/attention.py); the
+  ensemble stage serves it only when its CV log loss beats the weighted average's by more than a standard error.
 """
 
 from __future__ import annotations
@@ -132,9 +134,23 @@ def _apply_confidence(p: dict[str, Any], X: np.ndarray, members: list[str]) -> n
     return (w * X).sum(axis=1) / w.sum(axis=1)
 
 
+def _fit_attention(X: np.ndarray, y: np.ndarray, ctx: FitContext) -> dict[str, Any]:
+    from dfd.evaluation.attention import fit_attention
+
+    return fit_attention(X, y, ctx.members, ctx.cfg.attention_l2)
+
+
+def _apply_attention(p: dict[str, Any], X: np.ndarray, members: list[str]) -> np.ndarray:
+    from dfd.evaluation.attention import apply_attention
+
+    return apply_attention(p, X)
+
+
 FUSIONS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[..., np.ndarray]]] = {
     "weighted_average": (_fit_weighted, _apply_weighted), "stacking": (_fit_stacking, _apply_stacking),
-    "confidence": (_fit_confidence, _apply_confidence)}
+    "confidence": (_fit_confidence, _apply_confidence), "attention": (_fit_attention, _apply_attention)}
+#: Fusions that read the members' logits beyond a convex weight: fitted on a range, clipped to it when applied.
+CLIPPED = ("stacking", "attention")
 
 
 def list_fusions() -> list[str]:
@@ -152,13 +168,14 @@ def fit_fusion(method: str, X: np.ndarray, y: np.ndarray, ctx: FitContext) -> di
     """Fit the named fusion on member scores `X` (frames x members).
 
     Returns:
-        `{"method", "members", **params}`; stacking adds `member_range`, each member's [min, max] on the fitting
-        rows, which `apply_fusion` clips to (see `clip_to_range`). The other fusions are convex mixtures of the
-        members' probabilities: one member's share of them is bounded by its weight, there is nothing to extrapolate.
+        `{"method", "members", **params}`; stacking and attention add `member_range`, each member's [min, max] on
+        the fitting rows, which `apply_fusion` clips to (see `clip_to_range`): stacking's linear term and attention's
+        gate read the logits themselves. The other fusions are convex mixtures of the members' probabilities with
+        fixed or |p - 0.5| weights: one member's share of them is bounded, there is nothing to extrapolate.
     """
     X = np.asarray(X, dtype=float)
     params = _lookup(method)[0](X, np.asarray(y), ctx)
-    if method == "stacking":
+    if method in CLIPPED:
         params["member_range"] = {m: [float(X[:, j].min()), float(X[:, j].max())] for j, m in enumerate(ctx.members)}
     return {"method": method, "members": list(ctx.members), **params}
 
@@ -189,8 +206,11 @@ def apply_fusion(fitted: dict[str, Any], X: np.ndarray) -> np.ndarray:
 
 def member_weights(fitted: dict[str, Any]) -> dict[str, float]:
     """Each member's share of the fusion, for reports: the weights; stacking's coefficients over the sum of their
-    absolute values (a negative one marks an anti-informative member); equal shares for `confidence`."""
+    absolute values (a negative one marks an anti-informative member); attention's mean gate on the fitting rows;
+    equal shares for `confidence`."""
     members = fitted["members"]
+    if fitted["method"] == "attention":
+        return {m: float(fitted["mean_gates"][m]) for m in members}
     if fitted["method"] == "weighted_average":
         return dict(fitted["weights"])
     if fitted["method"] == "stacking":

@@ -228,6 +228,12 @@ def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] 
             check = Check(check.name, None, check.threshold, False, f"drift report failed: {drift['error']}", "<=")
         checks.append(check)
     checks.extend(int8_checks(export))
+    if cfg.max_uncertain_share is not None:
+        agree = metrics.get("agreement") or {}
+        what = (f"share of test files whose members disagree (agreement below {agree['threshold']})"
+                if "threshold" in agree else "share of test files whose members disagree")
+        checks.append(bound_check("max_uncertain_share", agree.get("uncertain_share"), cfg.max_uncertain_share,
+                                  "<=", what))
     checks.append(champion_check(champion, cfg.champion.policy, cfg.champion.alpha, cfg.champion.margin))
     failed = [c.name for c in checks if not c.passed]
     return {"passed": not failed, "failed": failed, "checks": [c.to_dict() for c in checks],

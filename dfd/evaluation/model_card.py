@@ -96,7 +96,20 @@ def metrics_section(inp: CardInputs) -> str:
     note = (f"95% intervals: bootstrap over {int(clusters)} identity clusters (whole people drawn together)."
             if clusters else "")
     return (f"## Test metrics\n\n{int(ens.get('n', 0))} test frames, threshold {_num(inp.metrics.get('threshold'))}. "
-            f"{note}\n\n" + _table(("metric", "value", "95% interval"), rows))
+            f"{note}\n\n" + _table(("metric", "value", "95% interval"), rows) + agreement_line(inp))
+
+
+def agreement_line(inp: CardInputs) -> str:
+    """How often the members disagree with the ensemble on a test file (served as `uncertain`), and whether the
+    ensemble is right less often there."""
+    a = inp.metrics.get("agreement") or {}
+    if a.get("uncertain_share") is None:
+        return ""
+    acc = (f" Accuracy on the files the members agree on {_num(a.get('accuracy_agreed'), '.3f')}, on the uncertain "
+           f"ones {_num(a.get('accuracy_uncertain'), '.3f')}." if a.get("uncertain") else "")
+    return (f"\n\nMember agreement: {a['uncertain']} of {a['files']} test files ({_num(a['uncertain_share'], '.1%')})"
+            f" have fewer than {a['threshold']} of the {len(a.get('members', []))} counted members agreeing with the "
+            f"ensemble's label: they are served as `uncertain`.{acc}")
 
 
 def champion_section(inp: CardInputs) -> str:

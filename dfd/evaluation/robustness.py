@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
 import cv2
 import numpy as np
 
@@ -64,6 +65,14 @@ def _downscale(rgb: np.ndarray, factor: float, _: np.random.Generator) -> np.nda
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def _salt_pepper(rgb: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    # albumentations' impulse noise: exactly floor(H*W*share) pixels, half white and half black, the same mask on
+    # every channel (a stuck or dead sensor pixel); seeded from `rng` so that runs compare.
+    t = A.SaltAndPepper(amount=(share, share), salt_vs_pepper=(0.5, 0.5), p=1.0)
+    t.set_random_seed(int(rng.integers(2**32)))
+    return t(image=rgb)["image"]
+
+
 PERTURBATIONS: dict[str, Perturbation] = {
     "jpeg": Perturbation(_jpeg, lambda q: 1 <= q <= 100, "a JPEG quality in 1..100", lambda q: 100 - q),
     "gauss_noise": Perturbation(_noise, lambda s: s > 0, "a noise sigma > 0 (8-bit steps)", lambda s: s),
@@ -73,6 +82,8 @@ PERTURBATIONS: dict[str, Perturbation] = {
     "contrast": Perturbation(_contrast, lambda f: 0 <= f < 1, "a factor in [0, 1) (lower is harsher)",
                              lambda f: 1 - f),
     "downscale": Perturbation(_downscale, lambda f: 0 < f < 1, "a side factor in (0, 1)", lambda f: 1 / f),
+    "salt_pepper": Perturbation(_salt_pepper, lambda a: 0 < a <= 1, "a share of pixels flipped in (0, 1]",
+                                lambda a: a),
 }
 
 

@@ -56,11 +56,16 @@ def drifted_columns(summary: dict[str, Any]) -> list[str]:
     return sorted(out)
 
 
-def rates(records: pd.DataFrame) -> dict[str, float]:
-    """No-face and unreadable shares of the files in `records`."""
+def rates(records: pd.DataFrame) -> dict[str, float | None]:
+    """No-face and unreadable shares of the files in `records`, and the uncertain share of their scored files
+    (members disagree: `dfd.evaluation.agreement`) among those recorded with an agreement (None when none was:
+    records written before agreement was recorded, or a model that gives no member scores)."""
     n = max(len(records), 1)
+    judged = (records[records["p_fake"].notna() & records["agreement"].notna()]
+              if {"agreement", "status"} <= set(records.columns) else records.iloc[:0])
     return {"no_face_rate": float((records["reason"] == "no_face").sum() / n),
-            "unreadable_rate": float(records["reason"].isin(UNREADABLE).sum() / n)}
+            "unreadable_rate": float(records["reason"].isin(UNREADABLE).sum() / n),
+            "uncertain_rate": float((judged["status"] == "uncertain").mean()) if len(judged) else None}
 
 
 def judge(records: pd.DataFrame, ref_images: pd.DataFrame, ref_scores: pd.DataFrame, ref_meta: dict[str, Any],
@@ -72,7 +77,7 @@ def judge(records: pd.DataFrame, ref_images: pd.DataFrame, ref_scores: pd.DataFr
         `ks_pvalue`, `drift` (Evidently's summary with `drifted` column names), `alerts` (one line per crossed
         threshold) and `message`.
     """
-    scored = records[records["reason"].isna() & records["p_fake"].notna()]
+    scored = records[records["p_fake"].notna()]  # uncertain files are scored (their reason says why to look again)
     out: dict[str, Any] = {"records": len(records), "scored": len(scored), **rates(records),
                            "reference_no_face_rate": float(ref_meta.get("no_face_rate", 0.0)), "alerts": []}
     if len(records) < cfg.min_records:
@@ -116,15 +121,16 @@ def judge(records: pd.DataFrame, ref_images: pd.DataFrame, ref_scores: pd.DataFr
 
 def weekly_series(records: pd.DataFrame, ref_scores: pd.DataFrame, cfg: MonitorParams) -> pd.DataFrame:
     """Per ISO week (starting Monday, UTC): files, scored files, mean P(fake), PSI with its chi-square and K-S
-    p-values and whether the alert rule fired (`psi_alert`), no-face and unreadable rates."""
+    p-values and whether the alert rule fired (`psi_alert`), no-face and unreadable rates, and the share of scored
+    files whose members disagree (`uncertain_rate`)."""
     cols = ["week", "records", "scored", "mean_p_fake", "psi", "psi_pvalue", "ks_pvalue", "psi_alert",
-            "no_face_rate", "unreadable_rate"]
+            "no_face_rate", "unreadable_rate", "uncertain_rate"]
     if records.empty:
         return pd.DataFrame(columns=cols)
     week = records["time"].dt.tz_convert("UTC").dt.tz_localize(None).dt.to_period("W-SUN").dt.start_time
     rows = []
     for start, g in records.groupby(week, sort=True):
-        scored = g[g["reason"].isna() & g["p_fake"].notna()]
+        scored = g[g["p_fake"].notna()]  # an uncertain file (members disagree) is scored: it has a P(fake)
         shift = (score_shift(ref_scores["p_fake"].to_numpy(), scored["p_fake"].to_numpy(), cfg) if len(scored)
                  else {"psi": np.nan, "psi_pvalue": np.nan, "ks_pvalue": np.nan, "alert": False})
         # A week with fewer scored files than `monitor.min_records` gets no verdict, as `judge` gives none.
@@ -137,7 +143,7 @@ def weekly_series(records: pd.DataFrame, ref_scores: pd.DataFrame, cfg: MonitorP
 
 def weekly_plot(series: pd.DataFrame, path: Path, cfg: MonitorParams) -> Path:
     """PSI of P(fake) with the weeks the alert rule fired marked, the p-values beside it against their levels, and
-    the no-face/unreadable rates per week."""
+    the no-face/unreadable/uncertain rates per week."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
@@ -164,6 +170,7 @@ def weekly_plot(series: pd.DataFrame, path: Path, cfg: MonitorParams) -> Path:
     mid.legend(loc="lower left", fontsize=8)
     bottom.plot(x, series["no_face_rate"], marker="o", label="no-face rate")
     bottom.plot(x, series["unreadable_rate"], marker="s", label="unreadable rate")
+    bottom.plot(x, series["uncertain_rate"], marker="^", label="uncertain rate (members disagree)")
     bottom.set_ylabel("share of files")
     bottom.set_ylim(0, 1)
     bottom.legend(loc="upper left", fontsize=8)

@@ -1,8 +1,9 @@
 """Served-traffic records: one row per scored file, written off the request path by a queue and a writer thread.
 
-A record holds when, which model version, P(fake), the decision, frames and faces found, the reason a file was not
-scored, and the mean image statistics of its face crops (the drift report's columns, `dfd.evaluation.drift`). It
-never holds the media, nor the client's address, nor the file name unless `serve.log_names: true`.
+A record holds when, which model version, P(fake), the decision, its status and member agreement, frames and faces
+found, the reason a file was not scored (or is uncertain), and the mean image statistics of its face crops (the drift
+report's columns, `dfd.evaluation.drift`). It never holds the media, nor the client's address, nor the file name
+unless `serve.log_names: true`.
 
 The request thread only computes the crops' statistics (milliseconds against the models' hundreds) and puts a small
 dict on a bounded queue; a full queue drops the record and counts it rather than slow or block a request. The writer
@@ -40,7 +41,9 @@ log = logging.getLogger(__name__)
 SCHEMA = pa.schema([("time", pa.timestamp("us", tz="UTC")), ("source", pa.string()), ("model_version", pa.string()),
                     ("p_fake", pa.float64()), ("label", pa.string()), ("frames", pa.int32()),
                     ("faces", pa.int32()), ("crops", pa.int32()), ("reason", pa.string()),
-                    *[(c, pa.float64()) for c in STAT_COLUMNS], ("name", pa.string())])
+                    *[(c, pa.float64()) for c in STAT_COLUMNS], ("name", pa.string()),
+                    # Added later: parts written before them read back with nulls (pyarrow fills missing columns).
+                    ("status", pa.string()), ("agreement", pa.float64())])
 _STOP = object()
 
 
@@ -53,7 +56,7 @@ def make_record(res: MediaResult, model_version: str | None, source: str, log_na
     return {"time": now or datetime.now(UTC), "source": source, "model_version": model_version,
             "p_fake": res.p_fake, "label": res.label, "frames": res.frames, "faces": res.faces,
             "crops": len(crops), "reason": res.reason, **stats,
-            "name": Path(res.path).name if log_names else None}
+            "name": Path(res.path).name if log_names else None, "status": res.status, "agreement": res.agreement}
 
 
 def encode(records: list[dict[str, Any]]) -> bytes:

@@ -180,7 +180,12 @@ class EnsembleParams(_Section):
 
     # weighted_average: Optuna TPE weights (a resumable study in artifacts/studies/ensemble.db); stacking: a logistic
     # regression on the members' logits; confidence: per-frame weights |p - 0.5| (dfd/evaluation/fusion.py).
-    method: Literal["weighted_average", "stacking", "confidence"] = "weighted_average"
+    # attention: per-frame member weights from a gate over the members' logits, kept only when its CV log loss beats
+    # the weighted average's by more than one standard error (else the weighted average is served, and said so).
+    method: Literal["weighted_average", "stacking", "confidence", "attention"] = "weighted_average"
+    # attention's ridge on its gate (per frame-averaged log loss, inputs standardised): 0.01 nats for a gate weight
+    # of 1, the size of a log-loss gain worth having.
+    attention_l2: float = Field(0.01, ge=0)
     trials: int = Field(50, ge=1)
     # AUC is what the gate judges (the threshold comes from validation, so calibration is not needed); log loss
     # also rewards calibration, but lets one over-confident member lose its weight however well it ranks.
@@ -195,6 +200,11 @@ class EnsembleParams(_Section):
     cv_folds: int = Field(5, ge=2)
     aggregation: AggregationParams = AggregationParams()  # recorded in ensemble.json: the served model uses it
     export: ExportParams = ExportParams()  # members to ONNX / int8 at registration (serve.engine: onnxruntime)
+    # Member agreement (dfd/evaluation/agreement.py): a file on which fewer than this share of the members (their own
+    # calibrated label at 0.5; zero-weight members left out) agree with the ensemble's label is answered `uncertain`,
+    # its P(fake) still given. 0.8 as the original design had it: with 4 members one dissenter (0.75) is uncertain,
+    # with 5 it takes two. Recorded in ensemble.json: the served model judges with the value the gate saw.
+    agreement_threshold: float = Field(0.8, ge=0, le=1)
 
 
 class RegistryParams(_Section):

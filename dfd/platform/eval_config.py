@@ -54,6 +54,10 @@ class GateParams(_Section):
     # bound them by name when wanted).
     max_auc_drop_default: float | None = 0.15
     max_drift_share: float | None = 0.5  # share of drifted columns, training data vs test (Evidently)
+    # Largest share of test files whose members disagree (agreement below ensemble.agreement_threshold: served as
+    # `uncertain`). Off by default: how often members disagree depends on how many there are and how alike they
+    # were trained, so a team sets it from its own history (the evaluate stage reports the share either way).
+    max_uncertain_share: float | None = Field(None, ge=0, le=1)
     champion: ChampionParams = ChampionParams()
 
 
@@ -100,6 +104,9 @@ class EvaluateParams(_Section):
         "brightness": [20, 40, 60],  # added to every pixel (8-bit steps)
         "contrast": [0.8, 0.6, 0.4],  # scale of the deviations from the mean
         "downscale": [0.75, 0.5, 0.25],  # resized to this share of the side and back
+        # Share of pixels set to black or white (impulse noise: dead/stuck pixels, bit errors in transmission):
+        # 1% is visible speckle, 5% heavy; both survive no codec, so they probe the members' texture cues directly.
+        "salt_pepper": [0.01, 0.05],
     })
     robustness_max_crops: int = Field(2000, ge=1)  # a sample of the test crops keeps the stage minutes long
     adversarial: AdversarialParams = AdversarialParams()

@@ -48,7 +48,8 @@ class DifferentiableEnsemble(nn.Module):
 
     Fusions (`spec["fusion"]`, as dfd/evaluation/fusion.py fits them; without it, the weighted average of
     `spec["weights"]`): `weighted_average` (weights), `stacking` (a logistic regression on the members' logits:
-    `coef`, `intercept`) and `confidence` (per-frame weights |p - 0.5| + eps).
+    `coef`, `intercept`), `confidence` (per-frame weights |p - 0.5| + eps) and `attention` (per-frame weights from a
+    softmax gate over the standardised logits: `W`, `b`, `mu`, `sd`).
 
     Args:
         spec: `ensemble.json` (members, weights, per-member calibration, fusion).
@@ -64,7 +65,7 @@ class DifferentiableEnsemble(nn.Module):
         fusion = spec.get("fusion") or {"method": "weighted_average", "members": list(spec["weights"]),
                                         "weights": spec["weights"]}
         self.method = fusion["method"]
-        if self.method not in ("weighted_average", "stacking", "confidence"):
+        if self.method not in ("weighted_average", "stacking", "confidence", "attention"):
             raise StageError(f"white-box attacks have no differentiable form of the '{self.method}' fusion",
                              "set evaluate.adversarial.attacks: [] for this ensemble")
         self.names = list(fusion["members"])
@@ -77,6 +78,9 @@ class DifferentiableEnsemble(nn.Module):
         elif self.method == "stacking":
             self.register_buffer("w", torch.tensor([fusion["coef"][m] for m in self.names]))
             self.intercept = float(fusion["intercept"])
+        elif self.method == "attention":  # gate = softmax(((z - mu) / sd) W + b) (dfd/evaluation/attention.py)
+            for key in ("W", "b", "mu", "sd"):
+                self.register_buffer(key, torch.tensor(fusion[key], dtype=torch.float32))
         else:
             self.eps = float(fusion.get("eps", 1e-3))
         # The served fusion clips each calibrated member score to its fitted range (fusion.clip_to_range); here on
@@ -103,9 +107,12 @@ class DifferentiableEnsemble(nn.Module):
         z = z + (torch.maximum(torch.minimum(z, self.bounds[:, 1]), self.bounds[:, 0]) - z).detach()
         if self.method == "stacking":  # the logit of a Platt-scaled probability is its own argument: no clip
             return (z * self.w).sum(1) + self.intercept
-        # confidence: weights |p - 0.5| + eps, differentiated like the rest
-        w = self.w.expand_as(z) if self.method == "weighted_average" else (torch.sigmoid(z) - 0.5).abs() + self.eps
-        log_w = torch.where(w > 0, w.clamp_min(1e-30).log(), torch.full_like(w, -torch.inf))  # a 0 weight: no term
+        if self.method == "attention":  # the gate reads the clipped logits, as the numpy fusion does
+            log_w = F.log_softmax(((z - self.mu) / self.sd) @ self.W + self.b, 1)
+        else:  # confidence: weights |p - 0.5| + eps, differentiated like the rest
+            w = (self.w.expand_as(z) if self.method == "weighted_average"
+                 else (torch.sigmoid(z) - 0.5).abs() + self.eps)
+            log_w = torch.where(w > 0, w.clamp_min(1e-30).log(), torch.full_like(w, -torch.inf))  # 0 weight: no term
         return (torch.logsumexp(log_w + F.logsigmoid(z), 1)  # log P(fake)
                 - torch.logsumexp(log_w + F.logsigmoid(-z), 1))  # - log P(real)
 

@@ -173,14 +173,25 @@ class EnsemblePredictor:
         """Each member's P(fake) for RGB uint8 crops (N, H, W, 3)."""
         return {m: model(crops) for m, model in self.members.items()}
 
+    def calibrated(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each fusion member's calibrated P(fake) (its Platt scaling) from its raw P(fake): what fusion takes."""
+        return {m: calibrate(np.asarray(scores[m]), self.calibration[m]) for m in self.fusion["members"]}
+
     def fused(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The fused P(fake) before its calibration, from each member's raw P(fake)."""
-        X = np.column_stack([calibrate(np.asarray(scores[m]), self.calibration[m]) for m in self.fusion["members"]])
-        return apply_fusion(self.fusion, X)
+        return apply_fusion(self.fusion, np.column_stack(list(self.calibrated(scores).values())))
 
     def combine(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The final calibrated P(fake) from each member's raw P(fake): what `tasks.ensemble.fuse` computes."""
         return apply_post_calibration(self.post_calibration, self.fused(scores))
+
+    def score_with_members(self, crops: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The ensemble's P(fake) and each member's calibrated P(fake) for the same crops, from one forward pass of
+        each member (what member agreement needs: `dfd.evaluation.agreement`)."""
+        if len(crops) == 0:
+            return np.zeros(0, dtype=np.float64), {m: np.zeros(0, dtype=np.float64) for m in self.fusion["members"]}
+        scores = self.member_scores(crops)
+        return self.combine(scores), self.calibrated(scores)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         """The ensemble's calibrated P(fake) for RGB uint8 crops (N, H, W, 3)."""

@@ -18,29 +18,53 @@ import numpy as np
 from dfd.data.face_extract import face_crops
 from dfd.data.media import IMAGE_EXTS, VIDEO_EXTS, media_kind, read_rgb, sample_video_frames
 from dfd.evaluation.aggregate import aggregate
+from dfd.evaluation.agreement import REASON as AGREEMENT_REASON
+from dfd.evaluation.agreement import agreement_threshold, counted_members, file_agreement, is_uncertain
 from dfd.platform.config import AggregationParams, ServeParams
 from dfd.serving.media_checks import Refusal, check_frames, check_image, check_video, image_header
 
-# Why a file has no score. `unsupported`: neither an image nor a video; `unreadable`: does not decode;
+# Why a file's status is not `scored`. `unsupported`: neither an image nor a video; `unreadable`: does not decode;
 # `truncated`: the video ends before its header says; `too_long`: over the serve length limits; `too_large`: over
-# the pixel limits; `no_face`: nothing detected.
-REASONS = ("unsupported", "unreadable", "truncated", "too_long", "too_large", "no_face", "empty")
+# the pixel limits; `empty`: zero bytes; `no_face`: nothing detected; `members_disagree`: scored, but fewer members
+# than `ensemble.agreement_threshold` agree with the ensemble's label.
+REASONS = ("unsupported", "unreadable", "truncated", "too_long", "too_large", "no_face", "empty", AGREEMENT_REASON)
+# A file's status, one field for every kind of answer: `scored` (a P(fake), nothing to add); `uncertain` (a P(fake),
+# but the reason says why to look again); `not_applicable` (no P(fake): the file is fine but the model cannot judge
+# it); `error` (no P(fake): the file is at fault, or over a limit). The reason says which rule applied.
+STATUSES = ("scored", "uncertain", "not_applicable", "error")
+UNCERTAIN_REASONS = frozenset({AGREEMENT_REASON})
+NOT_APPLICABLE_REASONS = frozenset({"no_face"})
 CROP_CHUNK = 16  # crops scored between two cancel checks (the members batch them by 4 on CPU)
-RESULT_COLUMNS = ["path", "p_fake", "label", "frames", "faces", "reason", "detail"]
+RESULT_COLUMNS = ["path", "p_fake", "label", "status", "agreement", "frames", "faces", "reason", "detail"]
+
+
+def status_of(reason: str | None, scored: bool) -> str:
+    """The status of a result with this reason (`scored`: it has a P(fake))."""
+    if scored:
+        return "uncertain" if reason in UNCERTAIN_REASONS else "scored"
+    return "not_applicable" if reason in NOT_APPLICABLE_REASONS else "error"
 
 
 @dataclass
 class MediaResult:
-    """One file's verdict; `p_fake`/`label` are None exactly when `reason` says why it could not be scored."""
+    """One file's verdict; `p_fake`/`label` are None exactly when the status is `not_applicable` or `error`."""
 
     path: str
     p_fake: float | None = None
     label: str | None = None  # "fake" or "real", at the model's threshold
     frames: int = 0  # frames sampled and decoded
     faces: int = 0  # frames with a face (the frames that were scored)
-    reason: str | None = None
-    detail: str | None = None  # a note: the decoder's complaint, the limit that was hit
+    reason: str | None = None  # why the status is not `scored` (REASONS)
+    detail: str | None = None  # a note: the decoder's complaint, the limit that was hit, the members' votes
+    # Share of the counted members whose own label agrees with `label` (dfd/evaluation/agreement.py); None when not
+    # scored or when the model cannot say (a predictor without member scores).
+    agreement: float | None = None
     crops: list[dict[str, Any]] = field(default_factory=list, repr=False)  # each face crop with its frame and score
+
+    @property
+    def status(self) -> str:
+        """`scored`, `uncertain`, `not_applicable` or `error` (STATUSES), from the reason: the two never disagree."""
+        return status_of(self.reason, self.p_fake is not None)
 
     def row(self) -> dict[str, Any]:
         """The result as a table row (no crops)."""
@@ -117,6 +141,10 @@ class MediaScorer:
         self.limits = limits or ServeParams()
         self.aggregation = AggregationParams(**spec.get("aggregation", {}))
         self.threshold = float(spec.get("threshold", spec["val_eer_threshold"]))
+        # Member agreement needs each member's score: an `EnsemblePredictor` gives them (`score_with_members`); a
+        # plain crops -> P(fake) callable gives none, and its results carry no agreement.
+        self.agreement_members = counted_members(spec) if "weights" in spec else []
+        self.agreement_threshold = agreement_threshold(spec)
 
     def aggregation_for(self, method: str | None) -> AggregationParams:
         """The model's aggregation, or the same constants with another method."""
@@ -137,20 +165,42 @@ class MediaScorer:
         if res.reason:
             return res
         crops = np.stack([f["crop"] for f in found]).astype(np.uint8)
-        parts = []
+        with_members = getattr(self.predictor, "score_with_members", None) if self.agreement_members else None
+        parts, member_parts = [], []
         for i in range(0, len(crops), CROP_CHUNK):  # a cancel check between chunks: a video may have many faces
             if check_cancel is not None:
                 check_cancel()
-            parts.append(np.asarray(self.predictor(crops[i:i + CROP_CHUNK]), dtype=float))
+            chunk = crops[i:i + CROP_CHUNK]
+            if with_members:
+                chunk_scores, chunk_members = with_members(chunk)
+                member_parts.append(chunk_members)
+            else:
+                chunk_scores = self.predictor(chunk)
+            parts.append(np.asarray(chunk_scores, dtype=float))
         scores = np.concatenate(parts)
+        members = ({m: np.concatenate([part[m] for part in member_parts]) for m in member_parts[0]}
+                   if member_parts else None)
         for f, s in zip(found, scores, strict=True):
             f["p_fake"] = float(s)
         # Every crop is one row, as in `video_scores` (evaluation): the same rule over the same rows.
-        res.p_fake = aggregate(scores, self.aggregation_for(method))
+        rule = self.aggregation_for(method)
+        res.p_fake = aggregate(scores, rule)
         res.label = "fake" if res.p_fake >= self.threshold else "real"
         res.faces = len({f["frame"] for f in found})
         res.crops = found
+        if members is not None:
+            self._judge_agreement(res, {m: members[m] for m in self.agreement_members}, rule)
         return res
+
+    def _judge_agreement(self, res: MediaResult, members: dict[str, np.ndarray], rule: AggregationParams) -> None:
+        """Set `res.agreement`, and `uncertain` (reason, and the votes in the detail) when it is below the threshold."""
+        res.agreement = file_agreement(members, res.label == "fake", rule)
+        if is_uncertain(res.agreement, self.agreement_threshold):
+            agreeing = round(res.agreement * len(members))  # type: ignore[operator]
+            note = (f"{agreeing} of {len(members)} members agree with the ensemble's label '{res.label}' "
+                    f"(agreement {res.agreement:.2f} < ensemble.agreement_threshold {self.agreement_threshold})")
+            res.reason = AGREEMENT_REASON
+            res.detail = f"{res.detail}; {note}" if res.detail else note
 
     def score_frames(self, frames: list[tuple[int, np.ndarray]], res: MediaResult, method: str | None = None,
                      check_cancel: Callable[[], None] | None = None) -> MediaResult:

@@ -1,6 +1,7 @@
 """`dfd predict`: score image and video files (or folders of them) with the registered ensemble.
 
-One row per file (path, p_fake, label, frames, faces, reason), written as CSV or JSON, and a one-screen summary.
+One row per file (path, p_fake, label, status, agreement, frames, faces, reason, detail), written as CSV or JSON,
+and a one-screen summary.
 Reading the next files and extracting their faces run in a thread pool while the current one is scored (OpenCV,
 dlib and torch release the GIL).
 """
@@ -83,17 +84,25 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def summary(rows: list[dict[str, Any]], model: str, threshold: float, method: str) -> str:
-    """A one-screen summary: counts by label and by reason, the most likely fakes, and the files not scored."""
-    scored = [r for r in rows if r["reason"] is None]
-    failed = [r for r in rows if r["reason"] is not None]
+    """A one-screen summary: counts by label and by status, the most likely fakes, the files whose members disagree,
+    and the files not scored."""
+    scored = [r for r in rows if r["p_fake"] is not None]
+    failed = [r for r in rows if r["p_fake"] is None]
+    uncertain = [r for r in scored if r["status"] == "uncertain"]
     fakes = sorted((r for r in scored if r["label"] == "fake"), key=lambda r: -r["p_fake"])
     lines = [f"model {model}  threshold {threshold:.3f}  aggregation {method}",
-             f"{len(rows)} files: {len(scored)} scored ({len(fakes)} fake, {len(scored) - len(fakes)} real), "
-             f"{len(failed)} not scored"]
+             f"{len(rows)} files: {len(scored)} scored ({len(fakes)} fake, {len(scored) - len(fakes)} real; "
+             f"{len(uncertain)} uncertain), {len(failed)} not scored"]
     for r in fakes[:10]:
-        lines.append(f"  FAKE {r['p_fake']:.3f}  {r['path']}")
+        lines.append(f"  FAKE {r['p_fake']:.3f}  {r['path']}" + ("  (uncertain)" if r["status"] == "uncertain" else ""))
     if len(fakes) > 10:
         lines.append(f"  ... {len(fakes) - 10} more fakes")
+    if uncertain:
+        lines.append("uncertain (scored, but the members disagree: worth a second look):")
+        for r in uncertain[:10]:
+            lines.append(f"  {r['label'].upper():<4} {r['p_fake']:.3f}  agreement {r['agreement']:.2f}  {r['path']}")
+        if len(uncertain) > 10:
+            lines.append(f"  ... {len(uncertain) - 10} more")
     if failed:
         lines.append("not scored:")
         for r in failed[:15]:
@@ -106,7 +115,8 @@ def summary(rows: list[dict[str, Any]], model: str, threshold: float, method: st
 def run_predict(scorer: MediaScorer, paths: list[str], model_uri: str, out: Path | None = None,
                 method: str | None = None, crops_dir: Path | None = None, progress: bool = True,
                 on_result: Callable[[MediaResult], object] | None = None) -> int:
-    """The command: score, write, summarise. Returns the exit code (0 all scored, 1 some not).
+    """The command: score, write, summarise. Returns the exit code (0 all scored, uncertain ones included; 1 some
+    not).
 
     `on_result` sees each file's result with its crops (`--log`: the traffic log).
     """
@@ -125,4 +135,4 @@ def run_predict(scorer: MediaScorer, paths: list[str], model_uri: str, out: Path
     print(summary(rows, model_uri, scorer.threshold, scorer.aggregation_for(method).method))
     if out is not None:
         print(f"results: {out}")
-    return 1 if any(r["reason"] is not None for r in rows) else 0
+    return 1 if any(r["p_fake"] is None for r in rows) else 0

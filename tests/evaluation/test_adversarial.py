@@ -97,18 +97,23 @@ def test_penultimate_embeddings_have_the_head_width(members: tuple) -> None:
     assert np.abs(emb[0] - emb[1:]).max() > 0  # features of different crops differ
 
 
-@pytest.mark.parametrize("method", ["weighted_average", "stacking", "confidence"])
+@pytest.mark.parametrize("method", ["weighted_average", "stacking", "confidence", "attention"])
 def test_every_fusion_has_a_differentiable_form_that_matches_numpy(members: tuple, method: str) -> None:
     """The fusion formula, checked on the same member logits: the members' own inputs differ between the torch and
     OpenCV resizes (the test above bounds that), and a stacking with coefficients up to 4.5 would multiply that
     difference by their sum, so it is kept out of this comparison."""
+    from dfd.evaluation.attention import apply_attention
     from dfd.evaluation.calibration import logit
 
     spec, checkpoints, crops, _ = members
     names = list(spec["members"])
+    k = len(names)
+    gate = np.random.default_rng(0).normal(0, 1, (k, k))  # a gate that moves with every member's logit
     params = {"weighted_average": {"weights": {m: i + 1.0 for i, m in enumerate(names)}},
               "stacking": {"coef": {m: (-1.0) ** i * (i + 0.5) for i, m in enumerate(names)}, "intercept": 0.3},
-              "confidence": {"eps": 1e-3}}[method]
+              "confidence": {"eps": 1e-3},
+              "attention": {"W": gate.tolist(), "b": np.linspace(-0.5, 0.5, k).tolist(), "mu": [0.2] * k,
+                            "sd": [1.5] * k}}[method]
     fused_spec = {**spec, "fusion": {"method": method, "members": names, **params}}
     x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
     ensemble = DifferentiableEnsemble(fused_spec, checkpoints)
@@ -121,6 +126,8 @@ def test_every_fusion_has_a_differentiable_form_that_matches_numpy(members: tupl
         expected = X @ (w / w.sum())
     elif method == "stacking":
         expected = 1 / (1 + np.exp(-(logit(X) @ np.array([params["coef"][m] for m in names]) + 0.3)))
+    elif method == "attention":
+        expected = apply_attention(params, X)
     else:
         w = np.abs(X - 0.5) + 1e-3
         expected = (w * X).sum(1) / w.sum(1)

@@ -10,7 +10,8 @@ from dfd.evaluation.metrics import binary_metrics
 from dfd.platform.errors import ConfigError
 
 LEVELS = {"jpeg": [90, 70, 50, 30], "gauss_noise": [4, 8, 16], "gauss_blur": [0.5, 1.0, 2.0],
-          "brightness": [20, 40, 60], "contrast": [0.8, 0.6, 0.4], "downscale": [0.75, 0.5, 0.25]}
+          "brightness": [20, 40, 60], "contrast": [0.8, 0.6, 0.4], "downscale": [0.75, 0.5, 0.25],
+          "salt_pepper": [0.01, 0.05]}
 
 
 def _crops(n: int = 3, size: int = 48, seed: int = 0) -> np.ndarray:
@@ -42,6 +43,20 @@ def test_every_level_changes_the_crop_and_harsher_levels_change_it_more(name: st
     assert change == sorted(change) and len(set(change)) == len(change), f"{name}: {shown}"
 
 
+def test_salt_pepper_flips_exactly_its_share_to_black_or_white_and_is_seeded() -> None:
+    crops = np.full((4, 40, 50, 3), 128, np.uint8)  # mid grey: every flipped pixel shows
+    out = rb.perturb(crops, "salt_pepper", 0.05, np.random.default_rng(7))
+    changed = (out != crops).any(-1)  # (N, H, W)
+    assert changed.sum(axis=(1, 2)).tolist() == [int(40 * 50 * 0.05)] * 4  # exactly the share, per crop
+    flipped = out[changed]  # (K, 3): the same mask on every channel, each pixel all black or all white
+    assert set(map(tuple, flipped.tolist())) == {(0, 0, 0), (255, 255, 255)}
+    assert 0.3 < (flipped[:, 0] == 255).mean() < 0.7  # salt and pepper about half each
+    assert not (changed[0] == changed[1]).all()  # each crop its own mask
+    again = rb.perturb(crops, "salt_pepper", 0.05, np.random.default_rng(7))
+    other = rb.perturb(crops, "salt_pepper", 0.05, np.random.default_rng(8))
+    assert (again == out).all() and not (other == out).all()
+
+
 def test_a_failed_jpeg_encode_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rb.cv2, "imencode", lambda *a, **k: (False, None))
     with pytest.raises(rb.PerturbationError, match="JPEG encoding at quality 50 failed"):
@@ -50,7 +65,8 @@ def test_a_failed_jpeg_encode_raises(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(("spec", "match"), [({"jpg": [50]}, "unknown robustness perturbation 'jpg'"),
                                              ({"jpeg": [0, 50]}, r"levels \[0\] are invalid"),
-                                             ({"downscale": [2]}, r"levels \[2\] are invalid")])
+                                             ({"downscale": [2]}, r"levels \[2\] are invalid"),
+                                             ({"salt_pepper": [0, 1.5]}, r"levels \[0, 1.5\] are invalid")])
 def test_bad_names_and_levels_are_config_errors(spec: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         rb.check_robustness(spec)
