@@ -67,7 +67,7 @@ def headline(summary: dict[str, Any], version: str, since: str) -> str:
     """One screen: the window, the counts, the numbers, the verdict."""
     lines = [f"monitor: production v{version}, last {since}: {summary['records']} file(s), {summary['scored']} scored",
              f"  no-face rate {summary['no_face_rate']:.3f} (training {summary['reference_no_face_rate']:.3f}), "
-             f"unreadable rate {summary['unreadable_rate']:.3f}"]
+             f"unreadable rate {summary['unreadable_rate']:.3f}, abstain rate {summary['abstain_rate']:.3f}"]
     if "psi" in summary:
         lines.append(f"  P(fake): PSI {summary['psi']:.3f}, K-S {summary['ks_statistic']:.3f} "
                      f"(p={summary['ks_pvalue']:.2g})")
@@ -112,8 +112,8 @@ def run(params: Params, layout: Layout, tracker: Tracker, since: str | None = No
     tags = {"model_name": params.registry.model_name, "model_version": version, "monitor_status": summary["status"],
             "monitor_window": since}
     with tracker.run("monitor", parent_id, tags) as rid:
-        metrics = {k: summary[k] for k in ("records", "scored", "no_face_rate", "unreadable_rate", "psi",
-                                           "ks_statistic", "ks_pvalue") if k in summary}
+        metrics = {k: summary[k] for k in ("records", "scored", "no_face_rate", "unreadable_rate", "abstain_rate",
+                                           "psi", "ks_statistic", "ks_pvalue") if k in summary}
         if "drifted_share" in summary.get("drift", {}):
             metrics["drifted_share"] = summary["drift"]["drifted_share"]
             metrics.update({f"drift_score.{c}": v["score"] for c, v in summary["drift"]["columns"].items()})

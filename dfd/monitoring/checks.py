@@ -18,6 +18,7 @@ from scipy.stats import ks_2samp
 
 from dfd.evaluation.drift import STAT_COLUMNS, ReportError, drift_report
 from dfd.platform.config import MonitorParams
+from dfd.serving.tracks import ABSTAIN_REASONS
 
 # Reasons that mean the file itself could not be read as media (no_face is counted apart: the file was fine).
 UNREADABLE = ("unreadable", "truncated", "unsupported", "empty", "too_long")
@@ -49,10 +50,12 @@ def drifted_columns(summary: dict[str, Any]) -> list[str]:
 
 
 def rates(records: pd.DataFrame) -> dict[str, float]:
-    """No-face and unreadable shares of the files in `records`."""
+    """No-face, unreadable and abstain shares of the files in `records` (abstain: faces too small or too few
+    frames with one, `dfd.serving.tracks`: the file was fine, the model would not judge it)."""
     n = max(len(records), 1)
     return {"no_face_rate": float((records["reason"] == "no_face").sum() / n),
-            "unreadable_rate": float(records["reason"].isin(UNREADABLE).sum() / n)}
+            "unreadable_rate": float(records["reason"].isin(UNREADABLE).sum() / n),
+            "abstain_rate": float(records["reason"].isin(ABSTAIN_REASONS).sum() / n)}
 
 
 def judge(records: pd.DataFrame, ref_images: pd.DataFrame, ref_scores: pd.DataFrame, ref_meta: dict[str, Any],

@@ -139,6 +139,20 @@ class ServeParams(_Section):
     # Served-traffic records (`monitor:`) never hold a file name or a client address unless this says so: names
     # can identify the people in the media.
     log_names: bool = False
+    # Abstaining (docs/guides/explain.md): a face whose box's longer side is under min_face_px pixels is not scored
+    # (below it the crop is mostly upsampling blur, which the detectors read as manipulation); a video with fewer
+    # frames with a scorable face than min_frames (or than faces.frames_per_video when that is smaller) gets status
+    # not_applicable rather than a P(fake) from one or two frames. Under worst_track a track needs as many frames.
+    min_face_px: int = Field(40, ge=1)
+    min_frames: int = Field(3, ge=1)
+    # How a file's verdict comes from its faces: largest_face (the largest face per frame, every face pooled for a
+    # model trained with faces.all_faces: the rule the gate evaluated) or worst_track (every face tracked, each
+    # track aggregated, the file called by its most fake-looking track). Stays largest_face until the evaluate stage
+    # judges worst_track.
+    file_rule: Literal["largest_face", "worst_track"] = "largest_face"
+    # Sampled frames a track may miss a detection and still continue: frames_per_video samples can be seconds
+    # apart, and one missed detection must not split a person into two tracks.
+    track_max_gap: int = Field(2, ge=0)
 
 
 class MonitorParams(_Section):

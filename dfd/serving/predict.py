@@ -1,6 +1,7 @@
 """`dfd predict`: score image and video files (or folders of them) with the registered ensemble.
 
-One row per file (path, p_fake, label, frames, faces, reason), written as CSV or JSON, and a one-screen summary.
+One row per file (path, p_fake, label, status, frames, faces, tracks, reason), written as CSV or JSON (with every
+face track and the timeline), and a one-screen summary.
 Reading the next files and extracting their faces run in a thread pool while the current one is scored (OpenCV,
 dlib and torch release the GIL).
 """
@@ -119,7 +120,8 @@ def run_predict(scorer: MediaScorer, paths: list[str], model_uri: str, out: Path
             save_crops(res, crops_dir, i)
         if on_result is not None:
             on_result(res)
-        rows.append(res.row())
+        # JSON carries one entry per face track and the timeline; CSV their number.
+        rows.append(res.json_row() if out is not None and out.suffix.lower() == ".json" else res.row())
     if out is not None:
         write_table(rows, out)
     print(summary(rows, model_uri, scorer.threshold, scorer.aggregation_for(method).method))
