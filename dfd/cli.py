@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="inference precision (default: serve.precision); reduced ones are checked against fp32")
     p.add_argument("--log", action="store_true", help="record one traffic record per file under monitor.log_dir")
+    p.add_argument("--report", metavar="DIR", help="write one self-contained HTML report per file (tracks, timeline, "
+                   "heatmaps) and an index.html into DIR")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("serve", help="serve the registered ensemble over HTTP (FastAPI)")
     p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>)")

@@ -82,13 +82,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     traffic = _traffic_log(params, "predict") if args.log else None
     if args.log and traffic is None:
         raise DfdError("--log: monitor.log_dir is null, so there is nowhere to record", "set monitor.log_dir")
+    report = _report_writer(params, model, label, Path(args.report)) if getattr(args, "report", None) else None
     try:
         return run_predict(scorer, args.paths, label, Path(args.out) if args.out else None, args.aggregate,
                            Path(args.save_crops) if args.save_crops else None, progress=not args.no_progress,
-                           on_result=(lambda res: traffic.record(res, model.version)) if traffic else None)
+                           on_result=(lambda res: traffic.record(res, model.version)) if traffic else None,
+                           report=report)
     finally:
         if traffic:
             traffic.close()
+
+
+def _report_writer(params: Params, model: Any, label: str, out: Path) -> Any:
+    """`--report DIR`: the writer, with the model's facts and (when heatmaps are asked for) its explainer."""
+    from dfd.serving.heatmaps import Explainer
+    from dfd.serving.report import ReportWriter, model_facts
+
+    cfg = params.report
+    py = model.python_model
+    explainer = Explainer(py.spec, py.checkpoints) if cfg.heatmap_frames and cfg.embed_faces else None
+    return ReportWriter(out, model_facts(model, label, py.scorer.threshold), explainer, cfg.embed_faces,
+                        params.serve.log_names, cfg.heatmap_frames)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -155,6 +155,15 @@ class ServeParams(_Section):
     track_max_gap: int = Field(2, ge=0)
 
 
+class ReportParams(_Section):
+    """`dfd predict --report DIR`: the HTML report a reviewer keeps (docs/guides/explain.md)."""
+
+    # Face crops and heatmap overlays (drawn over the face) inside the report. On: a reviewer must see the face to
+    # judge; reports hold people's faces, so whoever shares them decides. File names follow serve.log_names.
+    embed_faces: bool = True
+    heatmap_frames: int = Field(3, ge=0)  # the frames that drove the verdict, with heatmaps; 0: none (no gradients)
+
+
 class MonitorParams(_Section):
     """Production monitoring: served-traffic records (`dfd serve`, `dfd predict --log`) and `dfd monitor`."""
 

@@ -19,6 +19,7 @@ streams' Grad-CAMs at their exit flows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def _to_tensor(crops: np.ndarray, device: torch.device) -> torch.Tensor:
     return x.requires_grad_(True)
 
 
-def grad_cam(forward: nn.Module | object, layers: list[nn.Module], crops: np.ndarray,
+def grad_cam(forward: Callable[[torch.Tensor], torch.Tensor], layers: list[nn.Module], crops: np.ndarray,
              device: torch.device) -> list[np.ndarray]:
     """Grad-CAM of the scalar `forward(x)` (N,) at each of `layers`, upsampled to the crop size, before ReLU.
 
@@ -65,6 +66,12 @@ def grad_cam(forward: nn.Module | object, layers: list[nn.Module], crops: np.nda
     return out
 
 
+def _sign(toward: str) -> float:
+    if toward not in ("fake", "real"):
+        raise ValueError(f"heatmaps explain 'fake' or 'real', not {toward!r}")
+    return 1.0 if toward == "fake" else -1.0
+
+
 class Explainer:
     """Heatmaps of one ensemble: each member on its own logit, and the ensemble on its fused logit.
 
@@ -79,15 +86,19 @@ class Explainer:
         self.device = torch.device(device)
         self.layers = {m: cam_layers(self.ensemble.members[m].net) for m in self.ensemble.names}
 
-    def member_maps(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        """Each member's Grad-CAM of its own logit (N, H, W), clipped at 0."""
-        return {m: np.clip(sum(grad_cam(self.ensemble.members[m], self.layers[m], crops, self.device)), 0, None)
+    def member_maps(self, crops: np.ndarray, toward: str = "fake") -> dict[str, np.ndarray]:
+        """Each member's Grad-CAM of its own logit (N, H, W), clipped at 0: the evidence for `toward` ("fake": the
+        logit; "real": its negative, the evidence a real verdict rests on)."""
+        sign = _sign(toward)
+        return {m: np.clip(sum(grad_cam(lambda x, m=m: sign * self.ensemble.members[m](x), self.layers[m], crops,
+                                        self.device)), 0, None)
                 for m in self.ensemble.names}
 
-    def ensemble_map(self, crops: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """The Grad-CAM of the fused logit at every member's layers, summed and clipped at 0 (N, H, W), and each
-        member's share of its positive heat."""
-        terms = {m: sum(grad_cam(self.ensemble.fused_logit, self.layers[m], crops, self.device))
+    def ensemble_map(self, crops: np.ndarray, toward: str = "fake") -> tuple[np.ndarray, dict[str, float]]:
+        """The Grad-CAM of the fused logit (negated `toward` "real") at every member's layers, summed and clipped
+        at 0 (N, H, W), and each member's share of its positive heat (0 for a member the fusion weighs 0)."""
+        sign = _sign(toward)
+        terms = {m: sum(grad_cam(lambda x: sign * self.ensemble.fused_logit(x), self.layers[m], crops, self.device))
                  for m in self.ensemble.names}
         total = np.clip(sum(terms.values()), 0, None)
         positive = {m: float(np.clip(t, 0, None).sum()) for m, t in terms.items()}

@@ -38,6 +38,7 @@ class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
 
         self.spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
         checkpoints = {m: Path(context.artifacts[f"member_{m}"]) for m in self.spec["members"]}
+        self.checkpoints = checkpoints  # what heatmaps rebuild a differentiable ensemble from (dfd.serving.heatmaps)
         self.threshold = float(self.spec.get("threshold", self.spec.get("val_eer_threshold", 0.5)))
         self.predictor = EnsemblePredictor.from_spec(self.spec, checkpoints)
         faces = context.artifacts.get("faces")
