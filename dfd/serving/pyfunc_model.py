@@ -7,7 +7,7 @@ Input, either:
   bytes base64-encoded as text, which is how JSON carries them to `mlflow models serve`; an optional `name` column
   gives the file type). Faces are extracted as the faces stage did (its params travel with the model as the `faces`
   artifact), scored, and aggregated per file. Output: a DataFrame with one row per input
-  (`dfd.serving.media_scoring.RESULT_COLUMNS`: path, p_fake, label, frames, faces, reason, detail).
+  (`dfd.serving.media_scoring.RESULT_COLUMNS`: path, p_fake, label, status, frames, faces, tracks, reason, detail).
   `mlflow.pyfunc.load_model(uri).predict(df)` takes both: the model is logged without a signature, since MLflow's
   schemas cannot say "crops or media" (see `Tracker.log_pyfunc_model`); `predict` checks the input itself.
 
