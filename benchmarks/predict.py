@@ -12,7 +12,12 @@ The ensemble is the default params' four members at their real input sizes (Meso
 EfficientNet-B4 224, F3Net 299), randomly initialised: the speed does not depend on the weights (but the bf16 score
 difference does: measure it on a trained model with `dfd predict --precision bf16`, which checks it when loading).
 
-    python benchmarks/predict.py [--data ../shared/data/ffpp_c23_sample] [--frames 32] [--videos 7]
+    python benchmarks/predict.py [--data ../shared/data/ffpp_c23_sample] [--frames 32] [--videos 7] [--tracking-only]
+
+The tracking row: today's served path (every face detected, cropped, scored once, tracked, judged by
+`serve.file_rule`, with member scores and timestamps) against the path before tracking (the largest face per frame
+only, one predictor call, the mean), one file after another both, on the same (single-face) clips; the budget is
+1.15x. `--tracking-only` runs just that row.
 
 Prints videos per second of each and the ratios, and the largest score difference between ours and the plain loop
 (the same frames and crops give the same scores up to the resize of the detection boxes).
@@ -101,6 +106,38 @@ def plain_loop(predictor: EnsemblePredictor, plain: dict[str, nn.Module], videos
     return out
 
 
+def largest_face_only(scorer: MediaScorer, videos: list[Path]) -> list[float | None]:
+    """The served path before every face was tracked: the largest face per frame, scored, averaged."""
+    from dfd.data.face_extract import face_crops
+    from dfd.evaluation.aggregate import aggregate
+    from dfd.serving.media_scoring import load_frames
+
+    out: list[float | None] = []
+    for video in videos:
+        frames, _ = load_frames(video, scorer.faces_cfg, scorer.limits)
+        found = face_crops(frames, scorer.faces_cfg)
+        scores = scorer.predictor(np.stack([f["crop"] for f in found])) if found else None
+        out.append(None if scores is None else aggregate(scores, scorer.aggregation))
+    return out
+
+
+def tracking_row(scorer: MediaScorer, videos: list[Path]) -> None:
+    """Print today's tracked path against the largest-face-only path (best of two runs each, interleaved)."""
+    runs: dict[str, list[tuple[float, float]]] = {"largest": [], "tracked": []}
+    for _ in range(2):
+        old, t_old, c_old = timed(lambda: largest_face_only(scorer, videos))
+        new, t_new, c_new = timed(lambda: [scorer.score_path(v).p_fake for v in videos])
+        runs["largest"].append((c_old, t_old))
+        runs["tracked"].append((c_new, t_new))
+    # CPU seconds decide (a shared, busy machine distorts them least); wall beside them.
+    (c_old, t_old), (c_new, t_new) = min(runs["largest"]), min(runs["tracked"])
+    print(f"largest face only  {c_old:6.1f} s CPU  ({t_old:6.1f} s wall)", flush=True)
+    print(f"every face tracked {c_new:6.1f} s CPU  ({t_new:6.1f} s wall)  cost {c_new / c_old:.3f}x CPU, "
+          f"{t_new / t_old:.3f}x wall (budget 1.15x)", flush=True)
+    diff, n = max_diff(old, new)
+    print(f"  max |score difference| {diff:.2e} over {n} videos (single-face clips: the same crops, the same scores)")
+
+
 def timed(fn: Callable[[], list[float | None]]) -> tuple[list[float | None], float, float]:
     """fn's result, wall seconds and this process's CPU seconds (what a shared, busy machine distorts least)."""
     t0, c0 = time.perf_counter(), time.process_time()
@@ -179,6 +216,7 @@ def main() -> None:
     ap.add_argument("--engines", action="store_true", help="torch fp32/bf16 against ONNX Runtime fp32/int8 instead")
     ap.add_argument("--member-crops", type=int, default=16, help="--engines: face crops per member measurement")
     ap.add_argument("--members", nargs="+", help="only these of the default members (default: all)")
+    ap.add_argument("--tracking-only", action="store_true", help="only the every-face tracking row")
     args = ap.parse_args()
     videos = sorted(args.data.rglob("*.mp4"))[: args.videos]
     if not videos:
@@ -200,6 +238,9 @@ def main() -> None:
     print(f"{len(videos)} videos, {args.frames} frames each, members {spec['members']}, "
           f"torch threads {torch.get_num_threads()}, device cpu")
     scorer.score_path(videos[0])  # warm-up: first calls allocate and load the detector
+    tracking_row(scorer, videos)
+    if args.tracking_only:
+        return
 
     def ours() -> list[float | None]:
         return [r.p_fake for r in score_files(scorer, videos, progress=False)]

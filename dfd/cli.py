@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["torch", "onnxruntime"],
                    help="what runs the members (default: serve.engine); onnxruntime: fp32 or int8 ONNX members")
     p.add_argument("--log", action="store_true", help="record one traffic record per file under monitor.log_dir")
+    p.add_argument("--report", metavar="DIR", help="write one self-contained HTML report per file (tracks, timeline, "
+                   "heatmaps) and an index.html into DIR")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("serve", help="serve the registered ensemble over HTTP (FastAPI)")
     p.add_argument("--model", help="model URI (default: models:/<registry.model_name>@<registry.alias>)")

@@ -67,7 +67,7 @@ def headline(summary: dict[str, Any], version: str, since: str) -> str:
     """One screen: the window, the counts, the numbers, the verdict."""
     lines = [f"monitor: production v{version}, last {since}: {summary['records']} file(s), {summary['scored']} scored",
              f"  no-face rate {summary['no_face_rate']:.3f} (training {summary['reference_no_face_rate']:.3f}), "
-             f"unreadable rate {summary['unreadable_rate']:.3f}",
+             f"unreadable rate {summary['unreadable_rate']:.3f}, abstain rate {summary['abstain_rate']:.3f}",
              f"  uncertain rate {summary['uncertain_rate']:.3f} of scored files (members disagree)"
              if summary.get("uncertain_rate") is not None
              else "  uncertain rate: not recorded (no scored file with a member agreement)"]
@@ -118,8 +118,8 @@ def run(params: Params, layout: Layout, tracker: Tracker, since: str | None = No
     tags = {"model_name": params.registry.model_name, "model_version": version, "monitor_status": summary["status"],
             "monitor_window": since}
     with tracker.run("monitor", parent_id, tags) as rid:
-        metrics = {k: summary[k] for k in ("records", "scored", "no_face_rate", "unreadable_rate", "uncertain_rate",
-                                           "psi", "psi_pvalue", "ks_statistic", "ks_pvalue")
+        metrics = {k: summary[k] for k in ("records", "scored", "no_face_rate", "unreadable_rate", "abstain_rate",
+                                           "uncertain_rate", "psi", "psi_pvalue", "ks_statistic", "ks_pvalue")
                    if summary.get(k) is not None}  # None: not measured
         if "drifted_share" in summary.get("drift", {}):
             metrics["drifted_share"] = summary["drift"]["drifted_share"]

@@ -105,10 +105,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     traffic = _traffic_log(params, "predict") if args.log else None
     if args.log and traffic is None:
         raise DfdError("--log: monitor.log_dir is null, so there is nowhere to record", "set monitor.log_dir")
+    report = _report_writer(params, model, label, Path(args.report)) if getattr(args, "report", None) else None
     try:
         return run_predict(scorer, args.paths, label, Path(args.out) if args.out else None, args.aggregate,
                            Path(args.save_crops) if args.save_crops else None, progress=not args.no_progress,
-                           on_result=(lambda res: traffic.record(res, model.version)) if traffic else None)
+                           on_result=(lambda res: traffic.record(res, model.version)) if traffic else None,
+                           report=report)
     finally:
         if traffic:
             traffic.close()
@@ -138,6 +140,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_writer(params: Params, model: Any, label: str, out: Path) -> Any:
+    """`--report DIR`: the writer, with the model's facts and (when heatmaps are asked for) its explainer."""
+    from dfd.serving.heatmaps import Explainer
+    from dfd.serving.report import ReportWriter, model_facts
+
+    cfg = params.report
+    py = model.python_model
+    explainer = Explainer(py.spec, py.checkpoints) if cfg.heatmap_frames and cfg.embed_faces else None
+    return ReportWriter(out, model_facts(model, label, py.scorer.threshold), explainer, cfg.embed_faces,
+                        params.serve.log_names, cfg.heatmap_frames)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from dfd.platform.tracking import resolve_tracking_uri
     from dfd.serving.registry_model import default_model_uri
@@ -146,6 +160,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     params = _serve_params(args)
     if args.model and getattr(args, "from_deployment", None):
         raise DfdError("--model and --from name two models", "give one of them")
+    if not args.insecure:  # refused before the traffic log starts: the refusal stays the one line it prints
+        from dfd.serving.auth import check_exposure, tokens_from_env
+
+        tokens = tokens_from_env(params.serve.auth_token_env, params.serve.auth_tokens_env)
+        check_exposure(args.host, tokens[0] if tokens else None, False, params.serve.auth_token_env)
     traffic = _traffic_log(params, "serve")
     on_result = traffic.record if traffic else None
     try:

@@ -126,6 +126,13 @@ def draw_face(idt: Identity, pose: Pose, size: int, noise_seed: int) -> np.ndarr
 def blend_fake(target: Identity, source: Identity, pose: Pose, size: int, rng: np.random.Generator,
                noise_seed: int) -> np.ndarray:
     """A face-swap style fake: `source`'s inner face blended onto `target` at `pose`."""
+    return blend_fake_with_mask(target, source, pose, size, rng, noise_seed)[0]
+
+
+def blend_fake_with_mask(target: Identity, source: Identity, pose: Pose, size: int, rng: np.random.Generator,
+                         noise_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`blend_fake`, and its blending mask (float32 (size, size) in [0, 1]: the share of each pixel that is pasted):
+    the known manipulated region that heatmaps are measured against (`benchmarks/heatmaps.py`)."""
     dst = draw_face(target, pose, size, noise_seed)
     src = draw_face(source, pose, size, noise_seed + 1)
     # Resampling: the swapped face went through a lower resolution, as a generator's output does.
@@ -145,7 +152,49 @@ def blend_fake(target: Identity, source: Identity, pose: Pose, size: int, rng: n
     sigma = rng.uniform(2.0, 5.0) * size / 256
     mask = cv2.GaussianBlur(mask, (0, 0), sigma)[..., None]
     out = dst.astype(np.float32) * (1 - mask) + src * mask
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return np.clip(out, 0, 255).astype(np.uint8), mask[..., 0]
+
+
+def side_by_side(images: list[np.ndarray], gap: int = 8) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Several drawn faces in one frame, left to right, vertically centred on the first one's background colour:
+    a crowd, an interview, a video call. Returns the frame and each image's (x, y) offset in it."""
+    h = max(im.shape[0] for im in images)
+    w = sum(im.shape[1] for im in images) + gap * (len(images) - 1)
+    w += w % 2  # even sides: the mp4v encoder wants them
+    h += h % 2
+    frame = np.empty((h, w, 3), np.uint8)
+    frame[:] = images[0][0, 0]
+    offsets, x = [], 0
+    for im in images:
+        y = (h - im.shape[0]) // 2
+        frame[y:y + im.shape[0], x:x + im.shape[1]] = im
+        offsets.append((x, y))
+        x += im.shape[1] + gap
+    return frame, offsets
+
+
+def two_face_clip(path: Path, seed: int, frames: int = 6, size: int = 160, fake_scale: float = 0.8,
+                  ) -> list[np.ndarray]:
+    """A clip of a real face beside a smaller blended fake one (the fake is not the largest face), written as .mp4.
+
+    Returns:
+        Per frame, the fake's paste mask in frame pixels (float32 (H, W) in [0, 1]).
+    """
+    rng = np.random.default_rng(seed)
+    real, target, source = (make_identity(rng, n) for n in ("real", "target", "source"))
+    small = round(size * fake_scale)
+    images, masks = [], []
+    for i in range(frames):
+        pose = Pose(dx=0.004 * i)
+        fake, mask = blend_fake_with_mask(target, source, pose, small, rng, 2 * i + 1)
+        frame, (_, (fx, fy)) = side_by_side([draw_face(real, pose, size, 2 * i), fake])
+        full = np.zeros(frame.shape[:2], np.float32)
+        full[fy:fy + small, fx:fx + small] = mask
+        images.append(frame)
+        masks.append(full)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, images)
+    return masks
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:

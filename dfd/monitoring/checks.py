@@ -20,6 +20,7 @@ from scipy.stats import ks_2samp
 from dfd.evaluation.drift import STAT_COLUMNS, ReportError, drift_report
 from dfd.monitoring.psi import psi_test
 from dfd.platform.config import MonitorParams
+from dfd.serving.tracks import ABSTAIN_REASONS
 
 # Reasons that mean the file itself could not be read as media (no_face is counted apart: the file was fine).
 UNREADABLE = ("unreadable", "truncated", "unsupported", "empty", "too_long")
@@ -57,14 +58,17 @@ def drifted_columns(summary: dict[str, Any]) -> list[str]:
 
 
 def rates(records: pd.DataFrame) -> dict[str, float | None]:
-    """No-face and unreadable shares of the files in `records`, and the uncertain share of their scored files
-    (members disagree: `dfd.evaluation.agreement`) among those recorded with an agreement (None when none was:
-    records written before agreement was recorded, or a model that gives no member scores)."""
+    """No-face, unreadable and abstain shares of the files in `records` (abstain: faces too small or too few
+    frames with one, `dfd.serving.tracks`: the file was fine, the model would not judge it), and the uncertain
+    share of their scored files (members disagree: `dfd.evaluation.agreement`) among those recorded with an
+    agreement (None when none was: records written before agreement was recorded, or a model that gives no member
+    scores)."""
     n = max(len(records), 1)
     judged = (records[records["p_fake"].notna() & records["agreement"].notna()]
               if {"agreement", "status"} <= set(records.columns) else records.iloc[:0])
     return {"no_face_rate": float((records["reason"] == "no_face").sum() / n),
             "unreadable_rate": float(records["reason"].isin(UNREADABLE).sum() / n),
+            "abstain_rate": float(records["reason"].isin(ABSTAIN_REASONS).sum() / n),
             "uncertain_rate": float((judged["status"] == "uncertain").mean()) if len(judged) else None}
 
 
@@ -121,10 +125,10 @@ def judge(records: pd.DataFrame, ref_images: pd.DataFrame, ref_scores: pd.DataFr
 
 def weekly_series(records: pd.DataFrame, ref_scores: pd.DataFrame, cfg: MonitorParams) -> pd.DataFrame:
     """Per ISO week (starting Monday, UTC): files, scored files, mean P(fake), PSI with its chi-square and K-S
-    p-values and whether the alert rule fired (`psi_alert`), no-face and unreadable rates, and the share of scored
-    files whose members disagree (`uncertain_rate`)."""
+    p-values and whether the alert rule fired (`psi_alert`), no-face, unreadable and abstain rates, and the share of
+    scored files whose members disagree (`uncertain_rate`)."""
     cols = ["week", "records", "scored", "mean_p_fake", "psi", "psi_pvalue", "ks_pvalue", "psi_alert",
-            "no_face_rate", "unreadable_rate", "uncertain_rate"]
+            "no_face_rate", "unreadable_rate", "abstain_rate", "uncertain_rate"]
     if records.empty:
         return pd.DataFrame(columns=cols)
     week = records["time"].dt.tz_convert("UTC").dt.tz_localize(None).dt.to_period("W-SUN").dt.start_time
@@ -143,7 +147,7 @@ def weekly_series(records: pd.DataFrame, ref_scores: pd.DataFrame, cfg: MonitorP
 
 def weekly_plot(series: pd.DataFrame, path: Path, cfg: MonitorParams) -> Path:
     """PSI of P(fake) with the weeks the alert rule fired marked, the p-values beside it against their levels, and
-    the no-face/unreadable/uncertain rates per week."""
+    the no-face/unreadable/abstain/uncertain rates per week."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
@@ -170,6 +174,7 @@ def weekly_plot(series: pd.DataFrame, path: Path, cfg: MonitorParams) -> Path:
     mid.legend(loc="lower left", fontsize=8)
     bottom.plot(x, series["no_face_rate"], marker="o", label="no-face rate")
     bottom.plot(x, series["unreadable_rate"], marker="s", label="unreadable rate")
+    bottom.plot(x, series["abstain_rate"], marker="v", label="abstain rate (faces too small, too few frames)")
     bottom.plot(x, series["uncertain_rate"], marker="^", label="uncertain rate (members disagree)")
     bottom.set_ylabel("share of files")
     bottom.set_ylim(0, 1)

@@ -31,6 +31,7 @@ from dfd.platform.ops_config import (  # noqa: F401  (re-exported: one import pa
     EmailAlertParams,
     MlflowParams,
     MonitorParams,
+    ReportParams,
     RunnerParams,
     ScheduleParams,
     ServeParams,
@@ -249,6 +250,7 @@ class Params(_Section):
     runner: RunnerParams = RunnerParams()
     storage: StorageParams = StorageParams()
     serve: ServeParams = ServeParams()
+    report: ReportParams = ReportParams()
     monitor: MonitorParams = MonitorParams()
     artifacts: str = "artifacts"  # models/, ensemble/, reports/ are written under it
 

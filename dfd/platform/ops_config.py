@@ -179,6 +179,21 @@ class ServeParams(_Section):
     # rather than on honest use. 0: off.
     rate_limit_per_minute: int = Field(600, ge=0)
 
+    # Abstaining (docs/guides/explain.md): a face whose box's longer side is under min_face_px pixels is not scored
+    # (below it the crop is mostly upsampling blur, which the detectors read as manipulation); a video with fewer
+    # frames with a scorable face than min_frames (or than faces.frames_per_video when that is smaller) gets status
+    # not_applicable rather than a P(fake) from one or two frames. Under worst_track a track needs as many frames.
+    min_face_px: int = Field(40, ge=1)
+    min_frames: int = Field(3, ge=1)
+    # How a file's verdict comes from its faces: largest_face (the largest face per frame, every face pooled for a
+    # model trained with faces.all_faces: the rule the gate evaluated) or worst_track (every face tracked, each
+    # track aggregated, the file called by its most fake-looking track). Stays largest_face until the evaluate stage
+    # judges worst_track.
+    file_rule: Literal["largest_face", "worst_track"] = "largest_face"
+    # Sampled frames a track may miss a detection and still continue: frames_per_video samples can be seconds
+    # apart, and one missed detection must not split a person into two tracks.
+    track_max_gap: int = Field(2, ge=0)
+
     @model_validator(mode="after")
     def _engine_precision(self) -> ServeParams:
         allowed = ENGINE_PRECISIONS[self.engine]
@@ -186,6 +201,15 @@ class ServeParams(_Section):
             raise ValueError(f"serve.precision {self.precision} is not run by serve.engine {self.engine}: "
                              f"one of {', '.join(allowed)}")
         return self
+
+
+class ReportParams(_Section):
+    """`dfd predict --report DIR`: the HTML report a reviewer keeps (docs/guides/explain.md)."""
+
+    # Face crops and heatmap overlays (drawn over the face) inside the report. On: a reviewer must see the face to
+    # judge; reports hold people's faces, so whoever shares them decides. File names follow serve.log_names.
+    embed_faces: bool = True
+    heatmap_frames: int = Field(3, ge=0)  # the frames that drove the verdict, with heatmaps; 0: none (no gradients)
 
 
 class MonitorParams(_Section):

@@ -17,25 +17,29 @@ import numpy as np
 
 from dfd.data.face_extract import face_crops
 from dfd.data.media import IMAGE_EXTS, VIDEO_EXTS, media_kind, read_rgb, sample_video_frames
-from dfd.evaluation.aggregate import aggregate
 from dfd.evaluation.agreement import REASON as AGREEMENT_REASON
 from dfd.evaluation.agreement import agreement_threshold, counted_members, file_agreement, is_uncertain
 from dfd.platform.config import AggregationParams, ServeParams
+from dfd.serving import tracks as face_tracks
 from dfd.serving.media_checks import Refusal, check_frames, check_image, check_video, image_header
+from dfd.serving.tracks import ABSTAIN_REASONS, FACE_TOO_SMALL, assign_tracks, drop_small, judge
 
 # Why a file's status is not `scored`. `unsupported`: neither an image nor a video; `unreadable`: does not decode;
 # `truncated`: the video ends before its header says; `too_long`: over the serve length limits; `too_large`: over
-# the pixel limits; `empty`: zero bytes; `no_face`: nothing detected; `members_disagree`: scored, but fewer members
-# than `ensemble.agreement_threshold` agree with the ensemble's label.
-REASONS = ("unsupported", "unreadable", "truncated", "too_long", "too_large", "no_face", "empty", AGREEMENT_REASON)
+# the pixel limits; `empty`: zero bytes; `no_face`: nothing detected; `face_too_small`, `too_few_frames`: see
+# `dfd.serving.tracks`; `members_disagree`: scored, but fewer members than `ensemble.agreement_threshold` agree with
+# the ensemble's label.
+REASONS = ("unsupported", "unreadable", "truncated", "too_long", "too_large", "no_face", "empty", *ABSTAIN_REASONS,
+           AGREEMENT_REASON)
 # A file's status, one field for every kind of answer: `scored` (a P(fake), nothing to add); `uncertain` (a P(fake),
 # but the reason says why to look again); `not_applicable` (no P(fake): the file is fine but the model cannot judge
-# it); `error` (no P(fake): the file is at fault, or over a limit). The reason says which rule applied.
+# it: no face, faces too small, too few frames); `error` (no P(fake): the file is at fault, or over a limit). The
+# reason says which rule applied; the status is derived from it, so the two never disagree.
 STATUSES = ("scored", "uncertain", "not_applicable", "error")
 UNCERTAIN_REASONS = frozenset({AGREEMENT_REASON})
-NOT_APPLICABLE_REASONS = frozenset({"no_face"})
+NOT_APPLICABLE_REASONS = frozenset({"no_face", *ABSTAIN_REASONS})
 CROP_CHUNK = 16  # crops scored between two cancel checks (the members batch them by 4 on CPU)
-RESULT_COLUMNS = ["path", "p_fake", "label", "status", "agreement", "frames", "faces", "reason", "detail"]
+RESULT_COLUMNS = ["path", "p_fake", "label", "status", "agreement", "frames", "faces", "tracks", "reason", "detail"]
 
 
 def status_of(reason: str | None, scored: bool) -> str:
@@ -59,7 +63,18 @@ class MediaResult:
     # Share of the counted members whose own label agrees with `label` (dfd/evaluation/agreement.py); None when not
     # scored or when the model cannot say (a predictor without member scores).
     agreement: float | None = None
-    crops: list[dict[str, Any]] = field(default_factory=list, repr=False)  # each face crop with its frame and score
+    crops: list[dict[str, Any]] = field(default_factory=list, repr=False)  # the face crops the verdict aggregated
+    # Every face track (`dfd.serving.tracks.track_table`), the per-frame timeline, and what produced them.
+    track_list: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    timeline: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    kind: str | None = None  # image or video
+    fps: float | None = None
+    file_rule: str | None = None
+
+    @property
+    def tracks(self) -> int:
+        """Number of face tracks found."""
+        return len(self.track_list)
 
     @property
     def status(self) -> str:
@@ -67,8 +82,13 @@ class MediaResult:
         return status_of(self.reason, self.p_fake is not None)
 
     def row(self) -> dict[str, Any]:
-        """The result as a table row (no crops)."""
+        """The result as a table row (no crops; `tracks` is their number)."""
         return {k: getattr(self, k) for k in RESULT_COLUMNS}
+
+    def json_row(self) -> dict[str, Any]:
+        """The row with one entry per track (frames, boxes, P(fake), members' scores) and the timeline."""
+        return {**self.row(), "file_rule": self.file_rule, "fps": self.fps, "tracks": self.track_list,
+                "timeline": self.timeline}
 
 
 def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams, kind: str | None = None,
@@ -103,6 +123,7 @@ def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams, kind
         if rgb is None:
             res.reason, res.detail = "unreadable", "the image does not decode"
             return [], res
+        res.kind = "image"
         return [(0, rgb)], res
     frames, note = sample_video_frames(path, faces_cfg["frames_per_video"], check_cancel)
     if note and "truncated" in note:
@@ -113,6 +134,7 @@ def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams, kind
         res.reason, res.detail = "unreadable", note or "no decodable frame"
         return [], res
     res.detail = note
+    res.kind, res.fps = "video", face_tracks.video_fps(path)
     return frames, res
 
 
@@ -151,27 +173,37 @@ class MediaScorer:
         return self.aggregation if not method else self.aggregation.model_copy(update={"method": method})
 
     def extract(self, frames: list[tuple[int, np.ndarray]], res: MediaResult,
-                check_cancel: Callable[[], None] | None = None) -> list[dict[str, Any]]:
-        """Detect and crop the faces of the given frames, as the faces stage does; `res.reason` says when none."""
+                check_cancel: Callable[[], None] | None = None, limits: ServeParams | None = None,
+                ) -> list[dict[str, Any]]:
+        """Detect and crop every face of the given frames, as the faces stage does; `res.reason` says when none."""
+        lim = limits or self.limits
         res.frames = len(frames)
-        found = face_crops(frames, self.faces_cfg, check_cancel)
+        res.timeline = [{"frame": i} for i, _ in frames]  # the sampled frames; `score_found` fills in the scores
+        # Every face of every frame (the verdict's rule picks among them after scoring); the small ones never get one.
+        found, small = drop_small(face_crops(frames, {**self.faces_cfg, "all_faces": True}, check_cancel),
+                                  lim.min_face_px)
         if not found:
-            res.reason = "no_face"
+            res.reason = FACE_TOO_SMALL if small else "no_face"
+            if small:
+                res.detail = f"{small} faces found, all under serve.min_face_px={lim.min_face_px} px"
         return found
 
     def score_found(self, found: list[dict[str, Any]], res: MediaResult, method: str | None = None,
-                    check_cancel: Callable[[], None] | None = None) -> MediaResult:
-        """Score the extracted face crops and aggregate them into `res` (unchanged when it has a reason)."""
+                    check_cancel: Callable[[], None] | None = None, limits: ServeParams | None = None,
+                    ) -> MediaResult:
+        """Score the extracted face crops, track them and judge the file into `res` (unchanged when it has a
+        reason); `limits` (a server's `serve:` params) win over the scorer's own."""
+        lim = limits or self.limits
         if res.reason:
             return res
         crops = np.stack([f["crop"] for f in found]).astype(np.uint8)
-        with_members = getattr(self.predictor, "score_with_members", None) if self.agreement_members else None
+        with_members = getattr(self.predictor, "score_with_members", None)
         parts, member_parts = [], []
         for i in range(0, len(crops), CROP_CHUNK):  # a cancel check between chunks: a video may have many faces
             if check_cancel is not None:
                 check_cancel()
             chunk = crops[i:i + CROP_CHUNK]
-            if with_members:
+            if with_members:  # one forward pass per member gives both (an `EnsemblePredictor`)
                 chunk_scores, chunk_members = with_members(chunk)
                 member_parts.append(chunk_members)
             else:
@@ -180,16 +212,29 @@ class MediaScorer:
         scores = np.concatenate(parts)
         members = ({m: np.concatenate([part[m] for part in member_parts]) for m in member_parts[0]}
                    if member_parts else None)
-        for f, s in zip(found, scores, strict=True):
+        for i, (f, s) in enumerate(zip(found, scores, strict=True)):
             f["p_fake"] = float(s)
-        # Every crop is one row, as in `video_scores` (evaluation): the same rule over the same rows.
+            if members is not None:
+                f["members"] = {m: float(v[i]) for m, v in members.items()}
+        sampled = [t["frame"] for t in res.timeline]
+        assign_tracks(found, sampled, lim.track_max_gap)
+        # Every crop the rule keeps is one row, as in `video_scores` (evaluation): the same rule over the same rows.
+        res.file_rule = lim.file_rule
         rule = self.aggregation_for(method)
-        res.p_fake = aggregate(scores, rule)
-        res.label = "fake" if res.p_fake >= self.threshold else "real"
+        verdict = judge(found, sampled, res.kind == "video", res.file_rule, rule, lim, self.faces_cfg, res.fps)
+        res.track_list = verdict.tracks
+        res.timeline = face_tracks.timeline(verdict.tracks, sampled, res.fps)
         res.faces = len({f["frame"] for f in found})
-        res.crops = found
-        if members is not None:
-            self._judge_agreement(res, {m: members[m] for m in self.agreement_members}, rule)
+        if verdict.p_fake is None:
+            res.reason, res.detail = verdict.reason, verdict.detail
+            return res
+        res.p_fake = verdict.p_fake
+        res.label = "fake" if res.p_fake >= self.threshold else "real"
+        res.crops = verdict.used
+        if members is not None and self.agreement_members:
+            # Agreement over the crops the verdict used, by the same rule: the members judge what the ensemble judged.
+            self._judge_agreement(res, {m: np.array([f["members"][m] for f in verdict.used])
+                                        for m in self.agreement_members}, rule)
         return res
 
     def _judge_agreement(self, res: MediaResult, members: dict[str, np.ndarray], rule: AggregationParams) -> None:
@@ -203,9 +248,10 @@ class MediaScorer:
             res.detail = f"{res.detail}; {note}" if res.detail else note
 
     def score_frames(self, frames: list[tuple[int, np.ndarray]], res: MediaResult, method: str | None = None,
-                     check_cancel: Callable[[], None] | None = None) -> MediaResult:
-        """Detect, crop, score and aggregate the given frames into `res`."""
-        return self.score_found(self.extract(frames, res, check_cancel), res, method, check_cancel)
+                     check_cancel: Callable[[], None] | None = None, limits: ServeParams | None = None,
+                     ) -> MediaResult:
+        """Detect, crop, score and judge the given frames into `res`."""
+        return self.score_found(self.extract(frames, res, check_cancel, limits), res, method, check_cancel, limits)
 
     def prepare_path(self, path: Path, check_cancel: Callable[[], None] | None = None,
                      limits: ServeParams | None = None) -> tuple[list[dict[str, Any]], MediaResult]:
@@ -214,12 +260,12 @@ class MediaScorer:
         `limits` (a server's `serve:` params) win over the scorer's own for this call.
         """
         frames, res = load_frames(Path(path), self.faces_cfg, limits or self.limits, check_cancel=check_cancel)
-        return ([], res) if res.reason else (self.extract(frames, res, check_cancel), res)
+        return ([], res) if res.reason else (self.extract(frames, res, check_cancel, limits), res)
 
     def score_path(self, path: Path, method: str | None = None, check_cancel: Callable[[], None] | None = None,
                    limits: ServeParams | None = None) -> MediaResult:
         """One file on disk, its kind from its name."""
-        return self.score_found(*self.prepare_path(path, check_cancel, limits), method, check_cancel)
+        return self.score_found(*self.prepare_path(path, check_cancel, limits), method, check_cancel, limits)
 
     def score_upload(self, path: Path, name: str, method: str | None = None,
                      check_cancel: Callable[[], None] | None = None, limits: ServeParams | None = None,
@@ -240,7 +286,7 @@ class MediaScorer:
         res.path = name
         if res.reason == "unreadable" and kind == "video" and media_kind(Path(name)) != "video":
             res.reason, res.detail = "unsupported", "neither a decodable image nor a video"
-        return res if res.reason else self.score_frames(frames, res, method, check_cancel)
+        return res if res.reason else self.score_frames(frames, res, method, check_cancel, limits)
 
     def score_bytes(self, data: bytes, name: str = "upload", method: str | None = None) -> MediaResult:
         """One file's content (the pyfunc's `content` column): spilled to a private file, then `score_upload`."""

@@ -1,7 +1,7 @@
 """`dfd predict`: score image and video files (or folders of them) with the registered ensemble.
 
-One row per file (path, p_fake, label, status, agreement, frames, faces, reason, detail), written as CSV or JSON,
-and a one-screen summary.
+One row per file (path, p_fake, label, status, agreement, frames, faces, tracks, reason, detail), written as CSV or
+JSON (with every face track and the timeline), and a one-screen summary.
 Reading the next files and extracting their faces run in a thread pool while the current one is scored (OpenCV,
 dlib and torch release the GIL).
 """
@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dfd.data.media import media_kind
 from dfd.platform.errors import DfdError
 from dfd.serving.media_scoring import RESULT_COLUMNS, MediaResult, MediaScorer
+from dfd.serving.report import ReportWriter
 
 
 class UsageError(DfdError):
@@ -114,11 +115,13 @@ def summary(rows: list[dict[str, Any]], model: str, threshold: float, method: st
 
 def run_predict(scorer: MediaScorer, paths: list[str], model_uri: str, out: Path | None = None,
                 method: str | None = None, crops_dir: Path | None = None, progress: bool = True,
-                on_result: Callable[[MediaResult], object] | None = None) -> int:
+                on_result: Callable[[MediaResult], object] | None = None, report: ReportWriter | None = None,
+                ) -> int:
     """The command: score, write, summarise. Returns the exit code (0 all scored, uncertain ones included; 1 some
     not).
 
-    `on_result` sees each file's result with its crops (`--log`: the traffic log).
+    `on_result` sees each file's result with its crops (`--log`: the traffic log); `report` writes each file's
+    HTML report (`--report`).
     """
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise UsageError(f"--out must end in .csv or .json: {out}")
@@ -129,10 +132,15 @@ def run_predict(scorer: MediaScorer, paths: list[str], model_uri: str, out: Path
             save_crops(res, crops_dir, i)
         if on_result is not None:
             on_result(res)
-        rows.append(res.row())
+        if report is not None:
+            report.add(res, files[i])
+        # JSON carries one entry per face track and the timeline; CSV their number.
+        rows.append(res.json_row() if out is not None and out.suffix.lower() == ".json" else res.row())
     if out is not None:
         write_table(rows, out)
     print(summary(rows, model_uri, scorer.threshold, scorer.aggregation_for(method).method))
     if out is not None:
         print(f"results: {out}")
+    if report is not None:
+        print(f"reports: {report.close()}")
     return 1 if any(r["p_fake"] is None for r in rows) else 0

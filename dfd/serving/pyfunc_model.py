@@ -7,8 +7,8 @@ Input, either:
   bytes base64-encoded as text, which is how JSON carries them to `mlflow models serve`; an optional `name` column
   gives the file type). Faces are extracted as the faces stage did (its params travel with the model as the `faces`
   artifact), scored, and aggregated per file. Output: a DataFrame with one row per input
-  (`dfd.serving.media_scoring.RESULT_COLUMNS`: path, p_fake, label, status, agreement, frames, faces, reason,
-  detail).
+  (`dfd.serving.media_scoring.RESULT_COLUMNS`: path, p_fake, label, status, agreement, frames, faces, tracks,
+  reason, detail).
   `mlflow.pyfunc.load_model(uri).predict(df)` takes both: the model is logged without a signature, since MLflow's
   schemas cannot say "crops or media" (see `Tracker.log_pyfunc_model`); `predict` checks the input itself.
 
@@ -44,6 +44,7 @@ class DeepfakeEnsembleModel(mlflow.pyfunc.PythonModel):
 
         self.spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
         checkpoints = {m: Path(context.artifacts[f"member_{m}"]) for m in self.spec["members"]}
+        self.checkpoints = checkpoints  # what heatmaps rebuild a differentiable ensemble from (dfd.serving.heatmaps)
         self.threshold = float(self.spec.get("threshold", self.spec.get("val_eer_threshold", 0.5)))
         self.predictor = EnsemblePredictor.from_spec(self.spec, checkpoints)
         self.artifacts = dict(context.artifacts)  # the ONNX members among them: `apply_engine` switches later

@@ -75,7 +75,7 @@ def _crops_only() -> JSONResponse:
 
 def file_result(res: MediaResult, scorer: MediaScorer, model: LoadedModel) -> tuple[int, dict[str, Any]]:
     """The one place a scored file becomes an answer: (HTTP status, body), for an upload or a path-list row."""
-    body = {**res.row(), "threshold": scorer.threshold, "model_version": model.version}
+    body = {**res.json_row(), "threshold": scorer.threshold, "model_version": model.version}
     if res.reason in STATUS:
         return STATUS[res.reason], {**body, "error": res.detail or res.reason}
     return 200, body

@@ -58,3 +58,32 @@ def test_fakes_differ_from_reals_inside_the_face(tmp_path: Path) -> None:
     centre = np.abs(real[80:120, 80:120] - fake[80:120, 80:120]).mean()
     corner = np.abs(real[:20, :20] - fake[:20, :20]).mean()
     assert centre > 5 * max(corner, 0.5)
+
+
+def test_blend_mask_is_where_the_fake_differs_and_two_faces_are_found(tmp_path: Path) -> None:
+    """The paste mask `blend_fake_with_mask` returns is the changed region (the heatmap benchmark's truth), and a
+    two-face clip holds a real face and a smaller fake one that the default detector both finds."""
+    import numpy as np
+
+    from dfd.data.demo_data import Pose, blend_fake, blend_fake_with_mask, draw_face, make_identity, two_face_clip
+    from dfd.data.media import sample_video_frames
+
+    rng = np.random.default_rng(0)
+    a, b = make_identity(rng, "a"), make_identity(rng, "b")
+    fake, mask = blend_fake_with_mask(a, b, Pose(), 192, np.random.default_rng(1), noise_seed=1)
+    assert np.array_equal(fake, blend_fake(a, b, Pose(), 192, np.random.default_rng(1), noise_seed=1))
+    real = draw_face(a, Pose(), 192, noise_seed=1).astype(float)
+    diff = np.abs(real - fake).mean(axis=2)
+    assert mask.shape == (192, 192) and mask.min() >= 0.0 and mask.max() <= 1.0 and 0.1 < mask.mean() < 0.6
+    assert diff[mask > 0.9].mean() > 5 * max(diff[mask < 0.01].mean(), 0.5)
+    masks = two_face_clip(tmp_path / "two.mp4", seed=1, frames=3, size=160)
+    frames, _ = sample_video_frames(tmp_path / "two.mp4", 3)
+    assert len(frames) == 3 and masks[0].shape == frames[0][1].shape[:2]
+    detector = create_detector("dlib_hog", upsample=1)
+    for (_, rgb), m in zip(frames, masks, strict=True):
+        boxes = sorted(detector(rgb), key=lambda b: -b.area)
+        assert len(boxes) == 2
+        # The fake face is the smaller box, and its paste mask lies inside it.
+        small = boxes[1]
+        ys, xs = np.nonzero(m > 0.5)
+        assert small.x0 - 10 <= xs.mean() <= small.x1 + 10 and small.y0 - 10 <= ys.mean() <= small.y1 + 10

@@ -79,7 +79,7 @@ def test_predict_lists_uncertain_files_as_scored_and_the_log_records_them(loaded
             log.record(res, "1")
     df = read_records(LocalStore(tmp_path / "log"), datetime.now(UTC) - timedelta(hours=1))
     assert sorted(df["status"]) == sorted(r["status"] for r in rows.values())
-    week = weekly_series(df, pd.DataFrame({"p_fake": np.linspace(0, 1, 50)}), 5).iloc[0]
+    week = weekly_series(df, pd.DataFrame({"p_fake": np.linspace(0, 1, 50)}), MonitorParams(min_records=5)).iloc[0]
     assert week["scored"] == 3 and week["uncertain_rate"] == pytest.approx(n_uncertain / 3)
 
 
