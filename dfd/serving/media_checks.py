@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +22,9 @@ import cv2
 
 from dfd.platform.config import ServeParams
 
-# Pillow's format names -> the names `serve.image_formats` uses.
-_PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "BMP": "bmp", "WEBP": "webp", "GIF": "gif", "TIFF": "tiff"}
+# The names `serve.image_formats` uses -> Pillow's format (plugin) names.
+_PIL_NAMES = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "webp": "WEBP", "gif": "GIF", "tiff": "TIFF",
+              "jpeg2000": "JPEG2000", "ppm": "PPM", "psd": "PSD", "ico": "ICO"}
 # FourCC (as OpenCV reports the stream's codec tag, or the tag FFmpeg maps its codec id to) -> codec name.
 _CODECS = {
     **dict.fromkeys(("avc1", "avc3", "h264", "x264", "davc"), "h264"),
@@ -57,20 +58,44 @@ class VideoHeader:
     fps: float
 
 
-def image_header(path: Path) -> tuple[str, int, int] | None:
-    """(format, width, height) from an image's header (no pixel decoded), or None when Pillow does not know it.
+# An image's format from its first bytes, before any parser sees it: only the Pillow plugin of an allowed, sniffed
+# format ever parses an upload (`Image.open(formats=...)`); left to itself Pillow would offer the bytes to each of its
+# ~40 plugins in turn, decoders for formats the server never accepts among them.
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
+                (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"8BPS", "psd"), (b"\x00\x00\x01\x00", "ico"),
+                (b"\x00\x00\x00\x0cjP  ", "jpeg2000"), (b"\xffO\xffQ", "jpeg2000"), (b"BM", "bmp"))
+
+
+def sniff_image(head: bytes) -> str | None:
+    """The image format the first 16 bytes announce (`serve.image_formats` names), or None."""
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
+        return "ppm"
+    return next((fmt for magic, fmt in _IMAGE_MAGIC if head.startswith(magic)), None)
+
+
+def image_header(path: Path, allowed: Collection[str] | None = None) -> tuple[str, int, int] | None:
+    """(format, width, height) from an image's header (no pixel decoded), or None when its first bytes name no image
+    format. A format outside `allowed` is named with size (0, 0), unparsed; None: every sniffed format is parsed.
 
     Raises:
         Refusal: Pillow's own decompression-bomb guard fired (over ~179 MP: too large whatever the limit).
     """
     from PIL import Image, UnidentifiedImageError
 
+    with path.open("rb") as f:
+        fmt = sniff_image(f.read(16))
+    if fmt is None:
+        return None
+    if allowed is not None and fmt not in allowed:
+        return fmt, 0, 0
+    pil = _PIL_NAMES.get(fmt, fmt.upper())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the caller applies its own limit
-            with Image.open(path) as img:  # lazy: reads the header only
-                fmt = img.format or "?"
-                return _PIL_FORMATS.get(fmt, fmt.lower()), int(img.size[0]), int(img.size[1])
+            with Image.open(path, formats=[pil]) as img:  # lazy: reads the header only, with that one plugin
+                return fmt, int(img.size[0]), int(img.size[1])
     except Image.DecompressionBombError as exc:
         raise Refusal("too_large", f"decompression bomb: {exc}"[:200]) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):  # Pillow's plugins raise all of these
@@ -107,7 +132,7 @@ def video_header(path: Path, container: str) -> VideoHeader | None:
 
 def check_image(path: Path, limits: ServeParams) -> tuple[int, int]:
     """The image's (width, height) when its format and pixel count are allowed; else raises `Refusal`."""
-    header = image_header(path)
+    header = image_header(path, limits.image_formats)
     if header is None:
         raise Refusal("unreadable", "the image does not decode")
     fmt, w, h = header

@@ -139,9 +139,10 @@ def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams, kind
 
 
 def sniff_kind(path: Path) -> str:
-    """'image' when Pillow knows the file's header (whatever its name says), else 'video'."""
+    """'image' when the file's first bytes name an image format (whatever its name says), else 'video'; no parser
+    reads it here."""
     try:
-        return "image" if image_header(path) is not None else "video"
+        return "image" if image_header(path, allowed=()) is not None else "video"
     except Refusal:  # an image too large even to describe: load_frames says so
         return "image"
 

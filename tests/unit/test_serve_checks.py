@@ -135,3 +135,32 @@ def test_good_crops_and_paths() -> None:
         with pytest.raises(BodyError) as refused:
             parse_paths(payload, 2)
         assert refused.value.status == status, payload
+
+
+def test_only_the_plugin_of_an_allowed_sniffed_format_parses_an_image(tmp_path: Path, monkeypatch) -> None:
+    """Pillow is handed one plugin, chosen by the first bytes and the allow-list; a GIF, or junk, meets none."""
+    from PIL import Image
+
+    from dfd.serving.media_scoring import sniff_kind
+
+    opened: list[list[str] | None] = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, mode="r", formats=None: opened.append(formats) or real_open(
+        fp, mode, formats))
+    png, gif = tmp_path / "a.png", tmp_path / "b.gif"
+    Image.new("RGB", (30, 20)).save(png)
+    Image.new("RGB", (8, 8)).save(gif)
+    assert check_image(png, ServeParams()) == (30, 20) and opened == [["PNG"]]
+    with pytest.raises(Refusal, match=r"gif is not in serve\.image_formats"):
+        check_image(gif, ServeParams())
+    renamed = tmp_path / "c.png"  # a GIF named .png: the bytes decide, and GIF is not allowed
+    renamed.write_bytes(gif.read_bytes())
+    with pytest.raises(Refusal, match=r"gif is not in serve\.image_formats"):
+        check_image(renamed, ServeParams())
+    junk = tmp_path / "d.png"
+    junk.write_bytes(b"\x00\x01 no image format starts like this" * 4)
+    with pytest.raises(Refusal) as refused:
+        check_image(junk, ServeParams())
+    assert refused.value.reason == "unreadable"
+    assert sniff_kind(gif) == "image" and sniff_kind(junk) == "video"
+    assert opened == [["PNG"]]  # neither the GIF, the junk nor the kind checks reached a Pillow plugin
