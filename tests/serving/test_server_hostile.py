@@ -197,7 +197,9 @@ def test_timed_out_requests_stop_scoring(registered, loaded, media: dict[str, Pa
 
     real_detect = face_extract.detect_chain
 
-    slow = 0.6  # seconds a frame: the real detector, made slow enough to time out
+    # Seconds a frame: the real detector, made slow enough to time out. The timeout also bounds receiving the upload
+    # (408), so it stays well above what four concurrent 100 KB uploads take on a busy 2-core machine (0.3 s did not).
+    slow = 3.0
 
     def slow_detect(chain, images, max_side):  # counts frames: a cancellable scoring detects one frame a call
         with lock:
@@ -226,9 +228,9 @@ def test_timed_out_requests_stop_scoring(registered, loaded, media: dict[str, Pa
 
     monkeypatch.setattr(scorer, "score_upload", counted)
     frames = scorer.faces_cfg["frames_per_video"]
-    assert frames >= 2  # uncancelled, a scoring takes >= 1.2 s: four times the timeout
+    assert frames >= 2  # uncancelled, a scoring takes >= 6 s: four times the timeout
     holder = ModelHolder(registered.uri, registered.tracking_uri, loader=lambda u, t: loaded)
-    cfg = ServeParams(max_concurrent=2, request_timeout_s=0.3, poll_interval_s=0, isolation="thread")
+    cfg = ServeParams(max_concurrent=2, request_timeout_s=1.5, poll_interval_s=0, isolation="thread")
     data = media["fake"].read_bytes()
     with _Server(create_app(holder, cfg)) as url:
         codes: list[int] = []
@@ -238,7 +240,7 @@ def test_timed_out_requests_stop_scoring(registered, loaded, media: dict[str, Pa
             t.start()
         for t in threads:
             t.join(60)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while state["running"] and time.monotonic() < deadline:
             time.sleep(0.05)
     assert codes == [504] * 4
