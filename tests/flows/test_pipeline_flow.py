@@ -30,6 +30,26 @@ def _git_init(root: Path) -> str:
                           text=True).stdout.strip()
 
 
+def _drifted_week(root: Path, version: str, n: int) -> None:
+    """`n` served-traffic records of `version` from today, as `dfd serve` writes them, of shifted crops: the
+    project's own face crops darkened and blurred (a new camera), every one scored fake."""
+    from datetime import UTC, datetime
+
+    from dfd.monitoring.store import LocalStore
+    from dfd.monitoring.traffic import encode, make_record
+    from dfd.serving.media_scoring import MediaResult
+
+    records = []
+    for crop in pd.read_parquet(root / "data" / "faces" / "index.parquet")["crop"].head(n):
+        rgb = cv2.cvtColor(cv2.imread(str(root / "data" / "faces" / crop)), cv2.COLOR_BGR2RGB)
+        shifted = cv2.GaussianBlur(cv2.convertScaleAbs(rgb, alpha=0.35), (0, 0), 2.0)
+        res = MediaResult("x.png", p_fake=0.97, label="fake", frames=1, faces=1)
+        res.crops = [{"frame": 0, "crop": shifted, "p_fake": 0.97}]
+        records.append(make_record(res, version, "serve"))
+    LocalStore(root / "monitoring" / "traffic").put(f"day={datetime.now(UTC).date()}/part-drifted-1.parquet",
+                                                   encode(records))
+
+
 def test_pipeline_runs_logs_registers_and_gates(prefect_server: None, tiny_project: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.pipeline import pipeline
@@ -108,3 +128,18 @@ def test_pipeline_runs_logs_registers_and_gates(prefect_server: None, tiny_proje
     assert v2["prefect_flow_run_id"] and v2["prefect_flow_run_id"] != version.tags["prefect_flow_run_id"]
     assert failed.gate["champion"]["version"] == "1"  # champion/challenger ran against v1 on the same crops
 
+    # monitor.retrain_on_drift, end to end: the weekly run (monitor=True) finds this week's served traffic of the
+    # production version (v1) drifted (darker, blurred crops, all scored fake), so the members train anew and a new
+    # version is registered and gated, although the dataset did not change.
+    _drifted_week(root, "1", 30)
+    (root / "drift.yaml").write_text(yaml.safe_dump({"monitor": {"retrain_on_drift": True, "min_records": 20}}))
+    drifted = pipeline(path="params.yaml", overrides=["tiny.yaml", "local.yaml", "drift.yaml"], root=str(root),
+                       monitor=True)
+    assert drifted.monitor_status == "drift" and drifted.version == "3" and drifted.registered
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{drifted.run_id}'", max_results=100)
+    up_to_date = {r.data.tags["mlflow.runName"]: r.data.tags.get("up_to_date") for r in runs}
+    assert up_to_date["ingest"] == up_to_date["faces"] == "true"  # the data did not change...
+    assert all(up_to_date[s] == "false" for s in STAGES if s.startswith("train@"))  # ...and every member retrained
+    v3 = client.get_model_version("deepfake-ensemble", "3").tags
+    assert v3["retrain_trigger"].startswith("drift in served traffic (monitor run ")
+    assert v3["dvc_data_hash"] == version.tags["dvc_data_hash"]
