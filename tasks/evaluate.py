@@ -4,6 +4,7 @@ stage gates on them)."""
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from dfd.evaluation.adversarial import adversarial_report
 from dfd.evaluation.agreement import agreement_summary
@@ -54,8 +56,10 @@ def _sample(frames: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
     return frames.sample(n, random_state=seed) if len(frames) > n else frames
 
 
-def _batches(frames: pd.DataFrame, crops_root: Path, batch_size: int) -> Any:
-    return iter_crop_batches([crops_root / c for c in frames["crop"]], frames["label"].tolist(), batch_size)
+def _batches(frames: pd.DataFrame, crops_root: Path, batch_size: int, desc: str) -> Any:
+    """Crop batches behind a progress bar: robustness scores every member on every level, minutes on a CPU."""
+    batches = iter_crop_batches([crops_root / c for c in frames["crop"]], frames["label"].tolist(), batch_size)
+    return tqdm(batches, total=math.ceil(len(frames) / batch_size), desc=desc, unit="batch", leave=False)
 
 
 def robustness(cfg: EvaluateParams, spec: dict[str, Any], checkpoints: dict[str, Path], predictor: Any,
@@ -64,14 +68,15 @@ def robustness(cfg: EvaluateParams, spec: dict[str, Any], checkpoints: dict[str,
     out: dict[str, Any] = {}
     sample = _sample(test_frames, cfg.robustness_max_crops)
     if any(cfg.robustness.values()):
-        out = robustness_report(_batches(sample, crops_root, cfg.batch_size), predictor, cfg.robustness, threshold)
+        out = robustness_report(_batches(sample, crops_root, cfg.batch_size, "robustness"), predictor, cfg.robustness,
+                                threshold)
     adv = cfg.adversarial
     if adv.attacks and adv.epsilons:
         from dfd.serving.differentiable import DifferentiableEnsemble
 
         forward = DifferentiableEnsemble(spec, checkpoints, device)
         post = spec.get("post_calibration")  # metrics on the served scale, judged at the evaluated threshold
-        report = adversarial_report(_batches(sample.head(adv.max_crops), crops_root, cfg.batch_size),
+        report = adversarial_report(_batches(sample.head(adv.max_crops), crops_root, cfg.batch_size, "attacks"),
                                     forward.fused_logit, adv.attacks, adv.epsilons, adv.pgd_steps,
                                     adv.pgd_step_ratio, threshold, device,
                                     calibrate=lambda p: apply_post_calibration(post, p), loss=adv.loss)
@@ -84,7 +89,7 @@ def _drift_features(frames: pd.DataFrame, crops_root: Path, embed: Any, batch_si
                     ) -> tuple[pd.DataFrame, np.ndarray]:
     """One row per sample (a video's crops averaged, an image's one crop): its image statistics and embedding."""
     stats, embs = [], []
-    for crops, _ in _batches(frames, crops_root, batch_size):
+    for crops, _ in _batches(frames, crops_root, batch_size, "drift features"):
         stats.append(image_stats(crops))
         embs.append(embed(crops))
     return per_sample(pd.concat(stats, ignore_index=True), np.concatenate(embs), frames["sample_id"].to_numpy())
@@ -140,7 +145,7 @@ def score_dataset(predictor: Any, index_path: Path, splits: list[str] | None, ba
         raise StageError(f"evaluation dataset {index_path.parent.parent.name}: no crops of both classes"
                          f"{f' in splits {splits}' if splits else ''}", "check its ingest and faces reports")
     probs, members = [], []
-    for crops, _ in _batches(frames, index_path.parent, batch_size):
+    for crops, _ in _batches(frames, index_path.parent, batch_size, "scoring"):
         scores = predictor.member_scores(crops)  # each member's own score too: the table's member_auc
         members.append(scores)
         probs.append(predictor.combine(scores))
