@@ -18,7 +18,7 @@ import numpy as np
 from dfd.data.face_extract import face_crops
 from dfd.data.media import IMAGE_EXTS, VIDEO_EXTS, media_kind, read_rgb, sample_video_frames
 from dfd.evaluation.agreement import REASON as AGREEMENT_REASON
-from dfd.evaluation.agreement import agreement_threshold, counted_members, file_agreement, is_uncertain
+from dfd.evaluation.agreement import agreement_threshold, file_agreement, is_uncertain, member_weights
 from dfd.platform.config import AggregationParams, ServeParams
 from dfd.serving import tracks as face_tracks
 from dfd.serving.media_checks import Refusal, check_frames, check_image, check_video, image_header
@@ -27,8 +27,8 @@ from dfd.serving.tracks import ABSTAIN_REASONS, FACE_TOO_SMALL, assign_tracks, d
 # Why a file's status is not `scored`. `unsupported`: neither an image nor a video; `unreadable`: does not decode;
 # `truncated`: the video ends before its header says; `too_long`: over the serve length limits; `too_large`: over
 # the pixel limits; `empty`: zero bytes; `no_face`: nothing detected; `face_too_small`, `too_few_frames`: see
-# `dfd.serving.tracks`; `members_disagree`: scored, but fewer members than `ensemble.agreement_threshold` agree with
-# the ensemble's label.
+# `dfd.serving.tracks`; `members_disagree`: scored, but the members that agree with the ensemble's label hold less than
+# `ensemble.agreement_threshold` of the fusion's weight.
 REASONS = ("unsupported", "unreadable", "truncated", "too_long", "too_large", "no_face", "empty", *ABSTAIN_REASONS,
            AGREEMENT_REASON)
 # A file's status, one field for every kind of answer: `scored` (a P(fake), nothing to add); `uncertain` (a P(fake),
@@ -166,7 +166,8 @@ class MediaScorer:
         self.threshold = float(spec.get("threshold", spec["val_eer_threshold"]))
         # Member agreement needs each member's score: an `EnsemblePredictor` gives them (`score_with_members`); a
         # plain crops -> P(fake) callable gives none, and its results carry no agreement.
-        self.agreement_members = counted_members(spec) if "weights" in spec else []
+        self.agreement_weights = member_weights(spec) if "weights" in spec else {}
+        self.agreement_members = list(self.agreement_weights)
         self.agreement_threshold = agreement_threshold(spec)
 
     def aggregation_for(self, method: str | None) -> AggregationParams:
@@ -239,12 +240,16 @@ class MediaScorer:
         return res
 
     def _judge_agreement(self, res: MediaResult, members: dict[str, np.ndarray], rule: AggregationParams) -> None:
-        """Set `res.agreement`, and `uncertain` (reason, and the votes in the detail) when it is below the threshold."""
-        res.agreement = file_agreement(members, res.label == "fake", rule)
+        """Set `res.agreement`, and `uncertain` (reason, and who disagreed in the detail) when it is below the
+        threshold."""
+        res.agreement = file_agreement(members, res.label == "fake", rule, self.agreement_weights)
         if is_uncertain(res.agreement, self.agreement_threshold):
-            agreeing = round(res.agreement * len(members))  # type: ignore[operator]
-            note = (f"{agreeing} of {len(members)} members agree with the ensemble's label '{res.label}' "
-                    f"(agreement {res.agreement:.2f} < ensemble.agreement_threshold {self.agreement_threshold})")
+            fake = res.label == "fake"
+            dissent = [m for m, s in members.items()
+                       if file_agreement({m: s}, fake, rule, {m: self.agreement_weights[m]}) == 0.0]
+            note = (f"members holding {res.agreement:.2f} of the fusion's weight agree with the ensemble's label "
+                    f"'{res.label}' (< ensemble.agreement_threshold {self.agreement_threshold}); "
+                    f"disagreeing: {', '.join(dissent)}")
             res.reason = AGREEMENT_REASON
             res.detail = f"{res.detail}; {note}" if res.detail else note
 

@@ -20,8 +20,9 @@ from dfd.platform.config import MonitorParams
 from dfd.serving.predict import run_predict
 
 
-def _votes(model, path: Path) -> tuple[list[bool], float]:
-    """Each counted member's label for `path` (fake?), computed apart from the scorer, and the ensemble's P(fake)."""
+def _votes(model, path: Path) -> tuple[dict[str, bool], dict[str, float], float]:
+    """Each counted member's label for `path` (fake?) and its signed share of the fusion, computed apart from the
+    scorer, and the ensemble's P(fake)."""
     from dfd.data.face_extract import face_crops
     from dfd.data.media import sample_video_frames
 
@@ -30,28 +31,38 @@ def _votes(model, path: Path) -> tuple[list[bool], float]:
     raw = model.predictor.member_scores(crops)
     weights = model.spec["weights"]
     counted = [m for m in model.spec["fusion"]["members"] if abs(weights[m]) > 1e-9]
-    votes = [float(np.mean(calibrate(raw[m], model.spec["calibration"][m]))) >= 0.5 for m in counted]
-    return votes, float(np.mean(model.predictor(crops)))
+    votes = {m: float(np.mean(calibrate(raw[m], model.spec["calibration"][m]))) >= 0.5 for m in counted}
+    total = sum(abs(weights[m]) for m in counted)
+    return votes, {m: weights[m] / total for m in counted}, float(np.mean(model.predictor(crops)))
 
 
-def test_agreement_is_the_share_of_members_voting_with_the_ensemble(loaded, media: dict[str, Path]) -> None:
+def _agreeing_share(votes: dict[str, bool], shares: dict[str, float], fake: bool) -> float:
+    """The share of the fusion's weight behind `fake`: a negative share backs the opposite of its member's label."""
+    return sum(abs(shares[m]) for m, v in votes.items() if v == (fake == (shares[m] > 0)))
+
+
+def test_agreement_is_the_weighted_share_of_members_voting_with_the_ensemble(loaded, media: dict[str, Path]) -> None:
     model = loaded.python_model
     scorer = copy.copy(model.scorer)
     scorer.aggregation = scorer.aggregation.model_copy(update={"method": "mean"})
-    votes, p_fake = _votes(model, media["fake"])
+    votes, shares, p_fake = _votes(model, media["fake"])
     res = scorer.score_path(media["fake"])
     assert res.p_fake == pytest.approx(p_fake, abs=1e-6) and votes
     fake = res.label == "fake"
-    assert res.agreement == pytest.approx(np.mean([v == fake for v in votes]))
-    # The ensemble's label set against the members' majority: agreement <= 1/2, below the design's 0.8.
-    majority_fake = np.mean(votes) >= 0.5
+    assert res.agreement == pytest.approx(_agreeing_share(votes, shares, fake))
+    # The ensemble's label set against the members' weighted majority: agreement <= 1/2, below the design's 0.8.
+    majority_fake = _agreeing_share(votes, shares, True) >= 0.5
     scorer.threshold = 1.01 if majority_fake else 0.0  # every file "real" / every file "fake"
     scorer.agreement_threshold = 0.8
     against = scorer.score_path(media["fake"])
-    assert against.agreement == pytest.approx(np.mean([v != majority_fake for v in votes])) and against.agreement <= 0.5
+    assert against.agreement == pytest.approx(_agreeing_share(votes, shares, not majority_fake))
+    assert against.agreement <= 0.5
     assert against.status == "uncertain" and against.reason == "members_disagree"
     assert against.p_fake == pytest.approx(res.p_fake, abs=1e-9)  # still scored: uncertain keeps its P(fake)
-    assert f"of {len(votes)} members agree" in against.detail and "0.8" in against.detail
+    assert "of the fusion's weight agree" in against.detail and "0.8" in against.detail
+    backs = {m: v == ((against.label == "fake") == (shares[m] > 0)) for m, v in votes.items()}
+    dissent = [m for m, agrees in backs.items() if not agrees]
+    assert against.detail.endswith(f"disagreeing: {', '.join(dissent)}")
     scorer.agreement_threshold = 0.0
     assert scorer.score_path(media["fake"]).status == "scored"
 
