@@ -30,7 +30,9 @@ def ingest(params: Params, layout: Layout) -> StageInputs:
 
 
 def faces(params: Params, layout: Layout) -> StageInputs:
-    return StageInputs("faces", _dump(params, "faces"), (layout.resolve(params.data.root), layout.manifest),
+    # serve.track_max_gap: with faces.all_faces the index's tracks are the ones serving forms (tasks/faces.py).
+    return StageInputs("faces", {**_dump(params, "faces"), "serve.track_max_gap": params.serve.track_max_gap},
+                       (layout.resolve(params.data.root), layout.manifest),
                        ("tasks.faces",))
 
 
@@ -51,7 +53,9 @@ def ensemble(params: Params, layout: Layout) -> StageInputs:
 def evaluate(params: Params, layout: Layout) -> StageInputs:
     # Further evaluation datasets (cross-dataset) are inputs too: new files there must rerun evaluate.
     eval_roots = tuple(layout.resolve(d.root) for d in params.evaluate.datasets)
-    return StageInputs("evaluate", _dump(params, "evaluate"),
+    # The served file rule is judged with the min_frames and tracks serving applies (dfd/evaluation/file_rules.py).
+    serve = {f"serve.{k}": getattr(params.serve, k) for k in ("file_rule", "min_frames", "track_max_gap")}
+    return StageInputs("evaluate", {**_dump(params, "evaluate"), **serve},
                        (layout.ensemble_dir, *_model_dirs(params, layout), layout.workdir / "faces", *eval_roots),
                        ("tasks.evaluate",), outs=tuple(layout.reports_dir / n for n in (
                            "metrics.json", "robustness.json", "cross_dataset.json", "plots", "evidently")))
@@ -62,7 +66,8 @@ def register(params: Params, layout: Layout, tracking_uri: str) -> StageInputs:
     # must not be its input. The gate is a function of metrics.json, robustness.json and the gate params.
     reports = layout.reports_dir
     slice_ = {**_dump(params, "registry", "mlflow", "evaluate", "gate"), "tracking_uri": tracking_uri,
-              "monitor.reference_max_samples": params.monitor.reference_max_samples}
+              "monitor.reference_max_samples": params.monitor.reference_max_samples,
+              "serve.file_rule": params.serve.file_rule}  # the gate's served_rule row
     return StageInputs("register", slice_,
                        (reports / "metrics.json", reports / "robustness.json", layout.ensemble_dir,
                         *_model_dirs(params, layout), layout.faces_index),

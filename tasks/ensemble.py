@@ -27,7 +27,8 @@ from dfd.platform.errors import StageError
 from dfd.platform.files import write_json
 from dfd.platform.layout import Layout
 
-KEYS = ["sample_id", "frame", "split", "label"]
+# One row per face crop: with faces.all_faces a frame has one crop per face, told apart by its track.
+KEYS = ["sample_id", "frame", "track", "split", "label"]
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,17 @@ def load_predictions(paths: dict[str, Path]) -> tuple[pd.DataFrame, int]:
         if not path.is_file():
             raise StageError(f"predictions of model '{name}' not found: {path}",
                              f"run `dfd stage train --model {name}`")
-        df = pd.read_parquet(path)[[*KEYS, "prob"]].rename(columns={"prob": name})
+        df = pd.read_parquet(path)
+        if "track" not in df:  # written before tracks were recorded: one crop per frame (the largest face)
+            df = df.assign(track=0)
+        df = df[[*KEYS, "prob"]].rename(columns={"prob": name})
         # Members are fused on the same rows with the same labels: a real-only member's SBI-made validation fakes
         # (dfd/training/real_only.py) must never meet another member's real labels for the same crop.
-        for key, label in zip(df[KEYS[:3]].itertuples(index=False, name=None), df["label"], strict=True):
+        for key, label in zip(df[KEYS[:4]].itertuples(index=False, name=None), df["label"], strict=True):
             first = labels.setdefault(key, (name, int(label)))
             if first[1] != int(label):
                 raise StageError(f"members '{first[0]}' and '{name}' label sample {key[0]} (frame {key[1]}, "
-                                 f"{key[2]}) differently: their {key[2]} fakes are not the same",
+                                 f"{key[3]}) differently: their {key[3]} fakes are not the same",
                                  "retrain both on the same faces index (a real-only member uses SBI fakes only "
                                  "when the split has no real fake)")
         rows |= set(df[KEYS].itertuples(index=False, name=None))

@@ -36,7 +36,7 @@ def prepare(params: Params, layout: Layout, ds: EvalDatasetParams) -> Path:
     # The share gate is off for evaluation sets unless set there: a hard test set may have few faces on purpose.
     extract_faces(params.faces, el.manifest, root, el.faces_dir, el.faces_index, el.faces_report, el.faces_samples,
                   min_face_share=ds.min_face_share or 0.0, share_key=f"evaluate.datasets[{ds.name}].min_face_share",
-                  runner=params.runner, verify_crops=verify_crops())
+                  runner=params.runner, verify_crops=verify_crops(), track_max_gap=params.serve.track_max_gap)
     return el.faces_index
 
 

@@ -28,9 +28,10 @@ from dfd.evaluation.drift import (
     quality_report,
     whole_samples,
 )
+from dfd.evaluation.file_rules import judge_rules, rule_scores
 from dfd.evaluation.robustness import check_robustness, robustness_plot, robustness_report
-from dfd.evaluation.scorecard import test_scorecard
-from dfd.platform.config import AggregationParams, EvaluateParams, Params
+from dfd.evaluation.scorecard import test_scorecard, video_intervals
+from dfd.platform.config import AggregationParams, EvaluateParams, Params, ServeParams
 from dfd.platform.errors import StageError
 from dfd.platform.files import read_json, write_json
 from dfd.platform.layout import Layout
@@ -169,7 +170,8 @@ def _test_fakes(cfg: EvaluateParams, faces_index: Path, test: pd.DataFrame) -> s
 
 
 def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path], faces_index: Path,
-             out_dir: Path, eval_sets: dict[str, Path] | None = None, train_name: str = "train") -> EvaluateResult:
+             out_dir: Path, eval_sets: dict[str, Path] | None = None, train_name: str = "train",
+             serve: ServeParams | None = None) -> EvaluateResult:
     """Score the ensemble and each member on the test split (and further datasets), and write reports and plots.
 
     Args:
@@ -180,6 +182,8 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
         out_dir: artifacts/reports.
         eval_sets: Further datasets (cross-dataset evaluation), name to faces index (tasks/eval_datasets.py).
         train_name: The training dataset's name: its test split's row in the cross-dataset table.
+        serve: `serve:` params: the file rule served (`file_rule`) is judged on the test files, with
+            `min_frames` and `track_max_gap` as serving applies them (default: their defaults).
     """
     check_robustness(cfg.robustness)
     spec_path, pred_path = ensemble_dir / "ensemble.json", ensemble_dir / "predictions.parquet"
@@ -209,8 +213,9 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
 
     index = pd.read_parquet(faces_index)
     crops_root = faces_index.parent
-    extra = [c for c in ("crop", "method") if c not in test.columns]
-    test_frames = test.merge(index[["sample_id", "frame", *extra]], on=["sample_id", "frame"], how="left")
+    extra = [c for c in ("crop", "method", "media", "track") if c not in test.columns and c in index]
+    on = [c for c in ("sample_id", "frame", "track") if c in test.columns and c in index]  # one crop per face
+    test_frames = test.merge(index[[*on, *extra]], on=on, how="left")
     checkpoints = {m: d / "best.pt" for m, d in model_dirs.items()}
     # Reports of datasets no longer listed, or of a run with the reports off, must not linger.
     shutil.rmtree(out_dir / "evidently", ignore_errors=True)
@@ -268,8 +273,30 @@ def evaluate(cfg: EvaluateParams, ensemble_dir: Path, model_dirs: dict[str, Path
     # Member agreement on the files the gate judges (the test split, or the further dataset standing in for it).
     judged = train_name if test_fakes == "real" or len(rows) == 1 else next(n for n in rows if n != train_name)
     metrics["agreement"] = {"dataset": judged, **agreement_summary(sets[judged][0], spec, threshold)}
+    faces_report = (faces_index if judged == train_name else (eval_sets or {})[judged]).parent / "faces_report.json"
+    metrics["file_rules"] = judge_served_rule(metrics["ensemble"], sets[judged][0], serve or ServeParams(),
+                                              threshold, aggregation or AggregationParams(), samples,
+                                              read_json(faces_report).get("params") if faces_report.is_file()
+                                              else None)
+    metrics["file_rules"]["dataset"] = judged
     write_json(out_dir / "metrics.json", metrics)
     return EvaluateResult(out_dir, metrics)
+
+
+def judge_served_rule(ensemble: dict[str, Any], frames: pd.DataFrame, serve: ServeParams, threshold: float,
+                      agg: AggregationParams, samples: pd.DataFrame | None,
+                      faces_params: dict[str, Any] | None) -> dict[str, Any]:
+    """Score the judged set's files under both file rules (`dfd.evaluation.file_rules.judge_rules`); when the served
+    rule is `worst_track` and could be judged, the ensemble's video metrics (what the gate's video checks read)
+    become that rule's, in place, with their intervals."""
+    rules = judge_rules(frames, serve.file_rule, threshold, agg, serve.min_frames, serve.track_max_gap, faces_params)
+    if rules["served"] == "worst_track" and rules["judged"]:
+        ensemble.update({k: v for k, v in rules["rules"]["worst_track"].items() if k.startswith("video_")})
+        fpv = int((faces_params or {}).get("frames_per_video", serve.min_frames))
+        vids, _ = rule_scores(frames, "worst_track", agg, serve.min_frames, fpv)
+        if "video_ece_ci_low" in ensemble:  # the test split's intervals, redrawn for the served rule's scores
+            ensemble.update(video_intervals(vids, samples))
+    return rules
 
 
 def run(params: Params, layout: Layout) -> EvaluateResult:
@@ -278,4 +305,5 @@ def run(params: Params, layout: Layout) -> EvaluateResult:
 
     check_robustness(params.evaluate.robustness)  # before minutes of ingest and faces on further datasets
     return evaluate(params.evaluate, layout.ensemble_dir, {m: layout.model_dir(m) for m in params.models},
-                    layout.faces_index, layout.reports_dir, prepare_all(params, layout), params.data.name)
+                    layout.faces_index, layout.reports_dir, prepare_all(params, layout), params.data.name,
+                    params.serve)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from dfd.data.face_cluster import extract_on_dask
 from dfd.data.face_extract import cached, detector_chain, extract_sample
+from dfd.data.face_tracking import TRACK_MAX_GAP
 from dfd.data.manifest import read_manifest
 from dfd.platform.config import FacesParams, Params, RunnerParams
 from dfd.platform.errors import DataError
@@ -91,7 +92,7 @@ def check_face_share(table: pd.DataFrame, share: float, minimum: float, where: s
 def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out_dir: Path, index_path: Path,
                   report_path: Path, samples_path: Path | None = None, min_face_share: float | None = None,
                   share_key: str = "faces.min_face_share", runner: RunnerParams | None = None,
-                  verify_crops: bool = False) -> FacesResult:
+                  verify_crops: bool = False, track_max_gap: int = TRACK_MAX_GAP) -> FacesResult:
     """Extract faces of every sample in the manifest, skipping samples already done with the same params.
 
     Samples with no face, undecodable frames or truncated files are recorded in the report with a reason;
@@ -110,10 +111,14 @@ def extract_faces(cfg: FacesParams, manifest_path: Path, dataset_root: Path, out
         runner: With `kind: dask`, samples are extracted by chunks on a Dask cluster (`runner.address`, or a local
             cluster of `runner.dask_workers` processes) instead of the local process pool.
         verify_crops: Decode every recorded crop before trusting it, instead of checking its recorded size.
+        track_max_gap: With `faces.all_faces`, the tracker's gap (`serve.track_max_gap`): the faces index's tracks
+            are the tracks serving forms, which the evaluate stage judges `serve.file_rule: worst_track` on.
     """
     manifest = read_manifest(manifest_path)
     samples = manifest.to_dict("records")
     opts = cfg.model_dump()
+    if cfg.all_faces:  # only then: a track id decides crop names, and the largest-face caches must stay valid
+        opts["track_max_gap"] = track_max_gap
     args = (str(dataset_root.resolve()), str(out_dir.resolve()), opts)  # absolute: workers may run elsewhere
     # Finished samples are read back here, so a rerun with little new work starts few or no workers.
     results = [r for r in (cached(s, *args, decode=verify_crops) for s in samples) if r is not None]
@@ -190,7 +195,7 @@ def run(params: Params, layout: Layout) -> FacesResult:
     """The stage as `dfd stage faces` and the flow call it."""
     return extract_faces(params.faces, layout.manifest, layout.resolve(params.data.root), layout.faces_dir,
                          layout.faces_index, layout.faces_report, layout.faces_samples, runner=params.runner,
-                         verify_crops=verify_crops())
+                         verify_crops=verify_crops(), track_max_gap=params.serve.track_max_gap)
 
 
 def verify_crops() -> bool:

@@ -28,7 +28,7 @@ from dfd.data.manifest import SPLIT_SCHEME_TAG
 from dfd.data.provenance import run_lineage
 from dfd.evaluation.champion import champion_comparison, sample_videos
 from dfd.evaluation.compare import load_crops, score
-from dfd.evaluation.gate import decide
+from dfd.evaluation.gate import decide, served_rule_check
 from dfd.evaluation.model_card import TRAINING_DATA_TAG, CardInputs, model_card
 from dfd.monitoring.reference import REFERENCE_ARTIFACT_DIR, build_reference
 from dfd.platform.config import AggregationParams, ExportParams, GateParams, Params, RegistryParams, ServeParams
@@ -133,8 +133,8 @@ def champion_summary(tracker: Tracker, production: dict[str, Any], model_name: s
     preds = pd.read_parquet(ensemble_dir / "predictions.parquet")
     index = pd.read_parquet(faces_index)
     extra = [c for c in ("crop", "identity", "persons", "media") if c in index and (c == "crop" or c not in preds)]
-    test = preds[preds["split"] == "test"].merge(index[["sample_id", "frame", *extra]], on=["sample_id", "frame"],
-                                                 how="left")
+    on = [c for c in ("sample_id", "frame", "track") if c in preds and c in index]  # track: one crop per face
+    test = preds[preds["split"] == "test"].merge(index[[*on, *extra]], on=on, how="left")
     if test["crop"].isna().any():
         raise StageError(f"{int(test['crop'].isna().sum())} test prediction(s) have no crop in {faces_index}",
                          "rerun the faces, ensemble and evaluate stages")
@@ -248,13 +248,14 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
     robustness = read_json(reports_dir / "robustness.json") if (reports_dir / "robustness.json").is_file() else None
     gate_path = reports_dir / "gate.json"
     production = tracker.version_by_alias(cfg.model_name, cfg.alias)
+    file_rule = (serve or ServeParams()).file_rule  # the gate's `served_rule` row: judged by evaluate, or a failure
 
     key = None if tags.get("retrain_trigger") else comparable_lineage(tags)  # a forced retraining is gated anew
     if production and key is not None and key == comparable_lineage(production["tags"]):
         v = production["version"]
         message = f"nothing changed since version {v} (same git commit, data hash and params hash): not registered"
         gate = decide(gate_cfg, metrics, robustness, {"version": v, "run_id": production["run_id"],
-                                                       "same_lineage": True, "detail": message})
+                                                       "same_lineage": True, "detail": message}, file_rule=file_rule)
         write_json(gate_path, gate)
         log.info(message)
         return _record(record_path, RegisterResult(cfg.model_name, v, False, cfg.alias, record_path, run_id, gate,
@@ -285,7 +286,10 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
                                        if metrics.get("test_fakes", "real") != "real" else {}),
                                     **{f"test_{k}": f"{ens[k]:.4f}" for k in ("auc", "video_auc", "eer", "ece")
                                        if isinstance(ens.get(k), int | float)},
-                                    **({"onnx_members": ",".join(onnx["files"])} if onnx else {})}
+                                    **({"onnx_members": ",".join(onnx["files"])} if onnx else {}),
+                                    # The rule the model is served with, and whether the evaluate stage judged it.
+                                    "file_rule": file_rule, "file_rule_judged": str(
+                                        served_rule_check(metrics, file_rule).passed).lower()}
     # The statistics `dfd monitor` compares served traffic with, stored with the version they describe.
     with tempfile.TemporaryDirectory(prefix="dfd-reference-") as tmp:
         for path in build_reference(faces_index, ensemble_dir, Path(tmp), reference_samples):
@@ -298,7 +302,7 @@ def register(cfg: RegistryParams, gate_cfg: GateParams, reports_dir: Path, ensem
     if production and gate_cfg.champion.policy != "off":
         champion = champion_summary(tracker, production, cfg.model_name, ensemble_dir, faces_index, gate_cfg,
                                     aggregation, tags.get(SPLIT_SCHEME_TAG))
-    gate = decide(gate_cfg, metrics, robustness, champion, onnx)
+    gate = decide(gate_cfg, metrics, robustness, champion, onnx, file_rule)
     if gate["champion"] is not None:
         gate["champion"]["challenger"] = {"version": version, "run_id": run_id}
     write_json(gate_path, gate)

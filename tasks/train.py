@@ -222,7 +222,10 @@ def _export(name: str, arch: str, mcfg: ModelConfig, model: nn.Module, data: _Da
     model.load_state_dict(best["state_dict"])
     frames, bad_crops = [], []
     for s, dl in data.eval_loaders.items():
-        df = data.splits[s][["sample_id", "frame", "split", "label", "crop"]].copy()
+        # `track`: with faces.all_faces a frame has several crops; the track tells them apart (and evaluation's
+        # worst_track rule groups by it). An index written before tracks were recorded has none.
+        keep = [c for c in ("sample_id", "frame", "track", "split", "label", "crop") if c in data.splits[s]]
+        df = data.splits[s][keep].copy()
         df["prob"] = predict(model, dl, device)
         bad = df["prob"].isna()
         for r in df[bad].itertuples():

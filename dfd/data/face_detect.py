@@ -130,36 +130,6 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-class IouTracker:
-    """Greedy frame-to-frame IoU matching: a face keeps its track id while it overlaps its last box.
-
-    Args:
-        threshold: Minimum IoU to continue a track.
-    """
-
-    def __init__(self, threshold: float = 0.3) -> None:
-        self.threshold = threshold
-        self.last: dict[int, Box] = {}
-        self.next_id = 0
-
-    def update(self, boxes: list[Box]) -> list[int]:
-        """Track ids for `boxes` (the next frame's detections), in their order."""
-        pairs = sorted(((iou(b, prev), i, t) for i, b in enumerate(boxes) for t, prev in self.last.items()),
-                       reverse=True)
-        ids: dict[int, int] = {}
-        used: set[int] = set()
-        for score, i, t in pairs:
-            if score < self.threshold:
-                break
-            if i not in ids and t not in used:
-                ids[i], _ = t, used.add(t)
-        for i in range(len(boxes)):
-            if i not in ids:
-                ids[i], self.next_id = self.next_id, self.next_id + 1
-        self.last = {ids[i]: b for i, b in enumerate(boxes)}
-        return [ids[i] for i in range(len(boxes))]
-
-
 def detect_downscaled(detector: Detector, rgb: np.ndarray, max_side: int) -> list[Box]:
     """Detect on a copy whose longer side is at most `max_side`, and map the boxes back to `rgb`'s pixels."""
     h, w = rgb.shape[:2]

@@ -16,7 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dfd.data.face_detect import Box, Detector, IouTracker, Landmarks, create_detector, detect_chain, square_crop
+from dfd.data.face_detect import Box, Detector, Landmarks, create_detector, detect_chain, square_crop
+from dfd.data.face_tracking import TRACK_MAX_GAP, FaceTracker
 from dfd.data.media import read_rgb, sample_video_frames
 from dfd.platform.config import FacesParams
 from dfd.platform.files import atomic_path, read_cache_json, write_json
@@ -161,13 +162,13 @@ def extract_sample(sample: dict[str, Any], root: str, out_dir: str, cfg: dict[st
     for stale in dest.glob(".*.tmp"):  # our own temporaries, left by a worker killed mid-write
         stale.unlink(missing_ok=True)
     rows = []
-    tracker = IouTracker()
+    tracker = FaceTracker(cfg.get("track_max_gap", TRACK_MAX_GAP))  # serving's tracker (dfd.data.face_tracking)
     found_by = detect_chain(chain, [rgb for _, rgb in frames], cfg["detect_max_side"])  # batched over frames
-    for (idx, rgb), (boxes, det_name) in zip(frames, found_by, strict=True):
+    for step, ((idx, rgb), (boxes, det_name)) in enumerate(zip(frames, found_by, strict=True)):
         if not boxes:
             continue
         if cfg["all_faces"]:
-            kept: list[tuple[int, Box]] = list(zip(tracker.update(boxes), boxes, strict=True))
+            kept: list[tuple[int, Box]] = list(zip(tracker.update(step, boxes), boxes, strict=True))
         else:
             kept = [(0, max(boxes, key=lambda b: b.area))]  # the largest face: the subject, not a bystander
         for track, box in kept:
@@ -221,12 +222,12 @@ def face_crops(frames: list[tuple[int, np.ndarray]], cfg: dict[str, Any],
     """
     cfg = with_defaults(cfg)
     chain, _ = _models({**cfg, "landmarks": False})
-    tracker = IouTracker()
+    tracker = FaceTracker(cfg.get("track_max_gap", TRACK_MAX_GAP))
     out = []
-    for idx, rgb, boxes, det_name in _detected(chain, frames, cfg["detect_max_side"], check_cancel):
+    for step, (idx, rgb, boxes, det_name) in enumerate(_detected(chain, frames, cfg["detect_max_side"], check_cancel)):
         if not boxes:
             continue
-        kept = (list(zip(tracker.update(boxes), boxes, strict=True)) if cfg["all_faces"]
+        kept = (list(zip(tracker.update(step, boxes), boxes, strict=True)) if cfg["all_faces"]
                 else [(0, max(boxes, key=lambda b: b.area))])
         for track, box in kept:
             crop, _ = square_crop(rgb, box, cfg["margin"], cfg["crop_size"])

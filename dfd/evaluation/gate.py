@@ -196,8 +196,31 @@ def int8_checks(export: dict[str, Any] | None) -> list[Check]:
     return checks
 
 
+def served_rule_check(metrics: dict[str, Any], file_rule: str) -> Check:
+    """Whether the evaluate stage judged the rule served (`serve.file_rule`): the video-level checks read that
+    rule's scores (metrics.json `file_rules`, `dfd.evaluation.file_rules`); a rule not judged fails, with why."""
+    rules = metrics.get("file_rules")
+    threshold = {"serve.file_rule": file_rule}
+    if not rules:  # metrics.json of an evaluate stage before file rules: it judged largest_face only
+        ok = file_rule == "largest_face"
+        return Check("served_rule", None, threshold, ok, "largest_face judged (the only rule that evaluate stage "
+                     "scored)" if ok else f"served rule {file_rule} not judged: metrics.json scores largest_face only; "
+                     "rerun `dfd stage evaluate`")
+    if rules.get("served") != file_rule:
+        return Check("served_rule", None, threshold, False, f"served rule {file_rule} not judged: the evaluate stage "
+                     f"judged {rules.get('served')}; rerun `dfd stage evaluate`")
+    if not rules.get("judged"):
+        why = rules.get("reason") or "no reason recorded"
+        return Check("served_rule", None, threshold, False, f"served rule {file_rule} not judged: {why}")
+    got = (rules.get("rules") or {}).get(file_rule) or {}
+    na = f", {got['not_applicable']} not applicable" if got.get("not_applicable") else ""
+    return Check("served_rule", None, threshold, True, f"served rule {file_rule} judged: the video checks use its "
+                 f"scores ({got.get('files', '?')} test files{na})")
+
+
 def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] | None,
-           champion: dict[str, Any] | None, export: dict[str, Any] | None = None) -> dict[str, Any]:
+           champion: dict[str, Any] | None, export: dict[str, Any] | None = None,
+           file_rule: str | None = None) -> dict[str, Any]:
     """Run every configured check and return gate.json's content (format D).
 
     Args:
@@ -206,9 +229,10 @@ def decide(cfg: GateParams, metrics: dict[str, Any], robustness: dict[str, Any] 
         robustness: robustness.json, or None when the evaluate stage wrote none.
         champion: The champion/challenger summary (see tasks/register.py), None when there is no production version.
         export: The ONNX export report (export.json); with int8 members, their agreement rows (`int8_checks`).
+        file_rule: `serve.file_rule`, the rule the model will be served with: its `served_rule` row (None: none).
     """
     ens = metrics.get("ensemble", {})
-    checks: list[Check] = []
+    checks: list[Check] = [served_rule_check(metrics, file_rule)] if file_rule is not None else []
     for key, metric, op, what in (("min_auc", "auc", ">=", "test AUC"),
                                   ("min_video_auc", "video_auc", ">=", "test video AUC"),
                                   ("max_eer", "eer", "<=", "test EER"),

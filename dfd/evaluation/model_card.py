@@ -96,7 +96,27 @@ def metrics_section(inp: CardInputs) -> str:
     note = (f"95% intervals: bootstrap over {int(clusters)} identity clusters (whole people drawn together)."
             if clusters else "")
     return (f"## Test metrics\n\n{int(ens.get('n', 0))} test frames, threshold {_num(inp.metrics.get('threshold'))}. "
-            f"{note}\n\n" + _table(("metric", "value", "95% interval"), rows) + agreement_line(inp))
+            f"{note}\n\n" + _table(("metric", "value", "95% interval"), rows) + file_rule_lines(inp)
+            + agreement_line(inp))
+
+
+def file_rule_lines(inp: CardInputs) -> str:
+    """Which file rule the model is served with and whether the gate judged it, and both rules' video metrics."""
+    fr = inp.metrics.get("file_rules")
+    if not fr:
+        return "\n\nServed rule: largest_face, judged (the only rule this evaluation scored)."
+    verdict = "judged" if fr.get("judged") else f"NOT judged ({fr.get('reason')})"
+    rows = []
+    for rule, m in (fr.get("rules") or {}).items():
+        if "reason" in m:
+            rows.append((rule, "-", "-", "-", "-", f"not scored: {m['reason']}"))
+        else:
+            rows.append((rule, _num(m.get("video_auc")), _num(m.get("video_eer")), _num(m.get("video_accuracy")),
+                         f"{m.get('files', '-')} / {m.get('not_applicable', 0)}", ""))
+    shown = fr.get("served") if fr.get("judged") else "largest_face"
+    return (f"\n\nServed rule (`serve.file_rule`): {fr.get('served')}, {verdict}. The video metrics above are "
+            f"{shown}'s, on the test files of {fr.get('dataset', 'the test split')}.\n\n"
+            + _table(("file rule", "video AUC", "video EER", "video accuracy", "files / not applicable", "note"), rows))
 
 
 def agreement_line(inp: CardInputs) -> str:

@@ -52,7 +52,13 @@ def metric_intervals(test: pd.DataFrame, samples: pd.DataFrame | None, confidenc
     draws = resample_indices(y, CI_RESAMPLES, seed=0, groups=groups)
     _, lo, hi = bootstrap_ci(y, p, fast_auc, resamples=draws, confidence=confidence)
     out = {"ci_clusters": float(len(set(groups))), "auc_ci_low": lo, "auc_ci_high": hi}
-    vids = video_scores(test, aggregation or AggregationParams())
+    return {**out, **video_intervals(video_scores(test, aggregation or AggregationParams()), samples, confidence)}
+
+
+def video_intervals(vids: pd.DataFrame, samples: pd.DataFrame | None, confidence: float = 0.95) -> dict[str, float]:
+    """The identity-cluster intervals of the debiased ECE of per-file scores `vids` (`sample_id`, `label`, `prob`):
+    the file rule's scores, whichever rule made them (`dfd.evaluation.file_rules`)."""
+    out: dict[str, float] = {}
     v_groups = _groups(vids, samples)
     vy, vp = vids["label"].to_numpy(), vids["prob"].to_numpy()
     counts = cluster_counts(vy, v_groups, CI_RESAMPLES, seed=0)

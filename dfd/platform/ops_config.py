@@ -186,13 +186,15 @@ class ServeParams(_Section):
     min_face_px: int = Field(40, ge=1)
     min_frames: int = Field(3, ge=1)
     # How a file's verdict comes from its faces: largest_face (the largest face per frame, every face pooled for a
-    # model trained with faces.all_faces: the rule the gate evaluated) or worst_track (every face tracked, each
-    # track aggregated, the file called by its most fake-looking track). Stays largest_face until the evaluate stage
-    # judges worst_track.
+    # model trained with faces.all_faces) or worst_track (every face tracked, each track aggregated, the file called
+    # by its most fake-looking track). The evaluate stage scores the test files under both and the gate judges this
+    # one (its served_rule row); worst_track can be judged only for a model whose faces were extracted with
+    # faces.all_faces, so the default stays largest_face (the worst of several tracks raises false positives).
     file_rule: Literal["largest_face", "worst_track"] = "largest_face"
     # Sampled frames a track may miss a detection and still continue: frames_per_video samples can be seconds
-    # apart, and one missed detection must not split a person into two tracks.
-    track_max_gap: int = Field(2, ge=0)
+    # apart, and one missed detection must not split a person into two tracks. The faces stage tracks with it too
+    # (faces.all_faces), so the tracks evaluation judges are the ones serving forms.
+    track_max_gap: int = Field(2, ge=0)  # dfd.data.face_tracking.TRACK_MAX_GAP
 
     @model_validator(mode="after")
     def _engine_precision(self) -> ServeParams:

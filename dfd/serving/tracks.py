@@ -5,9 +5,12 @@ Served scoring detects every face of each sampled frame (`face_crops` with `all_
 the model's trained aggregation, and calls the file by `serve.file_rule`:
 
 - `largest_face`: the largest face of each frame (every face pooled for a model trained with `faces.all_faces`),
-  aggregated over frames: the rule the gate evaluated, and the default.
+  aggregated over frames: the default.
 - `worst_track`: the most fake-looking track among those with at least `min_frames` frames: one swapped face beside
   real ones is not averaged away.
+
+The evaluate stage scores the test files under both rules with the same functions (`dfd.evaluation.file_rules`;
+`worst_track` needs a model whose faces were extracted with `faces.all_faces`) and the gate judges the served one.
 
 A file the model cannot judge gets no P(fake): reason `face_too_small` (faces were found, all under `min_face_px`)
 or `too_few_frames` (a video with fewer frames with a scorable face than `min_frames`; under `worst_track`, no
@@ -21,85 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from dfd.data.face_detect import Box, iou
+from dfd.data.face_tracking import FaceTracker, assign_tracks, face_side  # noqa: F401  (re-exported)
 from dfd.evaluation.aggregate import aggregate
+from dfd.evaluation.file_rules import FILE_RULES, TOO_FEW_FRAMES, worst_track
+from dfd.evaluation.file_rules import min_frames_for as _min_frames_for
 from dfd.platform.config import AggregationParams, ServeParams
 
 # Reasons this module gives (status `not_applicable`: the file is fine, the model cannot judge it).
-FACE_TOO_SMALL, TOO_FEW_FRAMES = "face_too_small", "too_few_frames"
+FACE_TOO_SMALL = "face_too_small"
 ABSTAIN_REASONS = (FACE_TOO_SMALL, TOO_FEW_FRAMES)
-FILE_RULES = ("largest_face", "worst_track")
-# A box continues a track it does not overlap when its centre is within this share of the face's side per sampled
-# frame step from the track's last box, and its side within this ratio: sampled frames seconds apart move a face
-# further than IoU tolerates, but rarely by more than half its width per step, nor change its size by 1.5x.
-CENTRE_SHARE, SIDE_RATIO = 0.5, 1.5
-
-
-def face_side(box: list[float]) -> float:
-    """The longer side of a box [x0, y0, x1, y1] in pixels (what the square crop is cut from)."""
-    return max(box[2] - box[0], box[3] - box[1])
-
-
-class FaceTracker:
-    """Greedy matching of each sampled frame's boxes to live tracks, bridging missed detections.
-
-    A pair is a candidate when its IoU is at least `iou_min`, or when the centres are within `CENTRE_SHARE` of the
-    face's side per sampled-frame step (a face missed on one sampled frame has moved two steps' worth when seen
-    again) and the sides within `SIDE_RATIO`. Candidates are taken best first (IoU, then nearness). A track not
-    matched for more than `max_gap` sampled frames ends; a later face there starts a new track. Tracks are spatial
-    continuity, not identity: two people who swap places between sampled frames can swap tracks.
-
-    Args:
-        max_gap: Sampled frames a track may miss and still continue.
-        iou_min: IoU that continues a track whatever the centres.
-    """
-
-    def __init__(self, max_gap: int = 2, iou_min: float = 0.3) -> None:
-        self.max_gap, self.iou_min = max_gap, iou_min
-        self.live: dict[int, tuple[int, Box]] = {}  # track id -> (step last seen, last box)
-        self.next_id = 0
-
-    @staticmethod
-    def _nearness(a: Box, b: Box, steps: int) -> float:
-        """1 at the same centre, 0 at the bridging limit, negative past it or when the sizes differ too much."""
-        sa, sb = max(a.x1 - a.x0, a.y1 - a.y0), max(b.x1 - b.x0, b.y1 - b.y0)
-        if min(sa, sb) <= 0 or max(sa, sb) / min(sa, sb) > SIDE_RATIO:
-            return -1.0
-        d = np.hypot((a.x0 + a.x1 - b.x0 - b.x1) / 2, (a.y0 + a.y1 - b.y0 - b.y1) / 2)
-        return 1.0 - d / (CENTRE_SHARE * max(sa, sb) * steps)
-
-    def update(self, step: int, boxes: list[Box]) -> list[int]:
-        """Track ids for `boxes`, the detections of sampled frame number `step` (0, 1, ... in sampling order)."""
-        self.live = {t: v for t, v in self.live.items() if step - v[0] <= self.max_gap + 1}
-        pairs = []
-        for i, b in enumerate(boxes):
-            for t, (seen, prev) in self.live.items():
-                overlap, near = iou(b, prev), self._nearness(b, prev, step - seen)
-                if overlap >= self.iou_min or near > 0:
-                    pairs.append((overlap, near, i, t))
-        ids: dict[int, int] = {}
-        for _, _, i, t in sorted(pairs, reverse=True):
-            if i not in ids and t not in ids.values():
-                ids[i] = t
-        for i in range(len(boxes)):
-            if i not in ids:
-                ids[i], self.next_id = self.next_id, self.next_id + 1
-        for i, b in enumerate(boxes):
-            self.live[ids[i]] = (step, b)
-        return [ids[i] for i in range(len(boxes))]
-
-
-def assign_tracks(found: list[dict[str, Any]], sampled: list[int], max_gap: int) -> None:
-    """Set each face's `track` (in place); `sampled` is every sampled frame index in order, faces or not."""
-    step_of = {idx: s for s, idx in enumerate(sampled)}
-    tracker = FaceTracker(max_gap)
-    by_frame: dict[int, list[dict[str, Any]]] = {}
-    for f in found:
-        by_frame.setdefault(f["frame"], []).append(f)
-    for idx in sorted(by_frame, key=lambda i: step_of.get(i, i)):
-        faces = by_frame[idx]
-        for f, t in zip(faces, tracker.update(step_of.get(idx, idx), [Box(*f["box"]) for f in faces]), strict=True):
-            f["track"] = t
 
 
 @dataclass
@@ -114,9 +47,8 @@ class Verdict:
 
 
 def min_frames_for(limits: ServeParams, frames_per_video: int, is_video: bool) -> int:
-    """Frames with a face a file needs: 1 for an image; for a video `serve.min_frames`, but never more than the
-    model samples (`faces.frames_per_video`): a model evaluated on 2 frames a clip is not refused 2-frame answers."""
-    return min(limits.min_frames, frames_per_video) if is_video else 1
+    """Frames with a face a file needs (`dfd.evaluation.file_rules.min_frames_for` of `serve.min_frames`)."""
+    return _min_frames_for(limits.min_frames, frames_per_video, is_video)
 
 
 def track_table(faces: list[dict[str, Any]], agg: AggregationParams, need: int,
@@ -124,14 +56,14 @@ def track_table(faces: list[dict[str, Any]], agg: AggregationParams, need: int,
     """One entry per track: its frames (time, box, P(fake), members' scores), its aggregated P(fake) when it has
     at least `need` frames (else None and its reason)."""
     out = []
-    for t in sorted({f["track"] for f in faces}):
-        mine = [f for f in faces if f["track"] == t]
-        scores = np.array([f["p_fake"] for f in mine])
-        long_enough = len(mine) >= need
+    by_track = {t: [f for f in faces if f["track"] == t] for t in sorted({f["track"] for f in faces})}
+    scores, _ = worst_track({t: np.array([f["p_fake"] for f in mine]) for t, mine in by_track.items()}, agg, need)
+    for t, mine in by_track.items():
+        long_enough = scores[t] is not None
         members = sorted(mine[0].get("members") or {})
         out.append({
             "track": t, "n_frames": len(mine),
-            "p_fake": aggregate(scores, agg) if long_enough else None,
+            "p_fake": scores[t],
             "reason": None if long_enough else TOO_FEW_FRAMES,
             "members": {m: aggregate(np.array([f["members"][m] for f in mine]), agg) for m in members}
             if long_enough else {},
@@ -159,12 +91,12 @@ def judge(found: list[dict[str, Any]], sampled: list[int], is_video: bool, rule:
     """
     need = min_frames_for(limits, int(faces_cfg.get("frames_per_video", 1)), is_video)
     tracks = track_table(found, agg, need, fps)
-    if rule == "worst_track":
-        judged = [t for t in tracks if t["p_fake"] is not None]
-        if not judged:
+    if rule == "worst_track":  # the rule the evaluate stage judges with the same function (file_rules.worst_track)
+        _, worst = worst_track({t["track"]: np.array([f["p_fake"] for f in t["frames"]]) for t in tracks}, agg, need)
+        if worst is None:
             return Verdict(None, TOO_FEW_FRAMES, f"no face track has {need} frames (serve.min_frames)", [], tracks)
-        worst = max(judged, key=lambda t: t["p_fake"])
-        return Verdict(worst["p_fake"], None, None, [f for f in found if f["track"] == worst["track"]], tracks)
+        chosen = next(t for t in tracks if t["track"] == worst)
+        return Verdict(chosen["p_fake"], None, None, [f for f in found if f["track"] == worst], tracks)
     if rule != "largest_face":
         raise ValueError(f"unknown serve.file_rule '{rule}': one of {', '.join(FILE_RULES)}")
     if faces_cfg.get("all_faces"):
