@@ -224,14 +224,16 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | list[str] | N
         scorer = model.python_model.scorer
         if scorer is None:
             return _crops_only()
-        ticket = explaining.enter() if explain else None
-        if explain and ticket is None:  # refused before its body is read: nothing is received for it
-            return _error(503, "another explain request is being answered", "explain_busy",
-                          "one explain request at a time (serve.explain)",
-                          {"Retry-After": str(explaining.retry_after_s()), "Connection": "close"})
+        ticket = None
         try:
             # The receiving slot is held until scored: it bounds the uploads on disk, waiting ones included.
             async with receiving:
+                # The gate is entered with a receiving slot in hand: from then on it is held for at most the
+                # receive timeout, the slot wait and the explain timeout (what Retry-After counts down).
+                if explain and (ticket := explaining.enter()) is None:  # refused before its body is read
+                    return _error(503, "another explain request is being answered", "explain_busy",
+                                  "one explain request at a time (serve.explain)",
+                                  {"Retry-After": str(explaining.retry_after_s()), "Connection": "close"})
                 with tempfile.TemporaryDirectory(prefix="dfd-upload-") as tmp:
                     try:
                         up = await asyncio.wait_for(receive_upload(request, Path(tmp), cfg.max_upload_bytes),
