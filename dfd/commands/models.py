@@ -170,7 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if not getattr(args, "from_deployment", None):
             serve(args.model or default_model_uri(params), resolve_tracking_uri(params, Path.cwd()), params.serve,
-                  args.host, args.port, args.insecure, on_result)
+                  args.host, args.port, args.insecure, on_result, params.report)
             return 0
         import tempfile
 
@@ -184,7 +184,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "match their SHA-256 manifest" + (", signed" if manifest["signed"] else
                                                      " (UNSIGNED: --allow-unsigned; its origin is not checked)"))
             serve(str(copy), resolve_tracking_uri(params, Path.cwd()), params.serve, args.host, args.port,
-                  args.insecure, on_result)
+                  args.insecure, on_result, params.report)
     finally:
         if traffic:
             traffic.close()

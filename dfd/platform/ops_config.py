@@ -195,6 +195,17 @@ class ServeParams(_Section):
     # apart, and one missed detection must not split a person into two tracks. The faces stage tracks with it too
     # (faces.all_faces), so the tracks evaluation judges are the ones serving forms.
     track_max_gap: int = Field(2, ge=0)  # dfd.data.face_tracking.TRACK_MAX_GAP
+    # `POST /predict?explain=1` (docs/guides/serving.md, "Explanations"): the `dfd predict --report` content as JSON.
+    # Off: an explanation's heatmaps cost a backward pass through every member for each driving frame (a scoring's
+    # forward passes cost a fraction of that), and its overlays embed people's faces in an answer a client keeps.
+    explain: bool = False
+    # An explain request's scoring and heatmaps together, in one worker: killed and answered 504 past this (its
+    # upload's receiving stays under request_timeout_s). As long as a scoring: the heatmaps' backward passes run
+    # on at most report.heatmap_frames crops, fewer than a video's sampled faces.
+    explain_timeout_s: float = Field(120.0, gt=0)
+    # Face crops and heatmap overlays in explain answers, only where report.embed_faces allows them too. Off: the
+    # server's answers leave the machine, and a face is personal data (`dfd predict --report` writes local files).
+    explain_faces: bool = False
 
     @model_validator(mode="after")
     def _engine_precision(self) -> ServeParams:
@@ -206,10 +217,12 @@ class ServeParams(_Section):
 
 
 class ReportParams(_Section):
-    """`dfd predict --report DIR`: the HTML report a reviewer keeps (docs/guides/explain.md)."""
+    """`dfd predict --report DIR`: the HTML report a reviewer keeps, and `dfd serve`'s explain answers (the same
+    content as JSON; docs/guides/explain.md)."""
 
     # Face crops and heatmap overlays (drawn over the face) inside the report. On: a reviewer must see the face to
     # judge; reports hold people's faces, so whoever shares them decides. File names follow serve.log_names.
+    # `dfd serve`'s explain answers embed them only when serve.explain_faces is on too (off by default).
     embed_faces: bool = True
     heatmap_frames: int = Field(3, ge=0)  # the frames that drove the verdict, with heatmaps; 0: none (no gradients)
 

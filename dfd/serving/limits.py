@@ -237,35 +237,47 @@ class ScoringSlots:
             with self._lock:
                 self.running -= 1
 
-    async def run(self, fn: Callable[[Callable[[], None]], T]) -> T:
-        """`fn(check_cancel)` in a worker thread within the timeout.
+    async def run(self, fn: Callable[[Callable[[], None]], T], timeout_s: float | None = None,
+                  on_done: Callable[[], None] | None = None) -> T:
+        """`fn(check_cancel)` in a worker thread within the timeout (`timeout_s`, else the slots' own).
+
+        `on_done` is called in the event loop once the scoring has actually stopped (at once when it never
+        started): what it guards stays held while a timed-out scoring runs on to its next cancel check.
 
         Raises:
             SlotsBusy: No slot came free within `wait_s`.
-            TimeoutError: Past `timeout_s`; the scoring is told to stop and keeps its slot until it has.
+            TimeoutError: Past the timeout; the scoring is told to stop and keeps its slot until it has.
         """
         try:
             await asyncio.wait_for(self._slots.acquire(), self.wait_s if self.wait_s < float("inf") else None)
-        except TimeoutError:
-            raise SlotsBusy from None
+        except BaseException as exc:  # no slot in time, or the request cancelled while it waited
+            if on_done is not None:
+                on_done()
+            if isinstance(exc, TimeoutError):
+                raise SlotsBusy from None
+            raise
         cancel = threading.Event()
         try:
             future: Future[T] = self._pool.submit(self._run, fn, cancel)
         except BaseException:
             self._slots.release()
+            if on_done is not None:
+                on_done()
             raise
         loop = asyncio.get_running_loop()
 
         def release(_: Future[T]) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed: the server is exiting anyway
                 loop.call_soon_threadsafe(self._slots.release)
+                if on_done is not None:
+                    loop.call_soon_threadsafe(on_done)
 
         future.add_done_callback(release)
         wrapped = asyncio.wrap_future(future)
         # A cancelled scoring ends in `Cancelled` that nobody awaits any more: fetch it so it is not logged as lost.
         wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            return await asyncio.wait_for(asyncio.shield(wrapped), self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(wrapped), timeout_s or self.timeout_s)
         except (TimeoutError, asyncio.CancelledError):
             cancel.set()
             raise

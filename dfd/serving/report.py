@@ -13,6 +13,7 @@ import base64
 import hashlib
 import html
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,30 +98,72 @@ def driving_faces(res: MediaResult, k: int = 3) -> list[dict[str, Any]]:
     return sorted(res.crops, key=lambda f: -f["p_fake"] if fake else f["p_fake"])[:k]
 
 
-def heatmap_section(faces: list[dict[str, Any]], explainer: Any, embed: bool, toward: str = "fake",
-                    ) -> tuple[str, dict[str, Any]]:
-    """HTML of the overlays (face, ensemble, each member) and the JSON of what was measured."""
+def heatmaps(faces: list[dict[str, Any]], explainer: Any, embed: bool, toward: str = "fake",
+             check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The heatmap part of a report: each driving face with its overlays as base64 PNG (the face, the ensemble's,
+    each member's), each member's share of the ensemble map's heat, or why there are none (`omitted`).
+
+    `check` is called before the ensemble's and the members' backward passes (a server's cancel check).
+    """
     from dfd.serving.heatmaps import overlay
 
-    if explainer is None or not faces:
-        return "<p>No heatmaps (none asked for: report.heatmap_frames, or no face scored).</p>", {}
+    out: dict[str, Any] = {"note": HEATMAP_NOTE, "toward": toward, "omitted": None, "member_shares": {}, "frames": []}
     if not embed:
-        return "<p>Heatmaps omitted: they are drawn over the face (report.embed_faces is off).</p>", {}
+        out["omitted"] = ("they are drawn over the face, and face images are off (report.embed_faces; in dfd serve's "
+                          "answers also serve.explain_faces)")
+    elif explainer is None or not faces:
+        out["omitted"] = "none asked for (report.heatmap_frames is 0), or no face scored"
+    if out["omitted"]:
+        return out
     crops = np.stack([f["crop"] for f in faces]).astype(np.uint8)
-    fused, shares = explainer.ensemble_map(crops, toward)
+    if check is not None:
+        check()
+    fused, out["member_shares"] = explainer.ensemble_map(crops, toward)
+    if check is not None:
+        check()
     members = explainer.member_maps(crops, toward)
-    rows = []
-    for i, f in enumerate(faces):
-        cells = [("face", crops[i]), ("ensemble", overlay(crops[i], fused[i]))]
-        cells += [(m, overlay(crops[i], maps[i])) for m, maps in members.items()]
-        imgs = "".join(f'<figure><img class="heatmap" alt="{html.escape(n)}" src="data:image/png;base64,'
-                       f'{png_b64(im)}"><figcaption>{html.escape(n)}</figcaption></figure>' for n, im in cells)
-        rows.append(f"<div class=\"row\"><p>frame {f['frame']}, track {f.get('track')}, "
-                    f"P(fake) {f['p_fake']:.3f}</p>{imgs}</div>")
-    share = ", ".join(f"{m} {v:.0%}" for m, v in shares.items())
-    return (f"<p>{HEATMAP_NOTE}</p><p>Evidence for <b>{toward}</b> (the verdict). Share of the ensemble map's heat "
-             f"from each member: {html.escape(share)}.</p>"
-            + "".join(rows)), {"member_shares": shares, "frames": [f["frame"] for f in faces]}
+    out["frames"] = [{"frame": f["frame"], "track": f.get("track"), "p_fake": f["p_fake"],
+                      "face_png": png_b64(crops[i]), "ensemble_png": png_b64(overlay(crops[i], fused[i])),
+                      "members_png": {m: png_b64(overlay(crops[i], maps[i])) for m, maps in members.items()}}
+                     for i, f in enumerate(faces)]
+    return out
+
+
+def content(res: MediaResult, source: Path, facts: ModelFacts, explainer: Any, embed_faces: bool, show_name: bool,
+            index: int, heatmap_frames: int = 3, check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Everything one input's report says, JSON-ready (images as base64 PNG): what `render` draws as HTML and
+    `dfd serve` answers to `POST /predict?explain=1`, so the two always carry the same facts.
+
+    Args:
+        res: The scored file (its crops are the faces the verdict aggregated).
+        source: The bytes that were scored (SHA-256 and size).
+        facts: The model's facts.
+        explainer: A `dfd.serving.heatmaps.Explainer`, or None for no heatmaps.
+        embed_faces: Face crops and overlays allowed (`report.embed_faces`).
+        show_name: The file name allowed (`serve.log_names`); else the input is named by `index`.
+        index: The input's position.
+        heatmap_frames: Driving frames with heatmaps (`report.heatmap_frames`).
+        check: Called between heatmap frames; raises to stop.
+    """
+    readable = source.is_file()
+    plot = timeline_png(res, facts.threshold)
+    faces = driving_faces(res, heatmap_frames) if res.p_fake is not None and heatmap_frames else []
+    return {
+        "input": {"index": index, "name": res.path if show_name else None,
+                  "sha256": sha256(source) if readable else None,
+                  "size_bytes": source.stat().st_size if readable else None, "kind": res.kind,
+                  "frames_sampled": res.frames, "frames_with_face": res.faces, "fps": res.fps},
+        "model": {"label": facts.label, "version": facts.version, "gate": facts.gate, "card": facts.card,
+                  "threshold": facts.threshold},
+        "warning": facts.warning,
+        "verdict": {"status": res.status, "label": res.label, "p_fake": res.p_fake, "threshold": facts.threshold,
+                    "file_rule": res.file_rule, "reason": res.reason, "detail": res.detail},
+        "agreement": res.agreement,
+        "tracks": res.track_list,
+        "timeline": res.timeline,
+        "timeline_png": base64.b64encode(plot).decode() if plot else None,
+        "heatmaps": heatmaps(faces, explainer, embed_faces, res.label or "fake", check),
+    }
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse}"
@@ -135,41 +178,60 @@ def _track_row(t: dict[str, Any]) -> str:
             f"<td>{t['reason'] or ''}</td><td>{members}</td></tr>")
 
 
-def render(res: MediaResult, source: Path, facts: ModelFacts, explainer: Any, embed_faces: bool,
-           show_name: bool, index: int, heatmap_frames: int = 3) -> str:
-    """One input's report as a self-contained HTML page."""
-    name = html.escape(res.path if show_name else f"input {index} (file names are off: serve.log_names)")
-    size = source.stat().st_size if source.is_file() else None
-    digest = sha256(source) if source.is_file() else "not readable"
-    if res.p_fake is not None:
-        verdict = (f'<p id="verdict" class="{res.label}"><b>{res.label.upper()}</b>: P(fake) {res.p_fake:.3f} '
-                   f"(threshold {facts.threshold:.3f}, rule {res.file_rule})</p>")
+def _figure(name: str, b64: str) -> str:
+    return (f'<figure><img class="heatmap" alt="{html.escape(name)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{html.escape(name)}</figcaption></figure>")
+
+
+def _heatmap_html(heat: dict[str, Any]) -> str:
+    if heat["omitted"]:
+        return f"<p>No heatmaps: {html.escape(heat['omitted'])}.</p>"
+    rows = []
+    for f in heat["frames"]:
+        cells = [("face", f["face_png"]), ("ensemble", f["ensemble_png"]), *f["members_png"].items()]
+        rows.append(f"<div class=\"row\"><p>frame {f['frame']}, track {f['track']}, P(fake) {f['p_fake']:.3f}</p>"
+                    + "".join(_figure(n, b64) for n, b64 in cells) + "</div>")
+    share = ", ".join(f"{m} {v:.0%}" for m, v in heat["member_shares"].items())
+    return (f"<p>{html.escape(heat['note'])}</p><p>Evidence for <b>{heat['toward']}</b> (the verdict). Share of the "
+            f"ensemble map's heat from each member: {html.escape(share)}.</p>" + "".join(rows))
+
+
+def render(c: dict[str, Any]) -> str:
+    """One input's report (`content`) as a self-contained HTML page."""
+    inp, model, v = c["input"], c["model"], c["verdict"]
+    name = html.escape(inp["name"] if inp["name"] is not None
+                       else f"input {inp['index']} (file names are off: serve.log_names)")
+    if v["p_fake"] is not None:
+        verdict = (f'<p id="verdict" class="{v["label"]}"><b>{v["label"].upper()}</b>: P(fake) {v["p_fake"]:.3f} '
+                   f"(threshold {v['threshold']:.3f}, rule {v['file_rule']})</p>")
     else:
-        verdict = (f'<p id="verdict"><b>{res.status.upper()}</b>: no P(fake). Reason <code>{res.reason}</code>'
-                   f"{': ' + html.escape(res.detail) if res.detail else ''}</p>")
-    agreement = getattr(res, "agreement", None)
-    track_rows = "".join(_track_row(t) for t in res.track_list)
-    plot = timeline_png(res, facts.threshold)
-    faces = driving_faces(res, heatmap_frames) if res.p_fake is not None and heatmap_frames else []
-    heat_html, _ = heatmap_section(faces, explainer, embed_faces, res.label or "fake")
-    warn = f'<p class="warn" id="warning">{html.escape(facts.warning)}</p>' if facts.warning else ""
-    return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>dfd report {index}</title>
+        verdict = (f'<p id="verdict"><b>{v["status"].upper()}</b>: no P(fake). Reason <code>{v["reason"]}</code>'
+                   f"{': ' + html.escape(v['detail']) if v['detail'] else ''}</p>")
+    agreement = c["agreement"]
+    track_rows = "".join(_track_row(t) for t in c["tracks"])
+    warn = f'<p class="warn" id="warning">{html.escape(c["warning"])}</p>' if c["warning"] else ""
+    size = inp["size_bytes"]
+    return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>dfd report {inp['index']}</title>
 <style>{STYLE}</style></head><body>
 <h1>Deepfake detection report</h1>{warn}
-<h2>Input</h2><table id="facts"><tr><th>name</th><td>{name}</td></tr><tr><th>SHA-256</th><td>{digest}</td></tr>
-<tr><th>size</th><td>{size if size is not None else 'unknown'} bytes</td></tr><tr><th>kind</th><td>{res.kind}</td></tr>
-<tr><th>frames sampled</th><td>{res.frames}</td></tr><tr><th>frames with a face</th><td>{res.faces}</td></tr>
-<tr><th>frame rate</th><td>{f'{res.fps:.2f} fps' if res.fps else 'n/a'}</td></tr></table>
-<h2>Model</h2><table id="model"><tr><th>model</th><td>{html.escape(facts.label)}</td></tr>
-<tr><th>gate</th><td>{html.escape(facts.gate)}</td></tr><tr><th>model card</th><td>{html.escape(facts.card)}</td></tr>
+<h2>Input</h2><table id="facts"><tr><th>name</th><td>{name}</td></tr>
+<tr><th>SHA-256</th><td>{inp['sha256'] or 'not readable'}</td></tr>
+<tr><th>size</th><td>{size if size is not None else 'unknown'} bytes</td></tr>
+<tr><th>kind</th><td>{inp['kind']}</td></tr>
+<tr><th>frames sampled</th><td>{inp['frames_sampled']}</td></tr>
+<tr><th>frames with a face</th><td>{inp['frames_with_face']}</td></tr>
+<tr><th>frame rate</th><td>{f"{inp['fps']:.2f} fps" if inp['fps'] else 'n/a'}</td></tr></table>
+<h2>Model</h2><table id="model"><tr><th>model</th><td>{html.escape(model['label'])}</td></tr>
+<tr><th>gate</th><td>{html.escape(model['gate'])}</td></tr>
+<tr><th>model card</th><td>{html.escape(model['card'])}</td></tr>
 </table>
 <h2>Verdict</h2>{verdict}<p>Members' agreement: {'not recorded by this model' if agreement is None
                                                  else f'{agreement:.0%}'}</p>
 <h2>Face tracks</h2><table id="tracks"><tr><th>track</th><th>frames</th><th>face side (px)</th><th>P(fake)</th>
 <th>not judged</th><th>members</th></tr>{track_rows}</table>
-<h2>Timeline</h2>{f'<img id="timeline" alt="timeline" src="data:image/png;base64,{base64.b64encode(plot).decode()}">'
-                  if plot else '<p>No face was scored.</p>'}
-<h2>Heatmaps</h2><div id="heatmaps">{heat_html}</div>
+<h2>Timeline</h2>{f'<img id="timeline" alt="timeline" src="data:image/png;base64,{c["timeline_png"]}">'
+                  if c["timeline_png"] else '<p>No face was scored.</p>'}
+<h2>Heatmaps</h2><div id="heatmaps">{_heatmap_html(c["heatmaps"])}</div>
 </body></html>"""
 
 
@@ -186,8 +248,8 @@ class ReportWriter:
     def add(self, res: MediaResult, source: Path) -> Path:
         i = len(self.rows)
         page = self.out / f"{i:05d}.html"
-        page.write_text(render(res, source, self.facts, self.explainer, self.embed_faces, self.show_names, i,
-                               self.heatmap_frames), encoding="utf-8")
+        page.write_text(render(content(res, source, self.facts, self.explainer, self.embed_faces, self.show_names, i,
+                                       self.heatmap_frames)), encoding="utf-8")
         label = html.escape(res.path if self.show_names else f"input {i}")
         score = "" if res.p_fake is None else f"{res.p_fake:.3f}"
         self.rows.append(f'<tr><td><a href="{page.name}">{label}</a></td><td>{res.status}</td>'

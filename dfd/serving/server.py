@@ -2,6 +2,8 @@
 
 - `POST /predict`: multipart upload (`file`) of one image or video -> P(fake), label, frames, faces, reason; or
   JSON `{"paths": [...]}` naming files on the server's disk, allowed only under `serve.path_roots` (403 otherwise).
+  `?explain=1` (with `serve.explain`, one request at a time): the `dfd predict --report` content as JSON
+  (dfd/serving/explain.py), within `serve.explain_timeout_s`.
 - `POST /invocations`: MLflow's scoring protocol for face crops (`{"inputs": [[[[r, g, b], ...]]]}` or `instances`).
 - `GET /health` (ok/degraded and the model version; no token needed), `GET /version` (name, version, alias, tags).
 
@@ -31,10 +33,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from dfd.evaluation.aggregate import list_aggregations
-from dfd.platform.config import ServeParams
+from dfd.platform.config import ReportParams, ServeParams
 from dfd.serving import drop_folders
 from dfd.serving import workers as jobs
 from dfd.serving.auth import Gate, check_exposure, tokens_from_env
+from dfd.serving.explain import ExplainGate, explain_upload
 from dfd.serving.holder import ModelHolder
 from dfd.serving.limits import BodyError, ScoringSlots, SlotsBusy, receive_json, receive_upload
 from dfd.serving.media_scoring import MediaResult, MediaScorer
@@ -69,6 +72,19 @@ def _aggregation_error(aggregate: Any) -> JSONResponse | None:
     return _error(400, f"unknown aggregation '{str(aggregate)[:50]}'", "bad_request", ", ".join(list_aggregations()))
 
 
+def _explain_refusal(cfg: ServeParams, ctype: str) -> JSONResponse | None:
+    """Why an `explain=1` request is refused before anything is read (off here, or not one uploaded file)."""
+    if not cfg.explain:
+        return _error(403, "explanations are off on this server", "explain_off",
+                      "serve.explain: true turns them on (heatmaps cost a backward pass per member)",
+                      {"Connection": "close"})
+    if not ctype.startswith("multipart/form-data"):
+        return _error(400, "explain=1 explains one uploaded file", "bad_request",
+                      "send multipart/form-data with a `file` field (path lists are not explained)",
+                      {"Connection": "close"})
+    return None
+
+
 def _crops_only() -> JSONResponse:
     return _error(409, "the served model has no faces params: it scores crops only", "crops_only")
 
@@ -92,7 +108,7 @@ def _unobserved(res: MediaResult, version: str | None) -> MediaResult:
 
 def create_app(holder: ModelHolder, cfg: ServeParams, token: str | list[str] | None = None,
                on_result: OnResult | None = None, insecure: bool = False,
-               before_open: Callable[[Path], None] | None = None) -> FastAPI:
+               before_open: Callable[[Path], None] | None = None, report: ReportParams | None = None) -> FastAPI:
     """The HTTP app over `holder`'s current model.
 
     Args:
@@ -102,7 +118,10 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | list[str] | N
         on_result: Sees every scored file (the traffic log's hook), in a thread of this process.
         insecure: Without a token, answer any Host (`--insecure`).
         before_open: Called with each path-list file just before it is opened (tests pause there to swap it).
+        report: `report:` params (heatmap frames, face images) for `POST /predict?explain=1`.
     """
+    report_cfg = report or ReportParams()
+    explaining = ExplainGate(cfg)  # one explain request at a time (dfd/serving/explain.py)
     seen = on_result or _unobserved
     tokens = [token] if isinstance(token, str) else list(token or [])
     slots = ScoringSlots(cfg.max_concurrent, cfg.request_timeout_s, cfg.slot_wait_s)
@@ -124,24 +143,31 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | list[str] | N
                 pool.shutdown()
 
     app = FastAPI(title="dfd deepfake detector", version="1", lifespan=lifespan)
-    app.state.slots, app.state.pool = slots, pool
+    app.state.slots, app.state.pool, app.state.explaining = slots, pool, explaining
     app.add_middleware(Gate, tokens=tokens, local_only=not insecure, rate_per_minute=cfg.rate_limit_per_minute)
 
-    async def run(model: LoadedModel, job: Callable[..., T]) -> T:
-        """`job(model, check)` in a worker process, or in a thread of this process (`isolation: thread`)."""
+    async def run(model: LoadedModel, job: Callable[..., T], timeout_s: float | None,
+                  on_done: Callable[[], None] | None) -> T:
+        """`job(model, check)` in a worker process, or in a thread of this process (`isolation: thread`); `on_done`
+        once it has stopped (a worker past its timeout is killed before `pool.run` returns)."""
         if pool is not None:
-            return await pool.run(job, ModelSpec.of(model, holder.tracking_uri, cfg))
-        return await slots.run(lambda check: job(model, check))
+            try:
+                return await pool.run(job, ModelSpec.of(model, holder.tracking_uri, cfg), timeout_s)
+            finally:
+                if on_done is not None:
+                    on_done()
+        return await slots.run(lambda check: job(model, check), timeout_s, on_done)
 
-    async def scored(model: LoadedModel, job: Callable[..., T]) -> T | JSONResponse:
+    async def scored(model: LoadedModel, job: Callable[..., T], timeout_s: float | None = None,
+                     on_done: Callable[[], None] | None = None) -> T | JSONResponse:
         """The job's result, or the answer that says why there is none (busy, timed out, over a limit)."""
         try:
-            return await run(model, job)
+            return await run(model, job, timeout_s, on_done)
         except SlotsBusy:
             return _error(503, "every scoring slot is busy", "busy", f"waited {cfg.slot_wait_s} s",
                           {"Retry-After": str(max(1, round(cfg.slot_wait_s)))})
         except TimeoutError:
-            return _error(504, "scoring timed out", "timeout", f"over {cfg.request_timeout_s} s")
+            return _error(504, "scoring timed out", "timeout", f"over {timeout_s or cfg.request_timeout_s} s")
         except WorkerFailed as exc:
             return _error(413 if exc.reason == "too_large" else 500, "scoring failed", exc.reason, exc.detail)
 
@@ -183,8 +209,10 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | list[str] | N
                                 ) from None
 
     @app.post("/predict")
-    async def predict(request: Request, aggregate: str | None = None) -> Any:
+    async def predict(request: Request, aggregate: str | None = None, explain: bool = False) -> Any:
         ctype = request.headers.get("content-type", "").lower()
+        if explain and (refused := _explain_refusal(cfg, ctype)) is not None:
+            return refused
         if ctype.startswith("application/json"):
             return await predict_paths(request)
         if not ctype.startswith("multipart/form-data"):
@@ -196,21 +224,42 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | list[str] | N
         scorer = model.python_model.scorer
         if scorer is None:
             return _crops_only()
-        # The receiving slot is held until scored: it bounds the uploads on disk, waiting ones included.
-        async with receiving:
-            with tempfile.TemporaryDirectory(prefix="dfd-upload-") as tmp:
-                try:
-                    up = await asyncio.wait_for(receive_upload(request, Path(tmp), cfg.max_upload_bytes),
-                                                cfg.request_timeout_s)
-                except BodyError as exc:
-                    return _refused(exc)
-                except TimeoutError:
-                    return _error(408, "upload too slow", "timeout", f"not received in {cfg.request_timeout_s} s",
-                                  {"Connection": "close"})
-                res = await scored(model, partial(jobs.score_upload, path=up.path, name=up.filename,
-                                                  aggregate=aggregate, cfg=cfg))
+        ticket = None
+        try:
+            # The receiving slot is held until scored: it bounds the uploads on disk, waiting ones included.
+            async with receiving:
+                # The gate is entered with a receiving slot in hand: from then on it is held for at most the
+                # receive timeout, the slot wait and the explain timeout (what Retry-After counts down).
+                if explain and (ticket := explaining.enter()) is None:  # refused before its body is read
+                    return _error(503, "another explain request is being answered", "explain_busy",
+                                  "one explain request at a time (serve.explain)",
+                                  {"Retry-After": str(explaining.retry_after_s()), "Connection": "close"})
+                with tempfile.TemporaryDirectory(prefix="dfd-upload-") as tmp:
+                    try:
+                        up = await asyncio.wait_for(receive_upload(request, Path(tmp), cfg.max_upload_bytes),
+                                                    cfg.request_timeout_s)
+                    except BodyError as exc:
+                        return _refused(exc)
+                    except TimeoutError:
+                        return _error(408, "upload too slow", "timeout",
+                                      f"not received in {cfg.request_timeout_s} s", {"Connection": "close"})
+                    if ticket is None:
+                        res = await scored(model, partial(jobs.score_upload, path=up.path, name=up.filename,
+                                                          aggregate=aggregate, cfg=cfg))
+                    else:  # threads: the gate stays closed until a timed-out explain has actually stopped
+                        res = await scored(model, partial(explain_upload, path=up.path, name=up.filename,
+                                                          aggregate=aggregate, cfg=cfg, report=report_cfg),
+                                           cfg.explain_timeout_s, ticket.hand_over() if pool is None else None)
+        finally:
+            if ticket is not None and not ticket.handed:
+                ticket.release()
         if isinstance(res, JSONResponse):
             return res
+        if ticket is not None:  # the report's content (dfd/serving/report.py), and the error of a refused file
+            res, content = res
+            status, body = file_result(await asyncio.to_thread(seen, res, model.version), scorer, model)
+            return JSONResponse({**content, **({"error": body["error"]} if "error" in body else {})},
+                                status_code=status)
         status, body = file_result(await asyncio.to_thread(seen, res, model.version), scorer, model)
         return JSONResponse(body, status_code=status)
 
@@ -264,11 +313,12 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | list[str] | N
 
 
 def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1", port: int = 8000,
-          insecure: bool = False, on_result: OnResult | None = None) -> None:
+          insecure: bool = False, on_result: OnResult | None = None, report: ReportParams | None = None) -> None:
     """Check the exposure rules, load the model, start the alias poller, and serve until interrupted.
 
-    `on_result` sees every scored file (the traffic log's hook). uvicorn's access log is off: it would record
-    every client's address and path (the traffic log records what a team needs, without them).
+    `on_result` sees every scored file (the traffic log's hook); `report` shapes explain answers. uvicorn's access
+    log is off: it would record every client's address and path (the traffic log records what a team needs,
+    without them).
 
     Raises:
         DfdError: A non-loopback `host` without a token in `$cfg.auth_token_env` or `$cfg.auth_tokens_env`
@@ -284,7 +334,7 @@ def serve(uri: str, tracking_uri: str, cfg: ServeParams, host: str = "127.0.0.1"
     log.info("serving %s (version %s) on http://%s:%d, %s", uri, holder.current.version, host, port,
              f"{len(tokens)} token(s)" if tokens else "no token: this machine only")
     try:
-        uvicorn.run(create_app(holder, cfg, tokens, on_result, insecure=insecure), host=host, port=port,
+        uvicorn.run(create_app(holder, cfg, tokens, on_result, insecure=insecure, report=report), host=host, port=port,
                     log_level="info", access_log=False)
     finally:
         holder.stop()

@@ -234,12 +234,13 @@ class WorkerPool:
 
         threading.Thread(target=respawn, name="dfd-worker-respawn", daemon=True).start()
 
-    async def run(self, job: Callable[[Any, Callable[[], None]], T], spec: ModelSpec) -> T:
-        """`job(model, check)` in a free worker within `request_timeout_s`.
+    async def run(self, job: Callable[[Any, Callable[[], None]], T], spec: ModelSpec,
+                  timeout_s: float | None = None) -> T:
+        """`job(model, check)` in a free worker within `timeout_s` (default `request_timeout_s`).
 
         Raises:
             SlotsBusy: No worker came free within `slot_wait_s`.
-            TimeoutError: Past `request_timeout_s` (or the CPU limit): the worker was killed and is being replaced.
+            TimeoutError: Past the timeout (or the CPU limit): the worker was killed and is being replaced.
             WorkerFailed: The job raised, or hit the worker's memory limit.
         """
         assert self._idle is not None, "WorkerPool.start() was not awaited"
@@ -248,10 +249,11 @@ class WorkerPool:
         except TimeoutError:
             raise SlotsBusy from None
         loop = asyncio.get_running_loop()
-        cpu_s = self.cfg.request_timeout_s * self.threads  # a request's CPU share: the timeout on its cores
+        timeout_s = timeout_s or self.cfg.request_timeout_s
+        cpu_s = timeout_s * self.threads  # a request's CPU share: the timeout on its cores
         future = loop.run_in_executor(self._io, worker.roundtrip, (job, spec, cpu_s))
         try:
-            status, value = await asyncio.wait_for(future, self.cfg.request_timeout_s)
+            status, value = await asyncio.wait_for(future, timeout_s)
         except (TimeoutError, asyncio.CancelledError):  # overran, or the client went away: stop it the hard way
             self._replace(worker)
             raise
