@@ -123,7 +123,8 @@ def register_random(work: Path, crop: np.ndarray, faces_cfg: dict, onnx: bool = 
 
 def start(cmd: list[str], env: dict, url: str, log: Path) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
+    # dfd serve loads the model in the server, then in each scoring worker: minutes on a loaded machine
+    deadline = time.time() + 900
     while time.time() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{cmd[0]} exited: {log.read_text()[-2000:]}")

@@ -18,7 +18,8 @@ OpenCV reads the variable on every open, inside its own lock (`CvCapture_FFMPEG:
 one at a time; `open_video` sets the variable and opens under one lock of its own, so a thread never opens with
 another thread's options. The variable exists from this module's import on (before any scoring thread starts), so
 a later change replaces a value in place and never reallocates the environment under a concurrent `getenv`. In a
-worker process that opens one file at a time the value is set once per allow-list.
+worker process that opens one file at a time the value is set once per allow-list. The variable keeps the last
+open's value: a plain `cv2.VideoCapture` elsewhere in the process opens under it (unset it for one that must not).
 
 What the lists do not cover: OpenCV opens the video stream's decoder itself (`avcodec_open2` on a context of its
 own, without the whitelist): that decoder is initialised (from the container's codec header, no frame decoded)

@@ -60,6 +60,7 @@ def test_container_outside_the_list_never_reaches_a_decoder(clips: dict[str, Pat
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """FLV and MPEG-TS (both open with a plain cv2.VideoCapture) are refused with a one-line reason, and no
     VideoCapture and no FFmpeg process is ever started for them; an allowed MP4/H.264 decodes every frame."""
+    monkeypatch.delenv(ENV, raising=False)  # the last open_video's options stay in the environment: not for these
     disguised = {}
     for name in ("flv", "ts"):
         assert _frames(cv2.VideoCapture(str(clips[name]))) == 6  # FFmpeg would parse and decode them
