@@ -44,8 +44,8 @@ def _kind(proc: psutil.Process, root: int) -> str:
         return "server"
     with contextlib.suppress(psutil.Error):
         cmd = " ".join(proc.cmdline())
-        if "forkserver" in cmd:
-            return "forkserver"
+        if "forkserver" in cmd:  # the forkserver, and the workers forked from it (same command line, no exec)
+            return "forkserver" if proc.ppid() == root else "worker"
         if "resource_tracker" in cmd:
             return "tracker"
         if proc.name().startswith("ffmpeg"):
