@@ -12,8 +12,8 @@ server its capacity.
 A job is a picklable callable `job(model, check_cancel)` (a module-level function under `functools.partial`); it
 names the model version it wants (`ModelSpec`). When the alias has moved, the worker that takes the job first
 loads that version, as a step of its own bounded by `LOAD_TIMEOUT_S` (a large ensemble may take longer to load
-than a request may take to score), then scores; replacements load the newest version asked for. Each answer says
-which version scored it, and the pool refuses one from any other version than the job named.
+than a request may take to score), then scores; a replacement loads the version being served when it starts. Each
+answer says which version scored it, and the pool refuses one from any other registry version than the job named.
 """
 
 from __future__ import annotations
@@ -65,10 +65,13 @@ class ModelSpec:
 
     @classmethod
     def of(cls, model: Any, tracking_uri: str, cfg: ServeParams) -> ModelSpec:
-        """The spec that loads exactly `model` (a `LoadedModel`): its version, never the alias."""
-        pinned = f"models:/{model.name}/{model.version}" if model.name and model.version else model.uri
-        return cls(pinned, tracking_uri, cfg.precision, cfg.max_precision_error, cfg.engine,
-                   str(model.version) if model.name and model.version else None)
+        """The spec that loads exactly `model` (a `LoadedModel`): its registry version, never the alias; a folder
+        (`serve --from`'s checked private copy) by its path, although its manifest names a registry version: the
+        workers must load the files that were checked, never fetch the version from a registry."""
+        if str(model.uri).startswith("models:/") and model.name and model.version:
+            return cls(f"models:/{model.name}/{model.version}", tracking_uri, cfg.precision, cfg.max_precision_error,
+                       cfg.engine, str(model.version))
+        return cls(str(model.uri), tracking_uri, cfg.precision, cfg.max_precision_error, cfg.engine)
 
     def load(self) -> Any:
         from dfd.serving.registry_model import load
@@ -290,7 +293,7 @@ class WorkerPool:
         if status == "ok":
             self._idle.put_nowait(worker)
             result, scored_by = value
-            if scored_by != spec.version:  # never answer in the name of a version that did not score
+            if spec.version is not None and scored_by != spec.version:  # never answer for a version that did not score
                 log.error("a worker scored with version %s, asked for %s", scored_by, spec.version)
                 raise WorkerFailed("internal", "see the server log")
             return result
