@@ -303,8 +303,12 @@ def main() -> None:
                 results[(name, "mem")] = mem.peak
             finally:
                 client.close()
-                proc.terminate()
-                proc.wait(30)
+                proc.terminate()  # dfd serve stops its workers first: give a loaded machine time, then kill
+                try:
+                    proc.wait(120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
         print(f"image {image.name} ({len(data)} bytes), {args.requests} requests per run, dfd serve: "
               "2 scoring workers (its default), mlflow: -w 1")
         for clients in (1, 8):
