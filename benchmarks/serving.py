@@ -2,22 +2,26 @@
 
 The model: the default params' four members at their real input sizes (randomly initialised: speed does not depend
 on the weights), logged and registered in a temporary sqlite store exactly as the register stage logs the ensemble.
-Both servers run as real processes with one worker. Requests: the same image, with 1 and then 8 concurrent clients.
+Both servers run as real processes: `dfd serve` with its defaults (`serve.max_concurrent` = 2 scoring worker
+processes, one model copy each), `mlflow models serve` with one worker (`-w 1`). Requests: the same image, with 1
+and then 8 concurrent clients.
 `dfd serve` gets the image itself (POST /predict, multipart: decode, detect, crop, score); `mlflow models serve`
 can only take crops, so its client sends the face crop of that image as MLflow scoring JSON (POST /invocations):
 the baseline does less work per request (no decode, no detection) but moves a 320x320x3 JSON tensor.
 
     python benchmarks/serving.py [--image FILE] [--requests 24]
 
-Prints requests/s, p50/p95 latency for each server and concurrency, each server's peak resident memory (the
-process tree's VmHWM), and the ratios.
+Prints requests/s, p50/p95 latency for each server and concurrency, each server's peak memory (the PSS of its whole
+process tree, server, forkserver and scoring workers included, sampled during the run: benchmarks/tree_memory.py),
+and the ratios.
 
     python benchmarks/serving.py --engines [--requests 8]
 
 `dfd serve` per inference engine (`--engine`/`--precision`: torch fp32 and bf16, ONNX Runtime fp32 and int8) and
 `mlflow models serve` of the same version (its logged engine, ONNX Runtime fp32), one client: req/s, p50/p95,
-peak memory, with the CPU's model and flags (benchmarks/engines.py). Random weights: `serve.max_precision_error` is
-raised to 1 for the int8 row, whose agreement only a trained model can show (the gate row).
+the process tree's peak memory, with the CPU's model and flags (benchmarks/engines.py). Random weights:
+`serve.max_precision_error` is raised to 1 for the int8 row, whose agreement only a trained model can show (the
+gate row).
 
     python benchmarks/serving.py --log-overhead [--rounds 3]
 
@@ -29,7 +33,6 @@ statistics and the queue put, what a request pays) on the image's face crop and 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -52,6 +55,7 @@ from dfd.platform.tracking import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict import random_ensemble  # the same random full-size members
+from tree_memory import TreeMemory
 
 PROJECT = Path(__file__).resolve().parent.parent
 MODEL_CODE = PROJECT / "dfd" / "serving" / "pyfunc_model.py"
@@ -117,25 +121,10 @@ def register_random(work: Path, crop: np.ndarray, faces_cfg: dict, onnx: bool = 
     return uri, "models:/bench-ensemble@production"
 
 
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM of a process and its children (MLflow execs uvicorn under its own process)."""
-    total = 0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
-
-
 def start(cmd: list[str], env: dict, url: str, log: Path) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
+    # dfd serve loads the model in the server, then in each scoring worker: minutes on a loaded machine
+    deadline = time.time() + 900
     while time.time() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{cmd[0]} exited: {log.read_text()[-2000:]}")
@@ -209,7 +198,7 @@ def log_overhead(args: argparse.Namespace, work: Path, image: Path, crop: np.nda
                 proc.kill()
     written = sum(1 for _ in (work / "traffic").rglob("*.parquet"))
     off, on = float(np.median(rates["off"])), float(np.median(rates["on"]))
-    print(f"image {image.name}, {args.requests} requests x {args.rounds} rounds, 2 clients, one server worker")
+    print(f"image {image.name}, {args.requests} requests x {args.rounds} rounds, 2 clients, default dfd serve workers")
     print(f"dfd serve, no traffic log : {off:6.3f} req/s (rounds {', '.join(f'{r:.3f}' for r in rates['off'])})")
     print(f"dfd serve, traffic log    : {on:6.3f} req/s (rounds {', '.join(f'{r:.3f}' for r in rates['on'])}); "
           f"{written} part file(s) written")
@@ -246,15 +235,16 @@ def engine_rows(args: argparse.Namespace, work: Path, image: Path, crop: np.ndar
                 return httpx.post(f"{u}/invocations", content=body, headers={"Content-Type": "application/json"},
                                   timeout=300)
         try:
-            send()  # warm-up
-            rps, p50, p95 = load(send, args.requests, 1)
+            with TreeMemory(proc.pid) as mem:
+                send()  # warm-up
+                rps, p50, p95 = load(send, args.requests, 1)
             print(f"{name:<30} {rps:6.2f} req/s  p50 {p50 * 1000:7.0f} ms  p95 {p95 * 1000:7.0f} ms  "
-                  f"peak memory {peak_rss_mb(proc.pid):6.0f} MiB", flush=True)
+                  f"peak PSS {mem.peak.pss_mib:6.0f} MiB ({mem.peak.processes} processes)", flush=True)
         finally:
             proc.terminate()
             proc.wait(60)
-    print(f"image {image.name}, {args.requests} requests, 1 client, one server worker ({cpu_line()}); mlflow models "
-          "serve runs the version's logged engine (onnxruntime fp32) on the face crop")
+    print(f"image {image.name}, {args.requests} requests, 1 client, default dfd serve workers ({cpu_line()}); "
+          "mlflow models serve runs the version's logged engine (onnxruntime fp32) on the face crop")
 
 
 def main() -> None:
@@ -306,15 +296,21 @@ def main() -> None:
                 def send(c=client, u=url):
                     return c.post(f"{u}/invocations", content=body, headers={"Content-Type": "application/json"})
             try:
-                send()  # warm-up
-                for clients in (1, 8):
-                    results[(name, clients)] = load(send, args.requests, clients)
-                results[(name, "mem")] = peak_rss_mb(proc.pid)
+                with TreeMemory(proc.pid) as mem:
+                    send()  # warm-up
+                    for clients in (1, 8):
+                        results[(name, clients)] = load(send, args.requests, clients)
+                results[(name, "mem")] = mem.peak
             finally:
                 client.close()
-                proc.terminate()
-                proc.wait(30)
-        print(f"image {image.name} ({len(data)} bytes), {args.requests} requests per run, one server worker")
+                proc.terminate()  # dfd serve stops its workers first: give a loaded machine time, then kill
+                try:
+                    proc.wait(120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
+        print(f"image {image.name} ({len(data)} bytes), {args.requests} requests per run, dfd serve: "
+              "2 scoring workers (its default), mlflow: -w 1")
         for clients in (1, 8):
             for name in ("dfd serve", "mlflow models serve"):
                 rps, p50, p95 = results[(name, clients)]
@@ -323,7 +319,9 @@ def main() -> None:
             print(f"{'ratio (ours/mlflow)':<20} {clients} client(s): "
                   f"{results[('dfd serve', clients)][0] / results[('mlflow models serve', clients)][0]:.2f}x req/s")
         for name in ("dfd serve", "mlflow models serve"):
-            print(f"{name:<20} peak memory {results[(name, 'mem')]:7.0f} MiB")
+            print(f"{name:<20} {results[(name, 'mem')].line()}")
+        ours, theirs = results[("dfd serve", "mem")], results[("mlflow models serve", "mem")]
+        print(f"{'ratio (ours/mlflow)':<20} {ours.pss_mib / theirs.pss_mib:.2f}x peak PSS")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -2,13 +2,14 @@
 
 The model: the random full-size ensemble of `benchmarks/serving.py` (speed and memory do not depend on the weights),
 with faces params sampling 2 frames per video so that the upload, not the scoring, dominates. `dfd serve` runs as a
-real process on loopback; its /proc/PID/io and /proc/PID/status are read around each request.
+real process on loopback; its /proc/PID/io is read around each request, and the memory of its whole process tree
+(server, forkserver, scoring workers: the PSS summed, sampled every 0.1 s, benchmarks/tree_memory.py) during it.
 
     python benchmarks/serving_limits.py [--limit-mb 64] [--video-mb 60] [--out FILE.json]
 
 Prints: the bytes the server wrote (wchar, write_bytes) and its resident memory growth while refusing a chunked
-upload of 3x `serve.max_upload_bytes`; MB/s of an accepted video upload of `--video-mb`; peak memory and time on a
-20000x20000 PNG; and the status code of every bad input tried.
+upload of 3x `serve.max_upload_bytes`, and the tree's peak memory then; MB/s of an accepted video upload of
+`--video-mb`; the tree's peak memory and time on a 20000x20000 PNG; and the status code of every bad input tried.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import _port, bench_image, register_random, start  # the same registered random ensemble
+from tree_memory import TreeMemory
 
 from dfd.data.face_extract import face_crops
 from dfd.data.media import read_rgb
@@ -183,21 +185,26 @@ def main() -> None:
         httpx.post(f"{url}/predict", files={"file": ("f.jpg", face)}, headers=headers, timeout=300)  # warm-up
 
         # 1. A chunked upload of 3x the limit: what the server wrote and held while refusing it.
+        with TreeMemory(proc.pid, 0.1) as idle:  # the tree at rest, after the warm-up
+            time.sleep(1)
         io0, mem0 = proc_io(proc.pid), proc_mem(proc.pid)
         t = time.perf_counter()
-        try:
-            r = httpx.post(f"{url}/predict", content=chunked(3 * limit), timeout=300,
-                           headers={**headers, "content-type": "multipart/form-data; boundary=bench"})
-            status = r.status_code
-        except httpx.HTTPError as exc:
-            status = f"client error {type(exc).__name__}"
+        with TreeMemory(proc.pid, 0.1) as tree:
+            try:
+                r = httpx.post(f"{url}/predict", content=chunked(3 * limit), timeout=300,
+                               headers={**headers, "content-type": "multipart/form-data; boundary=bench"})
+                status = r.status_code
+            except httpx.HTTPError as exc:
+                status = f"client error {type(exc).__name__}"
         io1, mem1 = proc_io(proc.pid), proc_mem(proc.pid)
         results["refused_3x"] = {"status": status, "seconds": round(time.perf_counter() - t, 2),
                                  "limit_bytes": limit, "sent_bytes": 3 * limit,
                                  "wchar": io1["wchar"] - io0["wchar"],
                                  "write_bytes": io1["write_bytes"] - io0["write_bytes"],
                                  "rss_growth_kib": mem1["VmRSS"] - mem0["VmRSS"],
-                                 "peak_growth_kib": mem1["VmHWM"] - mem0["VmHWM"]}
+                                 "peak_growth_kib": mem1["VmHWM"] - mem0["VmHWM"],
+                                 "tree_pss_idle_mib": round(idle.peak.pss_mib),
+                                 "tree_pss_peak_mib": round(tree.peak.pss_mib), "tree_processes": tree.peak.processes}
         print("3x chunked upload:", results["refused_3x"], flush=True)
 
         # 2. Throughput of a large accepted video.
@@ -215,14 +222,15 @@ def main() -> None:
 
         # 3. The 20000x20000 PNG.
         bomb = png_bomb(args.cache / "bomb_20000.png")
-        mem0 = proc_mem(proc.pid)
         t = time.perf_counter()
-        r = httpx.post(f"{url}/predict", files={"file": ("bomb.png", bomb.read_bytes())}, headers=headers,
-                       timeout=600)
-        mem1 = proc_mem(proc.pid)
+        with TreeMemory(proc.pid, 0.1) as tree:  # the checks run in a scoring worker, not the server process
+            r = httpx.post(f"{url}/predict", files={"file": ("bomb.png", bomb.read_bytes())}, headers=headers,
+                           timeout=600)
         results["png_bomb"] = {"status": r.status_code, "png_bytes": bomb.stat().st_size,
                                "seconds": round(time.perf_counter() - t, 2), "reason": r.json().get("reason"),
-                               "peak_before_mib": mem0["VmHWM"] // 1024, "peak_after_mib": mem1["VmHWM"] // 1024}
+                               "tree_pss_idle_mib": round(idle.peak.pss_mib),
+                               "tree_pss_peak_mib": round(tree.peak.pss_mib),
+                               "tree_hwm_sum_mib": round(tree.peak.hwm_mib)}
         print("PNG bomb:", results["png_bomb"], flush=True)
 
         # 4. Bad inputs.

@@ -8,6 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dfd.data.video_open import ANY_VIDEO, VideoAllow, open_video, sniff_container
+
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
 
@@ -36,7 +38,13 @@ def check_media(path: Path) -> str | None:
     if kind == "image":
         return None if cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None else "unreadable or corrupt image"
     if kind == "video":
-        cap = cv2.VideoCapture(str(path))
+        try:
+            container = sniff_container(path)
+        except OSError as exc:
+            return f"unreadable file ({type(exc).__name__})"
+        if container is None:  # FFmpeg never sees it: no demuxer probes a file dfd cannot use
+            return "unsupported video container (not MP4/QuickTime, Matroska/WebM or AVI by its first bytes)"
+        cap = open_video(path)
         try:
             if not cap.isOpened():
                 return "unreadable or corrupt video (cannot open)"
@@ -63,16 +71,17 @@ def sample_indices(total: int, n: int) -> list[int]:
 
 
 def sample_video_frames(path: Path, n: int, check_cancel: Callable[[], None] | None = None,
-                        ) -> tuple[list[tuple[int, np.ndarray]], str | None]:
+                        allow: VideoAllow = ANY_VIDEO) -> tuple[list[tuple[int, np.ndarray]], str | None]:
     """Read `n` uniformly spaced frames of a video, moving forward with grab() and decoding only what is kept.
 
     Seeking to each frame re-decodes from the previous keyframe every time; one forward pass does not.
-    `check_cancel` is called before each frame and may raise to stop (a server request that timed out).
+    `check_cancel` is called before each frame and may raise to stop (a server request that timed out). FFmpeg
+    opens the file under `allow` (`dfd.data.video_open`): another container does not open.
 
     Returns:
         (frame index, RGB frame) pairs, and a note when the file ended early or frames failed to decode.
     """
-    cap = cv2.VideoCapture(str(path))
+    cap = open_video(path, allow)
     if not cap.isOpened():
         return [], "cannot open video"
     # Portrait phone videos carry a rotation tag: let OpenCV apply it, so faces are upright for the detector.

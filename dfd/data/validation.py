@@ -23,7 +23,7 @@ from dfd.platform.config import DataParams
 from dfd.platform.file_memo import FileHasher
 
 #: The media check's name in the file memo (bump it when `check_media` changes what it finds).
-MEDIA_PROBE = "media_check/1"
+MEDIA_PROBE = "media_check/2"  # 2: videos sniffed and opened under the allow-lists
 #: Below this share of the minority class a dataset is reported as badly unbalanced.
 MIN_CLASS_SHARE = 0.1
 

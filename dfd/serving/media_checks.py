@@ -3,7 +3,9 @@
 A hostile file is cheap to make and expensive to decode: a 400 KB PNG that claims 20000x20000 pixels, an 8K video,
 or a container or codec whose FFmpeg parser nobody needed. These checks read only headers: Pillow's header parser
 for images (no pixel is decoded), the first bytes for the container (before FFmpeg opens the file), and the stream
-header OpenCV reports for the codec and frame size (before any frame is read).
+header OpenCV reports for the codec and frame size (before any frame is read). FFmpeg itself holds the same
+lists wherever it opens a file (`dfd.data.video_open`: the sniffed demuxer forced, format, codec and protocol
+whitelists), so a file that slips past a check in Python still meets no parser outside them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from pathlib import Path
 
 import cv2
 
+from dfd.data.video_open import DEMUXERS, VideoAllow, decoder_names, demuxer_names, open_video, sniff_container
 from dfd.platform.config import ServeParams
+
+__all__ = ["Refusal", "VideoHeader", "check_frames", "check_image", "check_video", "image_header", "jpeg_scans",
+           "sniff_container", "sniff_image", "video_allow", "video_header"]
 
 # The names `serve.image_formats` uses -> Pillow's format (plugin) names.
 _PIL_NAMES = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "webp": "WEBP", "gif": "GIF", "tiff": "TIFF",
@@ -35,7 +41,6 @@ _CODECS = {
 }
 _SOS = b"\xff\xda"  # JPEG start-of-scan marker: one per scan (entropy-coded data stuffs every 0xFF with 0x00)
 _TOO_MANY_PIXELS = b"exceeds specified max pixel count"  # FFmpeg's words when a decoded frame passes -max_pixels
-_QUICKTIME_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
 
 
 class Refusal(Exception):
@@ -102,22 +107,15 @@ def image_header(path: Path, allowed: Collection[str] | None = None) -> tuple[st
         return None
 
 
-def sniff_container(path: Path) -> str | None:
-    """'mp4' (ISO/QuickTime), 'matroska' (MKV/WebM) or 'avi' from the first bytes; None for anything else."""
-    with path.open("rb") as f:
-        head = f.read(16)
-    if len(head) >= 8 and head[4:8] in _QUICKTIME_BOXES:
-        return "mp4"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "matroska"
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "avi"
-    return None
+def video_allow(limits: ServeParams) -> VideoAllow:
+    """The containers and codecs `serve:` allows, as FFmpeg's allow-lists are built from them."""
+    return VideoAllow.of(limits.video_containers, limits.video_codecs)
 
 
-def video_header(path: Path, container: str) -> VideoHeader | None:
-    """The stream header as OpenCV's FFmpeg backend reports it on opening (no frame read); None when it won't open."""
-    cap = cv2.VideoCapture(str(path))
+def video_header(path: Path, container: str, allow: VideoAllow | None = None) -> VideoHeader | None:
+    """The stream header as OpenCV's FFmpeg backend reports it on opening (no frame read), FFmpeg holding `allow`
+    (`dfd.data.video_open`); None when it won't open."""
+    cap = open_video(path, allow or VideoAllow.of([container], VideoAllow().codecs))
     try:
         if not cap.isOpened():
             return None
@@ -159,16 +157,15 @@ def jpeg_scans(path: Path, stop_after: int) -> int:
     return count
 
 
-_DEMUXERS = {"mp4": "mov", "matroska": "matroska", "avi": "avi"}  # sniff_container's names -> FFmpeg's
-
-
 def check_frames(path: Path, max_pixels: int, timeout_s: float, memory_bytes: int = 0,
-                 check_cancel: Callable[[], None] | None = None, container: str | None = None) -> None:
+                 check_cancel: Callable[[], None] | None = None, container: str | None = None,
+                 allow: VideoAllow | None = None) -> None:
     """Decode every video frame in an FFmpeg process bounded by `-max_pixels`: the stream header is one frame's
     size, yet H.264 may switch resolution at a new SPS and VP9 per frame (and OpenCV rescales such frames to the
     first size without saying so). The FFmpeg binary parses the file in its own short-lived process, under
-    `memory_bytes` of address space, with the demuxer of the sniffed `container` forced (no probing of others), and
-    is killed at `timeout_s` or when `check_cancel` raises.
+    `memory_bytes` of address space, with the demuxer of the sniffed `container` forced (no probing of others) and
+    FFmpeg's format, codec and protocol whitelists built from `allow` (as `open_video` passes them to OpenCV's
+    FFmpeg), and is killed at `timeout_s` or when `check_cancel` raises.
 
     Raises:
         Refusal: A decoded frame over `max_pixels` (too_large), or the decode outlasted `timeout_s` (too_long).
@@ -179,7 +176,11 @@ def check_frames(path: Path, max_pixels: int, timeout_s: float, memory_bytes: in
         if memory_bytes:
             resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
-    forced = ["-f", _DEMUXERS[container]] if container in _DEMUXERS else []
+    forced = ["-f", DEMUXERS[container]] if container in DEMUXERS else []
+    if allow is not None:  # input options: the demuxer and every decoder the binary opens hold them
+        forced += ["-format_whitelist", demuxer_names(allow.containers),
+                   "-codec_whitelist", decoder_names(allow.codecs) or "none"]
+    forced += ["-protocol_whitelist", "file"]
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-max_pixels",
            str(max_pixels), *forced, "-i", str(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-f", "null", "-"]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -224,7 +225,7 @@ def check_video(path: Path, limits: ServeParams) -> VideoHeader:
         raise Refusal("unreadable", "not an MP4/QuickTime, Matroska/WebM or AVI file (corrupt, or another format)")
     if container not in limits.video_containers:
         raise Refusal("unsupported", f"container {container} is not in serve.video_containers")
-    header = video_header(path, container)
+    header = video_header(path, container, video_allow(limits))
     if header is None:
         raise Refusal("unreadable", "the video does not open (corrupt, truncated or not a video)")
     if header.codec not in limits.video_codecs:

@@ -21,7 +21,7 @@ from dfd.evaluation.agreement import REASON as AGREEMENT_REASON
 from dfd.evaluation.agreement import agreement_threshold, file_agreement, is_uncertain, member_weights
 from dfd.platform.config import AggregationParams, ServeParams
 from dfd.serving import tracks as face_tracks
-from dfd.serving.media_checks import Refusal, check_frames, check_image, check_video, image_header
+from dfd.serving.media_checks import Refusal, check_frames, check_image, check_video, image_header, video_allow
 from dfd.serving.tracks import ABSTAIN_REASONS, FACE_TOO_SMALL, assign_tracks, drop_small, judge
 
 # Why a file's status is not `scored`. `unsupported`: neither an image nor a video; `unreadable`: does not decode;
@@ -114,7 +114,7 @@ def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams, kind
             header = check_video(path, limits)
             # the header is one frame's size: every frame is decoded once, in a bounded FFmpeg process
             check_frames(path, limits.max_video_pixels, limits.request_timeout_s, limits.worker_memory_bytes,
-                         check_cancel, header.container)
+                         check_cancel, header.container, video_allow(limits))
     except Refusal as refused:
         res.reason, res.detail = refused.reason, refused.detail
         return [], res
@@ -125,7 +125,7 @@ def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams, kind
             return [], res
         res.kind = "image"
         return [(0, rgb)], res
-    frames, note = sample_video_frames(path, faces_cfg["frames_per_video"], check_cancel)
+    frames, note = sample_video_frames(path, faces_cfg["frames_per_video"], check_cancel, video_allow(limits))
     if note and "truncated" in note:
         # Frames sampled from what is left would not be the frames the model was evaluated on: no score.
         res.reason, res.detail = "truncated", note
@@ -134,7 +134,7 @@ def load_frames(path: Path, faces_cfg: dict[str, Any], limits: ServeParams, kind
         res.reason, res.detail = "unreadable", note or "no decodable frame"
         return [], res
     res.detail = note
-    res.kind, res.fps = "video", face_tracks.video_fps(path)
+    res.kind, res.fps = "video", face_tracks.video_fps(path, video_allow(limits))
     return frames, res
 
 

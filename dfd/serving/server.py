@@ -125,7 +125,8 @@ def create_app(holder: ModelHolder, cfg: ServeParams, token: str | list[str] | N
     seen = on_result or _unobserved
     tokens = [token] if isinstance(token, str) else list(token or [])
     slots = ScoringSlots(cfg.max_concurrent, cfg.request_timeout_s, cfg.slot_wait_s)
-    pool = (WorkerPool(cfg.max_concurrent, ModelSpec.of(holder.current, holder.tracking_uri, cfg), cfg)
+    pool = (WorkerPool(cfg.max_concurrent, ModelSpec.of(holder.current, holder.tracking_uri, cfg), cfg,
+                       current=lambda: ModelSpec.of(holder.current, holder.tracking_uri, cfg))
             if cfg.isolation == "process" else None)
     # Bodies being received (uploads, JSON, path-list copies) at once: each may hold its limit on disk or in memory.
     receiving = asyncio.Semaphore(2 * cfg.max_concurrent)

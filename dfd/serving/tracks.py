@@ -20,11 +20,13 @@ track that long), both status `not_applicable`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dfd.data.face_tracking import FaceTracker, assign_tracks, face_side  # noqa: F401  (re-exported)
+from dfd.data.video_open import ANY_VIDEO, VideoAllow, open_video
 from dfd.evaluation.aggregate import aggregate
 from dfd.evaluation.file_rules import FILE_RULES, TOO_FEW_FRAMES, worst_track
 from dfd.evaluation.file_rules import min_frames_for as _min_frames_for
@@ -129,11 +131,12 @@ def timeline(tracks: list[dict[str, Any]], sampled: list[int], fps: float | None
     return [{"frame": i, "t": round(i / fps, 3) if fps else None, "p_fake": at[i]} for i in sorted(at)]
 
 
-def video_fps(path: Any) -> float | None:
-    """Frames per second from the video's header (None when it does not say): sampled frame index to seconds."""
+def video_fps(path: Path | str, allow: VideoAllow = ANY_VIDEO) -> float | None:
+    """Frames per second from the video's header (None when it does not say): sampled frame index to seconds.
+    FFmpeg opens it under `allow` (`dfd.data.video_open`)."""
     import cv2
 
-    cap = cv2.VideoCapture(str(path))
+    cap = open_video(Path(path), allow)
     try:
         fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
     finally:

@@ -10,7 +10,10 @@ free again once the replacement has loaded the model, so hostile requests cost t
 server its capacity.
 
 A job is a picklable callable `job(model, check_cancel)` (a module-level function under `functools.partial`); it
-names the model version it wants (`ModelSpec`), and a worker loads another version when the alias has moved.
+names the model version it wants (`ModelSpec`). When the alias has moved, the worker that takes the job first
+loads that version, as a step of its own bounded by `LOAD_TIMEOUT_S` (a large ensemble may take longer to load
+than a request may take to score), then scores; a replacement loads the version being served when it starts. Each
+answer says which version scored it, and the pool refuses one from any other registry version than the job named.
 """
 
 from __future__ import annotations
@@ -58,12 +61,17 @@ class ModelSpec:
     precision: str = "fp32"
     max_precision_error: float = 0.02
     engine: str = "torch"  # serve.engine: what runs the members in the worker
+    version: str | None = None  # the registry version `uri` pins (None: a folder)
 
     @classmethod
     def of(cls, model: Any, tracking_uri: str, cfg: ServeParams) -> ModelSpec:
-        """The spec that loads exactly `model` (a `LoadedModel`): its version, never the alias."""
-        pinned = f"models:/{model.name}/{model.version}" if model.name and model.version else model.uri
-        return cls(pinned, tracking_uri, cfg.precision, cfg.max_precision_error, cfg.engine)
+        """The spec that loads exactly `model` (a `LoadedModel`): its registry version, never the alias; a folder
+        (`serve --from`'s checked private copy) by its path, although its manifest names a registry version: the
+        workers must load the files that were checked, never fetch the version from a registry."""
+        if str(model.uri).startswith("models:/") and model.name and model.version:
+            return cls(f"models:/{model.name}/{model.version}", tracking_uri, cfg.precision, cfg.max_precision_error,
+                       cfg.engine, str(model.version))
+        return cls(str(model.uri), tracking_uri, cfg.precision, cfg.max_precision_error, cfg.engine)
 
     def load(self) -> Any:
         from dfd.serving.registry_model import load
@@ -121,21 +129,25 @@ def _worker_main(conn: Any, spec: ModelSpec, memory_bytes: int, threads: int) ->
 
     torch.set_num_threads(threads)  # the workers share the cores: n workers x all cores would oversubscribe
     t0 = time.monotonic()
-    loaded, model = spec, spec.load()
+    model = spec.load()
     conn.send(("ready", time.monotonic() - t0))
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     while True:
         try:
-            job, want, cpu_s = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):  # the server went away
             return
+        reply: tuple[str, Any]
         try:
-            if want != loaded:  # the alias moved: this worker's next request loads the new version
-                model = None
-                loaded, model = want, want.load()
-            # SIGXCPU (which ends the process) once this request has used its CPU share on top of what was used.
-            resource.setrlimit(resource.RLIMIT_CPU, (int(_cpu_seconds() + cpu_s) + 1, hard))
-            reply: tuple[str, Any] = ("ok", job(model, _never))
+            if message[0] == "load":  # the alias moved: load the version asked for (the old one until it has)
+                t0 = time.monotonic()
+                model = message[1].load()
+                reply = ("ready", time.monotonic() - t0)
+            else:
+                _, job, cpu_s = message
+                # SIGXCPU (which ends the process) once this request has used its CPU share on top of what was used
+                resource.setrlimit(resource.RLIMIT_CPU, (int(_cpu_seconds() + cpu_s) + 1, hard))
+                reply = ("ok", (job(model, _never), None if model.version is None else str(model.version)))
         except MemoryError:
             reply = ("memory", None)
         except Exception as exc:  # the job's bug: the server logs it, the client gets no internals
@@ -147,6 +159,7 @@ class _Worker:
     """One process and its end of the pipe."""
 
     def __init__(self, ctx: Any, spec: ModelSpec, memory_bytes: int, threads: int) -> None:
+        self.spec = spec  # the version loaded in it
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, spec, memory_bytes, threads),
                                 name="dfd-score-worker", daemon=True)
@@ -161,6 +174,18 @@ class _Worker:
     def roundtrip(self, message: tuple[Any, ...]) -> tuple[str, Any]:
         self.conn.send(message)
         return self.conn.recv()
+
+    def reload(self, spec: ModelSpec) -> float:
+        """Load `spec` in place of the loaded version; the seconds it took.
+
+        Raises:
+            RuntimeError: The load failed (the worker keeps the version it had).
+        """
+        status, value = self.roundtrip(("load", spec))
+        if status != "ready":
+            raise RuntimeError(f"loading {spec.uri} failed: {value}")
+        self.spec = spec
+        return value
 
     def kill(self) -> None:
         if self.proc.pid is not None:
@@ -178,10 +203,14 @@ class WorkerPool:
         n: Workers (= slots).
         spec: The model to preload.
         cfg: `serve:` params (timeouts, memory limit).
+        current: The version being served now (the holder's, after an alias move): what a replacement worker loads;
+            `spec` when not given.
     """
 
-    def __init__(self, n: int, spec: ModelSpec, cfg: ServeParams) -> None:
+    def __init__(self, n: int, spec: ModelSpec, cfg: ServeParams,
+                 current: Callable[[], ModelSpec] | None = None) -> None:
         self.n, self.spec, self.cfg = n, spec, cfg
+        self.current = current or (lambda: spec)
         self.threads = max(1, (os.cpu_count() or 1) // n)
         # Workers fork from a clean server process that imported torch, MLflow and dfd once (a spawned worker
         # would import them again at every restart); it holds no model, no threads of the server, no locks.
@@ -198,7 +227,7 @@ class WorkerPool:
         self.load_seconds: list[float] = []  # each worker's model load, restarts included: what a restart costs
 
     def _spawn(self) -> _Worker:
-        w = _Worker(self._ctx, self.spec, self.cfg.worker_memory_bytes, self.threads)
+        w = _Worker(self._ctx, self.current(), self.cfg.worker_memory_bytes, self.threads)
         with self._lock:
             self._all.add(w)
         self.load_seconds.append(w.load_s)
@@ -249,9 +278,11 @@ class WorkerPool:
         except TimeoutError:
             raise SlotsBusy from None
         loop = asyncio.get_running_loop()
+        if worker.spec != spec:
+            await self._reload(worker, spec)
         timeout_s = timeout_s or self.cfg.request_timeout_s
         cpu_s = timeout_s * self.threads  # a request's CPU share: the timeout on its cores
-        future = loop.run_in_executor(self._io, worker.roundtrip, (job, spec, cpu_s))
+        future = loop.run_in_executor(self._io, worker.roundtrip, ("job", job, cpu_s))
         try:
             status, value = await asyncio.wait_for(future, timeout_s)
         except (TimeoutError, asyncio.CancelledError):  # overran, or the client went away: stop it the hard way
@@ -263,13 +294,39 @@ class WorkerPool:
             raise TimeoutError(f"the scoring worker died (exit {code})") from None
         if status == "ok":
             self._idle.put_nowait(worker)
-            return value
+            result, scored_by = value
+            if spec.version is not None and scored_by != spec.version:  # never answer for a version that did not score
+                log.error("a worker scored with version %s, asked for %s", scored_by, spec.version)
+                raise WorkerFailed("internal", "see the server log")
+            return result
         self._replace(worker)  # a MemoryError or a bug may leave it in any state: start clean
         if status == "memory":
             raise WorkerFailed("too_large", f"over the worker's memory limit (serve.worker_memory_bytes="
                                             f"{self.cfg.worker_memory_bytes})")
         log.error("scoring job failed in a worker: %s", value)
         raise WorkerFailed("internal", "see the server log")
+
+    async def _reload(self, worker: _Worker, spec: ModelSpec) -> None:
+        """Load `spec` in `worker` before its job (the alias moved), within LOAD_TIMEOUT_S, not the request's
+        timeout.
+
+        Raises:
+            WorkerFailed: The load failed (the worker goes back to the pool with its old version) or overran (the
+                worker is replaced).
+        """
+        assert self._idle is not None
+        loop = asyncio.get_running_loop()
+        try:
+            load_s = await asyncio.wait_for(loop.run_in_executor(self._io, worker.reload, spec), LOAD_TIMEOUT_S)
+        except (TimeoutError, asyncio.CancelledError, EOFError, OSError):
+            self._replace(worker)
+            raise WorkerFailed("internal", "the scoring worker did not load the new model version") from None
+        except RuntimeError as exc:
+            self._idle.put_nowait(worker)
+            log.error("scoring worker kept version %s: %s", worker.spec.version, exc)
+            raise WorkerFailed("internal", "see the server log") from None
+        self.load_seconds.append(load_s)
+        log.info("scoring worker loaded %s in %.1f s", spec.uri, load_s)
 
     def shutdown(self) -> None:
         """Stop every worker (at server exit)."""

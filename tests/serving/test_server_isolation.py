@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -303,3 +304,76 @@ def test_busy_slots_503_and_slow_json_408(registered, loaded, media: dict[str, P
             head = sock.recv(4096)
         assert head.startswith(b"HTTP/1.1 408"), head[:200]
         assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
+
+
+def test_process_workers_follow_the_alias(registered, tmp_path: Path, media: dict[str, Path]) -> None:
+    """Process mode: when the alias moves, the worker loads the new version (a step of its own, outside the
+    request's timeout) and its answers come from it, by the version they name and by their score; no request of a
+    client sending back-to-back fails meanwhile. The new version's post-calibration is shifted, so the two score the
+    same face differently and a score shows which version's worker computed it."""
+    import shutil
+    import threading
+
+    from dfd.platform.layout import Layout
+    from dfd.platform.tracking import Tracker
+    from tasks import register
+    from tests.helpers import tiny_params
+
+    root = tmp_path / "project"
+    shutil.copytree(registered.root, root)
+    params = tiny_params(root, mlflow={"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"})
+    tracker = Tracker.from_params(params, root)
+    holder = ModelHolder(registered.uri, tracker.tracking_uri)
+    old = holder.current.version
+    face = media["face"]
+    expected = {old: holder.current.python_model.scorer.score_path(face).p_fake}
+    cfg = ServeParams(max_concurrent=1, poll_interval_s=0.5, request_timeout_s=120, slot_wait_s=600)
+    assert cfg.isolation == "process"
+    app = create_app(holder, cfg)
+    answers: list[tuple[int, str | None, float | None]] = []
+    stop = threading.Event()
+
+    def client(url: str) -> None:
+        with httpx.Client(timeout=900) as c:
+            while not stop.is_set():
+                r = c.post(f"{url}/predict", files={"file": ("face.png", face.read_bytes())})
+                body = r.json()
+                answers.append((r.status_code, body.get("model_version"), body.get("p_fake")))
+
+    def wait(what: str, done: Callable[[], bool], timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}; answers {answers}"
+            time.sleep(0.2)
+
+    with _Server(app, start_timeout_s=600) as url:
+        holder.start(0.5)
+        sender = threading.Thread(target=client, args=(url,), daemon=True)
+        sender.start()
+        try:
+            wait("a first answer", lambda: len(answers) >= 1)
+            spec_path = Layout.from_params(params, root).ensemble_dir / "ensemble.json"
+            spec = json.loads(spec_path.read_text())
+            post = spec.get("post_calibration") or {"method": "platt", "a": 1.0, "b": 0.0}
+            spec["post_calibration"] = {**post, "b": float(post.get("b", 0.0)) + 1.0}  # monotone: same ranking
+            spec_path.write_text(json.dumps(spec))
+            res = register.run(params, Layout.from_params(params, root), tracker)
+            assert res.promoted and res.version != old
+            wait("the holder's swap", lambda: holder.current.version == res.version)
+            wait("three answers from the new version", lambda: sum(v == res.version for _, v, _ in answers) >= 3)
+        finally:
+            stop.set()
+            sender.join(900)
+            holder.stop()
+        pool = app.state.pool
+        restarts, loads = pool.restarts, list(pool.load_seconds)
+    expected[res.version] = holder.current.python_model.scorer.score_path(face).p_fake
+    assert abs(expected[res.version] - expected[old]) > 1e-3, expected  # the score tells the versions apart
+    assert [s for s, _, _ in answers] == [200] * len(answers), answers
+    versions = [v for _, v, _ in answers]
+    first_new = versions.index(res.version)
+    assert set(versions[:first_new]) == {old} and set(versions[first_new:]) == {res.version}, versions
+    for _, version, p_fake in answers:
+        assert p_fake == pytest.approx(expected[version], abs=1e-5), (version, p_fake, expected)
+    assert restarts == 0 and len(loads) == 2, (restarts, loads)  # the start, and one reload in place
+    print(f"process-mode swap: {len(answers)} answers ({first_new} from {old}), reload {loads[1]:.1f} s")

@@ -164,3 +164,18 @@ def test_only_the_plugin_of_an_allowed_sniffed_format_parses_an_image(tmp_path: 
     assert refused.value.reason == "unreadable"
     assert sniff_kind(gif) == "image" and sniff_kind(junk) == "video"
     assert opened == [["PNG"]]  # neither the GIF, the junk nor the kind checks reached a Pillow plugin
+
+
+def test_worker_spec_pins_registry_versions_and_keeps_folders() -> None:
+    """A registry model is pinned to its version (an alias move is the poller's to decide); a folder (`serve --from`'s
+    checked private copy) is loaded by its path even though its manifest names a registry version: the workers must
+    score with the files that were checked, not fetch that version from whatever registry they can reach."""
+    from dfd.serving.registry_model import LoadedModel
+    from dfd.serving.workers import ModelSpec
+
+    registry = LoadedModel("models:/m@production", None, None, name="m", version="7", alias="production")
+    spec = ModelSpec.of(registry, "sqlite:///x.db", ServeParams())
+    assert (spec.uri, spec.version) == ("models:/m/7", "7")
+    folder = LoadedModel("/tmp/dfd-serve-copy/model", None, None, name="m", version="7")
+    spec = ModelSpec.of(folder, "sqlite:///x.db", ServeParams(engine="onnxruntime"))
+    assert (spec.uri, spec.version, spec.engine) == ("/tmp/dfd-serve-copy/model", None, "onnxruntime")
