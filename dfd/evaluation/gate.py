@@ -129,7 +129,8 @@ def champion_check(champion: dict[str, Any] | None, policy: str, alpha: float, m
     """Non-inferiority (`not_worse`) or superiority (`better`) of the candidate, from `champion_summary`'s result.
 
     The value is the one-sided (1 - alpha) lower bound of AUC(candidate) - AUC(champion): `not_worse` passes when it
-    is above -margin, `better` when it is above 0. A sample too small to decide either way FAILS, with its counts and
+    is above -margin, `better` when it is above 0. `not_worse` fails as shown worse when the one-sided upper bound is
+    below -margin too, however wide the interval. A sample too small to decide either way FAILS, with its counts and
     roughly how many videos would be needed; None (no production version yet) passes, and so does a comparison
     skipped because the champion was split by another scheme (`skipped`: said in the detail).
     """
@@ -163,6 +164,13 @@ def champion_check(champion: dict[str, Any] | None, policy: str, alpha: float, m
     if lower > bound:
         verdict = f"not worse than the champion by {margin}" if policy == "not_worse" else "better than the champion"
         return Check("champion", lower, threshold, True, f"{verdict}: {where}", ">")
+    upper = _finite(test.get("upper"))
+    if policy == "not_worse" and upper is not None and upper < bound:
+        # Shown worse: the one-sided upper bound lies below -margin too. A wide interval is then no reason to ask
+        # for more videos: they would narrow it around a loss already larger than the margin.
+        return Check("champion", lower, threshold, False,
+                     f"worse than the margin {margin} allows, shown: one-sided {conf}% upper bound {upper:+.4f} "
+                     f"below {bound:+.4f}: {where}", ">")
     half, n_v = diff - lower, int(champion.get("n_videos") or champion.get("n") or 0)
     # Too few: even a tie (not_worse) or the observed gain (better) could not clear the bound at this sample size.
     room = margin if policy == "not_worse" else diff

@@ -136,6 +136,8 @@ class PairedTest:
     n_boot: int
     confidence: float
     lower: float = float("nan")  # one-sided `confidence` lower bound: what non-inferiority/superiority is judged on
+    # One-sided `confidence` upper bound: below -margin the candidate is shown worse, however wide the interval.
+    upper: float = float("nan")
     n_clusters: int = 0
     note: str = ""  # why the test is undefined, when it is
 
@@ -173,20 +175,21 @@ def paired_auc_test(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarr
     diffs = diffs[np.isfinite(diffs)]
     nan = float("nan")
     if not np.isfinite(diff) or not len(diffs):
-        return PairedTest(auc_a, auc_b, nan, nan, nan, nan, n_boot, confidence, nan, n_clusters,
+        return PairedTest(auc_a, auc_b, nan, nan, nan, nan, n_boot, confidence, nan, nan, n_clusters,
                           "no resample holds both classes")
     if np.ptp(diffs) <= 1e-12:
         # Every resample gives the same difference (the scorers rank every sample alike): the interval is that
         # point, but a p-value has no spread to be judged by, so it is undefined rather than 1/(B+1).
         return PairedTest(auc_a, auc_b, float(diff), float(diff), float(diff), nan, n_boot, confidence,
-                          float(diff), n_clusters, f"every resample gives the difference {diff:+.4f}: no p-value")
+                          float(diff), float(diff), n_clusters,
+                          f"every resample gives the difference {diff:+.4f}: no p-value")
     tail = 1 - confidence
     lo, hi = np.quantile(diffs, [tail / 2, 1 - tail / 2])
-    lower = float(np.quantile(diffs, tail))
+    lower, upper = (float(q) for q in np.quantile(diffs, [tail, confidence]))
     # +1 in numerator and denominator: a bootstrap p-value is never exactly 0 (Davison & Hinkley 1997, eq. 4.11).
     p = (np.sum(np.abs(diffs - diff) >= abs(diff) - 1e-12) + 1) / (len(diffs) + 1)
     return PairedTest(auc_a, auc_b, float(diff), float(lo), float(hi), float(min(p, 1.0)), n_boot, confidence,
-                      lower, n_clusters)
+                      lower, upper, n_clusters)
 
 
 def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric: Callable[[np.ndarray, np.ndarray], float],

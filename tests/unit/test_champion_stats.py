@@ -200,14 +200,41 @@ def _clustered(seed: int, n_clusters: int, per_class: int, auc_a: float, auc_b: 
 
 def test_false_better_rate_at_20_clusters_per_class_over_300_seeds() -> None:
     """True difference 0, 20 mixed clusters: the one-sided 95% bound is above 0 (a false "better") in at most
-    alpha + 0.035 of 300 seeds (binomial sd ~0.013), for the bootstrap and for DeLong (t on 19 dof)."""
-    alpha, boot, delong = 0.05, 0, 0
+    alpha + 0.035 of 300 seeds (binomial sd ~0.013), for the bootstrap and for DeLong (t on 19 dof); and the
+    bootstrap's one-sided upper bound, which `not_worse` reads as "shown worse" below -margin, is below 0 (a false
+    "worse" at a bound of 0) as rarely."""
+    alpha, boot, delong, worse = 0.05, 0, 0, 0
     for seed in range(300):
         y, a, b, cl = _clustered(seed, 20, 2, 0.85, 0.85)
-        boot += paired_auc_test(y, a, b, n_boot=300, seed=seed, confidence=1 - alpha, groups=cl).lower > 0
+        t = paired_auc_test(y, a, b, n_boot=300, seed=seed, confidence=1 - alpha, groups=cl)
+        boot += t.lower > 0
+        worse += t.upper < 0
         delong += delong_test(y, a, b, cl).lower(alpha) > 0
-    assert boot / 300 <= alpha + 0.035 and delong / 300 <= alpha + 0.035
-    assert boot > 0 and delong > 0  # not so conservative that nothing is ever called better
+    assert boot / 300 <= alpha + 0.035 and delong / 300 <= alpha + 0.035 and worse / 300 <= alpha + 0.035
+    assert boot > 0 and delong > 0 and worse > 0  # not so conservative that nothing is ever called better/worse
+
+
+def _frames(y: np.ndarray, champ: np.ndarray, cand: np.ndarray, cl: np.ndarray) -> pd.DataFrame:
+    """Scored stills as the register stage hands them to `champion_comparison` (one frame each)."""
+    return pd.DataFrame({"sample_id": [f"v{i}" for i in range(len(y))], "frame": 0, "label": y, "media": "image",
+                         "persons": [[f"p{c}"] for c in cl], "prob": cand, "champion": champ})
+
+
+def test_a_large_loss_is_shown_worse_on_25_clusters_where_a_tie_is_too_few() -> None:
+    """50 stills in 25 clusters: far too few for a margin of 0.01 (a tie is "too few to decide"), yet a candidate at
+    AUC 0.60 against a champion at 0.95 is decided: its one-sided upper bound is below -0.01 in each of 20 seeds."""
+    cfg = ChampionParams(bootstrap=300)  # margin 0.01 and 20 clusters per class: the defaults
+    for seed in range(20):
+        y, champ, cand, cl = _clustered(seed, 25, 1, 0.95, 0.60)
+        out = champion_comparison(_frames(y, champ, cand, cl), cfg, AggregationParams())
+        check = champion_check({"version": "1", **out}, "not_worse", cfg.alpha, cfg.margin)
+        assert out["n_clusters_per_class"] == {"real": 25, "fake": 25} and out["test"]["upper"] < -0.01
+        assert not check.passed and "worse than the margin 0.01 allows, shown" in check.detail
+        assert "too few" not in check.detail
+    y, champ, cand, cl = _clustered(0, 25, 1, 0.95, 0.95)
+    out = champion_comparison(_frames(y, champ, cand, cl), cfg, AggregationParams())
+    check = champion_check({"version": "1", **out}, "not_worse", cfg.alpha, cfg.margin)
+    assert not check.passed and "too few to decide: interval half-width" in check.detail
 
 
 def test_one_big_cluster_beside_pure_ones_is_resampled_and_not_decided() -> None:
