@@ -214,7 +214,8 @@ def engine_rows(args: argparse.Namespace, work: Path, image: Path, crop: np.ndar
     bindir = Path(sys.executable).parent
     data = image.read_bytes()
     body = json.dumps({"inputs": crop[None].tolist()})
-    (work / "loose.yaml").write_text(json.dumps({"serve": {"max_precision_error": 1.0}}))
+    # No traffic log: the default monitor.log_dir is relative, and these servers run in the caller's folder.
+    (work / "loose.yaml").write_text(json.dumps({"serve": {"max_precision_error": 1.0}, "monitor": {"log_dir": None}}))
     rows = {f"dfd serve {e} {p}": ["--engine", e, "--precision", p]
             for e, p in (("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))}
     rows["mlflow models serve"] = []
