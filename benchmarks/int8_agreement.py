@@ -63,7 +63,14 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=["QDQ", "QOperator"], choices=["QDQ", "QOperator"])
     ap.add_argument("--max-crops", type=int, help="score only the first N crops of each split (default: all)")
     ap.add_argument("--out", type=Path, help="where the ONNX files go (default: a temporary folder)")
+    ap.add_argument("--reuse", action="store_true", help="use the ONNX files already in --out (a rerun)")
+    ap.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows")
+    ap.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: torch's)")
     args = ap.parse_args()
+    if args.reuse and not args.out:
+        raise SystemExit("--reuse needs --out (the folder with the files of an earlier run)")
+    if args.threads:
+        torch.set_num_threads(args.threads)  # ONNX Runtime's sessions follow torch's count (session_threads)
     params = load_params(args.params) if args.params else Params()
     export = params.ensemble.export
     layout = Layout.from_params(params, args.project.resolve())
@@ -91,19 +98,26 @@ def main() -> None:
     files: dict[str, dict[str, Path]] = {"fp32": {}, **{f"int8-{f}": {} for f in args.formats}}
     t0 = time.perf_counter()
     for m, member in predictor.members.items():
-        files["fp32"][m] = export_member(checkpoints[m], out / f"{m}.onnx", export.opset)
+        files["fp32"][m] = out / f"{m}.onnx"
+        files.update({f"int8-{f}": {**files[f"int8-{f}"], m: out / f"{m}.{f}.onnx"} for f in args.formats})
+        if args.reuse:
+            missing = [str(f[m]) for f in files.values() if not f[m].is_file()]
+            if missing:
+                raise SystemExit(f"--reuse: not found: {', '.join(missing)}")
+            continue
+        export_member(checkpoints[m], files["fp32"][m], export.opset)
         x = torch.stack([member.transform(image=c)["image"] for c in calibration]).numpy()
         for f in args.formats:
-            files[f"int8-{f}"][m] = quantize_member(files["fp32"][m], out / f"{m}.{f}.onnx", x, f)
-    print(f"exported {len(predictor.members)} members (fp32, int8 {'/'.join(args.formats)}) in "
-          f"{time.perf_counter() - t0:.0f} s, opset {export.opset}")
+            quantize_member(files["fp32"][m], files[f"int8-{f}"][m], x, f)
+    print(f"{'reused' if args.reuse else 'exported'} {len(predictor.members)} members (fp32, int8 "
+          f"{'/'.join(args.formats)}) in {time.perf_counter() - t0:.0f} s, opset {export.opset}")
 
     t0 = time.perf_counter()
     reference = scored(predictor, crops)
     engines = [("torch fp32", time.perf_counter() - t0, reference)]
     runs = [(f"onnxruntime {k}", lambda k=k: predictor.set_engine("onnxruntime", k.split("-")[0], files[k]))
             for k in files]
-    if openvino_available():
+    if openvino_available() and not args.no_openvino:
         runs += [(f"openvino {k}", lambda k=k: set_openvino(predictor, files[k], k.split("-")[0]))
                  for k in ("fp32", "int8-QDQ") if k in files]
     for name, setup in runs:
