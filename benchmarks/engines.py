@@ -1,5 +1,6 @@
 """What the engine benchmarks share: the CPU's model and flags, the ONNX export of the random full-size members, a
-peak-memory sampler, and the member crops/s table (torch fp32/bf16 against ONNX Runtime fp32/int8).
+peak-memory sampler, the member crops/s table (torch fp32/bf16 against ONNX Runtime fp32/int8), and OpenVINO as a
+comparison row where it is installed (`pip install 'dfd[bench]'`; not a serving engine of dfd).
 
     python benchmarks/predict.py --engines      # member crops/s, then `dfd predict` videos/s per engine
     python benchmarks/serving.py --engines      # `dfd serve` per engine and `mlflow models serve`, one client
@@ -8,6 +9,7 @@ peak-memory sampler, and the member crops/s table (torch fp32/bf16 against ONNX 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import threading
 import time
@@ -19,6 +21,7 @@ import torch
 from dfd.serving.ensemble import CPU_BATCH, EnsemblePredictor, MemberModel
 from dfd.serving.onnx_engine import ORT_BATCH, OnnxMember, session_threads
 from dfd.serving.onnx_export import export_member, quantize_member
+from dfd.training.augment import build_transform
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
@@ -33,8 +36,12 @@ def cpu_line() -> str:
             flags = set(line.split(":", 1)[1].split())
     have = [f for f in FLAGS if f in flags]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    versions = []
+    for package in ("torch", "onnxruntime", "openvino"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{package} {importlib.metadata.version(package)}")
     return (f"CPU {model}; flags {' '.join(have) or 'none of ' + ' '.join(FLAGS)}; {os.cpu_count()} cores, "
-            f"torch/ORT threads {session_threads()}; load average {load}")
+            f"torch/ORT threads {session_threads()}; {', '.join(versions)}; load average {load}")
 
 
 class PeakRSS:
@@ -76,6 +83,55 @@ def export_all(predictor: EnsemblePredictor, work: Path, calibration: np.ndarray
     return files
 
 
+def openvino_available() -> bool:
+    """Whether OpenVINO imports here (the comparison rows are skipped, and say so, where it does not)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OpenVinoMember(OnnxMember):
+    """One member run by OpenVINO's CPU plugin from the same ONNX file: `OnnxMember`'s preprocessing and `__call__`.
+
+    The file is read by OpenVINO's ONNX frontend (`Core.read_model`; not `convert_model`, the path that carries
+    OpenVINO's telemetry). The inference precision is pinned to f32: on a CPU with AMX or AVX512-BF16 OpenVINO would
+    otherwise run the float parts in bf16, another precision than the row's name says. The int8 file is the ONNX
+    Runtime QDQ one, whose QuantizeLinear/DequantizeLinear pairs OpenVINO runs as int8 kernels (its own recipe).
+    """
+
+    engine = "openvino"
+
+    def __init__(self, path: Path, config: dict, precision: str = "fp32", threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.path, self.config, self.precision = Path(path), config, precision
+        self.transform = build_transform([], train=False, input_size=config["input_size"],
+                                         mean=tuple(config["mean"]), std=tuple(config["std"]))
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+            "INFERENCE_NUM_THREADS": threads or session_threads(), "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+
+    def logits(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Raw logits (N,) of preprocessed inputs (N, 3, S, S)."""
+        batch_size = batch_size or ORT_BATCH
+        # The request reuses its output tensor: copy each batch's logits out before the next run.
+        out = [np.array(self.request.infer({0: x[i:i + batch_size]})[self.output]).reshape(-1)
+               for i in range(0, len(x), batch_size)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)
+
+
+def set_openvino(predictor: EnsemblePredictor, files: dict[str, Path], precision: str) -> None:
+    """Run `predictor`'s members on OpenVINO (a benchmark row; `set_engine("torch", ...)` rebuilds torch members)."""
+    configs = {m: member.config for m, member in predictor.members.items()}
+    predictor.members = {m: OpenVinoMember(files[m], configs[m], precision) for m in configs}
+    predictor.engine = "openvino"
+
+
 def crops_per_s(member, crops: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
     """(crops/s, P(fake)) of one member over `crops`, after one warm-up batch."""
     member(crops[:batch], batch)
@@ -87,7 +143,9 @@ def crops_per_s(member, crops: np.ndarray, batch: int) -> tuple[float, np.ndarra
 def member_table(predictor: EnsemblePredictor, files: dict[str, dict[str, Path]], crops: np.ndarray) -> None:
     """Member crops/s per engine at the real input sizes, ratios to torch fp32, and max |dP| from torch fp32."""
     print(f"member crops/s on {len(crops)} face crops ({cpu_line()})")
-    print(f"  {'member':<13}{'engine':<22}{'batch':>5}{'crops/s':>9}{'x torch fp32':>14}{'max |dP|':>11}")
+    if not openvino_available():
+        print("  (openvino is not installed: no OpenVINO rows; pip install 'dfd[bench]')")
+    print(f"  {'member':<13}{'engine':<26}{'batch':>5}{'crops/s':>9}{'x torch fp32':>14}{'max |dP|':>11}")
     for m in predictor.members:
         ckpt = predictor.checkpoints[m]
         torch_fp32 = MemberModel(ckpt)
@@ -98,10 +156,14 @@ def member_table(predictor: EnsemblePredictor, files: dict[str, dict[str, Path]]
         rows += [(f"onnxruntime fp32 b{b}", OnnxMember(files["fp32"][m], config), b) for b in (1, 4, 8)]
         rows += [(f"onnxruntime {k}", OnnxMember(f[m], config, "int8"), ORT_BATCH) for k, f in files.items()
                  if k.startswith("int8")]
+        if openvino_available():
+            rows += [("openvino fp32", OpenVinoMember(files["fp32"][m], config), ORT_BATCH)]
+            rows += [(f"openvino {k}", OpenVinoMember(f[m], config, "int8"), ORT_BATCH) for k, f in files.items()
+                     if k == "int8-QDQ"]
         base_rate, base_p = None, None
         for name, member, batch in rows:
             rate, p = crops_per_s(member, crops, batch)
             if base_rate is None:
                 base_rate, base_p = rate, p
-            print(f"  {m:<13}{name:<22}{batch:>5}{rate:>9.2f}{rate / base_rate:>13.2f}x"
+            print(f"  {m:<13}{name:<26}{batch:>5}{rate:>9.2f}{rate / base_rate:>13.2f}x"
                   f"{float(np.max(np.abs(p - base_p))):>11.1e}")

@@ -28,10 +28,12 @@ The inference engines side by side instead (`serve.engine`): each member exporte
 quantisation in both QOperator and QDQ format, calibrated on the first video's crops), then (1) member crops/s at
 the real input sizes, torch fp32 / bf16 against ONNX Runtime fp32 (batch 1, 4, 8) / int8, with max |dP| from torch
 fp32; (2) `dfd predict` end to end, the plain loop, torch fp32/bf16 and ONNX Runtime fp32/int8: videos/s, p50/p95
-time per video, the process's peak resident memory during the run, max |score difference| from torch fp32, and max
-|d fused logit| (before calibration) on the member crops. The CPU's model and flags are printed beside the numbers.
-Random weights: the speed holds, the int8 agreement does not (measure that on a trained model: `dfd export --int8`,
-the gate row).
+time per video, the process's peak resident memory during the run, max |score difference| and the share of equal
+video labels against torch fp32, and max |d fused logit| (before calibration) and equal labels on the member crops.
+Where OpenVINO is installed (`pip install 'dfd[bench]'`), it runs the same ONNX files as comparison rows in both
+tables (fp32, and int8 from the QDQ file; it is not a serving engine of dfd). The CPU's model and flags and the
+engines' versions are printed beside the numbers. Random weights: the speed holds, the agreement does not (measure it
+on a trained model: benchmarks/int8_agreement.py, `dfd export --int8`, the gate row).
 """
 
 from __future__ import annotations
@@ -145,15 +147,21 @@ def timed(fn: Callable[[], list[float | None]]) -> tuple[list[float | None], flo
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
+def equal_labels(a: list[float | None], b: list[float | None], threshold: float) -> tuple[float, int]:
+    """The share of items both scored whose labels at `threshold` agree, and how many that is."""
+    same = [(x >= threshold) == (y >= threshold) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    return (float(np.mean(same)) if same else float("nan")), len(same)
+
+
 def max_diff(a: list[float | None], b: list[float | None]) -> tuple[float, int]:
     diffs = [abs(x - y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
     return (max(diffs) if diffs else float("nan")), len(diffs)
 
 
-def engines(args: argparse.Namespace, predictor: EnsemblePredictor, plain: dict[str, nn.Module],
+def engines(args: argparse.Namespace, predictor: EnsemblePredictor, spec: dict, plain: dict[str, nn.Module],
             scorer: MediaScorer, videos: list[Path], cfg: dict, work: Path) -> None:
     """Member crops/s and `dfd predict` per engine, in this process (see the module docstring)."""
-    from engines import PeakRSS, cpu_line, export_all, member_table
+    from engines import PeakRSS, cpu_line, export_all, member_table, openvino_available, set_openvino
 
     found, _ = scorer.prepare_path(videos[0])
     crops = np.stack([f["crop"] for f in found]).astype(np.uint8)
@@ -181,7 +189,12 @@ def engines(args: argparse.Namespace, predictor: EnsemblePredictor, plain: dict[
             "torch bf16": lambda: predictor.set_engine("torch", "bf16"),
             "onnxruntime fp32": lambda: predictor.set_engine("onnxruntime", "fp32", files["fp32"]),
             "onnxruntime int8": lambda: predictor.set_engine("onnxruntime", "int8", files["int8-QDQ"])}
-    results, logits = {}, {}
+    if openvino_available():
+        rows["openvino fp32"] = lambda: set_openvino(predictor, files["fp32"], "fp32")
+        rows["openvino int8"] = lambda: set_openvino(predictor, files["int8-QDQ"], "int8")
+    else:
+        print("openvino is not installed: no OpenVINO rows (pip install 'dfd[bench]')")
+    results, logits, crop_p = {}, {}, {}
     predictor.set_engine("torch", "fp32")
     with PeakRSS() as rss:
         t0 = time.perf_counter()
@@ -193,19 +206,27 @@ def engines(args: argparse.Namespace, predictor: EnsemblePredictor, plain: dict[
         except (RuntimeError, ValueError) as exc:
             print(f"{name}: not run ({exc})")
             continue
-        fused = np.clip(predictor.fused(predictor.member_scores(crops)), 1e-12, 1 - 1e-12)
+        member = predictor.member_scores(crops)
+        fused = np.clip(predictor.fused(member), 1e-12, 1 - 1e-12)
         logits[name] = np.log(fused / (1 - fused))  # the fused logit before calibration, on the member crops
+        crop_p[name] = predictor.combine(member)
+    predictor.set_engine("torch", "fp32")
+    threshold = float(spec.get("threshold", spec.get("val_eer_threshold", 0.5)))
     print(f"dfd predict, {len(videos)} videos x {args.frames} frames ({cpu_line()})")
+    print(f"  labels at threshold {threshold}; random weights: the label agreement says little (see the docstring)")
     ref = results["torch fp32"][0]
     t_ref = results["torch fp32"][1]
     for name, (scores, wall, times, peak) in results.items():
         lat = (f"p50 {np.percentile(times, 50):6.2f} s  p95 {np.percentile(times, 95):6.2f} s" if times
                else f"{'(one pass, no pipeline)':<29}")
         diff, n = max_diff(scores, ref)
-        fused = (f"  max |d fused logit| {np.max(np.abs(logits[name] - logits['torch fp32'])):.1e} "
+        same, _ = equal_labels(scores, ref, threshold)
+        fused = (f"  crops: max |d fused logit| {np.max(np.abs(logits[name] - logits['torch fp32'])):.1e}, equal "
+                 f"labels {np.mean((crop_p[name] >= threshold) == (crop_p['torch fp32'] >= threshold)):.1%} "
                  f"({len(crops)} crops)" if name in logits else "")
         print(f"  {name:<18} {len(videos) / wall:7.3f} videos/s  x{t_ref / wall:5.2f} torch fp32  {lat}  "
-              f"peak RSS {peak:7.0f} MiB  max |d score| {diff:.1e} ({n} videos){fused}")
+              f"peak RSS {peak:7.0f} MiB  videos: max |d score| {diff:.1e}, equal labels {same:.0%} ({n}){fused}",
+              flush=True)
 
 
 def main() -> None:
@@ -233,7 +254,7 @@ def main() -> None:
 
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         with tmp:
-            engines(args, predictor, plain, scorer, videos, cfg, Path(tmp.name))
+            engines(args, predictor, spec, plain, scorer, videos, cfg, Path(tmp.name))
         return
     print(f"{len(videos)} videos, {args.frames} frames each, members {spec['members']}, "
           f"torch threads {torch.get_num_threads()}, device cpu")

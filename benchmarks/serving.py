@@ -18,10 +18,11 @@ and the ratios.
     python benchmarks/serving.py --engines [--requests 8]
 
 `dfd serve` per inference engine (`--engine`/`--precision`: torch fp32 and bf16, ONNX Runtime fp32 and int8) and
-`mlflow models serve` of the same version (its logged engine, ONNX Runtime fp32), one client: req/s, p50/p95,
-the process tree's peak memory, with the CPU's model and flags (benchmarks/engines.py). Random weights:
-`serve.max_precision_error` is raised to 1 for the int8 row, whose agreement only a trained model can show (the
-gate row).
+`mlflow models serve` of the same version (one MLflow model: its logged engine, ONNX Runtime fp32, then torch fp32
+and ONNX Runtime int8 through MLflow's `MLFLOW_PYFUNC_INFERENCE_CONFIG` override), one client: req/s, p50/p95,
+the process tree's peak memory (PSS), each server's ratio to its own torch fp32, with the CPU's model and flags
+(benchmarks/engines.py). Random weights: `serve.max_precision_error` is raised to 1 for `dfd serve`'s int8 row,
+whose agreement only a trained model can show (the gate row; benchmarks/int8_agreement.py).
 
     python benchmarks/serving.py --log-overhead [--rounds 3]
 
@@ -137,6 +138,16 @@ def start(cmd: list[str], env: dict, url: str, log: Path) -> subprocess.Popen:
     raise SystemExit(f"{cmd} did not start")
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server; kill it when a loaded machine keeps it from shutting down within two minutes."""
+    proc.terminate()
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def load(send, n: int, clients: int) -> tuple[float, float, float]:
     """(requests/s, p50 s, p95 s) for n requests from `clients` threads."""
     lat = []
@@ -218,7 +229,12 @@ def engine_rows(args: argparse.Namespace, work: Path, image: Path, crop: np.ndar
     (work / "loose.yaml").write_text(json.dumps({"serve": {"max_precision_error": 1.0}, "monitor": {"log_dir": None}}))
     rows = {f"dfd serve {e} {p}": ["--engine", e, "--precision", p]
             for e, p in (("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))}
-    rows["mlflow models serve"] = []
+    # MLflow's server: the version's logged engine (ONNX Runtime fp32), and the other two through MLflow's own
+    # override of the logged model_config (what a user of `mlflow models serve` would set).
+    rows["mlflow models serve onnxruntime fp32"] = {}
+    rows["mlflow models serve torch fp32"] = {"engine": "torch", "precision": "fp32"}
+    rows["mlflow models serve onnxruntime int8"] = {"engine": "onnxruntime", "precision": "int8"}
+    rates = {}
     for name, flags in rows.items():
         port = _port()
         url = f"http://127.0.0.1:{port}"
@@ -229,8 +245,10 @@ def engine_rows(args: argparse.Namespace, work: Path, image: Path, crop: np.ndar
             def send(u=url):
                 return httpx.post(f"{u}/predict", files={"file": (image.name, data)}, timeout=300)
         else:
+            override = {"MLFLOW_PYFUNC_INFERENCE_CONFIG": json.dumps(flags)} if flags else {}
             proc = start([str(bindir / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
-                          "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env, f"{url}/ping", work / "mlflow.log")
+                          "-h", "127.0.0.1", "-p", str(port), "-w", "1"], {**env, **override}, f"{url}/ping",
+                         work / "mlflow.log")
 
             def send(u=url):
                 return httpx.post(f"{u}/invocations", content=body, headers={"Content-Type": "application/json"},
@@ -239,13 +257,19 @@ def engine_rows(args: argparse.Namespace, work: Path, image: Path, crop: np.ndar
             with TreeMemory(proc.pid) as mem:
                 send()  # warm-up
                 rps, p50, p95 = load(send, args.requests, 1)
-            print(f"{name:<30} {rps:6.2f} req/s  p50 {p50 * 1000:7.0f} ms  p95 {p95 * 1000:7.0f} ms  "
+            rates[name] = rps
+            print(f"{name:<37} {rps:6.2f} req/s  p50 {p50 * 1000:7.0f} ms  p95 {p95 * 1000:7.0f} ms  "
                   f"peak PSS {mem.peak.pss_mib:6.0f} MiB ({mem.peak.processes} processes)", flush=True)
         finally:
-            proc.terminate()
-            proc.wait(60)
-    print(f"image {image.name}, {args.requests} requests, 1 client, default dfd serve workers ({cpu_line()}); "
-          "mlflow models serve runs the version's logged engine (onnxruntime fp32) on the face crop")
+            stop(proc)
+    print(f"image {image.name}, {args.requests} requests, 1 client, default dfd serve workers ({cpu_line()}); mlflow "
+          "models serve scores the face crop (no decoding, no detection): the logged engine (onnxruntime fp32), and "
+          "torch fp32 / onnxruntime int8 through MLFLOW_PYFUNC_INFERENCE_CONFIG")
+    for server in ("dfd serve", "mlflow models serve"):
+        base = rates.get(f"{server} torch fp32")
+        if base:
+            print(f"{server}: " + ", ".join(f"{n.removeprefix(server + ' ')} {r / base:.2f}x" for n, r in rates.items()
+                                             if n.startswith(server)) + " (req/s against its torch fp32)")
 
 
 def main() -> None:
@@ -304,12 +328,7 @@ def main() -> None:
                 results[(name, "mem")] = mem.peak
             finally:
                 client.close()
-                proc.terminate()  # dfd serve stops its workers first: give a loaded machine time, then kill
-                try:
-                    proc.wait(120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(30)
+                stop(proc)
         print(f"image {image.name} ({len(data)} bytes), {args.requests} requests per run, dfd serve: "
               "2 scoring workers (its default), mlflow: -w 1")
         for clients in (1, 8):
