@@ -30,9 +30,12 @@ class ExportParams(_Section):
     quant_format: Literal["QOperator", "QDQ"] = "QDQ"
     calibration_crops: int = Field(64, ge=1)  # validation crops whose activation ranges set the int8 scales
     max_check_crops: int | None = Field(None, ge=1)  # test crops scored by every engine; None: all of them
-    # ONNX Runtime fp32 against PyTorch: max |d fused logit| (before calibration) above this refuses the export.
-    # Same arithmetic in another order: ~1e-6 is what it costs; more means an operator was exported wrongly.
-    max_fp32_logit_error: float = Field(1e-4, gt=0)
+    # ONNX Runtime fp32 against PyTorch: max |d P(fake)| of any member or of the ensemble above this refuses the
+    # export. Same arithmetic in another order costs a few float32 steps (1.5e-5 at most on a trained demo model's
+    # 384 crops); more means an operator was exported wrongly. Not the fused logit: a member's P(fake) is float32,
+    # whose logit is coarse near 0 and 1, and Platt slopes (77 on that model's F3Net) multiplied that rounding into
+    # 1.46e-4 of the fused logit with no operator wrong (the shift is still recorded in export.json).
+    max_fp32_dp: float = Field(1e-4, gt=0)
     # The int8 gate row: share of test crops whose label (at the evaluated threshold) int8 leaves unchanged...
     int8_min_equal_labels: float = Field(0.995, gt=0, le=1)
     # ...and the largest |d fused logit| before calibration (calibration's steps can amplify a small shift);

@@ -68,8 +68,9 @@ def test_export_round_trip_agrees_with_torch(exported: Exported) -> None:
     report = read_json(exported.reports / "export.json")
     assert set(report["files"]) == {"fp32", "int8"} and report["opset"] == 18
     fp32 = report["fp32"]
-    assert fp32["max_abs_d_fused_logit"] <= exported.params.ensemble.export.max_fp32_logit_error
+    assert max(fp32["max_abs_dp"], *fp32["max_abs_dp_member"].values()) <= exported.params.ensemble.export.max_fp32_dp
     assert max(fp32["max_abs_dp_member"].values()) < 1e-5 and fp32["equal_labels"] == 1.0
+    assert fp32["max_abs_d_fused_logit"] < 1e-3  # recorded, not bounded: float32 P's logit is coarse near 0 and 1
     assert fp32["auc_diff"] is None or abs(fp32["auc_diff"]) < 1e-6
     # Recomputed from the logged artifacts: the ONNX file against the checkpoint, member by member.
     model = load(exported.uri, exported.tracking_uri)
